@@ -1,0 +1,102 @@
+//! Test helpers shared by the plies crates (not published).
+//!
+//! Tests that need root or a kernel feature call [`require`] first: without the
+//! requirement they print why they skip and return early, unless
+//! `PLIES_REQUIRE_KERNEL=1` is set (as CI sets it), where a missing requirement
+//! fails the test instead.
+
+use std::path::{Path, PathBuf};
+
+/// Whether `PLIES_REQUIRE_KERNEL=1` asks for kernel tests to fail instead of skipping.
+pub fn kernel_required() -> bool {
+    std::env::var("PLIES_REQUIRE_KERNEL").is_ok_and(|v| v == "1")
+}
+
+/// Decides whether a test that needs something it may not have goes on.
+///
+/// Returns `true` when `available`. Otherwise prints `skipping <test>: <reason>` and
+/// returns `false`, or panics with the reason when [`kernel_required`].
+pub fn require(test: &str, available: bool, reason: &str) -> bool {
+    if available {
+        return true;
+    }
+    if kernel_required() {
+        panic!("{test}: PLIES_REQUIRE_KERNEL=1 but {reason}");
+    }
+    eprintln!("skipping {test}: {reason}");
+    false
+}
+
+/// [`require`] for a test that must run as root (mounts, mknod, chown, `trusted.` xattrs).
+pub fn require_root(test: &str) -> bool {
+    require(
+        test,
+        rustix::process::geteuid().is_root(),
+        "not running as root",
+    )
+}
+
+/// Whether the running kernel lists `fs` in `/proc/filesystems`.
+pub fn kernel_has_filesystem(fs: &str) -> bool {
+    std::fs::read_to_string("/proc/filesystems")
+        .map(|list| {
+            list.lines()
+                .any(|line| line.split_whitespace().last() == Some(fs))
+        })
+        .unwrap_or(false)
+}
+
+/// [`require`] for a test that mounts overlayfs: root and the overlay filesystem.
+pub fn require_overlay(test: &str) -> bool {
+    require_root(test)
+        && require(
+            test,
+            kernel_has_filesystem("overlay"),
+            "the kernel has no overlay filesystem",
+        )
+}
+
+/// The repository's `fixtures/` directory (Docker-written stores and images).
+pub fn fixtures_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures")
+}
+
+/// The mount points listed in `/proc/self/mountinfo` (field 5, unescaped).
+pub fn mount_points() -> Vec<PathBuf> {
+    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    info.lines()
+        .filter_map(|line| line.split(' ').nth(4))
+        .map(|p| PathBuf::from(unescape_mountinfo(p)))
+        .collect()
+}
+
+/// Mount points at or below `dir`, to assert a test left no mount behind.
+pub fn mounts_under(dir: &Path) -> Vec<PathBuf> {
+    mount_points()
+        .into_iter()
+        .filter(|p| p.starts_with(dir))
+        .collect()
+}
+
+// mountinfo writes space, tab, newline and backslash as three-digit octal escapes.
+fn unescape_mountinfo(field: &str) -> String {
+    let bytes = field.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'\\'
+            && i + 3 < bytes.len()
+            && bytes[i + 1..i + 4]
+                .iter()
+                .all(|b| (b'0'..=b'7').contains(b))
+        {
+            let v = (bytes[i + 1] - b'0') * 64 + (bytes[i + 2] - b'0') * 8 + (bytes[i + 3] - b'0');
+            out.push(v);
+            i += 4;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
