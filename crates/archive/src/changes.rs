@@ -1,0 +1,1 @@
+//! Changes between layer trees (Docker's archive.Change semantics).

@@ -1,0 +1,1 @@
+//! Disk usage of a layer directory, like Docker's directory.Size.
