@@ -1,4 +1,13 @@
 #![doc = include_str!("../README.md")]
 
+mod apply;
 pub mod changes;
+mod error;
+mod idmap;
+mod resolve;
 pub mod size;
+
+pub use apply::{ApplyOptions, ApplyStats, WhiteoutFormat, apply, apply_at};
+pub use error::{EntryError, Error};
+pub use idmap::IdMap;
+pub use plies_whiteout::XattrNamespace;

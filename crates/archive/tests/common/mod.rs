@@ -1,0 +1,277 @@
+//! Helpers shared by the integration tests: raw tar writing and tree snapshots.
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::path::{Path, PathBuf};
+
+/// A tar written header by header, so tests can say things `tar::Builder` refuses.
+#[derive(Default)]
+pub struct RawTar {
+    pub bytes: Vec<u8>,
+}
+
+/// One raw entry.
+pub struct Raw<'a> {
+    pub name: &'a [u8],
+    pub ty: u8,
+    pub data: &'a [u8],
+    pub link: &'a [u8],
+    pub mode: u32,
+    pub uid: u64,
+    pub gid: u64,
+    pub mtime: u64,
+    pub size: Option<u64>,
+}
+
+impl<'a> Raw<'a> {
+    pub fn new(name: &'a [u8], ty: u8) -> Self {
+        Raw {
+            name,
+            ty,
+            data: b"",
+            link: b"",
+            mode: 0o644,
+            uid: 0,
+            gid: 0,
+            mtime: 1_600_000_000,
+            size: None,
+        }
+    }
+    pub fn data(mut self, data: &'a [u8]) -> Self {
+        self.data = data;
+        self
+    }
+    pub fn link(mut self, link: &'a [u8]) -> Self {
+        self.link = link;
+        self
+    }
+    pub fn mode(mut self, mode: u32) -> Self {
+        self.mode = mode;
+        self
+    }
+}
+
+pub fn header(e: &Raw<'_>) -> tar::Header {
+    let mut h = tar::Header::new_gnu();
+    {
+        let gnu = h.as_gnu_mut().unwrap();
+        gnu.name[..e.name.len()].copy_from_slice(e.name);
+        gnu.linkname[..e.link.len()].copy_from_slice(e.link);
+    }
+    h.set_entry_type(tar::EntryType::new(e.ty));
+    h.set_mode(e.mode);
+    h.set_uid(e.uid);
+    h.set_gid(e.gid);
+    h.set_mtime(e.mtime);
+    h.set_size(e.size.unwrap_or(e.data.len() as u64));
+    h.set_cksum();
+    h
+}
+
+impl RawTar {
+    pub fn new() -> Self {
+        Self::default()
+    }
+    pub fn entry(&mut self, e: Raw<'_>) -> &mut Self {
+        let h = header(&e);
+        self.header(&h);
+        self.data(e.data);
+        self
+    }
+    pub fn header(&mut self, h: &tar::Header) -> &mut Self {
+        self.bytes.extend_from_slice(h.as_bytes());
+        self
+    }
+    pub fn data(&mut self, data: &[u8]) -> &mut Self {
+        self.bytes.extend_from_slice(data);
+        let pad = (512 - data.len() % 512) % 512;
+        self.bytes.extend(std::iter::repeat_n(0u8, pad));
+        self
+    }
+    /// A PAX extended header describing the next entry.
+    pub fn pax(&mut self, records: &[(&str, &[u8])]) -> &mut Self {
+        let mut body = Vec::new();
+        for (k, v) in records {
+            let rest = k.len() + v.len() + 3;
+            let mut len = rest + 1;
+            while len.to_string().len() + rest != len {
+                len += 1;
+            }
+            body.extend_from_slice(format!("{len} {k}=").as_bytes());
+            body.extend_from_slice(v);
+            body.push(b'\n');
+        }
+        let h = header(&Raw::new(b"././@PaxHeader", b'x').data(&body));
+        self.header(&h);
+        self.data(&body);
+        self
+    }
+    pub fn file(&mut self, name: &str, data: &[u8]) -> &mut Self {
+        self.entry(Raw::new(name.as_bytes(), b'0').data(data))
+    }
+    pub fn dir(&mut self, name: &str) -> &mut Self {
+        self.entry(Raw::new(name.as_bytes(), b'5').mode(0o755))
+    }
+    pub fn symlink(&mut self, name: &str, target: &str) -> &mut Self {
+        self.entry(
+            Raw::new(name.as_bytes(), b'2')
+                .link(target.as_bytes())
+                .mode(0o777),
+        )
+    }
+    pub fn hardlink(&mut self, name: &str, target: &str) -> &mut Self {
+        self.entry(Raw::new(name.as_bytes(), b'1').link(target.as_bytes()))
+    }
+    pub fn finish(&mut self) -> Vec<u8> {
+        let mut out = std::mem::take(&mut self.bytes);
+        out.extend_from_slice(&[0u8; 1024]);
+        out
+    }
+}
+
+/// What a tree holds, as comparable values.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Node {
+    File {
+        mode: u32,
+        uid: u32,
+        gid: u32,
+        mtime: (i64, i64),
+        data: Vec<u8>,
+        xattrs: Vec<(String, Vec<u8>)>,
+        ino_group: u64,
+    },
+    Dir {
+        mode: u32,
+        uid: u32,
+        gid: u32,
+        mtime: (i64, i64),
+        xattrs: Vec<(String, Vec<u8>)>,
+    },
+    Symlink {
+        uid: u32,
+        gid: u32,
+        target: PathBuf,
+    },
+    Device {
+        kind: char,
+        mode: u32,
+        uid: u32,
+        gid: u32,
+        rdev: u64,
+    },
+    Fifo {
+        mode: u32,
+        uid: u32,
+        gid: u32,
+    },
+}
+
+pub struct SnapOpts {
+    pub times: bool,
+    pub dir_times: bool,
+    pub xattrs: bool,
+}
+
+fn user_and_trusted_xattrs(path: &Path) -> Vec<(String, Vec<u8>)> {
+    let mut out: Vec<(String, Vec<u8>)> = xattr::list(path)
+        .map(|l| l.collect::<Vec<_>>())
+        .unwrap_or_default()
+        .into_iter()
+        .filter_map(|n| n.into_string().ok())
+        .filter(|n| n.starts_with("user.") || n.starts_with("trusted."))
+        .map(|n| {
+            let v = xattr::get(path, &n).ok().flatten().unwrap_or_default();
+            (n, v)
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+/// Every path below `root` (not `root` itself) with its node.
+pub fn snapshot_with(root: &Path, o: &SnapOpts) -> BTreeMap<PathBuf, Node> {
+    let mut out = BTreeMap::new();
+    let mut inodes: BTreeMap<u64, u64> = BTreeMap::new();
+    for e in walkdir::WalkDir::new(root).min_depth(1).sort_by_file_name() {
+        let e = e.unwrap();
+        let p = e.path();
+        let m = std::fs::symlink_metadata(p).unwrap();
+        let rel = p.strip_prefix(root).unwrap().to_path_buf();
+        let ft = m.file_type();
+        let mode = m.mode() & 0o7777;
+        let mtime = if o.times {
+            (m.mtime(), m.mtime_nsec())
+        } else {
+            (0, 0)
+        };
+        let x = |p: &Path| {
+            if o.xattrs {
+                user_and_trusted_xattrs(p)
+            } else {
+                Vec::new()
+            }
+        };
+        let node = if ft.is_dir() {
+            let mtime = if o.dir_times { mtime } else { (0, 0) };
+            Node::Dir {
+                mode,
+                uid: m.uid(),
+                gid: m.gid(),
+                mtime,
+                xattrs: x(p),
+            }
+        } else if ft.is_file() {
+            let next = inodes.len() as u64;
+            let group = if m.nlink() > 1 {
+                *inodes.entry(m.ino()).or_insert(next + 1)
+            } else {
+                0
+            };
+            Node::File {
+                mode,
+                uid: m.uid(),
+                gid: m.gid(),
+                mtime,
+                data: std::fs::read(p).unwrap(),
+                xattrs: x(p),
+                ino_group: group,
+            }
+        } else if ft.is_symlink() {
+            Node::Symlink {
+                uid: m.uid(),
+                gid: m.gid(),
+                target: std::fs::read_link(p).unwrap(),
+            }
+        } else if ft.is_char_device() || ft.is_block_device() {
+            Node::Device {
+                kind: if ft.is_char_device() { 'c' } else { 'b' },
+                mode,
+                uid: m.uid(),
+                gid: m.gid(),
+                rdev: m.rdev(),
+            }
+        } else {
+            Node::Fifo {
+                mode,
+                uid: m.uid(),
+                gid: m.gid(),
+            }
+        };
+        out.insert(rel, node);
+    }
+    out
+}
+
+/// Everything, times included.
+pub fn snapshot(root: &Path) -> BTreeMap<PathBuf, Node> {
+    snapshot_with(
+        root,
+        &SnapOpts {
+            times: true,
+            dir_times: true,
+            xattrs: true,
+        },
+    )
+}
