@@ -1,0 +1,225 @@
+//! fd-relative file operations: every name is resolved under a directory handle
+//! without following symlinks, so nothing a store contains leads outside it.
+
+use std::ffi::OsStr;
+use std::io::{self, Read, Write};
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+
+use rustix::fs::{
+    AtFlags, Dir, FileType, Mode, OFlags, RenameFlags, fchmod, fsync, mkdirat, openat, readlinkat,
+    renameat_with, statat, unlinkat,
+};
+use rustix::io::Errno;
+
+/// Largest metadata file the store reads (`lower` of 500 entries is ~14 KiB).
+const MAX_META_FILE: u64 = 64 * 1024;
+
+/// Opens directory `name` under `dir` without following a symlink.
+pub(crate) fn open_dir(dir: impl AsFd, name: &str) -> Result<OwnedFd, Errno> {
+    openat(
+        dir,
+        name,
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+}
+
+/// Makes directory `name` under `dir` with exactly `mode` (whatever the umask).
+pub(crate) fn make_dir(dir: impl AsFd, name: &str, mode: u32) -> Result<OwnedFd, Errno> {
+    let dir = dir.as_fd();
+    mkdirat(dir, name, Mode::from_raw_mode(mode))?;
+    let fd = open_dir(dir, name)?;
+    fchmod(&fd, Mode::from_raw_mode(mode))?;
+    Ok(fd)
+}
+
+/// Creates file `name` under `dir` (which must not exist) with `contents` and
+/// exactly `mode`; fsyncs it when `durable`.
+pub(crate) fn write_new_file(
+    dir: impl AsFd,
+    name: &str,
+    contents: &[u8],
+    mode: u32,
+    durable: bool,
+) -> io::Result<()> {
+    let fd = openat(
+        dir,
+        name,
+        OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::from_raw_mode(mode),
+    )?;
+    fchmod(&fd, Mode::from_raw_mode(mode))?;
+    let mut file = std::fs::File::from(fd);
+    file.write_all(contents)?;
+    if durable {
+        file.sync_all()?;
+    }
+    Ok(())
+}
+
+/// Reads a small regular file under `dir` without following symlinks.
+/// `Ok(None)` when it does not exist.
+pub(crate) fn read_small_file(dir: impl AsFd, name: &str) -> io::Result<Option<Vec<u8>>> {
+    let fd = match openat(
+        dir,
+        name,
+        OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC | OFlags::NONBLOCK,
+        Mode::empty(),
+    ) {
+        Ok(fd) => fd,
+        Err(Errno::NOENT) => return Ok(None),
+        Err(e) => return Err(e.into()),
+    };
+    let file = std::fs::File::from(fd);
+    if !file.metadata()?.is_file() {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "not a regular file",
+        ));
+    }
+    let mut buf = Vec::new();
+    file.take(MAX_META_FILE + 1).read_to_end(&mut buf)?;
+    if buf.len() as u64 > MAX_META_FILE {
+        return Err(io::Error::new(io::ErrorKind::InvalidData, "file too large"));
+    }
+    Ok(Some(buf))
+}
+
+/// Reads symlink `name` under `dir`. `Ok(None)` when it does not exist.
+pub(crate) fn read_link(dir: impl AsFd, name: &str) -> Result<Option<Vec<u8>>, Errno> {
+    match readlinkat(dir, name, Vec::new()) {
+        Ok(target) => Ok(Some(target.into_bytes())),
+        Err(Errno::NOENT) => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// What is at `name` under `dir`, without following symlinks.
+pub(crate) fn file_type(dir: impl AsFd, name: &str) -> Result<Option<FileType>, Errno> {
+    match statat(dir, name, AtFlags::SYMLINK_NOFOLLOW) {
+        Ok(st) => Ok(Some(FileType::from_raw_mode(st.st_mode))),
+        Err(Errno::NOENT) => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// Renames `from` to `to` within `dir`, failing with `EEXIST` rather than replacing.
+pub(crate) fn rename_noreplace(dir: impl AsFd, from: &str, to: &str) -> Result<(), Errno> {
+    let dir = dir.as_fd();
+    renameat_with(dir, from, dir, to, RenameFlags::NOREPLACE)
+}
+
+/// fsyncs a directory (or file) handle when `durable`.
+pub(crate) fn sync(fd: impl AsFd, durable: bool) -> Result<(), Errno> {
+    if durable { fsync(fd) } else { Ok(()) }
+}
+
+/// The names in a directory, without `.` and `..`, as raw bytes.
+pub(crate) fn list_names(dir: impl AsFd) -> Result<Vec<(Vec<u8>, FileType)>, Errno> {
+    let mut out = Vec::new();
+    let mut entries = Dir::read_from(dir)?;
+    while let Some(entry) = entries.read() {
+        let entry = entry?;
+        let name = entry.file_name().to_bytes();
+        if name == b"." || name == b".." {
+            continue;
+        }
+        out.push((name.to_vec(), entry.file_type()));
+    }
+    Ok(out)
+}
+
+/// How deep [`remove_tree`] descends holding directory handles before it moves
+/// deeper directories up to the top of the tree being removed.
+const MAX_OPEN_DEPTH: usize = 32;
+
+/// Removes `name` under `dir` and everything beneath it, never following a
+/// symlink and holding at most [`MAX_OPEN_DEPTH`] handles however deep the tree.
+/// A missing `name` is not an error.
+pub(crate) fn remove_tree(dir: impl AsFd, name: &str) -> Result<(), Errno> {
+    let dir = dir.as_fd();
+    match unlinkat(dir, name, AtFlags::empty()) {
+        Ok(()) | Err(Errno::NOENT) => return Ok(()),
+        Err(Errno::ISDIR) | Err(Errno::PERM) => {}
+        Err(e) => return Err(e),
+    }
+    let top = match open_dir(dir, name) {
+        Ok(fd) => fd,
+        Err(Errno::NOENT) => return Ok(()),
+        Err(e) => return Err(e),
+    };
+    let mut moved = 0u64;
+    // (handle, name in its parent); the parent of stack[0] is `dir`.
+    let mut stack: Vec<(OwnedFd, Vec<u8>)> = vec![(top, name.as_bytes().to_vec())];
+    while let Some((cur, _)) = stack.last() {
+        let cur_fd = cur.as_fd();
+        let mut descend = None;
+        for (child, kind) in list_names(cur_fd)? {
+            let child_os = OsStr::from_bytes(&child);
+            let is_dir = match kind {
+                FileType::Directory => true,
+                FileType::Unknown => {
+                    let st = statat(cur_fd, child_os, AtFlags::SYMLINK_NOFOLLOW)?;
+                    FileType::from_raw_mode(st.st_mode) == FileType::Directory
+                }
+                _ => false,
+            };
+            if !is_dir {
+                match unlinkat(cur_fd, child_os, AtFlags::empty()) {
+                    Ok(()) | Err(Errno::NOENT) => {}
+                    Err(e) => return Err(e),
+                }
+                continue;
+            }
+            if stack.len() < MAX_OPEN_DEPTH {
+                descend = Some(child);
+                break;
+            }
+            // Too deep to keep handles: hoist the directory to the top and
+            // remove it from there later.
+            loop {
+                moved += 1;
+                let hoisted = format!(".hoisted-{moved}");
+                match renameat_with(
+                    cur_fd,
+                    child_os,
+                    stack[0].0.as_fd(),
+                    hoisted.as_str(),
+                    RenameFlags::NOREPLACE,
+                ) {
+                    Ok(()) => break,
+                    Err(Errno::EXIST) => continue,
+                    Err(e) => return Err(e),
+                }
+            }
+        }
+        if let Some(child) = descend {
+            let fd = openat(
+                cur_fd,
+                OsStr::from_bytes(&child),
+                OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                Mode::empty(),
+            )?;
+            stack.push((fd, child));
+            continue;
+        }
+        // The directory is empty now: remove it from its parent.
+        let Some((fd, name)) = stack.pop() else { break };
+        drop(fd);
+        let parent = match stack.last() {
+            Some((p, _)) => p.as_fd(),
+            None => dir,
+        };
+        match unlinkat(parent, OsStr::from_bytes(&name), AtFlags::REMOVEDIR) {
+            Ok(()) | Err(Errno::NOENT) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+/// The bytes of a name as UTF-8, if they are.
+pub(crate) fn utf8_name(name: &[u8]) -> Option<&str> {
+    std::str::from_utf8(name).ok()
+}

@@ -1,0 +1,549 @@
+//! Checking a store and repairing what can be repaired safely.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
+
+use rustix::fs::{AtFlags, FileType, symlinkat, unlinkat};
+use rustix::io::Errno;
+
+use crate::disk::{file_type, list_names, sync, utf8_name, write_new_file};
+use crate::error::{Error, Result, io_err};
+use crate::id::{CREATING_SUFFIX, REMOVING_SUFFIX};
+use crate::link::LinkId;
+use crate::lower::LowerError;
+use crate::overlay2::{LINK_DIR, Overlay2Store};
+
+/// One thing found wrong in a store.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Finding {
+    /// A `-creating` or `-removing` entry an interrupted operation left
+    /// (repair: finish the removal or roll the create back).
+    Leftover {
+        /// The entry, relative to the store root.
+        path: PathBuf,
+    },
+    /// Something the store does not know (a non-link in `l/`, a bad name);
+    /// left alone.
+    UnexpectedEntry {
+        /// The entry.
+        path: PathBuf,
+    },
+    /// An `l/` link to a layer that does not exist (repair: delete the link).
+    DanglingLink {
+        /// The link id.
+        link: String,
+        /// The layer it names.
+        layer: String,
+    },
+    /// An `l/` link that does not point at `../<id>/diff` (repair: delete the link;
+    /// it holds no data).
+    BadLinkTarget {
+        /// The link id.
+        link: String,
+        /// Its target (lossy).
+        target: String,
+    },
+    /// A layer whose `l/<link>` is missing (repair: recreate it from the `link` file).
+    MissingLink {
+        /// The layer.
+        layer: String,
+        /// Its link id.
+        link: String,
+    },
+    /// A layer whose `link` file is missing, empty or malformed (repair: restore
+    /// it from an `l/` link pointing at the layer, else draw a new link id).
+    BadLinkFile {
+        /// The layer.
+        layer: String,
+        /// The link id written by the repair, when repaired.
+        restored: Option<String>,
+    },
+    /// A layer's `link` file names a link that points at another layer.
+    LinkConflict {
+        /// The layer.
+        layer: String,
+        /// The link id.
+        link: String,
+        /// The layer the link points at.
+        owner: String,
+    },
+    /// A second `l/` link to a layer that nothing uses (repair: delete it).
+    ExtraLink {
+        /// The layer.
+        layer: String,
+        /// The unused link id.
+        link: String,
+    },
+    /// A layer without its `diff` directory. Never repaired.
+    MissingDiff {
+        /// The layer.
+        layer: String,
+    },
+    /// A malformed `lower` file (or aufs `layers/<id>` file).
+    BadLower {
+        /// The layer.
+        layer: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// A layer whose parent is gone: its first lower entry names no layer.
+    ParentGone {
+        /// The layer.
+        layer: String,
+        /// The lower entry (link id, or aufs parent id).
+        entry: String,
+    },
+    /// A lower entry below the parent that names no layer.
+    MissingLower {
+        /// The layer.
+        layer: String,
+        /// The lower entry (link id, or aufs ancestor id).
+        entry: String,
+    },
+    /// A layer whose ancestry loops.
+    Cycle {
+        /// The layer.
+        layer: String,
+    },
+    /// A layer with more lower layers than the store allows.
+    TooDeep {
+        /// The layer.
+        layer: String,
+        /// Its depth (or a lower bound).
+        depth: usize,
+        /// The store's maximum.
+        max: usize,
+    },
+    /// An aufs layer without its `mnt/<id>` directory (repair: create it).
+    MissingMountDir {
+        /// The layer.
+        layer: String,
+    },
+    /// An aufs `diff/<id>` without `layers/<id>`: data of no layer. Never deleted.
+    OrphanDiff {
+        /// The id.
+        id: String,
+    },
+}
+
+impl Finding {
+    /// Whether `fsck(true)` knows a safe repair for this finding.
+    pub fn is_repairable(&self) -> bool {
+        matches!(
+            self,
+            Finding::Leftover { .. }
+                | Finding::DanglingLink { .. }
+                | Finding::BadLinkTarget { .. }
+                | Finding::MissingLink { .. }
+                | Finding::BadLinkFile { .. }
+                | Finding::ExtraLink { .. }
+                | Finding::MissingMountDir { .. }
+        )
+    }
+}
+
+/// What became of a finding.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// Repaired.
+    Repaired,
+    /// Repairable, but `fsck` ran without `repair`.
+    Repairable,
+    /// No safe repair: it needs a person (or it is data the store never deletes).
+    Unrepairable,
+}
+
+/// A finding and its outcome.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FsckEntry {
+    /// What was found.
+    pub finding: Finding,
+    /// What was done about it.
+    pub outcome: Outcome,
+}
+
+/// Everything `fsck` found, in the order found.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct FsckReport {
+    /// The findings.
+    pub entries: Vec<FsckEntry>,
+}
+
+impl FsckReport {
+    /// True when nothing was found.
+    pub fn is_clean(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// The findings left without a repair.
+    pub fn unrepairable(&self) -> impl Iterator<Item = &Finding> {
+        self.entries
+            .iter()
+            .filter(|e| e.outcome == Outcome::Unrepairable)
+            .map(|e| &e.finding)
+    }
+
+    pub(crate) fn push(&mut self, finding: Finding, outcome: Outcome) {
+        tracing::warn!(?finding, ?outcome, "fsck");
+        self.entries.push(FsckEntry { finding, outcome });
+    }
+
+    /// Records a finding: repaired by `fix` when `repair` is set and the finding is
+    /// repairable, else marked as such.
+    pub(crate) fn handle(
+        &mut self,
+        finding: Finding,
+        repair: bool,
+        fix: impl FnOnce() -> Result<()>,
+    ) -> Result<()> {
+        let outcome = if !finding.is_repairable() {
+            Outcome::Unrepairable
+        } else if repair {
+            fix()?;
+            Outcome::Repaired
+        } else {
+            Outcome::Repairable
+        };
+        self.push(finding, outcome);
+        Ok(())
+    }
+}
+
+impl Overlay2Store {
+    /// Checks the whole store and, with `repair`, fixes what it safely can: see
+    /// [`Finding`]. A layer's `diff` is never deleted.
+    ///
+    /// Run it while no other operation is in progress on the store (at startup).
+    pub fn fsck(&self, repair: bool) -> Result<FsckReport> {
+        let mut report = FsckReport::default();
+        let durable = self.opts.durable;
+        let link_path = |l: &str| self.home.join(LINK_DIR).join(l);
+
+        // Half-done operations.
+        for (name, _) in list_names(&self.home_fd).map_err(|e| io_err("read", &self.home, e))? {
+            let Some(name) = utf8_name(&name) else {
+                report.push(
+                    Finding::UnexpectedEntry {
+                        path: PathBuf::from(String::from_utf8_lossy(&name).into_owned()),
+                    },
+                    Outcome::Unrepairable,
+                );
+                continue;
+            };
+            let id = name
+                .strip_suffix(CREATING_SUFFIX)
+                .or_else(|| name.strip_suffix(REMOVING_SUFFIX));
+            if let Some(id) = id {
+                report.handle(Finding::Leftover { path: name.into() }, repair, || {
+                    self.drop_half_layer(name, id)
+                })?;
+            }
+        }
+
+        let layers = self.list()?;
+        let live: BTreeSet<&str> = layers.iter().map(String::as_str).collect();
+
+        // The links: each must point at an existing layer's diff.
+        let mut links: BTreeMap<LinkId, String> = BTreeMap::new();
+        let names =
+            list_names(&self.link_fd).map_err(|e| io_err("read", self.home.join(LINK_DIR), e))?;
+        for (name, kind) in names {
+            let link = utf8_name(&name).and_then(|n| LinkId::parse(n.as_bytes()).ok());
+            let is_link = match kind {
+                FileType::Symlink => true,
+                FileType::Unknown => {
+                    let n = String::from_utf8_lossy(&name).into_owned();
+                    file_type(&self.link_fd, n.as_str())
+                        .map_err(|e| io_err("stat", link_path(&n), e))?
+                        == Some(FileType::Symlink)
+                }
+                _ => false,
+            };
+            let (Some(link), true) = (link, is_link) else {
+                let name = String::from_utf8_lossy(&name).into_owned();
+                report.push(
+                    Finding::UnexpectedEntry {
+                        path: PathBuf::from(LINK_DIR).join(name),
+                    },
+                    Outcome::Unrepairable,
+                );
+                continue;
+            };
+            let unlink = || {
+                match unlinkat(&self.link_fd, link.as_str(), AtFlags::empty()) {
+                    Ok(()) | Err(Errno::NOENT) => {}
+                    Err(e) => return Err(io_err("unlink", link_path(link.as_str()), e)),
+                }
+                sync(&self.link_fd, durable)
+                    .map_err(|e| io_err("fsync", self.home.join(LINK_DIR), e))
+            };
+            match self.link_target(&link) {
+                Ok(Some(layer)) if live.contains(layer.as_str()) => {
+                    links.insert(link, layer);
+                }
+                Ok(Some(layer)) => {
+                    let finding = Finding::DanglingLink {
+                        link: link.as_str().to_owned(),
+                        layer,
+                    };
+                    report.handle(finding, repair, unlink)?;
+                }
+                Ok(None) => {}
+                Err(Error::BadLinkTarget { target, .. }) => {
+                    let finding = Finding::BadLinkTarget {
+                        link: link.as_str().to_owned(),
+                        target,
+                    };
+                    report.handle(finding, repair, unlink)?;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        let mut by_layer: BTreeMap<String, Vec<LinkId>> = BTreeMap::new();
+        for (link, layer) in &links {
+            by_layer
+                .entry(layer.clone())
+                .or_default()
+                .push(link.clone());
+        }
+
+        // Each layer: diff, link file, link.
+        let mut canonical: BTreeMap<String, LinkId> = BTreeMap::new();
+        for layer in &layers {
+            let dir = match self.open_layer(layer) {
+                Ok(d) => d,
+                Err(Error::NotFound { .. }) => continue,
+                Err(e) => return Err(e),
+            };
+            if file_type(&dir, "diff").map_err(|e| io_err("stat", self.diff_dir(layer), e))?
+                != Some(FileType::Directory)
+            {
+                report.push(
+                    Finding::MissingDiff {
+                        layer: layer.clone(),
+                    },
+                    Outcome::Unrepairable,
+                );
+            }
+            match self.read_link_file(layer, &dir) {
+                Ok(link) => match links.get(&link) {
+                    Some(owner) if owner == layer => {
+                        canonical.insert(layer.clone(), link);
+                    }
+                    Some(owner) => report.push(
+                        Finding::LinkConflict {
+                            layer: layer.clone(),
+                            link: link.as_str().to_owned(),
+                            owner: owner.clone(),
+                        },
+                        Outcome::Unrepairable,
+                    ),
+                    None => {
+                        let finding = Finding::MissingLink {
+                            layer: layer.clone(),
+                            link: link.as_str().to_owned(),
+                        };
+                        report.handle(finding, repair, || {
+                            symlinkat(
+                                LinkId::target_for(layer).as_str(),
+                                &self.link_fd,
+                                link.as_str(),
+                            )
+                            .map_err(|e| io_err("symlink", link_path(link.as_str()), e))?;
+                            sync(&self.link_fd, durable)
+                                .map_err(|e| io_err("fsync", self.home.join(LINK_DIR), e))
+                        })?;
+                        if repair {
+                            links.insert(link.clone(), layer.clone());
+                            canonical.insert(layer.clone(), link);
+                        }
+                    }
+                },
+                Err(Error::BadLinkFile { .. }) | Err(Error::Io { .. }) => {
+                    let existing = by_layer.get(layer).and_then(|l| l.first()).cloned();
+                    if !repair {
+                        report.push(
+                            Finding::BadLinkFile {
+                                layer: layer.clone(),
+                                restored: None,
+                            },
+                            Outcome::Repairable,
+                        );
+                        continue;
+                    }
+                    let link = match existing {
+                        Some(link) => link,
+                        None => self.new_link_for(layer)?,
+                    };
+                    let path = self.layer_dir(layer).join("link");
+                    match unlinkat(&dir, "link", AtFlags::empty()) {
+                        Ok(()) | Err(Errno::NOENT) => {}
+                        Err(e) => return Err(io_err("unlink", &path, e)),
+                    }
+                    write_new_file(&dir, "link", link.as_str().as_bytes(), 0o644, durable)
+                        .map_err(|e| io_err("write", &path, e))?;
+                    sync(&dir, durable).map_err(|e| io_err("fsync", self.layer_dir(layer), e))?;
+                    links.insert(link.clone(), layer.clone());
+                    canonical.insert(layer.clone(), link.clone());
+                    report.push(
+                        Finding::BadLinkFile {
+                            layer: layer.clone(),
+                            restored: Some(link.as_str().to_owned()),
+                        },
+                        Outcome::Repaired,
+                    );
+                }
+                Err(e) => return Err(e),
+            }
+        }
+
+        // Each lower: well-formed, every entry a live layer, no loops, not too deep.
+        let mut referenced: BTreeSet<LinkId> = BTreeSet::new();
+        let mut parents: BTreeMap<String, String> = BTreeMap::new();
+        for layer in &layers {
+            let Ok(dir) = self.open_layer(layer) else {
+                continue;
+            };
+            let lowers = match self.read_lower(layer, &dir) {
+                Ok(l) => l,
+                Err(Error::BadLower {
+                    source: LowerError::TooMany { count, max },
+                    ..
+                }) => {
+                    report.push(
+                        Finding::TooDeep {
+                            layer: layer.clone(),
+                            depth: count,
+                            max,
+                        },
+                        Outcome::Unrepairable,
+                    );
+                    continue;
+                }
+                Err(Error::BadLower { source, .. }) => {
+                    report.push(
+                        Finding::BadLower {
+                            layer: layer.clone(),
+                            reason: source.to_string(),
+                        },
+                        Outcome::Unrepairable,
+                    );
+                    continue;
+                }
+                Err(Error::Io { source, .. }) => {
+                    report.push(
+                        Finding::BadLower {
+                            layer: layer.clone(),
+                            reason: source.to_string(),
+                        },
+                        Outcome::Unrepairable,
+                    );
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
+            for (index, link) in lowers.iter().enumerate() {
+                referenced.insert(link.clone());
+                match links.get(link) {
+                    Some(owner) if owner == layer => report.push(
+                        Finding::Cycle {
+                            layer: layer.clone(),
+                        },
+                        Outcome::Unrepairable,
+                    ),
+                    Some(owner) => {
+                        if index == 0 {
+                            parents.insert(layer.clone(), owner.clone());
+                        }
+                    }
+                    None if index == 0 => report.push(
+                        Finding::ParentGone {
+                            layer: layer.clone(),
+                            entry: link.lower_entry(),
+                        },
+                        Outcome::Unrepairable,
+                    ),
+                    None => report.push(
+                        Finding::MissingLower {
+                            layer: layer.clone(),
+                            entry: link.lower_entry(),
+                        },
+                        Outcome::Unrepairable,
+                    ),
+                }
+            }
+        }
+        // Loops through parents (a layer naming itself was caught above).
+        for layer in &layers {
+            let mut seen = BTreeSet::new();
+            let mut cur = layer;
+            while let Some(p) = parents.get(cur) {
+                if !seen.insert(p.clone()) || seen.len() > self.opts.max_depth + 1 {
+                    if p == layer {
+                        report.push(
+                            Finding::Cycle {
+                                layer: layer.clone(),
+                            },
+                            Outcome::Unrepairable,
+                        );
+                    }
+                    break;
+                }
+                cur = p;
+            }
+        }
+
+        // Unused second links.
+        for (layer, extra) in by_layer {
+            for link in extra {
+                if canonical.get(&layer) == Some(&link) || referenced.contains(&link) {
+                    continue;
+                }
+                let finding = Finding::ExtraLink {
+                    layer: layer.clone(),
+                    link: link.as_str().to_owned(),
+                };
+                report.handle(finding, repair, || {
+                    match unlinkat(&self.link_fd, link.as_str(), AtFlags::empty()) {
+                        Ok(()) | Err(Errno::NOENT) => {}
+                        Err(e) => return Err(io_err("unlink", link_path(link.as_str()), e)),
+                    }
+                    sync(&self.link_fd, durable)
+                        .map_err(|e| io_err("fsync", self.home.join(LINK_DIR), e))
+                })?;
+            }
+        }
+        Ok(report)
+    }
+
+    /// Draws a fresh link id and makes `l/<link>` point at the layer.
+    fn new_link_for(&self, layer: &str) -> Result<LinkId> {
+        for _ in 0..32 {
+            let link = LinkId::generate();
+            match symlinkat(
+                LinkId::target_for(layer).as_str(),
+                &self.link_fd,
+                link.as_str(),
+            ) {
+                Ok(()) => {
+                    sync(&self.link_fd, self.opts.durable)
+                        .map_err(|e| io_err("fsync", self.home.join(LINK_DIR), e))?;
+                    return Ok(link);
+                }
+                Err(Errno::EXIST) => continue,
+                Err(e) => {
+                    return Err(io_err(
+                        "symlink",
+                        self.home.join(LINK_DIR).join(link.as_str()),
+                        e,
+                    ));
+                }
+            }
+        }
+        Err(Error::LinkIdsExhausted {
+            path: self.home.join(LINK_DIR),
+            attempts: 32,
+        })
+    }
+}

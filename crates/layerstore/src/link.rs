@@ -1,0 +1,117 @@
+//! overlay2 link ids (`<home>/<id>/link`) and the `l/<linkid>` symlinks.
+
+use std::fmt;
+
+use plies_mountopts::LINK_ID_LEN;
+use rand::RngExt;
+
+use crate::id::validate_id;
+
+/// The base32 alphabet link ids are drawn from.
+const ALPHABET: &[u8; 32] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567";
+
+/// A layer's short link id: [`LINK_ID_LEN`] characters of `A-Z2-7`.
+///
+/// Mount data names lower layers as `l/<linkid>` to stay within a page.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct LinkId(String);
+
+/// Why the contents of a `link` file (or a lower entry) are not a link id.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum LinkError {
+    /// Nothing there.
+    #[error("empty link id")]
+    Empty,
+    /// Not [`LINK_ID_LEN`] bytes long.
+    #[error("link id is {len} bytes, not {LINK_ID_LEN}")]
+    WrongLength {
+        /// The length found.
+        len: usize,
+    },
+    /// A byte outside the base32 alphabet (a `/`, a newline, `.`…).
+    #[error("byte {byte:#04x} at offset {offset} is not in the base32 alphabet")]
+    BadByte {
+        /// Its offset.
+        offset: usize,
+        /// The byte.
+        byte: u8,
+    },
+}
+
+impl LinkId {
+    /// Parses the exact bytes of a `link` file: no newline, no padding.
+    pub fn parse(bytes: &[u8]) -> Result<Self, LinkError> {
+        if bytes.is_empty() {
+            return Err(LinkError::Empty);
+        }
+        if let Some(offset) = bytes.iter().position(|b| !ALPHABET.contains(b)) {
+            return Err(LinkError::BadByte {
+                offset,
+                byte: bytes[offset],
+            });
+        }
+        if bytes.len() != LINK_ID_LEN {
+            return Err(LinkError::WrongLength { len: bytes.len() });
+        }
+        // Every byte is ASCII, checked above.
+        Ok(Self(String::from_utf8_lossy(bytes).into_owned()))
+    }
+
+    /// Draws a fresh random link id.
+    pub fn generate() -> Self {
+        let mut rng = rand::rng();
+        let id = (0..LINK_ID_LEN)
+            .map(|_| char::from(ALPHABET[rng.random_range(0..ALPHABET.len())]))
+            .collect();
+        Self(id)
+    }
+
+    /// The id as text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// The entry naming this link in a `lower` file: `l/<linkid>`.
+    pub fn lower_entry(&self) -> String {
+        format!("l/{}", self.0)
+    }
+
+    /// The symlink target of `l/<linkid>` for layer `id`: `../<id>/diff`.
+    pub fn target_for(id: &str) -> String {
+        format!("../{id}/diff")
+    }
+}
+
+impl fmt::Display for LinkId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// Why a `l/<linkid>` symlink's target is not `../<id>/diff`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum LinkTargetError {
+    /// Not of the form `../<id>/diff` (absolute, deeper, elsewhere).
+    #[error("target is not of the form ../<id>/diff")]
+    NotLayerDiff,
+    /// The `<id>` part is not a valid layer id.
+    #[error("target names an invalid layer id: {0}")]
+    BadId(crate::IdError),
+}
+
+/// Parses the target of a `l/<linkid>` symlink, which must be exactly
+/// `../<id>/diff` with a valid `<id>`, and returns the layer id.
+///
+/// Anything else (an absolute path, `..` escapes, another directory) is refused,
+/// so resolving a link never leaves the store.
+pub fn parse_link_target(target: &[u8]) -> Result<String, LinkTargetError> {
+    let inner = target
+        .strip_prefix(b"../")
+        .and_then(|t| t.strip_suffix(b"/diff"))
+        .ok_or(LinkTargetError::NotLayerDiff)?;
+    let id = std::str::from_utf8(inner).map_err(|_| LinkTargetError::NotLayerDiff)?;
+    validate_id(id).map_err(LinkTargetError::BadId)?;
+    Ok(id.to_owned())
+}
