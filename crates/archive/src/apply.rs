@@ -322,6 +322,8 @@ impl<'o> Applier<'o> {
             _ => NameKind::Plain,
         };
         self.stats.entries += 1;
+        // Every PAX record is checked before anything is made, whiteouts included.
+        let meta = self.meta(entry)?;
         match kind {
             NameKind::Plain => {}
             NameKind::AufsMeta(_) => {
@@ -337,7 +339,7 @@ impl<'o> Applier<'o> {
                 if self.opts.whiteouts != WhiteoutFormat::Aufs {
                     drain(entry)?;
                     let (dir_comps, last) = comps.split_at(comps.len() - 1);
-                    return self.whiteout(entry, dir_comps, last[0], kind);
+                    return self.whiteout(&meta, dir_comps, last[0], kind);
                 }
             }
         }
@@ -346,7 +348,6 @@ impl<'o> Applier<'o> {
                 self.unpacked.insert(resolve::join(&comps[..i]));
             }
         }
-        let meta = self.meta(entry)?;
         if comps.is_empty() {
             if !ty.is_dir() {
                 return Err(EntryError::ReplacesRoot);
@@ -546,9 +547,9 @@ impl<'o> Applier<'o> {
         .map_err(io_err("open directory"))
     }
 
-    fn whiteout<R: Read>(
+    fn whiteout(
         &mut self,
-        entry: &tar::Entry<'_, R>,
+        meta: &Meta,
         dir_comps: &[&OsStr],
         name: &OsStr,
         kind: NameKind<'_>,
@@ -558,8 +559,8 @@ impl<'o> Applier<'o> {
             (WhiteoutFormat::Overlay(_), NameKind::Whiteout(target)) => {
                 self.remove(parent.as_fd(), target)?;
                 plies_whiteout::create_overlay_whiteout(&parent, target)?;
-                let meta = self.owner(entry)?;
-                if let Some((uid, gid)) = meta {
+                if meta.uid != u32::MAX {
+                    let (uid, gid) = (meta.uid, meta.gid);
                     rustix::fs::chownat(
                         &parent,
                         target,

@@ -20,7 +20,6 @@ pub(crate) fn to_host(map: &[IdMap], id: u64, kind: &'static str) -> Result<u64,
 }
 
 /// Maps a host id to a container id; an empty map is the identity.
-#[allow(dead_code)] // used by export
 pub(crate) fn to_container(map: &[IdMap], id: u64, kind: &'static str) -> Result<u64, Error> {
     translate(map, id, kind, |m| (m.host_id, m.container_id))
 }

@@ -3,11 +3,13 @@
 mod apply;
 pub mod changes;
 mod error;
+mod export;
 mod idmap;
 mod resolve;
 pub mod size;
 
 pub use apply::{ApplyOptions, ApplyStats, WhiteoutFormat, apply, apply_at};
 pub use error::{EntryError, Error};
+pub use export::{Export, ExportOptions, export, export_at};
 pub use idmap::IdMap;
 pub use plies_whiteout::XattrNamespace;

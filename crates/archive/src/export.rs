@@ -1,0 +1,686 @@
+//! Exporting a layer directory as a layer tar.
+
+use std::collections::HashMap;
+use std::ffi::{OsStr, OsString};
+use std::fs::File;
+use std::io::{self, Read};
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::path::{Path, PathBuf};
+
+use plies_whiteout::{NameKind, OPAQUE_MARKER, WHITEOUT_PREFIX, XattrNamespace};
+use rustix::fd::{AsFd, BorrowedFd, OwnedFd};
+use rustix::fs::{AtFlags, FileType, Mode, OFlags, Stat};
+use rustix::io::Errno;
+
+use crate::apply::{WhiteoutFormat, list_dir};
+use crate::error::Error;
+use crate::idmap::{self, IdMap};
+
+/// Options of [`export`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ExportOptions {
+    /// The whiteout format of the directory being exported:
+    /// [`WhiteoutFormat::Overlay`] (0/0 devices and opaque xattrs become `.wh.`
+    /// entries), [`WhiteoutFormat::Aufs`] (`.wh.` files are kept, aufs private
+    /// `.wh..wh.*` entries left out), or [`WhiteoutFormat::Merged`] for a plain
+    /// tree without whiteouts.
+    pub whiteouts: WhiteoutFormat,
+    /// Container-to-host uid ranges; owners are mapped back to container ids.
+    pub uid_map: Vec<IdMap>,
+    /// Container-to-host gid ranges; groups are mapped back to container ids.
+    pub gid_map: Vec<IdMap>,
+}
+
+/// Reads a layer directory as a tar stream, entry by entry.
+///
+/// Returned by [`export`]. Memory stays small whatever the layer size: one
+/// directory listing per level of the walk, and the paths of multiply linked
+/// files. An error while reading is an [`io::Error`] wrapping this crate's
+/// [`Error`] (get it back with `io::Error::into_inner` and `downcast`); after
+/// an error every further read fails too.
+pub struct Export {
+    opts: ExportOptions,
+    stack: Vec<Level>,
+    out: Vec<u8>,
+    out_pos: usize,
+    body: Option<Body>,
+    links: HashMap<(u64, u64), Vec<u8>>,
+    noatime: bool,
+    done: bool,
+    failed: Option<String>,
+}
+
+impl std::fmt::Debug for Export {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Export")
+            .field("opts", &self.opts)
+            .field("done", &self.done)
+            .finish_non_exhaustive()
+    }
+}
+
+struct Level {
+    fd: OwnedFd,
+    /// Path of this directory below the root, with a trailing `/` (empty for the root).
+    path: Vec<u8>,
+    names: Vec<OsString>,
+    next: usize,
+}
+
+struct Body {
+    file: File,
+    path: Vec<u8>,
+    remaining: u64,
+    pad: usize,
+}
+
+/// Xattr names and values, sorted by name.
+type Xattrs = Vec<(Vec<u8>, Vec<u8>)>;
+
+const BLOCK: usize = 512;
+const OCTAL_8: u64 = 0o7777777;
+const OCTAL_12: u64 = 0o77777777777;
+
+/// Exports the layer directory `root` as a layer tar.
+///
+/// Entries come in sorted order with fixed header fields (no user or group
+/// names, no access times), so the same tree always gives the same bytes. PAX
+/// records carry long names, nanosecond mtimes, large ids and sizes, and
+/// xattrs (`user.*`, `trusted.*`, `security.capability`; overlay's own never).
+///
+/// # Errors
+/// [`Error::Root`] if `root` cannot be opened or listed; errors met later come
+/// from [`Read::read`] on the returned reader.
+pub fn export(root: &Path, opts: &ExportOptions) -> Result<Export, Error> {
+    let fd = rustix::fs::open(
+        root,
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(|e| Error::Root {
+        path: root.to_path_buf(),
+        source: e.into(),
+    })?;
+    export_fd(fd, opts, root)
+}
+
+/// [`export`] of an already open directory.
+///
+/// # Errors
+/// As [`export`].
+pub fn export_at(root: BorrowedFd<'_>, opts: &ExportOptions) -> Result<Export, Error> {
+    let fd = rustix::fs::openat(
+        root,
+        ".",
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(|e| Error::Root {
+        path: PathBuf::from("."),
+        source: e.into(),
+    })?;
+    export_fd(fd, opts, Path::new("."))
+}
+
+fn export_fd(fd: OwnedFd, opts: &ExportOptions, shown: &Path) -> Result<Export, Error> {
+    let mut ex = Export {
+        opts: opts.clone(),
+        stack: Vec::new(),
+        out: Vec::new(),
+        out_pos: 0,
+        body: None,
+        links: HashMap::new(),
+        noatime: true,
+        done: false,
+        failed: None,
+    };
+    let st = rustix::fs::fstat(&fd).map_err(|e| Error::Root {
+        path: shown.to_path_buf(),
+        source: e.into(),
+    })?;
+    ex.enter_dir(fd, Vec::new(), &st).map_err(|e| match e {
+        Error::Export { source, .. } => Error::Root {
+            path: shown.to_path_buf(),
+            source,
+        },
+        other => other,
+    })?;
+    Ok(ex)
+}
+
+fn export_err<'p>(path: &'p [u8], op: &'static str) -> impl FnOnce(Errno) -> Error + 'p {
+    move |e| Error::Export {
+        path: PathBuf::from(OsStr::from_bytes(path)),
+        op,
+        source: e.into(),
+    }
+}
+
+impl Export {
+    /// Lists a directory (already emitted) and pushes it on the walk; emits
+    /// its opaque marker first if it has one.
+    fn enter_dir(&mut self, fd: OwnedFd, path: Vec<u8>, st: &Stat) -> Result<(), Error> {
+        let mut names = list_dir(&fd).map_err(|e| Error::Export {
+            path: PathBuf::from(OsStr::from_bytes(&path)),
+            op: "list directory",
+            source: e,
+        })?;
+        names.sort_unstable_by(|a, b| a.as_bytes().cmp(b.as_bytes()));
+        let opaque = match self.opts.whiteouts {
+            WhiteoutFormat::Overlay(ns) => {
+                plies_whiteout::is_opaque(&fd, ns).map_err(|e| Error::Export {
+                    path: PathBuf::from(OsStr::from_bytes(&path)),
+                    op: "read opaque xattr",
+                    source: io::Error::other(e.to_string()),
+                })?
+            }
+            WhiteoutFormat::Aufs => match names.iter().position(|n| n == OPAQUE_MARKER) {
+                Some(i) => {
+                    names.remove(i);
+                    true
+                }
+                None => false,
+            },
+            WhiteoutFormat::Merged => false,
+        };
+        if opaque {
+            let mut marker = path.clone();
+            marker.extend_from_slice(OPAQUE_MARKER.as_bytes());
+            // aufs keeps the marker as a file of its own; overlay's marker
+            // takes the directory's permissions and owner, as Docker writes it.
+            let marker_st = match self.opts.whiteouts {
+                WhiteoutFormat::Aufs => {
+                    rustix::fs::statat(&fd, OPAQUE_MARKER, AtFlags::SYMLINK_NOFOLLOW)
+                        .map_err(export_err(&marker, "stat"))?
+                }
+                _ => *st,
+            };
+            let mode = marker_st.st_mode & 0o777;
+            self.push_header(
+                &marker,
+                tar::EntryType::Regular,
+                &marker_st,
+                mode,
+                0,
+                None,
+                &[],
+                &path,
+            )?;
+        }
+        self.stack.push(Level {
+            fd,
+            path,
+            names,
+            next: 0,
+        });
+        Ok(())
+    }
+
+    /// Emits the next entry into `out` (and `body`); `false` once the walk is over.
+    fn advance(&mut self) -> Result<bool, Error> {
+        loop {
+            let Some(level) = self.stack.last_mut() else {
+                return Ok(false);
+            };
+            if level.next == level.names.len() {
+                self.stack.pop();
+                continue;
+            }
+            let name = std::mem::take(&mut level.names[level.next]);
+            level.next += 1;
+            let mut path = level.path.clone();
+            path.extend_from_slice(name.as_bytes());
+            let dir = level.fd.as_fd();
+            let st = match rustix::fs::statat(dir, &name, AtFlags::SYMLINK_NOFOLLOW) {
+                Ok(st) => st,
+                Err(Errno::NOENT) => continue,
+                Err(e) => return Err(export_err(&path, "stat")(e)),
+            };
+            let kind = if name.as_bytes().starts_with(WHITEOUT_PREFIX.as_bytes()) {
+                Some(
+                    plies_whiteout::classify(&name).map_err(|_| Error::Inexpressible {
+                        path: PathBuf::from(OsStr::from_bytes(&path)),
+                        reason: "malformed `.wh.` name",
+                    })?,
+                )
+            } else {
+                None
+            };
+            let ft = FileType::from_raw_mode(st.st_mode);
+            match (self.opts.whiteouts, kind) {
+                (_, None) => {}
+                (WhiteoutFormat::Aufs, Some(NameKind::AufsMeta(_))) => continue,
+                (WhiteoutFormat::Aufs, Some(NameKind::Whiteout(_)))
+                    if ft == FileType::RegularFile =>
+                {
+                    // aufs whiteouts are often hard links of one another: always plain empty files.
+                    self.push_header(
+                        &path,
+                        tar::EntryType::Regular,
+                        &st,
+                        st.st_mode & 0o7777,
+                        0,
+                        None,
+                        &[],
+                        &path,
+                    )?;
+                    return Ok(true);
+                }
+                _ => {
+                    return Err(Error::Inexpressible {
+                        path: PathBuf::from(OsStr::from_bytes(&path)),
+                        reason: "a `.wh.` name a layer tar cannot carry",
+                    });
+                }
+            }
+            let dir = self.stack[self.stack.len() - 1].fd.as_fd();
+            match ft {
+                FileType::Directory => {
+                    let fd = rustix::fs::openat(
+                        dir,
+                        &name,
+                        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                        Mode::empty(),
+                    )
+                    .map_err(export_err(&path, "open directory"))?;
+                    let xattrs = self.xattrs(&fd, &path)?;
+                    path.push(b'/');
+                    self.push_header(
+                        &path,
+                        tar::EntryType::Directory,
+                        &st,
+                        st.st_mode & 0o7777,
+                        0,
+                        None,
+                        &xattrs,
+                        &path,
+                    )?;
+                    self.enter_dir(fd, path, &st)?;
+                    return Ok(true);
+                }
+                FileType::RegularFile => {
+                    if st.st_nlink > 1 {
+                        let key = (st.st_dev, st.st_ino);
+                        if let Some(first) = self.links.get(&key) {
+                            let first = first.clone();
+                            self.push_header(
+                                &path,
+                                tar::EntryType::Link,
+                                &st,
+                                st.st_mode & 0o7777,
+                                0,
+                                Some(&first),
+                                &[],
+                                &path,
+                            )?;
+                            return Ok(true);
+                        }
+                        self.links.insert(key, path.clone());
+                    }
+                    let fd = open_file(&mut self.noatime, dir, &name, &path)?;
+                    let xattrs = self.xattrs(&fd, &path)?;
+                    let size = st.st_size as u64;
+                    self.push_header(
+                        &path,
+                        tar::EntryType::Regular,
+                        &st,
+                        st.st_mode & 0o7777,
+                        size,
+                        None,
+                        &xattrs,
+                        &path,
+                    )?;
+                    self.body = Some(Body {
+                        file: File::from(fd),
+                        path,
+                        remaining: size,
+                        pad: (BLOCK - (size % BLOCK as u64) as usize) % BLOCK,
+                    });
+                    return Ok(true);
+                }
+                FileType::Symlink => {
+                    let target = rustix::fs::readlinkat(dir, &name, Vec::new())
+                        .map_err(export_err(&path, "readlink"))?;
+                    let target = target.into_bytes();
+                    self.push_header(
+                        &path,
+                        tar::EntryType::Symlink,
+                        &st,
+                        0o777,
+                        0,
+                        Some(&target),
+                        &[],
+                        &path,
+                    )?;
+                    return Ok(true);
+                }
+                FileType::CharacterDevice | FileType::BlockDevice | FileType::Fifo => {
+                    if let WhiteoutFormat::Overlay(_) = self.opts.whiteouts {
+                        if plies_whiteout::is_overlay_whiteout(&st) {
+                            let mut wh = self
+                                .stack
+                                .last()
+                                .map(|l| l.path.clone())
+                                .unwrap_or_default();
+                            wh.extend_from_slice(WHITEOUT_PREFIX.as_bytes());
+                            wh.extend_from_slice(name.as_bytes());
+                            self.push_header(
+                                &wh,
+                                tar::EntryType::Regular,
+                                &st,
+                                0o600,
+                                0,
+                                None,
+                                &[],
+                                &path,
+                            )?;
+                            return Ok(true);
+                        }
+                    }
+                    let ty = match ft {
+                        FileType::CharacterDevice => tar::EntryType::Char,
+                        FileType::BlockDevice => tar::EntryType::Block,
+                        _ => tar::EntryType::Fifo,
+                    };
+                    self.push_header(&path, ty, &st, st.st_mode & 0o7777, 0, None, &[], &path)?;
+                    return Ok(true);
+                }
+                _ => {
+                    tracing::warn!(path = %Path::new(OsStr::from_bytes(&path)).display(), "skipping socket: a layer tar cannot carry it");
+                    continue;
+                }
+            }
+        }
+    }
+
+    /// The xattrs to carry, sorted; refuses layers with overlay redirects or metacopy.
+    fn xattrs(&self, fd: &OwnedFd, path: &[u8]) -> Result<Xattrs, Error> {
+        let mut list = vec![0u8; 4096];
+        let n = loop {
+            match rustix::fs::flistxattr(fd, &mut list[..]) {
+                Ok(n) => break n,
+                Err(Errno::RANGE) if list.len() < 1 << 20 => list.resize(list.len() * 4, 0),
+                Err(Errno::NOTSUP) => return Ok(Vec::new()),
+                Err(e) => return Err(export_err(path, "list xattrs")(e)),
+            }
+        };
+        let ns = match self.opts.whiteouts {
+            WhiteoutFormat::Overlay(ns) => Some(ns),
+            _ => None,
+        };
+        let mut out = Vec::new();
+        for key in list[..n].split(|b| *b == 0).filter(|k| !k.is_empty()) {
+            if let Some(ns) = ns {
+                if key == ns.redirect_key().as_bytes() || key == ns.metacopy_key().as_bytes() {
+                    return Err(Error::Inexpressible {
+                        path: PathBuf::from(OsStr::from_bytes(path)),
+                        reason: "overlay redirect or metacopy xattr (needs a naive diff)",
+                    });
+                }
+            }
+            let carried = (key.starts_with(b"user.")
+                && !key.starts_with(XattrNamespace::User.overlay_prefix().as_bytes()))
+                || (key.starts_with(b"trusted.")
+                    && !key.starts_with(XattrNamespace::Trusted.overlay_prefix().as_bytes()))
+                || key == b"security.capability";
+            if !carried {
+                continue;
+            }
+            let mut value = vec![0u8; 65536];
+            let len = match rustix::fs::fgetxattr(fd, OsStr::from_bytes(key), &mut value[..]) {
+                Ok(len) => len,
+                Err(Errno::NODATA) => continue,
+                Err(e) => return Err(export_err(path, "read xattr")(e)),
+            };
+            value.truncate(len);
+            out.push((key.to_vec(), value));
+        }
+        out.sort();
+        Ok(out)
+    }
+
+    /// Appends a PAX header (when needed) and the entry's header to `out`.
+    #[allow(clippy::too_many_arguments)]
+    fn push_header(
+        &mut self,
+        name: &[u8],
+        ty: tar::EntryType,
+        st: &Stat,
+        mode: u32,
+        size: u64,
+        link: Option<&[u8]>,
+        xattrs: &[(Vec<u8>, Vec<u8>)],
+        shown: &[u8],
+    ) -> Result<(), Error> {
+        let unmapped = |e: Error| match e {
+            Error::Unmapped { kind, id } => Error::Export {
+                path: PathBuf::from(OsStr::from_bytes(shown)),
+                op: if kind == "uid" {
+                    "map uid to the container"
+                } else {
+                    "map gid to the container"
+                },
+                source: io::Error::other(format!("{kind} {id} has no mapping")),
+            },
+            other => other,
+        };
+        let uid = idmap::to_container(&self.opts.uid_map, u64::from(st.st_uid), "uid")
+            .map_err(unmapped)?;
+        let gid = idmap::to_container(&self.opts.gid_map, u64::from(st.st_gid), "gid")
+            .map_err(unmapped)?;
+        let (secs, nsec) = (st.st_mtime, st.st_mtime_nsec as i64);
+        let mut pax = Vec::new();
+        if name.len() > 100 {
+            pax_record(&mut pax, b"path", name);
+        }
+        if let Some(link) = link {
+            if link.len() > 100 {
+                pax_record(&mut pax, b"linkpath", link);
+            }
+        }
+        if nsec != 0 || secs < 0 || secs as u64 > OCTAL_12 {
+            let value = if nsec == 0 {
+                secs.to_string()
+            } else if secs >= 0 {
+                format!("{secs}.{nsec:09}")
+            } else {
+                // -1.25 s is written as secs -2, nsec 750000000.
+                let total = -(secs as i128 * 1_000_000_000 + nsec as i128);
+                format!("-{}.{:09}", total / 1_000_000_000, total % 1_000_000_000)
+            };
+            pax_record(&mut pax, b"mtime", value.as_bytes());
+        }
+        if uid > OCTAL_8 {
+            pax_record(&mut pax, b"uid", uid.to_string().as_bytes());
+        }
+        if gid > OCTAL_8 {
+            pax_record(&mut pax, b"gid", gid.to_string().as_bytes());
+        }
+        if size > OCTAL_12 {
+            pax_record(&mut pax, b"size", size.to_string().as_bytes());
+        }
+        for (key, value) in xattrs {
+            let mut k = b"SCHILY.xattr.".to_vec();
+            k.extend_from_slice(key);
+            pax_record(&mut pax, &k, value);
+        }
+        if !pax.is_empty() {
+            let mut h = tar::Header::new_ustar();
+            set_bytes(&mut h.as_old_mut().name, b"././@PaxHeader");
+            h.set_mode(0o644);
+            h.set_uid(0);
+            h.set_gid(0);
+            h.set_mtime(0);
+            h.set_size(pax.len() as u64);
+            h.set_entry_type(tar::EntryType::XHeader);
+            h.set_cksum();
+            self.out.extend_from_slice(h.as_bytes());
+            let pad = (BLOCK - pax.len() % BLOCK) % BLOCK;
+            self.out.extend_from_slice(&pax);
+            self.out.resize(self.out.len() + pad, 0);
+        }
+        let mut h = tar::Header::new_ustar();
+        set_bytes(&mut h.as_old_mut().name, name);
+        if let Some(link) = link {
+            set_bytes(&mut h.as_old_mut().linkname, link);
+        }
+        h.set_mode(mode);
+        h.set_uid(if uid > OCTAL_8 { 0 } else { uid });
+        h.set_gid(if gid > OCTAL_8 { 0 } else { gid });
+        h.set_size(if size > OCTAL_12 { 0 } else { size });
+        h.set_mtime(if secs < 0 || secs as u64 > OCTAL_12 {
+            0
+        } else {
+            secs as u64
+        });
+        h.set_entry_type(ty);
+        if matches!(ty, tar::EntryType::Char | tar::EntryType::Block) {
+            let rdev = st.st_rdev;
+            h.set_device_major(rustix::fs::major(rdev))
+                .map_err(|e| Error::Export {
+                    path: PathBuf::from(OsStr::from_bytes(shown)),
+                    op: "device major",
+                    source: e,
+                })?;
+            h.set_device_minor(rustix::fs::minor(rdev))
+                .map_err(|e| Error::Export {
+                    path: PathBuf::from(OsStr::from_bytes(shown)),
+                    op: "device minor",
+                    source: e,
+                })?;
+        } else {
+            h.set_device_major(0).ok();
+            h.set_device_minor(0).ok();
+        }
+        h.set_cksum();
+        self.out.extend_from_slice(h.as_bytes());
+        Ok(())
+    }
+
+    fn fail(&mut self, e: Error) -> io::Error {
+        self.failed = Some(e.to_string());
+        self.done = true;
+        io::Error::other(e)
+    }
+}
+
+/// Opens a file to export, without touching its atime where allowed.
+fn open_file(
+    noatime: &mut bool,
+    dir: BorrowedFd<'_>,
+    name: &OsStr,
+    path: &[u8],
+) -> Result<OwnedFd, Error> {
+    let flags = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+    if *noatime {
+        match rustix::fs::openat(dir, name, flags | OFlags::NOATIME, Mode::empty()) {
+            Err(Errno::PERM) => *noatime = false,
+            other => return other.map_err(export_err(path, "open file")),
+        }
+    }
+    rustix::fs::openat(dir, name, flags, Mode::empty()).map_err(export_err(path, "open file"))
+}
+
+/// Copies `value` into a header field, truncated to fit (PAX carries the whole).
+fn set_bytes(field: &mut [u8], value: &[u8]) {
+    let n = value.len().min(field.len());
+    field[..n].copy_from_slice(&value[..n]);
+}
+
+/// Appends one PAX record `"<len> <key>=<value>\n"`, `len` counting itself.
+fn pax_record(out: &mut Vec<u8>, key: &[u8], value: &[u8]) {
+    let rest = key.len() + value.len() + 3;
+    let mut len = rest + 1;
+    while len.to_string().len() + rest != len {
+        len += 1;
+    }
+    out.extend_from_slice(len.to_string().as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(key);
+    out.push(b'=');
+    out.extend_from_slice(value);
+    out.push(b'\n');
+}
+
+impl Read for Export {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if let Some(msg) = &self.failed {
+            return Err(io::Error::other(format!("export already failed: {msg}")));
+        }
+        if buf.is_empty() {
+            return Ok(0);
+        }
+        loop {
+            if self.out_pos < self.out.len() {
+                let n = (self.out.len() - self.out_pos).min(buf.len());
+                buf[..n].copy_from_slice(&self.out[self.out_pos..self.out_pos + n]);
+                self.out_pos += n;
+                return Ok(n);
+            }
+            if let Some(body) = &mut self.body {
+                if body.remaining > 0 {
+                    let want = buf
+                        .len()
+                        .min(usize::try_from(body.remaining).unwrap_or(usize::MAX));
+                    let n = match body.file.read(&mut buf[..want]) {
+                        Ok(0) => {
+                            let e = Error::Export {
+                                path: PathBuf::from(OsString::from_vec(body.path.clone())),
+                                op: "read file (it shrank while being exported)",
+                                source: io::ErrorKind::UnexpectedEof.into(),
+                            };
+                            return Err(self.fail(e));
+                        }
+                        Ok(n) => n,
+                        Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                        Err(source) => {
+                            let e = Error::Export {
+                                path: PathBuf::from(OsString::from_vec(body.path.clone())),
+                                op: "read file",
+                                source,
+                            };
+                            return Err(self.fail(e));
+                        }
+                    };
+                    body.remaining -= n as u64;
+                    return Ok(n);
+                }
+                let pad = body.pad;
+                self.body = None;
+                self.out.clear();
+                self.out.resize(pad, 0);
+                self.out_pos = 0;
+                continue;
+            }
+            if self.done {
+                return Ok(0);
+            }
+            self.out.clear();
+            self.out_pos = 0;
+            match self.advance() {
+                Ok(true) => {}
+                Ok(false) => {
+                    self.out.resize(2 * BLOCK, 0);
+                    self.done = true;
+                }
+                Err(e) => return Err(self.fail(e)),
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pax_record_lengths_count_themselves() {
+        let mut out = Vec::new();
+        pax_record(&mut out, b"path", b"abc");
+        assert_eq!(out, b"12 path=abc\n");
+        let mut out = Vec::new();
+        pax_record(&mut out, b"k", &[b'v'; 95]);
+        assert_eq!(&out[..4], b"102 ");
+        assert_eq!(out.len(), 102);
+    }
+}
