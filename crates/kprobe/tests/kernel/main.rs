@@ -1,0 +1,367 @@
+//! Probes against this machine's real kernel: each answer is checked against an
+//! independent source (`/proc`, `/sys`, the mount table, the kernel version).
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use plies_kprobe::{Outcome, StackMethod};
+
+/// A fresh directory on the same disk as the build (not a tmpfs /tmp).
+fn scratch_parent() -> tempfile::TempDir {
+    tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).expect("temp dir")
+}
+
+fn listing(dir: &Path) -> Vec<PathBuf> {
+    let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
+        .expect("read_dir")
+        .map(|e| e.expect("entry").path())
+        .collect();
+    v.sort();
+    v
+}
+
+fn kernel() -> plies_kprobe::KernelVersion {
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").expect("osrelease");
+    plies_kprobe::KernelVersion::parse(release.trim()).expect("parse osrelease")
+}
+
+fn sys_param(name: &str) -> Option<bool> {
+    let v = std::fs::read_to_string(format!("/sys/module/overlay/parameters/{name}")).ok()?;
+    Some(v.trim() == "Y")
+}
+
+/// The fstype of the mount holding `path`, from /proc/self/mountinfo.
+fn mount_fstype(path: &Path) -> String {
+    let path = path.canonicalize().expect("canonicalize");
+    let info = std::fs::read_to_string("/proc/self/mountinfo").expect("mountinfo");
+    let mut best: Option<(usize, String)> = None;
+    for line in info.lines() {
+        let (head, tail) = line.split_once(" - ").expect("separator");
+        let mp = head.split(' ').nth(4).expect("mount point");
+        let fstype = tail.split(' ').next().expect("fstype");
+        if path.starts_with(mp) && best.as_ref().is_none_or(|(l, _)| mp.len() >= *l) {
+            best = Some((mp.len(), fstype.to_owned()));
+        }
+    }
+    best.expect("a mount holds the path").1
+}
+
+#[test]
+fn kernel_version_matches_proc() {
+    let probed = plies_kprobe::kernel_version();
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").expect("osrelease");
+    let v = probed.value().expect("uname parses");
+    assert_eq!(v.to_string(), release.trim());
+}
+
+#[test]
+fn filesystems_match_proc() {
+    let fs = plies_kprobe::filesystems();
+    let fs = fs.value().expect("/proc/filesystems parses");
+    for name in ["proc", "sysfs", "tmpfs", "ext4", "overlay", "aufs", "zfs"] {
+        assert_eq!(
+            fs.has(name),
+            plies_testkit::kernel_has_filesystem(name),
+            "{name}"
+        );
+    }
+}
+
+#[test]
+fn backing_fs_names_match_the_mount_table() {
+    let dir = scratch_parent();
+    let expect = |fstype: &str| {
+        match fstype {
+            "ext2" | "ext3" | "ext4" => "extfs",
+            "overlay" => "overlayfs",
+            other => other,
+        }
+        .to_owned()
+    };
+    let mut paths = vec![
+        dir.path().to_path_buf(),
+        PathBuf::from("/proc"),
+        PathBuf::from("/sys"),
+    ];
+    if Path::new("/dev/shm").is_dir() {
+        paths.push(PathBuf::from("/dev/shm"));
+    }
+    for path in paths {
+        let fs = plies_kprobe::backing_fs(&path);
+        let fs = fs.value().expect("statfs");
+        assert_eq!(
+            fs.name.map(str::to_owned),
+            Some(expect(&mount_fstype(&path))),
+            "{}",
+            path.display()
+        );
+    }
+}
+
+#[test]
+fn d_type_on_this_disk() {
+    let dir = scratch_parent();
+    // ext4, xfs (ftype=1), btrfs and tmpfs all fill in d_type.
+    assert!(matches!(
+        mount_fstype(dir.path()).as_str(),
+        "ext4" | "xfs" | "btrfs" | "tmpfs"
+    ));
+    assert_eq!(plies_kprobe::d_type(dir.path()), Outcome::supported(()));
+    assert_eq!(listing(dir.path()), Vec::<PathBuf>::new());
+}
+
+#[test]
+fn not_in_a_user_namespace_here() {
+    if !plies_testkit::require_root("not_in_a_user_namespace_here") {
+        return;
+    }
+    let map = std::fs::read_to_string("/proc/self/uid_map").expect("uid_map");
+    let initial = map.split_whitespace().collect::<Vec<_>>() == ["0", "0", "4294967295"];
+    assert_eq!(plies_kprobe::in_user_namespace(), !initial);
+    if initial {
+        let dir = scratch_parent();
+        assert_eq!(
+            plies_kprobe::userxattr_needed(dir.path()),
+            Outcome::supported(false)
+        );
+    }
+}
+
+#[test]
+fn overlay_probes_match_the_kernel() {
+    if !plies_testkit::require_overlay("overlay_probes_match_the_kernel") {
+        return;
+    }
+    let dir = scratch_parent();
+    let d = dir.path();
+    let k = kernel();
+    assert_eq!(plies_kprobe::multiple_lowers(d), Outcome::supported(()));
+    assert_eq!(
+        plies_kprobe::new_mount_api().is_supported(),
+        k.at_least(5, 2, 0)
+    );
+    assert_eq!(
+        plies_kprobe::lowerdir_plus(d).is_supported(),
+        k.at_least(6, 8, 0)
+    );
+    assert_eq!(
+        plies_kprobe::volatile(d).is_supported(),
+        k.at_least(5, 10, 0)
+    );
+    match sys_param("index") {
+        Some(on) => assert_eq!(plies_kprobe::index_parameter(), Outcome::supported(on)),
+        None => assert!(!plies_kprobe::index_parameter().is_supported()),
+    }
+    if let Some(on) = sys_param("metacopy") {
+        assert_eq!(plies_kprobe::metacopy(d), Outcome::supported(on));
+    }
+    // The seed's check: redirect_dir on means renamed directories carry a
+    // redirect xattr, which a tar cannot hold.
+    if let Some(redirect) = sys_param("redirect_dir") {
+        let native = plies_kprobe::native_diff(d);
+        assert_eq!(native.is_supported(), !redirect, "{native:?}");
+    }
+    assert_eq!(listing(d), Vec::<PathBuf>::new());
+    assert_eq!(plies_testkit::mounts_under(d), Vec::<PathBuf>::new());
+}
+
+#[test]
+fn stack_depth_is_the_kernels_limit() {
+    if !plies_testkit::require_overlay("stack_depth_is_the_kernels_limit") {
+        return;
+    }
+    let dir = scratch_parent();
+    let k = kernel();
+    let depth = plies_kprobe::stack_depth(dir.path(), plies_kprobe::DEFAULT_STACK_CEILING);
+    let depth = depth.value().expect("stack probe ran");
+    // OVL_MAX_STACK has been 500 since 4.13.
+    if k.at_least(4, 13, 0) {
+        assert_eq!(depth.max_lowers, 500);
+        assert!(!depth.capped);
+    }
+    let expected = if k.at_least(6, 8, 0) {
+        StackMethod::LowerdirPlus
+    } else {
+        StackMethod::MountData
+    };
+    assert_eq!(depth.method, expected);
+
+    // Mount data reaches the same limit: 1024 two-character names fit in a page.
+    let legacy = plies_kprobe::stack_depth_using(dir.path(), 1024, StackMethod::MountData);
+    let legacy = legacy.value().expect("mount data stack probe ran");
+    assert_eq!(legacy.max_lowers, depth.max_lowers);
+    assert_eq!(legacy.method, StackMethod::MountData);
+
+    // A ceiling under the limit is reported as a lower bound.
+    let low = plies_kprobe::stack_depth(dir.path(), 20);
+    let low = low.value().expect("stack probe ran");
+    assert_eq!((low.max_lowers, low.capped), (20, true));
+
+    assert_eq!(listing(dir.path()), Vec::<PathBuf>::new());
+    assert_eq!(
+        plies_testkit::mounts_under(dir.path()),
+        Vec::<PathBuf>::new()
+    );
+}
+
+#[test]
+fn probes_that_cannot_work_here_say_why() {
+    let dir = scratch_parent();
+    let report = plies_kprobe::probe_all(dir.path()).expect("probe_all");
+    if !plies_testkit::kernel_has_filesystem("aufs") {
+        assert!(report.dirperm1.reason().expect("no aufs").contains("aufs"));
+        assert!(!report.aufs_present.is_supported());
+    }
+    assert!(report.idmapped_mounts.reason().is_some());
+    if mount_fstype(dir.path()) != "xfs" {
+        assert!(
+            report
+                .xfs_project_quota
+                .reason()
+                .expect("not xfs")
+                .contains("not xfs")
+        );
+    }
+}
+
+#[test]
+fn probe_all_leaves_nothing_behind() {
+    if !plies_testkit::require_overlay("probe_all_leaves_nothing_behind") {
+        return;
+    }
+    let dir = scratch_parent();
+    std::fs::write(dir.path().join("keep"), b"mine").expect("write");
+    let before_mounts = plies_testkit::mounts_under(dir.path());
+    let before = listing(dir.path());
+    let report = plies_kprobe::probe_all(dir.path()).expect("probe_all");
+    assert!(report.multiple_lowers.is_supported(), "{report:?}");
+    assert_eq!(listing(dir.path()), before);
+    assert_eq!(plies_testkit::mounts_under(dir.path()), before_mounts);
+    assert_eq!(
+        std::fs::read(dir.path().join("keep")).expect("read"),
+        b"mine"
+    );
+    let info = std::fs::read_to_string("/proc/self/mountinfo").expect("mountinfo");
+    assert!(!info.contains(dir.path().to_str().expect("utf-8")));
+}
+
+#[test]
+fn report_rows_and_json() {
+    let dir = scratch_parent();
+    let report = plies_kprobe::probe_all(dir.path()).expect("probe_all");
+    let rows = report.rows();
+    let names: Vec<&str> = rows.iter().map(|(k, _)| k.as_str()).collect();
+    assert_eq!(
+        names[..4],
+        [
+            "Backing Filesystem",
+            "Supports d_type",
+            "Native Overlay Diff",
+            "userxattr"
+        ]
+    );
+    let fs = report.backing_fs.value().expect("statfs").to_string();
+    assert_eq!(rows[0].1, fs);
+    assert_eq!(rows[1].1, "true");
+    let json = serde_json::to_value(&report).expect("serialize");
+    assert_eq!(json["d_type"]["status"], "supported");
+    assert_eq!(json["backing_fs"]["value"]["name"], fs.as_str());
+    assert_eq!(json["idmapped_mounts"]["status"], "unsupported");
+}
+
+#[test]
+fn cached_reports_are_reused() {
+    let dir = scratch_parent();
+    let first = plies_kprobe::probe_all_cached(dir.path()).expect("probe");
+    // The cache answers even after the directory's contents change.
+    std::fs::write(dir.path().join("x"), b"").expect("write");
+    let second = plies_kprobe::probe_all_cached(&dir.path().join(".")).expect("probe");
+    assert_eq!(first, second);
+}
+
+#[test]
+fn a_missing_directory_is_an_error() {
+    let dir = scratch_parent();
+    let missing = dir.path().join("nope");
+    assert!(matches!(
+        plies_kprobe::probe_all(&missing),
+        Err(plies_kprobe::Error::ProbeDir { .. })
+    ));
+    let file = dir.path().join("file");
+    std::fs::write(&file, b"").expect("write");
+    assert!(matches!(
+        plies_kprobe::probe_all(&file),
+        Err(plies_kprobe::Error::NotADirectory { .. })
+    ));
+}
+
+#[test]
+fn unprivileged_probes_are_unsupported_not_errors() {
+    if !plies_testkit::require_root("unprivileged_probes_are_unsupported_not_errors") {
+        return;
+    }
+    let dir = scratch_parent();
+    let open = dir.path().join("open");
+    std::fs::create_dir(&open).expect("mkdir");
+    std::fs::set_permissions(&open, std::os::unix::fs::PermissionsExt::from_mode(0o777))
+        .expect("chmod");
+    let target = open.clone();
+    // Credentials are per thread on Linux: drop to nobody on this thread only;
+    // the probes' worker threads inherit it.
+    let report = std::thread::spawn(move || {
+        let nobody_g = rustix::process::Gid::from_raw(65534);
+        let nobody = rustix::process::Uid::from_raw(65534);
+        rustix::thread::set_thread_groups(&[]).expect("setgroups");
+        rustix::thread::set_thread_res_gid(nobody_g, nobody_g, nobody_g).expect("setresgid");
+        rustix::thread::set_thread_res_uid(nobody, nobody, nobody).expect("setresuid");
+        plies_kprobe::probe_all(&target)
+    })
+    .join()
+    .expect("no panic")
+    .expect("probe_all");
+    for (name, o) in [
+        ("multiple_lowers", &report.multiple_lowers),
+        ("native_diff", &report.native_diff),
+        ("volatile", &report.volatile),
+        ("new_mount_api", &report.new_mount_api),
+        ("lowerdir_plus", &report.lowerdir_plus),
+    ] {
+        let reason = o
+            .reason()
+            .unwrap_or_else(|| panic!("{name} supported unprivileged"));
+        assert!(reason.contains("not permitted"), "{name}: {reason}");
+    }
+    assert!(!report.stack_depth.is_supported());
+    assert!(!report.metacopy.is_supported());
+    // Non-mount probes still answer.
+    assert!(report.d_type.is_supported());
+    assert!(report.backing_fs.is_supported());
+    assert_eq!(listing(&open), Vec::<PathBuf>::new());
+}
+
+#[test]
+fn timed_out_probes_clean_up_after_themselves() {
+    if !plies_testkit::require_overlay("timed_out_probes_clean_up_after_themselves") {
+        return;
+    }
+    let dir = scratch_parent();
+    let mut options = plies_kprobe::ProbeOptions::default();
+    options.timeout = Duration::ZERO;
+    let report = plies_kprobe::probe_all_with(dir.path(), &options).expect("probe_all");
+    for o in [&report.multiple_lowers, &report.volatile, &report.d_type] {
+        assert!(
+            o.reason().expect("timed out").contains("timed out"),
+            "{o:?}"
+        );
+    }
+    // The abandoned workers finish and remove their scratch directories.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !listing(dir.path()).is_empty() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(listing(dir.path()), Vec::<PathBuf>::new());
+    assert_eq!(
+        plies_testkit::mounts_under(dir.path()),
+        Vec::<PathBuf>::new()
+    );
+}
