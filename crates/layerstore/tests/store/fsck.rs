@@ -1,0 +1,181 @@
+//! fsck: each half-done state is found, typed and (where safe) repaired.
+
+use plies_layerstore::{Finding, Outcome};
+
+use crate::{ino, store};
+
+fn findings(report: &plies_layerstore::FsckReport) -> Vec<Finding> {
+    report.entries.iter().map(|e| e.finding.clone()).collect()
+}
+
+#[test]
+fn dangling_link_is_removed() {
+    let (_tmp, s) = store();
+    s.create("a", None).unwrap();
+    std::os::unix::fs::symlink(
+        "../gone/diff",
+        s.home().join("l/CCCCCCCCCCCCCCCCCCCCCCCCCC"),
+    )
+    .unwrap();
+    let r = s.fsck(false).unwrap();
+    assert_eq!(
+        findings(&r),
+        [Finding::DanglingLink {
+            link: "CCCCCCCCCCCCCCCCCCCCCCCCCC".into(),
+            layer: "gone".into()
+        }]
+    );
+    assert_eq!(r.entries[0].outcome, Outcome::Repairable);
+    let r = s.fsck(true).unwrap();
+    assert_eq!(r.entries[0].outcome, Outcome::Repaired);
+    assert!(s.fsck(false).unwrap().is_clean());
+}
+
+#[test]
+fn missing_link_is_recreated() {
+    let (_tmp, s) = store();
+    s.create("a", None).unwrap();
+    s.create("b", Some("a")).unwrap();
+    let la = s.link_id("a").unwrap();
+    std::fs::remove_file(s.home().join("l").join(la.as_str())).unwrap();
+    let r = s.fsck(true).unwrap();
+    assert!(findings(&r).contains(&Finding::MissingLink {
+        layer: "a".into(),
+        link: la.as_str().into()
+    }));
+    assert_eq!(r.unrepairable().count(), 0);
+    assert_eq!(s.lowers("b").unwrap(), [s.diff_dir("a")]);
+    assert!(s.fsck(false).unwrap().is_clean());
+}
+
+#[test]
+fn missing_link_file_is_restored_from_the_link() {
+    let (_tmp, s) = store();
+    s.create("a", None).unwrap();
+    let la = s.link_id("a").unwrap();
+    std::fs::remove_file(s.layer_dir("a").join("link")).unwrap();
+    let r = s.fsck(true).unwrap();
+    assert_eq!(
+        findings(&r),
+        [Finding::BadLinkFile {
+            layer: "a".into(),
+            restored: Some(la.as_str().into())
+        }]
+    );
+    assert_eq!(s.link_id("a").unwrap(), la);
+    assert!(s.fsck(false).unwrap().is_clean());
+}
+
+#[test]
+fn empty_link_file_without_link_gets_a_new_id() {
+    let (_tmp, s) = store();
+    s.create("a", None).unwrap();
+    let la = s.link_id("a").unwrap();
+    std::fs::write(s.layer_dir("a").join("link"), b"").unwrap();
+    std::fs::remove_file(s.home().join("l").join(la.as_str())).unwrap();
+    let r = s.fsck(true).unwrap();
+    assert_eq!(r.entries.len(), 1);
+    assert!(matches!(
+        r.entries[0].finding,
+        Finding::BadLinkFile {
+            restored: Some(_),
+            ..
+        }
+    ));
+    let new = s.link_id("a").unwrap();
+    assert_ne!(new, la);
+    assert_eq!(
+        std::fs::read_link(s.home().join("l").join(new.as_str()))
+            .unwrap()
+            .to_str(),
+        Some("../a/diff")
+    );
+    assert!(s.fsck(false).unwrap().is_clean());
+}
+
+#[test]
+fn unrepairable_states_are_reported_and_diff_kept() {
+    let (_tmp, s) = store();
+    s.create("a", None).unwrap();
+    s.create("b", Some("a")).unwrap();
+    s.create("c", Some("b")).unwrap();
+    std::fs::write(s.diff_dir("a").join("data"), b"keep").unwrap();
+    // b's parent disappears behind its back (Docker removes without checking children).
+    let lb = s.link_id("b").unwrap();
+    s.remove("b").unwrap();
+    // a loses its diff.
+    let a_ino = ino(&s.layer_dir("a"));
+    std::fs::write(
+        s.layer_dir("a").join("lower"),
+        format!("l/{}", s.link_id("a").unwrap()),
+    )
+    .unwrap();
+    let r = s.fsck(true).unwrap();
+    let f = findings(&r);
+    assert!(
+        f.contains(&Finding::ParentGone {
+            layer: "c".into(),
+            entry: format!("l/{lb}")
+        }),
+        "{f:?}"
+    );
+    assert!(f.contains(&Finding::Cycle { layer: "a".into() }), "{f:?}");
+    assert_eq!(r.unrepairable().count(), 2);
+    assert_eq!(
+        std::fs::read(s.diff_dir("a").join("data")).unwrap(),
+        b"keep"
+    );
+    assert_eq!(ino(&s.layer_dir("a")), a_ino);
+}
+
+#[test]
+fn too_deep_is_reported() {
+    let (_tmp, s) = store();
+    s.create("a", None).unwrap();
+    s.create("b", Some("a")).unwrap();
+    let mut entries = vec![format!("l/{}", s.link_id("a").unwrap())];
+    entries.extend((0..128).map(|_| plies_layerstore::LinkId::generate().lower_entry()));
+    std::fs::write(s.layer_dir("b").join("lower"), entries.join(":")).unwrap();
+    let r = s.fsck(true).unwrap();
+    assert_eq!(
+        findings(&r),
+        [Finding::TooDeep {
+            layer: "b".into(),
+            depth: 129,
+            max: 128
+        }]
+    );
+}
+
+#[test]
+fn leftovers_and_unexpected_entries() {
+    let (_tmp, s) = store();
+    std::fs::create_dir(s.home().join("x-creating")).unwrap();
+    std::fs::write(s.home().join("l/not-a-link"), b"").unwrap();
+    let r = s.fsck(true).unwrap();
+    let f = findings(&r);
+    assert!(f.contains(&Finding::Leftover {
+        path: "x-creating".into()
+    }));
+    assert!(f.contains(&Finding::UnexpectedEntry {
+        path: "l/not-a-link".into()
+    }));
+    assert!(!s.home().join("x-creating").exists());
+    assert!(s.home().join("l/not-a-link").exists());
+}
+
+#[test]
+fn extra_unused_link_is_removed() {
+    let (_tmp, s) = store();
+    s.create("a", None).unwrap();
+    std::os::unix::fs::symlink("../a/diff", s.home().join("l/DDDDDDDDDDDDDDDDDDDDDDDDDD")).unwrap();
+    let r = s.fsck(true).unwrap();
+    assert_eq!(
+        findings(&r),
+        [Finding::ExtraLink {
+            layer: "a".into(),
+            link: "DDDDDDDDDDDDDDDDDDDDDDDDDD".into()
+        }]
+    );
+    assert!(s.fsck(false).unwrap().is_clean());
+}
