@@ -214,6 +214,17 @@ struct Meta {
     gid: u32,
     times: Timestamps,
     xattrs: Vec<(OsString, Vec<u8>)>,
+    /// PAX (GNU 1.0) sparse file description.
+    sparse: Option<PaxSparse>,
+}
+
+/// A GNU 1.0 sparse file: the data starts with the map of its chunks.
+#[derive(Default)]
+struct PaxSparse {
+    major: Option<u64>,
+    minor: Option<u64>,
+    name: Option<Vec<u8>>,
+    realsize: u64,
 }
 
 struct DirMeta {
@@ -306,7 +317,14 @@ impl<'o> Applier<'o> {
         if ty.is_pax_global_extensions() {
             return drain(entry);
         }
-        let path = entry.path_bytes().into_owned();
+        // Every PAX record is checked before anything is made, whiteouts included.
+        let meta = self.meta(entry)?;
+        let path = match &meta.sparse {
+            Some(PaxSparse {
+                name: Some(name), ..
+            }) => name.clone(),
+            _ => entry.path_bytes().into_owned(),
+        };
         let comps = resolve::components(&path)?;
         for comp in comps.iter().rev().skip(1) {
             if is_whiteout_like(comp) {
@@ -322,8 +340,6 @@ impl<'o> Applier<'o> {
             _ => NameKind::Plain,
         };
         self.stats.entries += 1;
-        // Every PAX record is checked before anything is made, whiteouts included.
-        let meta = self.meta(entry)?;
         match kind {
             NameKind::Plain => {}
             NameKind::AufsMeta(_) => {
@@ -403,7 +419,12 @@ impl<'o> Applier<'o> {
                         Mode::from_raw_mode(0o600),
                     )
                 })?;
-                self.write_data(entry, &fd, sparse)?;
+                if meta.sparse.is_some() {
+                    let realsize = meta.sparse.as_ref().map_or(0, |sp| sp.realsize);
+                    self.write_pax_sparse(entry, &fd, realsize)?;
+                } else {
+                    self.write_data(entry, &fd, sparse)?;
+                }
                 self.owner_and_xattrs_fd(&fd, &meta)?;
                 rustix::fs::fchmod(&fd, Mode::from_raw_mode(meta.mode))
                     .map_err(io_err("fchmod"))?;
@@ -638,6 +659,7 @@ impl<'o> Applier<'o> {
             }
         }
         let mut xattrs = Vec::new();
+        let mut sparse: Option<PaxSparse> = None;
         if let Some(pax) = entry
             .pax_extensions()
             .map_err(io_err2("read PAX records"))?
@@ -647,6 +669,28 @@ impl<'o> Applier<'o> {
                 let key = ext.key_bytes();
                 match key {
                     b"mtime" => mtime = pax_time(ext.value_bytes())?,
+                    b"GNU.sparse.major" | b"GNU.sparse.minor" => {
+                        let v = pax_number(ext.value_bytes())?;
+                        let sp = sparse.get_or_insert_with(PaxSparse::default);
+                        if key == b"GNU.sparse.major" {
+                            sp.major = Some(v);
+                        } else {
+                            sp.minor = Some(v);
+                        }
+                    }
+                    b"GNU.sparse.name" => {
+                        sparse.get_or_insert_with(PaxSparse::default).name =
+                            Some(ext.value_bytes().to_vec());
+                    }
+                    b"GNU.sparse.realsize" | b"GNU.sparse.size" => {
+                        sparse.get_or_insert_with(PaxSparse::default).realsize =
+                            pax_number(ext.value_bytes())?;
+                    }
+                    b"GNU.sparse.map" | b"GNU.sparse.offset" | b"GNU.sparse.numbytes" => {
+                        return Err(EntryError::Pax(
+                            "GNU sparse format 0.x (only 1.0 is supported)".into(),
+                        ));
+                    }
                     b"atime" => atime = Some(pax_time(ext.value_bytes())?),
                     _ => {
                         if let Some(name) = key.strip_prefix(b"SCHILY.xattr.") {
@@ -669,6 +713,17 @@ impl<'o> Applier<'o> {
                 }
             }
         }
+        if let Some(sp) = &sparse {
+            if (sp.major, sp.minor) != (Some(1), Some(0)) {
+                return Err(EntryError::Pax(format!(
+                    "GNU sparse format {:?}.{:?} (only 1.0 is supported)",
+                    sp.major, sp.minor
+                )));
+            }
+            if sp.realsize > MAX_SPARSE_SIZE {
+                return Err(EntryError::TooLarge(sp.realsize));
+            }
+        }
         let owner = self.owner(entry)?;
         let (uid, gid) = owner.unwrap_or((u32::MAX, u32::MAX));
         Ok(Meta {
@@ -680,6 +735,7 @@ impl<'o> Applier<'o> {
                 last_modification: mtime,
             },
             xattrs,
+            sparse,
         })
     }
 
@@ -807,6 +863,100 @@ impl<'o> Applier<'o> {
         Ok(())
     }
 
+    /// Writes a GNU 1.0 sparse file: a map of decimal lines (count, then
+    /// offset and length pairs) padded to a block, then the chunks.
+    fn write_pax_sparse<R: Read>(
+        &mut self,
+        entry: &mut tar::Entry<'_, R>,
+        fd: &OwnedFd,
+        realsize: u64,
+    ) -> Result<(), EntryError> {
+        let expected = entry.size();
+        let mut consumed: u64 = 0;
+        let mut next_number = |consumed: &mut u64| -> Result<u64, EntryError> {
+            let mut v: u64 = 0;
+            let mut digits = 0;
+            loop {
+                let mut b = [0u8; 1];
+                let n = entry.read(&mut b).map_err(io_err2("read archive"))?;
+                if n == 0 {
+                    return Err(EntryError::Truncated {
+                        expected,
+                        got: *consumed,
+                    });
+                }
+                *consumed += 1;
+                match b[0] {
+                    b'\n' if digits > 0 => return Ok(v),
+                    d @ b'0'..=b'9' if digits < 20 => {
+                        v = v
+                            .checked_mul(10)
+                            .and_then(|v| v.checked_add(u64::from(d - b'0')))
+                            .ok_or_else(|| EntryError::Pax("sparse map number".into()))?;
+                        digits += 1;
+                    }
+                    _ => return Err(EntryError::Pax("sparse map".into())),
+                }
+            }
+        };
+        let count = next_number(&mut consumed)?;
+        let mut chunks = Vec::new();
+        let mut end = 0u64;
+        for _ in 0..count {
+            let offset = next_number(&mut consumed)?;
+            let len = next_number(&mut consumed)?;
+            let chunk_end = offset
+                .checked_add(len)
+                .filter(|e| offset >= end && *e <= realsize);
+            end = chunk_end.ok_or_else(|| EntryError::Pax("sparse map chunks".into()))?;
+            chunks.push((offset, len));
+        }
+        let pad = (512 - consumed % 512) % 512;
+        let skipped = io::copy(&mut entry.by_ref().take(pad), &mut io::sink())
+            .map_err(io_err2("read archive"))?;
+        consumed += skipped;
+        if skipped < pad {
+            return Err(EntryError::Truncated {
+                expected,
+                got: consumed,
+            });
+        }
+        if self.buf.len() < COPY_BUFFER {
+            self.buf.resize(COPY_BUFFER, 0);
+        }
+        for (offset, len) in chunks {
+            rustix::fs::seek(fd, rustix::fs::SeekFrom::Start(offset)).map_err(io_err("seek"))?;
+            let mut left = len;
+            while left > 0 {
+                let want = usize::try_from(left.min(COPY_BUFFER as u64)).unwrap_or(COPY_BUFFER);
+                let n = match entry.read(&mut self.buf[..want]) {
+                    Ok(0) => {
+                        return Err(EntryError::Truncated {
+                            expected,
+                            got: consumed,
+                        });
+                    }
+                    Ok(n) => n,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                    Err(e) => return Err(io_err2("read archive")(e)),
+                };
+                write_all(fd, &self.buf[..n])?;
+                self.stats.size += n as u64;
+                consumed += n as u64;
+                left -= n as u64;
+            }
+        }
+        rustix::fs::ftruncate(fd, realsize).map_err(io_err("ftruncate"))?;
+        let rest = io::copy(entry, &mut io::sink()).map_err(io_err2("read archive"))?;
+        if consumed + rest < expected {
+            return Err(EntryError::Truncated {
+                expected,
+                got: consumed + rest,
+            });
+        }
+        Ok(())
+    }
+
     /// Sets directory modes and times, deepest first, once all entries are in.
     fn finish(&mut self) -> Result<(), Error> {
         let mut dirs: Vec<(Vec<u8>, DirMeta)> = self.dirs.drain().collect();
@@ -871,6 +1021,15 @@ fn drain<R: Read>(entry: &mut tar::Entry<'_, R>) -> Result<(), EntryError> {
         return Err(EntryError::Truncated { expected, got });
     }
     Ok(())
+}
+
+/// Parses a PAX decimal number.
+fn pax_number(value: &[u8]) -> Result<u64, EntryError> {
+    std::str::from_utf8(value)
+        .ok()
+        .filter(|v| !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()))
+        .and_then(|v| v.parse().ok())
+        .ok_or_else(|| EntryError::Pax(format!("number {:?}", String::from_utf8_lossy(value))))
 }
 
 /// Parses a PAX time: `[-]seconds[.fraction]`.

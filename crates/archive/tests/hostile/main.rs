@@ -661,3 +661,52 @@ fn device_replacing_canary_path_stays_inside() {
     let m = std::fs::symlink_metadata(s.root().join("canary")).unwrap();
     assert!(std::os::unix::fs::FileTypeExt::is_fifo(&m.file_type()));
 }
+
+#[test]
+fn pax_sparse_chunk_past_the_end() {
+    let s = Sandbox::new();
+    let tar = RawTar::new()
+        .pax(&[
+            ("GNU.sparse.major", b"1"),
+            ("GNU.sparse.minor", b"0"),
+            ("GNU.sparse.name", b"s"),
+            ("GNU.sparse.realsize", b"10"),
+        ])
+        .file("GNUSparseFile.0/s", b"1\n8\n5\n")
+        .finish();
+    assert!(matches!(
+        entry_error(s.apply(&tar), "GNUSparseFile.0/s"),
+        EntryError::Pax(_)
+    ));
+}
+
+#[test]
+fn pax_sparse_old_format() {
+    let s = Sandbox::new();
+    let tar = RawTar::new()
+        .pax(&[("GNU.sparse.map", b"0,1")])
+        .file("s", b"x")
+        .finish();
+    assert!(matches!(
+        entry_error(s.apply(&tar), "s"),
+        EntryError::Pax(_)
+    ));
+}
+
+#[test]
+fn pax_sparse_name_with_dotdot() {
+    let s = Sandbox::new();
+    let tar = RawTar::new()
+        .pax(&[
+            ("GNU.sparse.major", b"1"),
+            ("GNU.sparse.minor", b"0"),
+            ("GNU.sparse.name", b"../canary/secret"),
+            ("GNU.sparse.realsize", b"1"),
+        ])
+        .file("GNUSparseFile.0/s", b"0\n")
+        .finish();
+    assert!(matches!(
+        entry_error(s.apply(&tar), "GNUSparseFile.0/s"),
+        EntryError::DotDot
+    ));
+}

@@ -1,0 +1,260 @@
+//! Interoperability with GNU tar: archives it makes apply exactly as it
+//! extracts them, and what we export it extracts to the same tree.
+
+#[path = "../common/mod.rs"]
+mod common;
+
+use std::io::Read;
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
+use std::process::Command;
+
+use plies_archive::{ApplyOptions, ExportOptions, WhiteoutFormat, XattrNamespace, apply, export};
+use rustix::fs::{AtFlags, CWD, FileType, Mode, Timespec, Timestamps};
+
+fn have_gnu_tar(test: &str) -> bool {
+    let ok = Command::new("tar")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("GNU tar"));
+    plies_testkit::require_root(test)
+        && plies_testkit::require(test, ok, "GNU tar is not installed")
+}
+
+fn run(cmd: &mut Command) {
+    let out = cmd.output().unwrap();
+    assert!(
+        out.status.success(),
+        "{cmd:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn touch(p: &Path, s: i64, ns: i64) {
+    let t = Timespec {
+        tv_sec: s,
+        tv_nsec: ns as _,
+    };
+    rustix::fs::utimensat(
+        CWD,
+        p,
+        &Timestamps {
+            last_access: t,
+            last_modification: t,
+        },
+        AtFlags::SYMLINK_NOFOLLOW,
+    )
+    .unwrap();
+}
+
+/// A tree with one of everything a layer holds.
+fn build_tree(r: &Path) {
+    let w = |p: &str, data: &[u8], mode: u32| {
+        std::fs::write(r.join(p), data).unwrap();
+        rustix::fs::chmod(r.join(p).as_path(), Mode::from_raw_mode(mode)).unwrap();
+    };
+    std::fs::create_dir_all(r.join("d/sub")).unwrap();
+    std::fs::create_dir(r.join("e")).unwrap();
+    rustix::fs::chmod(r.join("d/sub").as_path(), Mode::from_raw_mode(0o2775)).unwrap();
+    rustix::fs::chmod(r.join("e").as_path(), Mode::from_raw_mode(0o700)).unwrap();
+    w("d/f", b"plain file\n", 0o644);
+    std::os::unix::fs::lchown(r.join("d/f"), Some(1000), Some(1001)).unwrap();
+    xattr::set(r.join("d/f"), "user.note", b"value").unwrap();
+    xattr::set(r.join("d/sub"), "user.dir", b"x").unwrap();
+    w("d/suid", b"#!/bin/sh\n", 0o4755);
+    w(
+        &format!("d/sub/{}", "long".repeat(40)),
+        &vec![7u8; 70_000],
+        0o600,
+    );
+    std::os::unix::fs::symlink("f", r.join("d/link")).unwrap();
+    std::os::unix::fs::symlink("/etc/passwd", r.join("abs")).unwrap();
+    std::fs::hard_link(r.join("d/f"), r.join("d/hard")).unwrap();
+    rustix::fs::mknodat(
+        CWD,
+        r.join("d/fifo").as_path(),
+        FileType::Fifo,
+        Mode::from_raw_mode(0o640),
+        0,
+    )
+    .unwrap();
+    rustix::fs::mknodat(
+        CWD,
+        r.join("d/null").as_path(),
+        FileType::CharacterDevice,
+        Mode::from_raw_mode(0o666),
+        rustix::fs::makedev(1, 3),
+    )
+    .unwrap();
+    let s = std::fs::File::create(r.join("sparse")).unwrap();
+    s.set_len(8 << 20).unwrap();
+    std::os::unix::fs::FileExt::write_all_at(&s, b"middle", 4 << 20).unwrap();
+    std::os::unix::fs::FileExt::write_all_at(&s, b"end", (8 << 20) - 3).unwrap();
+    drop(s);
+    for (i, p) in [
+        "d/sub", "d/f", "d/suid", "sparse", "d/fifo", "d/null", "e", "d",
+    ]
+    .iter()
+    .enumerate()
+    {
+        touch(
+            &r.join(p),
+            1_600_000_000 + i as i64,
+            123_456_789 * (i as i64 % 3),
+        );
+    }
+}
+
+fn gnu_tar_archive(format: &str) {
+    let tmp = tempfile::tempdir().unwrap();
+    let (src, ours, theirs) = (
+        tmp.path().join("src"),
+        tmp.path().join("ours"),
+        tmp.path().join("theirs"),
+    );
+    for d in [&src, &ours, &theirs] {
+        std::fs::create_dir(d).unwrap();
+    }
+    build_tree(&src);
+    let archive = tmp.path().join("a.tar");
+    let mut create = Command::new("tar");
+    create
+        .args([
+            &format!("--format={format}"),
+            "--numeric-owner",
+            "--sparse",
+            "-C",
+        ])
+        .arg(&src)
+        .arg("-cf")
+        .arg(&archive);
+    if format == "posix" {
+        create.arg("--xattrs");
+    }
+    run(create.arg("."));
+    let mut extract = Command::new("tar");
+    extract
+        .args(["--numeric-owner", "-xpf"])
+        .arg(&archive)
+        .arg("-C")
+        .arg(&theirs);
+    if format == "posix" {
+        extract.args(["--xattrs", "--xattrs-include=*"]);
+    }
+    run(&mut extract);
+    let opts = ApplyOptions {
+        whiteouts: WhiteoutFormat::Overlay(XattrNamespace::Trusted),
+        privileged: true,
+        ..ApplyOptions::default()
+    };
+    apply(std::fs::File::open(&archive).unwrap(), &ours, &opts).unwrap();
+    assert_eq!(common::snapshot(&ours), common::snapshot(&theirs));
+    if format == "posix" {
+        assert_eq!(
+            xattr::get(ours.join("d/f"), "user.note").unwrap().unwrap(),
+            b"value"
+        );
+    }
+    let m = std::fs::metadata(ours.join("sparse")).unwrap();
+    assert_eq!(m.len(), 8 << 20);
+    assert!(
+        m.blocks() * 512 < 1 << 20,
+        "holes not kept: {} blocks",
+        m.blocks()
+    );
+    let (a, b) = (
+        std::fs::metadata(&ours).unwrap(),
+        std::fs::metadata(&theirs).unwrap(),
+    );
+    assert_eq!((a.mode(), a.mtime()), (b.mode(), b.mtime()));
+}
+
+#[test]
+fn gnu_tar_posix_archive_applies_like_gnu_tar_extracts() {
+    if have_gnu_tar("gnu_tar_posix_archive_applies_like_gnu_tar_extracts") {
+        gnu_tar_archive("posix");
+    }
+}
+
+#[test]
+fn gnu_tar_gnu_archive_applies_like_gnu_tar_extracts() {
+    if have_gnu_tar("gnu_tar_gnu_archive_applies_like_gnu_tar_extracts") {
+        gnu_tar_archive("gnu");
+    }
+}
+
+#[test]
+fn export_extracts_with_gnu_tar() {
+    if !have_gnu_tar("export_extracts_with_gnu_tar") {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let (src, theirs) = (tmp.path().join("src"), tmp.path().join("theirs"));
+    std::fs::create_dir(&src).unwrap();
+    std::fs::create_dir(&theirs).unwrap();
+    build_tree(&src);
+    let archive = tmp.path().join("x.tar");
+    let mut reader = export(&src, &ExportOptions::default()).unwrap();
+    std::io::copy(&mut reader, &mut std::fs::File::create(&archive).unwrap()).unwrap();
+    run(Command::new("tar")
+        .args(["--xattrs", "--xattrs-include=*", "--numeric-owner", "-xpf"])
+        .arg(&archive)
+        .arg("-C")
+        .arg(&theirs));
+    assert_eq!(common::snapshot(&src), common::snapshot(&theirs));
+}
+
+#[test]
+fn exported_whiteouts_are_wh_files_for_gnu_tar() {
+    if !have_gnu_tar("exported_whiteouts_are_wh_files_for_gnu_tar") {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let (src, theirs) = (tmp.path().join("src"), tmp.path().join("theirs"));
+    std::fs::create_dir_all(src.join("op/kept")).unwrap();
+    std::fs::create_dir(&theirs).unwrap();
+    let ns = XattrNamespace::Trusted;
+    xattr::set(src.join("op"), ns.opaque_key(), b"y").unwrap();
+    plies_whiteout::create_overlay_whiteout(
+        std::fs::File::open(&src).unwrap(),
+        std::ffi::OsStr::new("gone"),
+    )
+    .unwrap();
+    let mut tar = Vec::new();
+    export(
+        &src,
+        &ExportOptions {
+            whiteouts: WhiteoutFormat::Overlay(ns),
+            ..ExportOptions::default()
+        },
+    )
+    .unwrap()
+    .read_to_end(&mut tar)
+    .unwrap();
+    let archive = tmp.path().join("x.tar");
+    std::fs::write(&archive, &tar).unwrap();
+    let list = Command::new("tar")
+        .arg("-tf")
+        .arg(&archive)
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&list.stdout),
+        ".wh.gone\nop/\nop/.wh..wh..opq\nop/kept/\n"
+    );
+    run(Command::new("tar")
+        .args(["--xattrs", "--xattrs-include=*", "-xpf"])
+        .arg(&archive)
+        .arg("-C")
+        .arg(&theirs));
+    assert!(
+        std::fs::symlink_metadata(theirs.join(".wh.gone"))
+            .unwrap()
+            .is_file()
+    );
+    assert!(
+        xattr::get(theirs.join("op"), ns.opaque_key())
+            .unwrap()
+            .is_none()
+    );
+}
