@@ -4,9 +4,12 @@
 //!   docs, packaging, fuzz build.
 //! - `cargo xtask fuzz [TARGET] [--seconds N]` — run one fuzz target, or each in turn.
 //! - `cargo xtask package` — `cargo package --workspace` against a local registry.
+//! - `cargo xtask bench` — plies side by side with GNU tar on the same input.
 //!
 //! cargo-fuzz runs on the stable toolchain with `--sanitizer none` (the sanitizers
 //! need `-Z` flags, which only nightly takes); coverage-guided fuzzing still works.
+
+mod bench;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
@@ -18,6 +21,7 @@ fn main() -> ExitCode {
         Some("ci") => ci(),
         Some("fuzz") => fuzz(&args[1..]),
         Some("package") => package(),
+        Some("bench") => bench::bench(&args[1..]),
         Some("fmt") => run(cargo().args(["fmt", "--all"])),
         None | Some("help" | "--help" | "-h") => {
             println!("{USAGE}");
@@ -38,6 +42,7 @@ const USAGE: &str = "usage: cargo xtask <task>\n\
   ci                           fmt, clippy, tests, docs, package, fuzz build\n\
   fuzz [TARGET] [--seconds N]  run cargo-fuzz targets (all in turn when no TARGET)\n\
   package                      cargo package --workspace\n\
+  bench [--runs N] [--no-debian]  plies vs GNU tar on the same input (caches dropped)\n\
   fmt                          cargo fmt --all";
 
 type Result<T = ()> = std::result::Result<T, String>;

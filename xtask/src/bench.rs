@@ -1,0 +1,336 @@
+//! `cargo xtask bench`: plies side by side with GNU tar on the same input, in one run.
+//!
+//! Inputs, made once and cached under `target/bench/`:
+//! - `gen/`: a deterministic tree with a realistic size mix (about 10k files and
+//!   200 MB: many small files, fewer large ones, symlinks and hard links);
+//! - `debian/`: a Debian minbase root filesystem from `debootstrap`, with the mirror
+//!   and suite taken from this machine's apt sources (skipped, with a message, where
+//!   debootstrap cannot run).
+//!
+//! Before every measured run the page cache is dropped and the input read back in,
+//! so each tool starts with its input cached and everything else cold. Medians of
+//! `--runs N` (default 5) are reported with the ratio plies / GNU tar.
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::{Result, cargo, root, run};
+
+struct Options {
+    runs: usize,
+    debian: bool,
+}
+
+fn parse(args: &[String]) -> Result<Options> {
+    let mut opts = Options {
+        runs: 5,
+        debian: true,
+    };
+    let mut it = args.iter();
+    while let Some(arg) = it.next() {
+        match arg.as_str() {
+            "--runs" => {
+                let v = it.next().ok_or("--runs needs a number")?;
+                opts.runs = v
+                    .parse()
+                    .map_err(|_| format!("--runs takes a whole number, not '{v}'"))?;
+            }
+            "--no-debian" => opts.debian = false,
+            other => return Err(format!("unknown bench option '{other}'")),
+        }
+    }
+    Ok(opts)
+}
+
+pub fn bench(args: &[String]) -> Result {
+    let opts = parse(args)?;
+    let dir = root().join("target/bench");
+    std::fs::create_dir_all(&dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
+    run(cargo().args([
+        "build",
+        "--release",
+        "-p",
+        "plies-archive",
+        "--example",
+        "layer",
+    ]))?;
+    let layer_bin = root().join("target/release/examples/layer");
+
+    let mut inputs = vec![("generated", generated_tree(&dir)?)];
+    if opts.debian {
+        match debian_tree(&dir) {
+            Ok(tree) => inputs.push(("debian-minbase", tree)),
+            Err(why) => eprintln!("bench: skipping the Debian minbase tree: {why}"),
+        }
+    }
+
+    let mut rows = Vec::new();
+    for (name, tree) in &inputs {
+        let tar = dir.join(format!("{name}.tar"));
+        if !tar.exists() {
+            run(Command::new("tar")
+                .args(["--xattrs", "--xattrs-include=*", "--numeric-owner", "-cf"])
+                .arg(&tar)
+                .arg("-C")
+                .arg(tree)
+                .arg("."))?;
+        }
+        let out = dir.join("out");
+        let gnu_apply = measure(opts.runs, &tar, &out, || {
+            timed(
+                Command::new("tar")
+                    .args(["--xattrs", "--xattrs-include=*", "--numeric-owner", "-xf"])
+                    .arg(&tar)
+                    .arg("-C")
+                    .arg(&out),
+            )
+        })?;
+        let plies_apply = measure(opts.runs, &tar, &out, || {
+            timed(Command::new(&layer_bin).arg("apply").arg(&tar).arg(&out))
+        })?;
+        let gnu_export = measure(opts.runs, tree, &out, || {
+            timed(
+                Command::new("tar")
+                    .args([
+                        "--xattrs",
+                        "--xattrs-include=*",
+                        "--numeric-owner",
+                        "-cf",
+                        "-",
+                        "-C",
+                    ])
+                    .arg(tree)
+                    .arg("."),
+            )
+        })?;
+        let plies_export = measure(opts.runs, tree, &out, || {
+            timed(Command::new(&layer_bin).arg("export").arg(tree))
+        })?;
+        rows.push((format!("{name} apply"), gnu_apply, plies_apply));
+        rows.push((format!("{name} export"), gnu_export, plies_export));
+    }
+
+    println!(
+        "\n{:<28} {:>12} {:>12} {:>8}",
+        "work (median)", "GNU tar", "plies", "ratio"
+    );
+    for (work, gnu, plies) in rows {
+        println!(
+            "{work:<28} {:>10.3} s {:>10.3} s {:>7.2}x",
+            gnu.as_secs_f64(),
+            plies.as_secs_f64(),
+            plies.as_secs_f64() / gnu.as_secs_f64()
+        );
+    }
+    Ok(())
+}
+
+/// Runs `f` `runs` times with a cold cache and a freshly read input, emptying `out`
+/// before each run; returns the median time.
+fn measure(
+    runs: usize,
+    input: &Path,
+    out: &Path,
+    mut f: impl FnMut() -> Result<Duration>,
+) -> Result<Duration> {
+    let mut times = Vec::with_capacity(runs);
+    for _ in 0..runs.max(1) {
+        if out.exists() {
+            std::fs::remove_dir_all(out).map_err(|e| format!("emptying {}: {e}", out.display()))?;
+        }
+        std::fs::create_dir_all(out).map_err(|e| format!("creating {}: {e}", out.display()))?;
+        sync_and_drop_caches();
+        read_input(input)?;
+        times.push(f()?);
+    }
+    times.sort();
+    Ok(times[times.len() / 2])
+}
+
+fn sync_and_drop_caches() {
+    let _ = Command::new("sync").status();
+    if std::fs::write("/proc/sys/vm/drop_caches", "1").is_err() {
+        eprintln!("bench: cannot drop caches (not root?): timings include a warm cache");
+    }
+}
+
+/// Reads a file, or every file of a tree (through GNU tar into a pipe), so the input
+/// starts in the page cache.
+fn read_input(input: &Path) -> Result {
+    if input.is_dir() {
+        timed(
+            Command::new("tar")
+                .args(["-cf", "-", "-C"])
+                .arg(input)
+                .arg("."),
+        )
+        .map(|_| ())
+    } else {
+        let mut f = std::fs::File::open(input).map_err(|e| format!("{}: {e}", input.display()))?;
+        std::io::copy(&mut f, &mut std::io::sink()).map_err(|e| e.to_string())?;
+        Ok(())
+    }
+}
+
+/// Runs a command, draining its stdout, and returns the wall time.
+fn timed(cmd: &mut Command) -> Result<Duration> {
+    let shown = format!("{cmd:?}");
+    let start = Instant::now();
+    let mut child = cmd
+        .stdout(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("starting {shown}: {e}"))?;
+    let mut out = child.stdout.take().expect("piped stdout");
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        match out.read(&mut buf) {
+            Ok(0) => break,
+            Ok(_) => {}
+            Err(e) => return Err(format!("reading {shown}: {e}")),
+        }
+    }
+    let status = child.wait().map_err(|e| e.to_string())?;
+    let elapsed = start.elapsed();
+    if !status.success() {
+        return Err(format!("{shown} failed: {status}"));
+    }
+    Ok(elapsed)
+}
+
+/// A tiny deterministic generator (xorshift64*), so the tree is the same everywhere.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}
+
+/// The generated tree: 10,000 regular files (about 200 MB), 600 directories, 200
+/// symlinks and 100 hard links, with a size mix like a distribution image's.
+fn generated_tree(dir: &Path) -> Result<PathBuf> {
+    let tree = dir.join("gen");
+    let done = dir.join("gen.done");
+    if done.exists() {
+        return Ok(tree);
+    }
+    if tree.exists() {
+        std::fs::remove_dir_all(&tree).map_err(|e| e.to_string())?;
+    }
+    eprintln!("bench: generating {}", tree.display());
+    let io = |e: std::io::Error| e.to_string();
+    let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+    let mut dirs = vec![tree.clone()];
+    std::fs::create_dir_all(&tree).map_err(io)?;
+    for i in 0..600 {
+        let parent = dirs[rng.below(dirs.len() as u64) as usize].clone();
+        let d = parent.join(format!("d{i:03}"));
+        std::fs::create_dir(&d).map_err(io)?;
+        dirs.push(d);
+    }
+    let mut files = Vec::new();
+    let mut chunk = vec![0u8; 2 << 20];
+    for i in 0..10_000 {
+        let size = match rng.below(1000) {
+            0..=699 => rng.below(4096),
+            700..=949 => 4096 + rng.below(24 << 10),
+            950..=994 => (64 << 10) + rng.below(272 << 10),
+            _ => (512 << 10) + rng.below(1536 << 10),
+        } as usize;
+        for b in chunk[..size].chunks_mut(8) {
+            let v = rng.next().to_le_bytes();
+            b.copy_from_slice(&v[..b.len()]);
+        }
+        let path = dirs[rng.below(dirs.len() as u64) as usize].join(format!("f{i:05}"));
+        std::fs::write(&path, &chunk[..size]).map_err(io)?;
+        files.push(path);
+    }
+    for i in 0..200 {
+        let target = &files[rng.below(files.len() as u64) as usize];
+        let rel = target.strip_prefix(&tree).expect("inside the tree");
+        let link = dirs[rng.below(dirs.len() as u64) as usize].join(format!("s{i:03}"));
+        std::os::unix::fs::symlink(Path::new("/").join(rel), link).map_err(io)?;
+    }
+    for i in 0..100 {
+        let target = &files[rng.below(files.len() as u64) as usize];
+        let link = dirs[rng.below(dirs.len() as u64) as usize].join(format!("h{i:03}"));
+        std::fs::hard_link(target, link).map_err(io)?;
+    }
+    std::fs::write(&done, "").map_err(io)?;
+    Ok(tree)
+}
+
+/// A Debian minbase root filesystem made with debootstrap from this machine's apt
+/// sources, cached under `target/bench/debian`.
+fn debian_tree(dir: &Path) -> Result<PathBuf> {
+    let tree = dir.join("debian");
+    let done = dir.join("debian.done");
+    if done.exists() {
+        return Ok(tree);
+    }
+    if Command::new("debootstrap")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        return Err("debootstrap is not installed (apt-get install debootstrap)".into());
+    }
+    let (mirror, suite) = apt_source()?;
+    if tree.exists() {
+        std::fs::remove_dir_all(&tree).map_err(|e| e.to_string())?;
+    }
+    run(Command::new("debootstrap")
+        .args(["--variant=minbase", &suite])
+        .arg(&tree)
+        .arg(&mirror))?;
+    std::fs::write(&done, "").map_err(|e| e.to_string())?;
+    Ok(tree)
+}
+
+/// The first Debian mirror and suite in this machine's apt sources (one-line or deb822).
+fn apt_source() -> Result<(String, String)> {
+    let mut texts = Vec::new();
+    if let Ok(t) = std::fs::read_to_string("/etc/apt/sources.list") {
+        texts.push(t);
+    }
+    if let Ok(entries) = std::fs::read_dir("/etc/apt/sources.list.d") {
+        for e in entries.flatten() {
+            if let Ok(t) = std::fs::read_to_string(e.path()) {
+                texts.push(t);
+            }
+        }
+    }
+    for text in &texts {
+        for line in text.lines().map(str::trim) {
+            let mut words = line.split_whitespace().filter(|w| !w.starts_with('['));
+            if words.next() == Some("deb") {
+                if let (Some(uri), Some(suite)) = (words.next(), words.next()) {
+                    if uri.contains("debian") && !suite.contains('-') {
+                        return Ok((uri.to_string(), suite.to_string()));
+                    }
+                }
+            }
+        }
+        let field = |name: &str| {
+            text.lines().find_map(|l| {
+                l.strip_prefix(name)
+                    .map(|v| v.split_whitespace().next().unwrap_or("").to_string())
+            })
+        };
+        if let (Some(uri), Some(suite)) = (field("URIs:"), field("Suites:")) {
+            if uri.contains("debian") && !suite.contains('-') {
+                return Ok((uri, suite));
+            }
+        }
+    }
+    Err("no Debian mirror found in the apt sources".into())
+}
