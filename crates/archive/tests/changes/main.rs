@@ -1,0 +1,466 @@
+//! Changes between trees and from an overlay upper, and layer sizes: exact
+//! change lists, and a real overlay mount where both ways of listing agree.
+
+use std::ffi::CString;
+use std::fs;
+use std::os::unix::fs::{PermissionsExt, symlink};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use plies_archive::XattrNamespace;
+use plies_archive::changes::{Change, ChangeKind, ChangesError, between, from_overlay_upper};
+use plies_archive::size::{changes_size, dir_size};
+use rustix::fs::{Timespec, Timestamps, XattrFlags};
+
+fn write(root: &Path, rel: &str, content: &str) {
+    let path = root.join(rel);
+    if let Some(parent) = path.parent() {
+        fs::create_dir_all(parent).unwrap();
+    }
+    fs::write(path, content).unwrap();
+}
+
+fn mkdir(root: &Path, rel: &str) {
+    fs::create_dir_all(root.join(rel)).unwrap();
+}
+
+fn set_mtime(path: &Path, sec: i64, nsec: i64) {
+    let t = Timespec {
+        tv_sec: sec,
+        tv_nsec: nsec as _,
+    };
+    rustix::fs::utimensat(
+        rustix::fs::CWD,
+        path,
+        &Timestamps {
+            last_access: t,
+            last_modification: t,
+        },
+        rustix::fs::AtFlags::SYMLINK_NOFOLLOW,
+    )
+    .unwrap();
+}
+
+/// `cp -a`: same modes, owners, times, xattrs, hardlinks, new inodes.
+fn copy_tree(from: &Path, to: &Path) {
+    let status = Command::new("cp")
+        .arg("-a")
+        .arg(from)
+        .arg(to)
+        .status()
+        .unwrap();
+    assert!(status.success());
+}
+
+/// Changes as `docker diff` prints them.
+fn listed(changes: &[Change]) -> Vec<String> {
+    changes.iter().map(ToString::to_string).collect()
+}
+
+fn whiteout(dir: &Path, name: &str) {
+    fs::create_dir_all(dir).unwrap();
+    plies_whiteout::create_overlay_whiteout(fs::File::open(dir).unwrap(), name.as_ref()).unwrap();
+}
+
+fn opaque(dir: &Path) {
+    plies_whiteout::set_opaque(fs::File::open(dir).unwrap(), XattrNamespace::Trusted).unwrap();
+}
+
+#[test]
+fn kinds_serialize_like_docker() {
+    assert_eq!(ChangeKind::Modified.as_docker_kind(), 0);
+    assert_eq!(ChangeKind::Added.as_docker_kind(), 1);
+    assert_eq!(ChangeKind::Deleted.as_docker_kind(), 2);
+    let change = Change {
+        path: PathBuf::from("/etc/passwd"),
+        kind: ChangeKind::Added,
+    };
+    assert_eq!(change.to_string(), "A /etc/passwd");
+    assert_eq!(
+        serde_json::to_string(&change).unwrap(),
+        r#"{"Path":"/etc/passwd","Kind":1}"#
+    );
+}
+
+#[test]
+fn identical_trees_have_no_changes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let old = tmp.path().join("old");
+    write(&old, "etc/passwd", "root");
+    write(&old, "usr/bin/sh", "elf");
+    symlink("sh", old.join("usr/bin/bash")).unwrap();
+    let new = tmp.path().join("new");
+    copy_tree(&old, &new);
+    assert_eq!(between(&old, &new).unwrap(), []);
+    assert_eq!(between(&old, &old).unwrap(), []);
+    // An empty old tree: everything is added, parents first.
+    let empty = tmp.path().join("empty");
+    mkdir(&empty, "");
+    assert_eq!(
+        listed(&between(&empty, &old).unwrap()),
+        [
+            "A /etc",
+            "A /etc/passwd",
+            "A /usr",
+            "A /usr/bin",
+            "A /usr/bin/bash",
+            "A /usr/bin/sh"
+        ]
+    );
+    assert_eq!(
+        listed(&between(&old, &empty).unwrap()),
+        ["D /etc", "D /usr"]
+    );
+}
+
+#[test]
+fn between_follows_dockers_rules() {
+    let tmp = tempfile::tempdir().unwrap();
+    let old = tmp.path().join("old");
+    write(&old, "etc/passwd", "root");
+    write(&old, "etc/hosts", "localhost");
+    write(&old, "etc/motd", "hello");
+    write(&old, "var/cache/apt/pkgcache.bin", "cache");
+    write(&old, "var/log/dpkg.log", "log");
+    write(&old, "usr/x", "file");
+    write(&old, "srv/www/index.html", "<p>");
+    write(&old, "home/readme", "hi");
+    write(&old, "tar/whole-second", "aaaa");
+    write(&old, "tar/same-content", "bbbb");
+    write(&old, "xattr/file", "x");
+    symlink("target-a", old.join("link")).unwrap();
+    set_mtime(&old.join("link"), 1_600_000_000, 0);
+    set_mtime(&old.join("tar/whole-second"), 1_600_000_000, 0);
+    set_mtime(&old.join("tar/same-content"), 1_600_000_000, 0);
+    let new = tmp.path().join("new");
+    copy_tree(&old, &new);
+
+    // Content and time.
+    write(&new, "etc/passwd", "root:x");
+    // Mode only.
+    fs::set_permissions(new.join("etc/hosts"), fs::Permissions::from_mode(0o600)).unwrap();
+    // A directory removed with its contents: one deletion.
+    fs::remove_dir_all(new.join("var/cache")).unwrap();
+    // A new directory: it and all its contents are added.
+    write(&new, "opt/app/bin/run", "#!");
+    // A file replaced by a directory, a directory by a file.
+    fs::remove_file(new.join("usr/x")).unwrap();
+    write(&new, "usr/x/child", "c");
+    fs::remove_dir_all(new.join("srv")).unwrap();
+    write(&new, "srv", "now a file");
+    // A directory whose only change is its time: unchanged.
+    set_mtime(&new.join("home"), 1_000_000_000, 5);
+    // Same size, same second, one side with no nanoseconds (as after a tar round
+    // trip): the contents decide.
+    write(&new, "tar/whole-second", "zzzz");
+    set_mtime(&new.join("tar/whole-second"), 1_600_000_000, 123);
+    set_mtime(&new.join("tar/same-content"), 1_600_000_000, 123);
+    // A new symlink target with the same time and length.
+    fs::remove_file(new.join("link")).unwrap();
+    symlink("target-b", new.join("link")).unwrap();
+    set_mtime(&new.join("link"), 1_600_000_000, 0);
+    // An xattr, nothing else.
+    rustix::fs::lsetxattr(
+        new.join("xattr/file"),
+        "user.note",
+        b"v",
+        XattrFlags::empty(),
+    )
+    .unwrap();
+    // Same contents, mode and times in a new inode: unchanged.
+    let motd = new.join("etc/motd");
+    let motd_times = fs::metadata(&motd).unwrap().modified().unwrap();
+    fs::remove_file(&motd).unwrap();
+    fs::write(&motd, "hello").unwrap();
+    fs::File::options()
+        .write(true)
+        .open(&motd)
+        .unwrap()
+        .set_modified(motd_times)
+        .unwrap();
+
+    assert_eq!(
+        listed(&between(&old, &new).unwrap()),
+        [
+            "C /etc",
+            "C /etc/hosts",
+            "C /etc/passwd",
+            "C /link",
+            "A /opt",
+            "A /opt/app",
+            "A /opt/app/bin",
+            "A /opt/app/bin/run",
+            "C /srv",
+            "C /tar",
+            "C /tar/whole-second",
+            "C /usr",
+            "C /usr/x",
+            "A /usr/x/child",
+            "C /var",
+            "D /var/cache",
+            "C /xattr",
+            "C /xattr/file",
+        ]
+    );
+}
+
+#[test]
+fn missing_root_is_an_error_naming_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let missing = tmp.path().join("missing");
+    match between(tmp.path(), &missing) {
+        Err(ChangesError::Io { op, path, source }) => {
+            assert_eq!(op, "open");
+            assert_eq!(path, missing);
+            assert_eq!(source.kind(), std::io::ErrorKind::NotFound);
+        }
+        other => panic!("expected Io, got {other:?}"),
+    }
+}
+
+/// An upper and two lowers written by hand in the overlay format.
+#[test]
+fn from_upper_reads_lower_whiteouts_and_opaque_dirs() {
+    if !plies_testkit::require_root("from_upper_reads_lower_whiteouts_and_opaque_dirs") {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let (upper, top, bottom) = (
+        tmp.path().join("upper"),
+        tmp.path().join("top"),
+        tmp.path().join("bottom"),
+    );
+    // bottom: the base image.
+    write(&bottom, "etc/passwd", "root");
+    write(&bottom, "etc/group", "root");
+    write(&bottom, "old/a", "a");
+    write(&bottom, "masked/inner/deep", "d");
+    write(&bottom, "masked/file", "f");
+    // top: deletes /old, makes /masked opaque with its own content.
+    whiteout(&top, "old");
+    write(&top, "masked/mine", "m");
+    opaque(&top.join("masked"));
+    write(&top, "etc/hostname", "box");
+    // upper: the container.
+    write(&upper, "old", "recreated");
+    whiteout(&upper.join("etc"), "hostname");
+    write(&upper, "etc/passwd", "root:x");
+    mkdir(&upper, "masked");
+    opaque(&upper.join("masked"));
+    write(&upper, "masked/fresh", "new");
+    write(&upper, "brand/new", "n");
+    mkdir(&upper, ".wh..wh.plnk");
+
+    let lowers = [top.clone(), bottom.clone()];
+    let changes = from_overlay_upper(&upper, &lowers, XattrNamespace::Trusted).unwrap();
+    assert_eq!(
+        listed(&changes),
+        [
+            "A /brand",
+            "A /brand/new",
+            "C /etc",
+            "D /etc/hostname",
+            "C /etc/passwd",
+            "C /masked",
+            "A /masked/fresh",
+            // What the opaque upper dir hides of the lowers' view: `mine` from
+            // `top`; not `file` or `inner` from `bottom`, which `top` masks already.
+            "D /masked/mine",
+            "A /old",
+        ]
+    );
+
+    // A renamed directory cannot be listed from the upper.
+    mkdir(&upper, "renamed");
+    rustix::fs::lsetxattr(
+        upper.join("renamed"),
+        "trusted.overlay.redirect",
+        b"/etc",
+        XattrFlags::empty(),
+    )
+    .unwrap();
+    match from_overlay_upper(&upper, &lowers, XattrNamespace::Trusted) {
+        Err(ChangesError::RedirectedDir { path }) => assert_eq!(path, upper.join("renamed")),
+        other => panic!("expected RedirectedDir, got {other:?}"),
+    }
+}
+
+struct Mount(PathBuf);
+
+impl Mount {
+    fn overlay(target: &Path, data: String) -> Mount {
+        fs::create_dir_all(target).unwrap();
+        let data = CString::new(data).unwrap();
+        rustix::mount::mount(
+            "overlay",
+            target,
+            "overlay",
+            rustix::mount::MountFlags::empty(),
+            Some(data.as_c_str()),
+        )
+        .unwrap();
+        Mount(target.to_owned())
+    }
+}
+
+impl Drop for Mount {
+    fn drop(&mut self) {
+        let _ = rustix::mount::unmount(&self.0, rustix::mount::UnmountFlags::DETACH);
+    }
+}
+
+/// Changes made through a real overlay mount: listing them from the upper gives
+/// exactly what comparing the lowers' view with the mounted view gives.
+#[test]
+fn overlay_upper_agrees_with_full_comparison() {
+    if !plies_testkit::require_overlay("overlay_upper_agrees_with_full_comparison") {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let p = |d: &str| tmp.path().join(d);
+    let (lower1, lower2, upper, work) = (p("lower1"), p("lower2"), p("upper"), p("work"));
+    for d in [&upper, &work] {
+        fs::create_dir(d).unwrap();
+    }
+    write(&lower2, "etc/passwd", "root");
+    write(&lower2, "etc/shadow", "s");
+    write(&lower2, "dir1/a", "a");
+    write(&lower2, "dir1/b", "b");
+    write(&lower2, "dir2/x", "old x");
+    write(&lower2, "dir2/sub/y", "y");
+    write(&lower2, "usr/bin/ls", "ls");
+    write(&lower2, "keep/file", "k");
+    write(&lower2, "gone-in-lower1", "g");
+    write(&lower2, "opaque-lower/hidden", "h");
+    write(&lower1, "usr/bin/sh", "sh");
+    whiteout(&lower1, "gone-in-lower1");
+    write(&lower1, "opaque-lower/new", "n");
+    opaque(&lower1.join("opaque-lower"));
+    let lowerdir = format!("{}:{}", lower1.display(), lower2.display());
+
+    let merged = p("merged");
+    let guard = Mount::overlay(
+        &merged,
+        format!(
+            "lowerdir={lowerdir},upperdir={},workdir={}",
+            upper.display(),
+            work.display()
+        ),
+    );
+    let m = |rel: &str| merged.join(rel);
+    fs::remove_file(m("etc/shadow")).unwrap();
+    fs::remove_dir_all(m("dir1")).unwrap();
+    fs::remove_dir_all(m("dir2")).unwrap();
+    fs::create_dir(m("dir2")).unwrap();
+    fs::write(m("dir2/x"), "new x").unwrap();
+    let mut ls = fs::read(m("usr/bin/ls")).unwrap();
+    ls.extend_from_slice(b" --color");
+    fs::write(m("usr/bin/ls"), ls).unwrap();
+    fs::set_permissions(m("etc/passwd"), fs::Permissions::from_mode(0o600)).unwrap();
+    write(&merged, "newdir/f", "f");
+    write(&merged, "added", "a");
+    fs::rename(m("keep/file"), m("keep/file2")).unwrap();
+    fs::remove_file(m("usr/bin/sh")).unwrap();
+    write(&merged, "gone-in-lower1", "back");
+
+    let expected = [
+        "A /added",
+        "D /dir1",
+        "C /dir2",
+        "D /dir2/sub",
+        "C /dir2/x",
+        "C /etc",
+        "C /etc/passwd",
+        "D /etc/shadow",
+        "A /gone-in-lower1",
+        "C /keep",
+        "D /keep/file",
+        "A /keep/file2",
+        "A /newdir",
+        "A /newdir/f",
+        "C /usr",
+        "C /usr/bin",
+        "C /usr/bin/ls",
+        "D /usr/bin/sh",
+    ];
+    let from_upper = from_overlay_upper(
+        &upper,
+        &[lower1.clone(), lower2.clone()],
+        XattrNamespace::Trusted,
+    )
+    .unwrap();
+    assert_eq!(listed(&from_upper), expected);
+
+    // The lowers' view, mounted read-only, against the mounted view.
+    let old_view = p("old-view");
+    let old_guard = Mount::overlay(&old_view, format!("lowerdir={lowerdir}"));
+    let full = between(&old_view, &merged).unwrap();
+    assert_eq!(listed(&full), expected);
+    assert_eq!(from_upper, full);
+
+    // The size of what the layer adds, read through the mounted view.
+    assert_eq!(
+        changes_size(&merged, &full).unwrap(),
+        ["new x", "root", "ls --color", "f", "a", "k", "back"]
+            .iter()
+            .map(|s| s.len() as u64)
+            .sum::<u64>()
+    );
+    drop(old_guard);
+    drop(guard);
+    assert!(plies_testkit::mounts_under(tmp.path()).is_empty());
+}
+
+#[test]
+fn dir_size_counts_hardlinks_once_and_no_directories() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("layer");
+    write(&root, "a", "0123456789");
+    write(&root, "sub/b", "01234567890123456789");
+    fs::hard_link(root.join("sub/b"), root.join("sub/b-link")).unwrap();
+    fs::hard_link(root.join("sub/b"), root.join("b-link-2")).unwrap();
+    symlink("abc", root.join("sub/link")).unwrap();
+    mkdir(&root, "empty/deeper");
+    // Sparse: the apparent size counts, as Docker's Size.
+    let sparse = fs::File::create(root.join("sparse")).unwrap();
+    sparse.set_len(1 << 20).unwrap();
+    // A symlink to a big tree outside is not followed.
+    write(tmp.path(), "outside/big", &"x".repeat(5000));
+    symlink(tmp.path().join("outside"), root.join("escape")).unwrap();
+    let escape_len = tmp.path().join("outside").as_os_str().len() as u64;
+    assert_eq!(
+        dir_size(&root).unwrap(),
+        10 + 20 + 3 + (1 << 20) + escape_len
+    );
+    match dir_size(&root.join("missing")) {
+        Err(plies_archive::size::SizeError::Io { path, .. }) => {
+            assert_eq!(path, root.join("missing"))
+        }
+        other => panic!("expected Io, got {other:?}"),
+    }
+}
+
+#[test]
+fn changes_size_counts_added_and_modified_files() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    write(root, "dir/new", "12345");
+    fs::hard_link(root.join("dir/new"), root.join("dir/new-link")).unwrap();
+    write(root, "changed", "123");
+    let change = |path: &str, kind| Change {
+        path: PathBuf::from(path),
+        kind,
+    };
+    let changes = [
+        change("/dir", ChangeKind::Added),
+        change("/dir/new", ChangeKind::Added),
+        change("/dir/new-link", ChangeKind::Added),
+        change("/changed", ChangeKind::Modified),
+        change("/deleted", ChangeKind::Deleted),
+        change("/vanished", ChangeKind::Added),
+    ];
+    assert_eq!(changes_size(root, &changes).unwrap(), 5 + 3);
+    // A path that leaves the root is refused, not followed.
+    let escaping = [change("/../outside", ChangeKind::Added)];
+    assert!(changes_size(root, &escaping).is_err());
+}
