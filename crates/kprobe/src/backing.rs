@@ -4,7 +4,10 @@
 use std::fmt;
 use std::path::Path;
 
-use crate::{KernelVersion, Outcome};
+use std::time::Duration;
+
+use crate::scratch::deadline;
+use crate::{DEFAULT_TIMEOUT, KernelVersion, Outcome};
 
 /// `statfs` `f_type` magic numbers and their names (from the kernel's `magic.h`
 /// and the filesystems' own headers).
@@ -96,6 +99,15 @@ impl fmt::Display for BackingFs {
 
 /// The filesystem `dir` lives on, from `statfs(2)`.
 pub fn backing_fs(dir: &Path) -> Outcome<BackingFs> {
+    backing_fs_within(dir, DEFAULT_TIMEOUT)
+}
+
+pub(crate) fn backing_fs_within(dir: &Path, timeout: Duration) -> Outcome<BackingFs> {
+    let dir = dir.to_path_buf();
+    deadline("statfs", timeout, move || statfs_magic(&dir))
+}
+
+fn statfs_magic(dir: &Path) -> Outcome<BackingFs> {
     match rustix::fs::statfs(dir) {
         // f_type is a signed word on some targets; the magic is its bit pattern.
         #[allow(clippy::unnecessary_cast)]

@@ -170,7 +170,7 @@ pub fn probe_all_with(dir: &Path, options: &ProbeOptions) -> Result<Report, Erro
     };
     let overlay_present = listed("overlay");
     let aufs_present = listed("aufs");
-    let backing_fs = backing_fs(dir);
+    let backing_fs = crate::backing::backing_fs_within(dir, t);
     let overlay2_backing = match (&backing_fs, &kernel) {
         (Outcome::Supported { value: fs }, Outcome::Supported { value: k }) => {
             overlay2_backing_ok(fs, k)
@@ -218,7 +218,7 @@ pub fn probe_all_with(dir: &Path, options: &ProbeOptions) -> Result<Report, Erro
         new_mount_api: overlay_probe(&new_mount_api),
         lowerdir_plus: overlay_probe(&|| crate::overlay::lowerdir_plus_within(dir, t)),
         stack_depth,
-        idmapped_mounts: idmapped_mounts(dir),
+        idmapped_mounts: crate::idmap::idmapped_mounts_within(dir, t),
         dirperm1,
         xfs_project_quota,
         kernel,

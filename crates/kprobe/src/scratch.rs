@@ -120,13 +120,22 @@ pub(crate) fn bounded<T: Send + 'static>(
     probe: impl FnOnce(&mut Scratch) -> Outcome<T> + Send + 'static,
 ) -> Outcome<T> {
     let dir = dir.to_path_buf();
+    deadline(name, timeout, move || run_in_scratch(name, &dir, probe))
+}
+
+/// Runs `call` on a new thread and waits at most `timeout` for its answer (a
+/// `statfs` or path lookup on a stuck network filesystem blocks indefinitely).
+pub(crate) fn deadline<T: Send + 'static>(
+    name: &'static str,
+    timeout: Duration,
+    call: impl FnOnce() -> Outcome<T> + Send + 'static,
+) -> Outcome<T> {
     let (tx, rx) = mpsc::channel();
     let spawned = std::thread::Builder::new()
         .name(format!("kprobe-{name}"))
         .spawn(move || {
-            let answer = run_in_scratch(name, &dir, probe);
             // The receiver is gone after a timeout; nothing to tell then.
-            let _ = tx.send(answer);
+            let _ = tx.send(call());
         });
     if let Err(e) = spawned {
         return Outcome::unsupported(format!("cannot start the probe thread: {e}"));

@@ -365,3 +365,23 @@ fn timed_out_probes_clean_up_after_themselves() {
         Vec::<PathBuf>::new()
     );
 }
+
+#[test]
+fn loading_a_missing_module_is_unsupported() {
+    let o = plies_kprobe::load_module("plies-no-such-module");
+    let reason = o.reason().expect("no such module");
+    assert!(reason.contains("modprobe"), "{reason}");
+}
+
+#[test]
+fn loading_modules_when_asked() {
+    if !plies_testkit::require_overlay("loading_modules_when_asked") {
+        return;
+    }
+    let dir = scratch_parent();
+    let mut options = plies_kprobe::ProbeOptions::default();
+    options.load_modules = true;
+    let report = plies_kprobe::probe_all_with(dir.path(), &options).expect("probe_all");
+    assert!(report.overlay_present.is_supported());
+    assert_eq!(listing(dir.path()), Vec::<PathBuf>::new());
+}
