@@ -181,45 +181,64 @@ pub fn probe_all_with(dir: &Path, options: &ProbeOptions) -> Result<Report, Erro
     };
     let aufs_backing = backing_fs.clone().and_then(|fs| aufs_backing_ok(&fs));
     let known_kernel = kernel.value();
-    let overlay_probe = |run: &dyn Fn() -> Outcome<()>| match &overlay_present {
-        Outcome::Supported { .. } => run(),
-        Outcome::Unsupported { reason } => Outcome::unsupported(reason.clone()),
-    };
-    let skip = |o: &Outcome<()>| o.reason().map(str::to_owned);
-    let (metacopy, userxattr_needed, stack_depth) = match skip(&overlay_present) {
-        None => (
-            crate::overlay::metacopy_within(dir, known_kernel, t),
-            crate::overlay::userxattr_needed_within(dir, known_kernel, t),
-            crate::stack::stack_depth_within(dir, options.stack_ceiling, None, t),
-        ),
-        Some(r) => (
-            Outcome::unsupported(r.clone()),
-            Outcome::unsupported(r.clone()),
-            Outcome::unsupported(r),
-        ),
-    };
-    let dirperm1 = match &aufs_present {
-        Outcome::Supported { .. } => crate::aufs::dirperm1_within(dir, t),
-        Outcome::Unsupported { reason } => Outcome::unsupported(reason.clone()),
-    };
+    let overlay = &overlay_present;
+    // The probes are independent and mostly wait on the disk: run them side by side.
+    let probes = std::thread::scope(|sc| {
+        let d_type = sc.spawn(|| crate::dtype::d_type_within(dir, t));
+        let userxattr_needed = sc.spawn(|| {
+            gate(overlay, || {
+                crate::overlay::userxattr_needed_within(dir, known_kernel, t)
+            })
+        });
+        let multiple_lowers =
+            sc.spawn(|| gate(overlay, || crate::overlay::multiple_lowers_within(dir, t)));
+        let native_diff = sc.spawn(|| gate(overlay, || crate::overlay::native_diff_within(dir, t)));
+        let metacopy = sc.spawn(|| {
+            gate(overlay, || {
+                crate::overlay::metacopy_within(dir, known_kernel, t)
+            })
+        });
+        let volatile = sc.spawn(|| gate(overlay, || crate::overlay::volatile_within(dir, t)));
+        let lowerdir_plus =
+            sc.spawn(|| gate(overlay, || crate::overlay::lowerdir_plus_within(dir, t)));
+        let stack_depth = sc.spawn(|| {
+            gate(overlay, || {
+                crate::stack::stack_depth_within(dir, options.stack_ceiling, None, t)
+            })
+        });
+        let idmapped_mounts = sc.spawn(|| crate::idmap::idmapped_mounts_within(dir, t));
+        let dirperm1 = sc.spawn(|| gate(&aufs_present, || crate::aufs::dirperm1_within(dir, t)));
+        Probes {
+            d_type: joined(d_type),
+            userxattr_needed: joined(userxattr_needed),
+            multiple_lowers: joined(multiple_lowers),
+            native_diff: joined(native_diff),
+            metacopy: joined(metacopy),
+            volatile: joined(volatile),
+            lowerdir_plus: joined(lowerdir_plus),
+            stack_depth: joined(stack_depth),
+            idmapped_mounts: joined(idmapped_mounts),
+            dirperm1: joined(dirperm1),
+        }
+    });
     let xfs_project_quota = backing_fs
         .clone()
         .and_then(|fs| xfs_project_quota(dir, &fs));
     Ok(Report {
         dir: dir.to_path_buf(),
-        d_type: crate::dtype::d_type_within(dir, t),
+        d_type: probes.d_type,
         user_namespace: in_user_namespace(),
-        userxattr_needed,
-        multiple_lowers: overlay_probe(&|| crate::overlay::multiple_lowers_within(dir, t)),
-        native_diff: overlay_probe(&|| crate::overlay::native_diff_within(dir, t)),
-        metacopy,
+        userxattr_needed: probes.userxattr_needed,
+        multiple_lowers: probes.multiple_lowers,
+        native_diff: probes.native_diff,
+        metacopy: probes.metacopy,
         index_parameter: index_parameter(),
-        volatile: overlay_probe(&|| crate::overlay::volatile_within(dir, t)),
-        new_mount_api: overlay_probe(&new_mount_api),
-        lowerdir_plus: overlay_probe(&|| crate::overlay::lowerdir_plus_within(dir, t)),
-        stack_depth,
-        idmapped_mounts: crate::idmap::idmapped_mounts_within(dir, t),
-        dirperm1,
+        volatile: probes.volatile,
+        new_mount_api: gate(&overlay_present, new_mount_api),
+        lowerdir_plus: probes.lowerdir_plus,
+        stack_depth: probes.stack_depth,
+        idmapped_mounts: probes.idmapped_mounts,
+        dirperm1: probes.dirperm1,
         xfs_project_quota,
         kernel,
         filesystems,
@@ -229,6 +248,33 @@ pub fn probe_all_with(dir: &Path, options: &ProbeOptions) -> Result<Report, Erro
         overlay2_backing,
         aufs_backing,
     })
+}
+
+/// The answers of the probes [`probe_all_with`] runs side by side.
+struct Probes {
+    d_type: Outcome<()>,
+    userxattr_needed: Outcome<bool>,
+    multiple_lowers: Outcome<()>,
+    native_diff: Outcome<()>,
+    metacopy: Outcome<bool>,
+    volatile: Outcome<()>,
+    lowerdir_plus: Outcome<()>,
+    stack_depth: Outcome<StackDepth>,
+    idmapped_mounts: Outcome<()>,
+    dirperm1: Outcome<()>,
+}
+
+/// Runs `probe` only when the filesystem it needs is present.
+fn gate<T>(present: &Outcome<()>, probe: impl FnOnce() -> Outcome<T>) -> Outcome<T> {
+    match present {
+        Outcome::Supported { .. } => probe(),
+        Outcome::Unsupported { reason } => Outcome::unsupported(reason.clone()),
+    }
+}
+
+fn joined<T>(h: std::thread::ScopedJoinHandle<'_, Outcome<T>>) -> Outcome<T> {
+    h.join()
+        .unwrap_or_else(|_| Outcome::unsupported("the probe panicked"))
 }
 
 fn cache() -> &'static Mutex<HashMap<PathBuf, Report>> {
