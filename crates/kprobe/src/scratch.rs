@@ -179,3 +179,60 @@ pub(crate) fn refused(what: &str, e: Errno) -> String {
         _ => format!("{what}: {e}"),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entries(dir: &Path) -> usize {
+        std::fs::read_dir(dir).expect("read_dir").count()
+    }
+
+    #[test]
+    fn a_panicking_probe_is_unsupported_and_cleaned_up() {
+        let parent = tempfile::tempdir().expect("temp dir");
+        let root = rustix::process::geteuid().is_root();
+        let answer: Outcome<()> = bounded("panic", parent.path(), DEFAULT, move |s| {
+            s.mkdirs(&["a/b", "m"]).expect("mkdirs");
+            if root {
+                s.mount("tmpfs", "m", "tmpfs", MountFlags::empty(), "size=64k")
+                    .expect("tmpfs mount");
+                std::fs::write(s.path().join("m/f"), b"x").expect("write");
+            }
+            panic!("probe failure on purpose");
+        });
+        assert_eq!(answer, Outcome::unsupported("the probe panicked"));
+        assert_eq!(entries(parent.path()), 0);
+        assert!(plies_testkit::mounts_under(parent.path()).is_empty());
+    }
+
+    #[test]
+    fn a_slow_probe_times_out_and_cleans_up_later() {
+        let parent = tempfile::tempdir().expect("temp dir");
+        let answer: Outcome<()> = bounded("slow", parent.path(), Duration::from_millis(50), |s| {
+            s.mkdirs(&["x"]).expect("mkdirs");
+            std::thread::sleep(Duration::from_millis(300));
+            Outcome::supported(())
+        });
+        assert_eq!(answer.reason(), Some("timed out after 50ms"));
+        let end = std::time::Instant::now() + Duration::from_secs(10);
+        while entries(parent.path()) != 0 && std::time::Instant::now() < end {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert_eq!(entries(parent.path()), 0);
+    }
+
+    #[test]
+    fn the_probe_thread_cwd_is_its_own() {
+        let parent = tempfile::tempdir().expect("temp dir");
+        let before = std::env::current_dir().expect("cwd");
+        let answer = bounded("cwd", parent.path(), DEFAULT, |s| {
+            let cwd = std::env::current_dir().expect("cwd");
+            Outcome::supported(cwd == s.path())
+        });
+        assert_eq!(answer, Outcome::supported(true));
+        assert_eq!(std::env::current_dir().expect("cwd"), before);
+    }
+
+    const DEFAULT: Duration = Duration::from_secs(30);
+}
