@@ -278,7 +278,9 @@ pub(crate) fn mount_lowerdir_plus<S: AsRef<str>>(lowers: &[S]) -> Outcome<()> {
         }
     }
     if let Err(e) = rustix::mount::fsconfig_create(&fs) {
-        return Outcome::unsupported(refused("fsconfig create", e));
+        // Before overlay had its own mount context (6.5), fsconfig took any key
+        // and the unknown lowerdir+ fails only here.
+        return Outcome::unsupported(refused("creating an overlay from lowerdir+ layers", e));
     }
     match rustix::mount::fsmount(&fs, FsMountFlags::FSMOUNT_CLOEXEC, MountAttrFlags::empty()) {
         // Dropping the detached mount's fd unmounts it.

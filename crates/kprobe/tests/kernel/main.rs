@@ -262,9 +262,17 @@ fn report_rows_and_json() {
     );
     let fs = report.backing_fs.value().expect("statfs").to_string();
     assert_eq!(rows[0].1, fs);
-    assert_eq!(rows[1].1, "true");
+    match &report.d_type {
+        Outcome::Supported { .. } => assert_eq!(rows[1].1, "true"),
+        Outcome::Unsupported { reason } => assert_eq!(rows[1].1, format!("false ({reason})")),
+    }
     let json = serde_json::to_value(&report).expect("serialize");
-    assert_eq!(json["d_type"]["status"], "supported");
+    let d_type = if report.d_type.is_supported() {
+        "supported"
+    } else {
+        "unsupported"
+    };
+    assert_eq!(json["d_type"]["status"], d_type);
     assert_eq!(json["backing_fs"]["value"]["name"], fs.as_str());
     assert_eq!(json["idmapped_mounts"]["status"], "unsupported");
 }
@@ -334,7 +342,10 @@ fn unprivileged_probes_are_unsupported_not_errors() {
     assert!(!report.stack_depth.is_supported());
     assert!(!report.metacopy.is_supported());
     // Non-mount probes still answer.
-    assert!(report.d_type.is_supported());
+    assert_eq!(
+        report.d_type.is_supported(),
+        plies_kprobe::d_type(&open).is_supported()
+    );
     assert!(report.backing_fs.is_supported());
     assert_eq!(listing(&open), Vec::<PathBuf>::new());
 }
