@@ -174,7 +174,7 @@ fn stack_depth_is_the_kernels_limit() {
     let k = kernel();
     let depth = plies_kprobe::stack_depth(dir.path(), plies_kprobe::DEFAULT_STACK_CEILING);
     let depth = depth.value().expect("stack probe ran");
-    // OVL_MAX_STACK has been 500 since 4.13.
+    // OVL_MAX_STACK is 500 on every kernel the project supports.
     if k.at_least(4, 13, 0) {
         assert_eq!(depth.max_lowers, 500);
         assert!(!depth.capped);
