@@ -1,28 +1,82 @@
-//! The `plies` command line.
+//! The `plies` command: container layer storage at the shell.
 //!
-//! Its commands arrive with the drivers they sit on; until then it answers
-//! `--version` and `--help` and refuses anything else with exit code 2.
+//! See the crate's README for the commands and exit codes.
+
+mod args;
+// Used by `import`, which arrives with the drivers.
+#[allow(dead_code)]
+mod compression;
+#[allow(dead_code)]
+mod digest;
+#[allow(dead_code)]
+mod image;
+#[allow(dead_code)]
+mod output;
+mod probe;
 
 use std::process::ExitCode;
 
-const USAGE: &str = "usage: plies [--version | --help]\n\n\
-plies keeps container image and container layers on disk.\n\
-Commands (probe, import, mount, diff, changes, fsck, demo) come with plies-drivers.";
+use clap::Parser;
+
+use args::{Cli, Command};
+use output::{Failure, Out};
 
 fn main() -> ExitCode {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    match args.first().map(String::as_str) {
-        Some("--version" | "-V") => {
-            println!("plies {}", env!("CARGO_PKG_VERSION"));
-            ExitCode::SUCCESS
-        }
-        None | Some("--help" | "-h") => {
-            println!("{USAGE}");
-            ExitCode::SUCCESS
-        }
-        Some(other) => {
-            eprintln!("plies: unknown command '{other}'\n{USAGE}");
-            ExitCode::from(2)
+    let cli = Cli::parse();
+    init_tracing(&cli.global);
+    let out = Out::new(&cli.global);
+    match run(cli, &out) {
+        Ok(code) => code,
+        Err(failure) => failure.report(),
+    }
+}
+
+fn run(cli: Cli, out: &Out) -> Result<ExitCode, Failure> {
+    let g = &cli.global;
+    match cli.command {
+        Command::Probe => probe::run(g, out)?,
+        other => {
+            return Err(Failure::usage(format!(
+                "{} needs a layer driver, which this build does not have yet",
+                command_name(&other)
+            )));
         }
     }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn command_name(c: &Command) -> &'static str {
+    match c {
+        Command::Probe => "probe",
+        Command::Status => "status",
+        Command::Create { .. } => "create",
+        Command::Rm { .. } => "rm",
+        Command::Ls => "ls",
+        Command::Apply { .. } => "apply",
+        Command::Diff { .. } => "diff",
+        Command::Changes { .. } => "changes",
+        Command::Size { .. } => "size",
+        Command::Mount { .. } => "mount",
+        Command::Umount { .. } => "umount",
+        Command::Import { .. } => "import",
+        Command::Fsck { .. } => "fsck",
+        Command::Demo => "demo",
+    }
+}
+
+/// Library warnings go to stderr through tracing: `-q` keeps errors only, `-v`
+/// adds debug, `-vv` trace.
+fn init_tracing(g: &args::Global) {
+    let level = match (g.quiet, g.verbose) {
+        (true, _) => tracing::Level::ERROR,
+        (false, 0) => tracing::Level::WARN,
+        (false, 1) => tracing::Level::DEBUG,
+        (false, _) => tracing::Level::TRACE,
+    };
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_max_level(level)
+        .with_target(false)
+        .without_time()
+        .init();
 }

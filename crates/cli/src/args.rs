@@ -1,0 +1,182 @@
+//! The command line, as clap parses it.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+/// Container layer storage at the shell: probe the kernel, import saved images,
+/// mount layers, show their changes and diffs, check a store.
+#[derive(Debug, Parser)]
+#[command(name = "plies", version, about, max_term_width = 100)]
+pub struct Cli {
+    /// Options every command takes.
+    #[command(flatten)]
+    pub global: Global,
+    /// The command.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Options every command takes.
+#[derive(Debug, Args)]
+pub struct Global {
+    /// Directory the store lives in.
+    #[arg(
+        long,
+        global = true,
+        value_name = "DIR",
+        default_value = "/var/lib/plies"
+    )]
+    pub root: PathBuf,
+    /// Layer driver.
+    #[arg(long, global = true, value_enum, default_value_t = DriverArg::Auto)]
+    pub driver: DriverArg,
+    /// Driver option, Docker's `--storage-opt` spelling (`overlay2.max_depth=200`);
+    /// may be repeated.
+    #[arg(long = "storage-opt", global = true, value_name = "KEY=VALUE")]
+    pub storage_opt: Vec<String>,
+    /// Print data as JSON.
+    #[arg(long, global = true)]
+    pub json: bool,
+    /// Print only what a script needs, and errors.
+    #[arg(short, long, global = true, conflicts_with = "verbose")]
+    pub quiet: bool,
+    /// Print more about what happens (repeat for more).
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+}
+
+/// The driver to use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum DriverArg {
+    /// The driver that already has data under the root, else the best this machine allows.
+    Auto,
+    /// overlayfs, Docker's overlay2 layout.
+    Overlay2,
+    /// aufs, Docker's aufs layout.
+    Aufs,
+    /// Full copies without mounts: runs anywhere.
+    Vfs,
+}
+
+/// The commands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Report what the kernel and the filesystem under the root support.
+    Probe,
+    /// Show the driver's status rows and the store's counts.
+    Status,
+    /// Create an empty layer.
+    Create {
+        /// The new layer's id.
+        id: String,
+        /// The layer it sits on.
+        #[arg(long, value_name = "P")]
+        parent: Option<String>,
+        /// Make a read-write (container) layer.
+        #[arg(long)]
+        rw: bool,
+        /// Size limit of a read-write layer (`10G`), where the driver has quotas.
+        #[arg(long, value_name = "S", requires = "rw")]
+        size: Option<String>,
+    },
+    /// Remove layers (unmounting them first).
+    Rm {
+        /// The layers.
+        #[arg(required = true)]
+        ids: Vec<String>,
+    },
+    /// List the layers: id, parent, depth, size, mounted.
+    Ls,
+    /// Apply a layer tar (plain, gzip or zstd) to a layer.
+    Apply {
+        /// The layer.
+        id: String,
+        /// The tar, or `-` (the default) for standard input.
+        #[arg(default_value = "-")]
+        file: String,
+    },
+    /// Write a layer's changes as a layer tar.
+    Diff {
+        /// The layer.
+        id: String,
+        /// The layer to diff against (default: the layer's parent).
+        #[arg(long, value_name = "P")]
+        parent: Option<String>,
+        /// Write to this file instead of standard output.
+        #[arg(short, long, value_name = "FILE")]
+        output: Option<PathBuf>,
+    },
+    /// List the paths a layer adds (A), changes (C) and deletes (D).
+    Changes {
+        /// The layer.
+        id: String,
+        /// The layer to compare with (default: the layer's parent).
+        #[arg(long, value_name = "P")]
+        parent: Option<String>,
+    },
+    /// Print the size of a layer's own files.
+    Size {
+        /// The layer.
+        id: String,
+    },
+    /// Mount a layer and print the path of its root filesystem.
+    Mount {
+        /// The layer.
+        id: String,
+        /// SELinux label of the mount.
+        #[arg(long, value_name = "L")]
+        label: Option<String>,
+    },
+    /// Unmount a layer mounted with `plies mount`.
+    Umount {
+        /// The layer.
+        id: String,
+    },
+    /// Import a `docker save` archive or an OCI image layout (directory or tar).
+    Import {
+        /// The archive or the layout directory.
+        source: PathBuf,
+        /// Platform to pick from an OCI index: `os/arch[/variant]`.
+        #[arg(long, default_value = "linux/amd64")]
+        platform: String,
+    },
+    /// Check the store, and repair what can be repaired safely.
+    Fsck {
+        /// Repair what is safe to repair.
+        #[arg(long)]
+        repair: bool,
+    },
+    /// Build a small three-layer image, import, mount and diff it in a temporary root.
+    Demo,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn the_command_line_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn global_flags_go_anywhere() {
+        let cli = Cli::try_parse_from([
+            "plies", "ls", "--root", "/tmp/x", "--json", "--driver", "vfs",
+        ])
+        .unwrap();
+        assert_eq!(cli.global.root, PathBuf::from("/tmp/x"));
+        assert!(cli.global.json);
+        assert_eq!(cli.global.driver, DriverArg::Vfs);
+        assert!(matches!(cli.command, Command::Ls));
+    }
+
+    #[test]
+    fn size_needs_rw() {
+        assert!(Cli::try_parse_from(["plies", "create", "a", "--size", "1G"]).is_err());
+        let cli = Cli::try_parse_from(["plies", "create", "a", "--rw", "--size", "1G"]).unwrap();
+        assert!(matches!(cli.command, Command::Create { rw: true, .. }));
+    }
+}

@@ -1,0 +1,103 @@
+//! What the command prints: data on stdout (text or `--json`), one-line errors on
+//! stderr, and the exit codes.
+
+use std::fmt::Display;
+use std::io::Write;
+use std::process::ExitCode;
+
+use serde::Serialize;
+
+use crate::args::Global;
+
+/// Exit code of a command that failed.
+pub const EXIT_ERROR: u8 = 1;
+/// Exit code of a command used wrongly (clap's usage errors exit 2 as well).
+pub const EXIT_USAGE: u8 = 2;
+/// Exit code of `fsck` when damage remains.
+pub const EXIT_DAMAGED: u8 = 3;
+
+/// Why a command failed, and its exit code.
+#[derive(Debug)]
+pub struct Failure {
+    error: anyhow::Error,
+    code: u8,
+}
+
+impl Failure {
+    /// A usage error (exit 2).
+    pub fn usage(message: impl Display) -> Failure {
+        Failure {
+            error: anyhow::anyhow!("{message}"),
+            code: EXIT_USAGE,
+        }
+    }
+
+    /// Prints `plies: <what>: <where>: <why>` and returns the exit code.
+    pub fn report(self) -> ExitCode {
+        let _ = writeln!(std::io::stderr().lock(), "plies: {:#}", self.error);
+        ExitCode::from(self.code)
+    }
+}
+
+impl<E: Into<anyhow::Error>> From<E> for Failure {
+    fn from(e: E) -> Failure {
+        Failure {
+            error: e.into(),
+            code: EXIT_ERROR,
+        }
+    }
+}
+
+/// Where a command's output goes, and in which form.
+pub struct Out {
+    /// `--json`.
+    pub json: bool,
+    /// `-q`.
+    pub quiet: bool,
+}
+
+impl Out {
+    /// From the global flags.
+    pub fn new(g: &Global) -> Out {
+        Out {
+            json: g.json,
+            quiet: g.quiet,
+        }
+    }
+
+    /// Prints `value` as pretty JSON on stdout.
+    pub fn json<T: Serialize>(&self, value: &T) -> anyhow::Result<()> {
+        let mut stdout = std::io::stdout().lock();
+        serde_json::to_writer_pretty(&mut stdout, value)?;
+        writeln!(stdout)?;
+        Ok(())
+    }
+
+    /// Prints a line of data on stdout.
+    pub fn line(&self, line: impl Display) -> anyhow::Result<()> {
+        writeln!(std::io::stdout().lock(), "{line}")?;
+        Ok(())
+    }
+
+    /// Prints a line of commentary on stdout, unless `-q`.
+    pub fn note(&self, line: impl Display) -> anyhow::Result<()> {
+        if !self.quiet {
+            self.line(line)?;
+        }
+        Ok(())
+    }
+
+    /// Prints rows as an aligned two-column table.
+    pub fn table(&self, rows: &[(String, String)]) -> anyhow::Result<()> {
+        let width = rows
+            .iter()
+            .map(|(k, _)| k.chars().count())
+            .max()
+            .unwrap_or(0);
+        let mut stdout = std::io::stdout().lock();
+        for (k, v) in rows {
+            writeln!(stdout, "{k:<width$}  {v}")?;
+        }
+        Ok(())
+    }
+}
