@@ -1,5 +1,6 @@
 //! XFS project quota, as far as it can be seen without `quotactl(2)`.
 
+use std::os::unix::ffi::OsStringExt;
 use std::path::{Path, PathBuf};
 
 use crate::Outcome;
@@ -44,7 +45,7 @@ pub(crate) fn parse_mountinfo(text: &str) -> Vec<MountEntry> {
             let _source = tail.next()?;
             let super_options = tail.next().unwrap_or("");
             Some(MountEntry {
-                mount_point: PathBuf::from(unescape(mount_point)),
+                mount_point: unescape(mount_point),
                 fstype: fstype.to_owned(),
                 super_options: super_options.split(',').map(str::to_owned).collect(),
             })
@@ -53,7 +54,7 @@ pub(crate) fn parse_mountinfo(text: &str) -> Vec<MountEntry> {
 }
 
 /// Undoes mountinfo's octal escapes (`\040` for a space, …).
-fn unescape(s: &str) -> String {
+fn unescape(s: &str) -> PathBuf {
     let bytes = s.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
@@ -76,7 +77,7 @@ fn unescape(s: &str) -> String {
         out.push(bytes[i]);
         i += 1;
     }
-    String::from_utf8_lossy(&out).into_owned()
+    PathBuf::from(std::ffi::OsString::from_vec(out))
 }
 
 /// The mount holding `path` (absolute, canonical): the last entry whose mount
@@ -110,8 +111,9 @@ pub fn xfs_project_quota(dir: &Path, backing: &BackingFs) -> Outcome<ProjectQuot
         Ok(p) => p,
         Err(e) => return Outcome::unsupported(format!("cannot resolve {}: {e}", dir.display())),
     };
-    let text = match std::fs::read_to_string("/proc/self/mountinfo") {
-        Ok(t) => t,
+    // A mount point that is not UTF-8 cannot match below; the others still can.
+    let text = match std::fs::read("/proc/self/mountinfo") {
+        Ok(t) => String::from_utf8_lossy(&t).into_owned(),
         Err(e) => return Outcome::unsupported(format!("cannot read /proc/self/mountinfo: {e}")),
     };
     let mounts = parse_mountinfo(&text);
@@ -165,7 +167,7 @@ mod tests {
 
     #[test]
     fn unescapes_octal() {
-        assert_eq!(unescape("a\\040b\\011c\\134d"), "a b\tc\\d");
-        assert_eq!(unescape("trailing\\04"), "trailing\\04");
+        assert_eq!(unescape("a\\040b\\011c\\134d"), Path::new("a b\tc\\d"));
+        assert_eq!(unescape("trailing\\04"), Path::new("trailing\\04"));
     }
 }
