@@ -1,1 +1,88 @@
 #![doc = include_str!("../README.md")]
+#![cfg_attr(docsrs, feature(doc_cfg))]
+
+mod copy;
+mod driver;
+mod error;
+mod locks;
+mod mounts;
+pub mod naive;
+mod options;
+mod overlay2;
+mod vfs;
+
+use std::path::Path;
+
+pub use driver::Driver;
+pub use error::{Error, Result};
+pub use options::{CreateOptions, DriverChoice, Options};
+pub use overlay2::Overlay2;
+pub use vfs::Vfs;
+
+/// Drivers `auto` tries, in order.
+const PRIORITY: [DriverChoice; 2] = [DriverChoice::Overlay2, DriverChoice::Vfs];
+
+/// Opens the driver `choice` under the graph root `root` (Docker's
+/// `/var/lib/docker`): the driver keeps its layers in `root/<name>`
+/// (`root/overlay2`, `root/aufs`, `root/vfs`).
+///
+/// [`DriverChoice::Auto`] opens the driver whose directory already holds data,
+/// as Docker does, else the first of overlay2, aufs and vfs that this kernel and
+/// the backing filesystem support.
+///
+/// # Errors
+/// [`Error::NotSupported`], [`Error::IncompatibleFs`] or
+/// [`Error::PrerequisitesMissing`] with the probe's reason for an explicit choice
+/// the system cannot run; [`Error::MultiplePriorDrivers`] when `auto` finds data
+/// of several drivers; the chosen driver's own errors (bad options, an unreadable store).
+pub fn open(root: &Path, choice: DriverChoice, options: &Options) -> Result<Box<dyn Driver>> {
+    std::fs::create_dir_all(root).map_err(|e| Error::io("mkdir", root, e))?;
+    match choice {
+        DriverChoice::Overlay2 => Ok(Box::new(Overlay2::open(&root.join("overlay2"), options)?)),
+        DriverChoice::Aufs => Err(Error::NotSupported {
+            driver: "aufs",
+            reason: "aufs is not in this build".to_owned(),
+        }),
+        DriverChoice::Vfs => Ok(Box::new(Vfs::open(&root.join("vfs"), options)?)),
+        DriverChoice::Auto => {
+            let prior: Vec<DriverChoice> = PRIORITY
+                .into_iter()
+                .filter(|c| has_data(&root.join(c.as_str())))
+                .collect();
+            match prior.as_slice() {
+                [one] => return open(root, *one, options),
+                [] => {}
+                many => {
+                    return Err(Error::MultiplePriorDrivers {
+                        root: root.to_path_buf(),
+                        drivers: many.iter().map(|c| c.as_str()).collect(),
+                    });
+                }
+            }
+            let mut last = None;
+            for candidate in PRIORITY {
+                match open(root, candidate, options) {
+                    Ok(d) => return Ok(d),
+                    Err(
+                        e @ (Error::NotSupported { .. }
+                        | Error::IncompatibleFs { .. }
+                        | Error::PrerequisitesMissing { .. }),
+                    ) => {
+                        tracing::info!(driver = candidate.as_str(), error = %e, "driver skipped");
+                        last = Some(e);
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+            Err(last.unwrap_or(Error::NotSupported {
+                driver: "auto",
+                reason: "no driver can run here".to_owned(),
+            }))
+        }
+    }
+}
+
+/// Whether `dir` is a directory with anything in it.
+fn has_data(dir: &Path) -> bool {
+    std::fs::read_dir(dir).is_ok_and(|mut entries| entries.next().is_some())
+}

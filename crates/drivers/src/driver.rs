@@ -1,0 +1,108 @@
+//! The `Driver` trait: Docker's graph-driver operations.
+
+use std::collections::BTreeMap;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+use plies_archive::changes::Change;
+
+use crate::error::Result;
+use crate::options::CreateOptions;
+
+/// A layer driver: stores layers under its root, stacks them into root
+/// filesystems, and turns them into layer tars and back.
+///
+/// Every method is safe to call from many threads at once; calls on different
+/// layers run in parallel. `parent` arguments name the layer a diff is taken
+/// against (`None`: against nothing, every file is added).
+pub trait Driver: Send + Sync {
+    /// The driver's name as Docker spells it: `overlay2`, `aufs` or `vfs`.
+    fn name(&self) -> &'static str;
+
+    /// The directory the driver keeps its layers in.
+    fn root(&self) -> &Path;
+
+    /// Creates the read-only (image) layer `id` on top of `parent`.
+    ///
+    /// # Errors
+    /// [`Error::LayerExists`](crate::Error::LayerExists),
+    /// [`Error::NoSuchLayer`](crate::Error::NoSuchLayer) for a missing parent,
+    /// [`Error::InvalidId`](crate::Error::InvalidId), or a storage option the
+    /// driver does not take.
+    fn create(&self, id: &str, parent: Option<&str>, opts: &CreateOptions) -> Result<()>;
+
+    /// Creates the read-write (container) layer `id` on top of `parent`; the
+    /// storage option `size` limits it where the driver supports quotas.
+    ///
+    /// # Errors
+    /// As [`Driver::create`].
+    fn create_read_write(&self, id: &str, parent: Option<&str>, opts: &CreateOptions)
+    -> Result<()>;
+
+    /// Removes the layer `id`, unmounting it first if it is mounted.
+    ///
+    /// # Errors
+    /// [`Error::NoSuchLayer`](crate::Error::NoSuchLayer);
+    /// [`Error::Busy`](crate::Error::Busy) when its mount stays busy.
+    fn remove(&self, id: &str) -> Result<()>;
+
+    /// Returns the path of the root filesystem of `id`, mounting it on the first
+    /// call; every `get` must be matched by a [`Driver::put`].
+    ///
+    /// # Errors
+    /// [`Error::NoSuchLayer`](crate::Error::NoSuchLayer), or the mount's error;
+    /// a failed `get` holds nothing.
+    fn get(&self, id: &str, mount_label: Option<&str>) -> Result<PathBuf>;
+
+    /// Releases one [`Driver::get`] of `id`; the last one unmounts.
+    ///
+    /// # Errors
+    /// [`Error::NotMounted`](crate::Error::NotMounted) when no `get` holds `id`.
+    fn put(&self, id: &str) -> Result<()>;
+
+    /// Whether the layer `id` exists.
+    fn exists(&self, id: &str) -> bool;
+
+    /// Rows describing the driver and its root, in order, as `docker info` shows them.
+    fn status(&self) -> Vec<(String, String)>;
+
+    /// Where the layer's directories are, keyed as Docker's `GetMetadata`
+    /// (`LowerDir`, `UpperDir`, `WorkDir`, `MergedDir` for overlay2).
+    ///
+    /// # Errors
+    /// [`Error::NoSuchLayer`](crate::Error::NoSuchLayer).
+    fn metadata(&self, id: &str) -> Result<BTreeMap<String, String>>;
+
+    /// Unmounts every mount the driver made under its root.
+    ///
+    /// # Errors
+    /// The first unmount that failed (all are tried).
+    fn cleanup(&self) -> Result<()>;
+
+    /// The changes of `id` against `parent` as a layer tar, streamed.
+    ///
+    /// # Errors
+    /// [`Error::NoSuchLayer`](crate::Error::NoSuchLayer), or what reading the
+    /// layers failed on. Errors met while streaming come from the reader.
+    fn diff(&self, id: &str, parent: Option<&str>) -> Result<Box<dyn Read + Send>>;
+
+    /// The size in bytes of the files that [`Driver::diff`] would carry.
+    ///
+    /// # Errors
+    /// As [`Driver::changes`].
+    fn diff_size(&self, id: &str, parent: Option<&str>) -> Result<u64>;
+
+    /// Applies the layer tar read from `diff` to the layer `id` (whose parent is
+    /// `parent`), returning the size of the applied layer in bytes.
+    ///
+    /// # Errors
+    /// [`Error::Archive`](crate::Error::Archive) naming the tar entry.
+    fn apply_diff(&self, id: &str, parent: Option<&str>, diff: &mut dyn Read) -> Result<u64>;
+
+    /// The paths `id` adds, modifies and deletes against `parent`, sorted.
+    ///
+    /// # Errors
+    /// [`Error::NoSuchLayer`](crate::Error::NoSuchLayer),
+    /// [`Error::Changes`](crate::Error::Changes) naming the path.
+    fn changes(&self, id: &str, parent: Option<&str>) -> Result<Vec<Change>>;
+}

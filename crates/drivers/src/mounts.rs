@@ -1,0 +1,109 @@
+//! Reading the mount table and unmounting, with bounded retries on `EBUSY`.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use rustix::io::Errno;
+use rustix::mount::UnmountFlags;
+
+use crate::error::{Error, Result};
+
+/// How often `remove` tries to unmount a busy layer.
+pub(crate) const BUSY_ATTEMPTS: u32 = 5;
+const BUSY_PAUSE: Duration = Duration::from_millis(100);
+
+/// Mount points of this process's mount namespace at or below `dir`, deepest
+/// first (so they can be unmounted in this order).
+pub(crate) fn mounts_under(dir: &Path) -> Vec<PathBuf> {
+    let Ok(text) = std::fs::read_to_string("/proc/self/mountinfo") else {
+        return Vec::new();
+    };
+    let mut out: Vec<PathBuf> = text
+        .lines()
+        .filter_map(|line| line.split(' ').nth(4))
+        .map(|p| PathBuf::from(unescape(p)))
+        .filter(|p| p.starts_with(dir))
+        .collect();
+    out.sort();
+    out.dedup();
+    out.reverse();
+    out
+}
+
+/// Undoes mountinfo's octal escapes (`\040` for a space, …).
+fn unescape(field: &str) -> String {
+    let bytes = field.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'\\'
+            && i + 3 < bytes.len()
+            && bytes[i + 1..i + 4]
+                .iter()
+                .all(|b| (b'0'..=b'7').contains(b))
+        {
+            let v = (bytes[i + 1] - b'0') as u32 * 64
+                + (bytes[i + 2] - b'0') as u32 * 8
+                + (bytes[i + 3] - b'0') as u32;
+            out.push(v as u8);
+            i += 4;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Detaches the mount at `path`; `Ok(false)` when nothing was mounted there.
+pub(crate) fn detach(id: &str, path: &Path) -> Result<bool> {
+    match rustix::mount::unmount(path, UnmountFlags::DETACH | UnmountFlags::NOFOLLOW) {
+        Ok(()) => Ok(true),
+        Err(Errno::INVAL | Errno::NOENT) => Ok(false),
+        Err(e) => Err(Error::Unmount {
+            id: id.to_owned(),
+            path: path.to_path_buf(),
+            source: e.into(),
+        }),
+    }
+}
+
+/// Unmounts `path`, retrying `EBUSY` a bounded number of times; `Ok(false)` when
+/// nothing was mounted there.
+pub(crate) fn unmount_retrying(id: &str, path: &Path) -> Result<bool> {
+    let mut attempts = 0;
+    loop {
+        attempts += 1;
+        match rustix::mount::unmount(path, UnmountFlags::NOFOLLOW) {
+            Ok(()) => return Ok(true),
+            Err(Errno::INVAL | Errno::NOENT) => return Ok(false),
+            Err(Errno::BUSY) if attempts < BUSY_ATTEMPTS => {
+                tracing::warn!(layer = id, attempts, "unmount busy, retrying");
+                std::thread::sleep(BUSY_PAUSE);
+            }
+            Err(Errno::BUSY) => {
+                return Err(Error::Busy {
+                    id: id.to_owned(),
+                    path: path.to_path_buf(),
+                    attempts,
+                });
+            }
+            Err(e) => {
+                return Err(Error::Unmount {
+                    id: id.to_owned(),
+                    path: path.to_path_buf(),
+                    source: e.into(),
+                });
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn unescapes_mountinfo() {
+        assert_eq!(super::unescape(r"/a\040b\134c"), "/a b\\c");
+        assert_eq!(super::unescape(r"/plain\04"), r"/plain\04");
+    }
+}

@@ -1,0 +1,537 @@
+//! The overlay2 driver: Docker's `overlay2` layout (through `plies-layerstore`),
+//! mounted with `plies-mountopts` plans, features from `plies-kprobe`.
+
+use std::collections::{BTreeMap, HashMap};
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, OnceLock, PoisonError};
+
+use plies_archive::changes::{Change, ChangesError};
+use plies_archive::{ApplyOptions, ExportOptions, WhiteoutFormat, XattrNamespace};
+use plies_kprobe::Outcome;
+use plies_layerstore::{Overlay2Store, StoreOptions};
+use plies_mountopts::{LayerPath, MAX_DEPTH, MountMode, OverlayOptions, OverlayStack, UpperDirs};
+
+use crate::driver::Driver;
+use crate::error::{Error, Result};
+use crate::locks::LayerLocks;
+use crate::mounts;
+use crate::naive;
+use crate::options::{CreateOptions, Options};
+
+const NAME: &str = "overlay2";
+
+/// What the kernel and the backing filesystem offer, probed once per filesystem.
+#[derive(Debug, Clone)]
+pub(crate) struct Features {
+    backing: String,
+    d_type: Outcome<()>,
+    native_diff: Outcome<()>,
+    userxattr: bool,
+    index_off: bool,
+    lowerdir_plus: Outcome<()>,
+}
+
+fn probe_cache() -> &'static Mutex<HashMap<u64, Features>> {
+    static CACHE: OnceLock<Mutex<HashMap<u64, Features>>> = OnceLock::new();
+    CACHE.get_or_init(Default::default)
+}
+
+/// Checks that overlay2 can run in `dir` and probes its features; Docker's three
+/// kinds of refusal are kept apart.
+fn probe(dir: &Path) -> Result<Features> {
+    let fs = plies_kprobe::filesystems();
+    let has_overlay = match &fs {
+        Outcome::Supported { value } => value.has("overlay"),
+        Outcome::Unsupported { .. } => false,
+    };
+    if !has_overlay {
+        let reason = fs.reason().map_or_else(
+            || "overlay is not in /proc/filesystems".to_owned(),
+            str::to_owned,
+        );
+        return Err(Error::NotSupported {
+            driver: NAME,
+            reason,
+        });
+    }
+    let backing = match plies_kprobe::backing_fs(dir) {
+        Outcome::Supported { value } => value,
+        Outcome::Unsupported { reason } => {
+            return Err(Error::IncompatibleFs {
+                driver: NAME,
+                root: dir.to_path_buf(),
+                reason,
+            });
+        }
+    };
+    if let Outcome::Supported { value: kernel } = plies_kprobe::kernel_version() {
+        if let Outcome::Unsupported { reason } =
+            plies_kprobe::overlay2_backing_ok(&backing, &kernel)
+        {
+            return Err(Error::IncompatibleFs {
+                driver: NAME,
+                root: dir.to_path_buf(),
+                reason,
+            });
+        }
+    }
+    let dev = rustix::fs::stat(dir)
+        .map_err(|e| Error::io("stat", dir, e))?
+        .st_dev;
+    if let Some(f) = probe_cache()
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .get(&dev)
+    {
+        return Ok(f.clone());
+    }
+    let d_type = plies_kprobe::d_type(dir);
+    if let Outcome::Unsupported { reason } = &d_type {
+        return Err(Error::PrerequisitesMissing {
+            driver: NAME,
+            reason: format!("the backing {backing} filesystem has no d_type: {reason}"),
+        });
+    }
+    if let Outcome::Unsupported { reason } = plies_kprobe::multiple_lowers(dir) {
+        return Err(Error::PrerequisitesMissing {
+            driver: NAME,
+            reason,
+        });
+    }
+    let features = Features {
+        backing: backing.to_string(),
+        d_type,
+        native_diff: plies_kprobe::native_diff(dir),
+        userxattr: plies_kprobe::userxattr_needed(dir).is_true(),
+        index_off: plies_kprobe::index_parameter().is_supported(),
+        lowerdir_plus: plies_kprobe::lowerdir_plus(dir),
+    };
+    probe_cache()
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .insert(dev, features.clone());
+    Ok(features)
+}
+
+/// The overlay2 driver.
+#[derive(Debug)]
+pub struct Overlay2 {
+    home: PathBuf,
+    scratch: PathBuf,
+    store: Overlay2Store,
+    features: Features,
+    mount_mode: MountMode,
+    max_depth: usize,
+    locks: LayerLocks,
+    /// Layers held by `get`, with their count and whether a mount was made.
+    refs: Mutex<HashMap<String, Held>>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Held {
+    count: usize,
+    mounted: bool,
+}
+
+impl Overlay2 {
+    /// Opens (creating if needed) the overlay2 store whose home is `home`
+    /// (Docker's `/var/lib/docker/overlay2`), after checking the kernel and the
+    /// backing filesystem. Naive diffs are staged in `tmp/` beside the home.
+    ///
+    /// # Errors
+    /// [`Error::NotSupported`], [`Error::IncompatibleFs`] or
+    /// [`Error::PrerequisitesMissing`] with the probe's reason;
+    /// [`Error::InvalidOption`] for `overlay2.size` (no quota support here) or a
+    /// depth the kernel cannot mount; [`Error::Store`] when the store cannot be opened.
+    pub fn open(home: &Path, options: &Options) -> Result<Overlay2> {
+        let home = std::path::absolute(home).map_err(|e| Error::io("resolve", home, e))?;
+        let probe_dir = if home.is_dir() {
+            home.clone()
+        } else {
+            home.parent().unwrap_or(Path::new("/")).to_path_buf()
+        };
+        let features = probe(&probe_dir)?;
+        if let Some(size) = options.overlay2_size {
+            return Err(Error::InvalidOption {
+                key: "overlay2.size".to_owned(),
+                value: size.to_string(),
+                reason: format!(
+                    "project quotas are not supported over the backing {} filesystem here",
+                    features.backing
+                ),
+            });
+        }
+        let fsconfig_needed =
+            options.mount_mode == MountMode::Fsconfig || options.max_depth > MAX_DEPTH;
+        if fsconfig_needed {
+            if let Outcome::Unsupported { reason } = &features.lowerdir_plus {
+                return Err(Error::PrerequisitesMissing {
+                    driver: NAME,
+                    reason: format!("the new mount API with lowerdir+ is needed: {reason}"),
+                });
+            }
+        }
+        let store = Overlay2Store::open(
+            &home,
+            StoreOptions {
+                max_depth: options.max_depth,
+                ..StoreOptions::default()
+            },
+        )
+        .map_err(|e| Error::store("", e))?;
+        let scratch = home
+            .parent()
+            .map_or_else(|| home.join("..tmp"), |p| p.join("tmp"));
+        Ok(Overlay2 {
+            home,
+            scratch,
+            store,
+            features,
+            mount_mode: options.mount_mode,
+            max_depth: options.max_depth,
+            locks: LayerLocks::default(),
+            refs: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// The layer store underneath.
+    pub fn store(&self) -> &Overlay2Store {
+        &self.store
+    }
+
+    /// Whether diffs and changes against the direct parent are read from the
+    /// layer's own directory (the kernel's overlay keeps them sound).
+    pub fn native_diff(&self) -> bool {
+        self.features.native_diff.is_supported()
+    }
+
+    /// How many `get`s hold `id` (0 when none).
+    pub fn refcount(&self, id: &str) -> usize {
+        self.refs().get(id).map_or(0, |h| h.count)
+    }
+
+    fn refs(&self) -> std::sync::MutexGuard<'_, HashMap<String, Held>> {
+        self.refs.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn ns(&self) -> XattrNamespace {
+        if self.features.userxattr {
+            XattrNamespace::User
+        } else {
+            XattrNamespace::Trusted
+        }
+    }
+
+    fn create_layer(&self, id: &str, parent: Option<&str>, opts: &CreateOptions) -> Result<()> {
+        if let Some(key) = opts.storage_opt.keys().next() {
+            return Err(Error::StorageOptUnsupported {
+                driver: NAME,
+                key: key.clone(),
+                reason: format!(
+                    "project quotas are not supported over the backing {} filesystem here",
+                    self.features.backing
+                ),
+            });
+        }
+        let _guard = self.locks.lock(id);
+        self.store
+            .create(id, parent)
+            .map_err(|e| Error::store(id, e))?;
+        if let Some(parent) = parent {
+            // As Docker 20.10: a parent is only read from now on, so it is
+            // mounted read-only (no shared work dir, moby#39780).
+            if let Err(e) = self.store.mark_committed(parent) {
+                if let Err(undo) = self.store.remove(id) {
+                    tracing::warn!(layer = id, error = %undo, "could not undo a layer creation");
+                }
+                return Err(Error::store(parent, e));
+            }
+        }
+        Ok(())
+    }
+
+    /// Mounts `id` at its `merged` dir; a failure leaves no mount and no `merged`.
+    fn mount(&self, id: &str, label: Option<&str>, lowers: Vec<String>) -> Result<PathBuf> {
+        let committed = self
+            .store
+            .is_committed(id)
+            .map_err(|e| Error::store(id, e))?;
+        let mut layers: Vec<LayerPath> = Vec::with_capacity(lowers.len() + 1);
+        let upper = if committed {
+            layers.push(LayerPath::in_home(&self.home, format!("{id}/diff")));
+            None
+        } else {
+            Some(UpperDirs {
+                upper: LayerPath::in_home(&self.home, format!("{id}/diff")),
+                work: LayerPath::in_home(&self.home, format!("{id}/work")),
+            })
+        };
+        layers.extend(
+            lowers
+                .into_iter()
+                .map(|l| LayerPath::in_home(&self.home, l)),
+        );
+        let stack = OverlayStack {
+            home: self.home.clone(),
+            lowers: layers,
+            upper,
+        };
+        let mut opts = OverlayOptions::default();
+        opts.index_off = self.features.index_off;
+        opts.userxattr = self.features.userxattr;
+        opts.label = label.filter(|l| !l.is_empty()).map(str::to_owned);
+        opts.max_depth = (self.max_depth + 1).min(plies_mountopts::KERNEL_MAX_STACK);
+        let plan = plies_mountopts::plan(&stack, &opts, self.mount_mode).map_err(|source| {
+            Error::Mount {
+                id: id.to_owned(),
+                source,
+            }
+        })?;
+        let merged = self.home.join(id).join("merged");
+        match rustix::fs::mkdir(&merged, rustix::fs::Mode::from_raw_mode(0o700)) {
+            Ok(()) | Err(rustix::io::Errno::EXIST) => {}
+            Err(e) => return Err(Error::io("mkdir", &merged, e)),
+        }
+        if let Err(source) = plies_mountopts::mount::mount_overlay(&plan, &merged) {
+            let _ = std::fs::remove_dir(&merged);
+            return Err(Error::Mount {
+                id: id.to_owned(),
+                source,
+            });
+        }
+        Ok(merged)
+    }
+
+    fn is_direct_parent(&self, id: &str, parent: Option<&str>) -> Result<bool> {
+        let actual = self.store.parent(id).map_err(|e| Error::store(id, e))?;
+        Ok(actual.as_deref() == parent)
+    }
+
+    fn native_ok(&self, id: &str, parent: Option<&str>) -> Result<bool> {
+        Ok(self.native_diff() && self.is_direct_parent(id, parent)?)
+    }
+}
+
+impl Driver for Overlay2 {
+    fn name(&self) -> &'static str {
+        NAME
+    }
+
+    fn root(&self) -> &Path {
+        &self.home
+    }
+
+    fn create(&self, id: &str, parent: Option<&str>, opts: &CreateOptions) -> Result<()> {
+        self.create_layer(id, parent, opts)
+    }
+
+    fn create_read_write(
+        &self,
+        id: &str,
+        parent: Option<&str>,
+        opts: &CreateOptions,
+    ) -> Result<()> {
+        self.create_layer(id, parent, opts)
+    }
+
+    fn remove(&self, id: &str) -> Result<()> {
+        let _guard = self.locks.lock(id);
+        if !self.store.exists(id) {
+            return Err(Error::NoSuchLayer { id: id.to_owned() });
+        }
+        let merged = self.home.join(id).join("merged");
+        mounts::unmount_retrying(id, &merged)?;
+        self.refs().remove(id);
+        self.store.remove(id).map_err(|e| Error::store(id, e))
+    }
+
+    fn get(&self, id: &str, mount_label: Option<&str>) -> Result<PathBuf> {
+        let _guard = self.locks.lock(id);
+        if let Some(held) = self.refs().get_mut(id) {
+            held.count += 1;
+            return Ok(if held.mounted {
+                self.home.join(id).join("merged")
+            } else {
+                self.store.diff_dir(id)
+            });
+        }
+        let lowers = self
+            .store
+            .lower_entries(id)
+            .map_err(|e| Error::store(id, e))?;
+        let (path, mounted) = if lowers.is_empty() {
+            (self.store.diff_dir(id), false)
+        } else {
+            (self.mount(id, mount_label, lowers)?, true)
+        };
+        self.refs()
+            .insert(id.to_owned(), Held { count: 1, mounted });
+        Ok(path)
+    }
+
+    fn put(&self, id: &str) -> Result<()> {
+        let _guard = self.locks.lock(id);
+        let held = {
+            let mut refs = self.refs();
+            let Some(held) = refs.get_mut(id) else {
+                return Err(Error::NotMounted { id: id.to_owned() });
+            };
+            held.count -= 1;
+            if held.count > 0 {
+                return Ok(());
+            }
+            refs.remove(id).unwrap_or(Held {
+                count: 0,
+                mounted: false,
+            })
+        };
+        if held.mounted {
+            let merged = self.home.join(id).join("merged");
+            if let Err(e) = mounts::detach(id, &merged) {
+                self.refs().insert(
+                    id.to_owned(),
+                    Held {
+                        count: 1,
+                        mounted: true,
+                    },
+                );
+                return Err(e);
+            }
+            // Docker removes `merged` so that a layer on disk without a mount
+            // has no mount point left to confuse tools (moby#36049).
+            if let Err(e) = std::fs::remove_dir(&merged) {
+                tracing::warn!(layer = id, error = %e, "could not remove merged");
+            }
+        }
+        Ok(())
+    }
+
+    fn exists(&self, id: &str) -> bool {
+        self.store.exists(id)
+    }
+
+    fn status(&self) -> Vec<(String, String)> {
+        let mode = match self.mount_mode {
+            MountMode::Auto => "auto",
+            MountMode::Legacy => "legacy",
+            MountMode::Fsconfig => "fsconfig",
+        };
+        vec![
+            (
+                "Backing Filesystem".to_owned(),
+                self.features.backing.clone(),
+            ),
+            (
+                "Supports d_type".to_owned(),
+                self.features.d_type.is_supported().to_string(),
+            ),
+            (
+                "Native Overlay Diff".to_owned(),
+                self.native_diff().to_string(),
+            ),
+            ("userxattr".to_owned(), self.features.userxattr.to_string()),
+            ("Mount Mode".to_owned(), mode.to_owned()),
+            ("Max Depth".to_owned(), self.max_depth.to_string()),
+        ]
+    }
+
+    fn metadata(&self, id: &str) -> Result<BTreeMap<String, String>> {
+        let m = self.store.metadata(id).map_err(|e| Error::store(id, e))?;
+        Ok(m.to_map()
+            .into_iter()
+            .map(|(k, v)| (k.to_owned(), v))
+            .collect())
+    }
+
+    fn cleanup(&self) -> Result<()> {
+        let mut first = None;
+        for mount in mounts::mounts_under(&self.home) {
+            let id = mount
+                .strip_prefix(&self.home)
+                .ok()
+                .and_then(|p| p.components().next())
+                .map(|c| c.as_os_str().to_string_lossy().into_owned())
+                .unwrap_or_default();
+            let _guard = self.locks.lock(&id);
+            match mounts::detach(&id, &mount) {
+                Ok(_) => {
+                    if self.refs().remove(&id).is_some() {
+                        let _ = std::fs::remove_dir(&mount);
+                    }
+                }
+                Err(e) => {
+                    first.get_or_insert(e);
+                }
+            }
+        }
+        self.refs().clear();
+        first.map_or(Ok(()), Err)
+    }
+
+    fn diff(&self, id: &str, parent: Option<&str>) -> Result<Box<dyn Read + Send>> {
+        if !self.native_ok(id, parent)? {
+            return naive::diff(self, id, parent, &self.scratch, false);
+        }
+        let export = plies_archive::export(
+            &self.store.diff_dir(id),
+            &ExportOptions {
+                whiteouts: WhiteoutFormat::Overlay(self.ns()),
+                ..ExportOptions::default()
+            },
+        )
+        .map_err(|source| Error::Archive {
+            id: id.to_owned(),
+            source,
+        })?;
+        Ok(Box::new(export))
+    }
+
+    fn diff_size(&self, id: &str, parent: Option<&str>) -> Result<u64> {
+        if !self.native_ok(id, parent)? {
+            return naive::diff_size(self, id, parent, &self.scratch);
+        }
+        plies_archive::size::dir_size(&self.store.diff_dir(id)).map_err(|source| Error::Size {
+            id: id.to_owned(),
+            source,
+        })
+    }
+
+    fn apply_diff(&self, id: &str, parent: Option<&str>, diff: &mut dyn Read) -> Result<u64> {
+        if !self.is_direct_parent(id, parent)? {
+            return naive::apply(self, id, diff);
+        }
+        let opts = ApplyOptions {
+            whiteouts: WhiteoutFormat::Overlay(self.ns()),
+            ..ApplyOptions::default()
+        };
+        plies_archive::apply(diff, &self.store.diff_dir(id), &opts).map_err(|source| {
+            Error::Archive {
+                id: id.to_owned(),
+                source,
+            }
+        })?;
+        self.diff_size(id, parent)
+    }
+
+    fn changes(&self, id: &str, parent: Option<&str>) -> Result<Vec<Change>> {
+        if !self.native_ok(id, parent)? {
+            return naive::changes(self, id, parent, &self.scratch);
+        }
+        let lowers = self.store.lowers(id).map_err(|e| Error::store(id, e))?;
+        match plies_archive::changes::from_overlay_upper(
+            &self.store.diff_dir(id),
+            &lowers,
+            self.ns(),
+        ) {
+            Ok(list) => Ok(list),
+            Err(ChangesError::RedirectedDir { .. }) => {
+                naive::changes(self, id, parent, &self.scratch)
+            }
+            Err(source) => Err(Error::Changes {
+                id: id.to_owned(),
+                source,
+            }),
+        }
+    }
+}

@@ -1,0 +1,265 @@
+//! The vfs driver: each layer is a full copy of its parent plus its own changes,
+//! in `<root>/dir/<id>`. No mounts, so it runs anywhere; it is the fallback and
+//! the reference the other drivers are tested against.
+
+use std::collections::{BTreeMap, HashMap};
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, PoisonError};
+
+use plies_archive::changes::Change;
+use rustix::fs::{Mode, RenameFlags};
+
+use crate::copy::{copy_tree, remove_tree};
+use crate::driver::Driver;
+use crate::error::{Error, Result};
+use crate::locks::LayerLocks;
+use crate::naive;
+use crate::options::{CreateOptions, Options};
+
+const CREATING: &str = "-creating";
+const REMOVING: &str = "-removing";
+
+/// The copy-based driver.
+#[derive(Debug)]
+pub struct Vfs {
+    root: PathBuf,
+    dir: PathBuf,
+    scratch: PathBuf,
+    locks: LayerLocks,
+    refs: Mutex<HashMap<String, usize>>,
+}
+
+impl Vfs {
+    /// Opens (creating if needed) a vfs store at `root`, sweeping layers a crash
+    /// left half-created or half-removed.
+    ///
+    /// # Errors
+    /// [`Error::Io`] when the root cannot be made or read; [`Error::UnknownOption`]
+    /// for any `overlay2.*` option given.
+    pub fn open(root: &Path, options: &Options) -> Result<Vfs> {
+        if let Some(key) = options.first_overlay2_key() {
+            return Err(Error::UnknownOption {
+                key: key.to_owned(),
+            });
+        }
+        let root = std::path::absolute(root).map_err(|e| Error::io("resolve", root, e))?;
+        let dir = root.join("dir");
+        let scratch = root.join("tmp");
+        for d in [&root, &dir] {
+            mkdir_mode(d, 0o700)?;
+        }
+        remove_tree(&scratch)?;
+        let entries = std::fs::read_dir(&dir).map_err(|e| Error::io("read", &dir, e))?;
+        for entry in entries {
+            let entry = entry.map_err(|e| Error::io("read", &dir, e))?;
+            let name = entry.file_name();
+            let name = name.to_string_lossy();
+            if name.ends_with(CREATING) || name.ends_with(REMOVING) {
+                remove_tree(&entry.path())?;
+            }
+        }
+        Ok(Vfs {
+            root,
+            dir,
+            scratch,
+            locks: LayerLocks::default(),
+            refs: Mutex::new(HashMap::new()),
+        })
+    }
+
+    fn layer(&self, id: &str) -> PathBuf {
+        self.dir.join(id)
+    }
+
+    fn check_id(id: &str) -> Result<()> {
+        plies_layerstore::validate_id(id).map_err(|reason| Error::InvalidId {
+            id: id.to_owned(),
+            reason: reason.to_string(),
+        })?;
+        if id.ends_with(CREATING) || id.ends_with(REMOVING) {
+            return Err(Error::InvalidId {
+                id: id.to_owned(),
+                reason: "ends with a reserved suffix".to_owned(),
+            });
+        }
+        Ok(())
+    }
+
+    fn create_layer(&self, id: &str, parent: Option<&str>, opts: &CreateOptions) -> Result<()> {
+        Self::check_id(id)?;
+        if let Some(key) = opts.storage_opt.keys().next() {
+            return Err(Error::StorageOptUnsupported {
+                driver: "vfs",
+                key: key.clone(),
+                reason: "vfs has no quota".to_owned(),
+            });
+        }
+        let _guard = self.locks.lock(id);
+        if self.exists(id) {
+            return Err(Error::LayerExists { id: id.to_owned() });
+        }
+        let creating = self.dir.join(format!("{id}{CREATING}"));
+        remove_tree(&creating)?;
+        mkdir_mode(&creating, 0o755)?;
+        let filled = match parent {
+            Some(p) => {
+                let _parent_guard = (p != id).then(|| self.locks.lock(p));
+                Self::check_id(p)?;
+                if !self.exists(p) {
+                    Err(Error::NoSuchLayer { id: p.to_owned() })
+                } else {
+                    copy_tree(&self.layer(p), &creating)
+                }
+            }
+            None => Ok(()),
+        };
+        let done = filled.and_then(|()| {
+            rustix::fs::renameat_with(
+                rustix::fs::CWD,
+                &creating,
+                rustix::fs::CWD,
+                self.layer(id),
+                RenameFlags::NOREPLACE,
+            )
+            .map_err(|e| Error::io("rename", &creating, e))
+        });
+        if done.is_err() {
+            if let Err(e) = remove_tree(&creating) {
+                tracing::warn!(layer = id, error = %e, "half-created layer left behind");
+            }
+        }
+        done
+    }
+}
+
+fn mkdir_mode(path: &Path, mode: u32) -> Result<()> {
+    match rustix::fs::mkdir(path, Mode::from_raw_mode(mode)) {
+        Ok(()) => Ok(()),
+        Err(rustix::io::Errno::EXIST) => Ok(()),
+        Err(e) => Err(Error::io("mkdir", path, e)),
+    }
+}
+
+impl Driver for Vfs {
+    fn name(&self) -> &'static str {
+        "vfs"
+    }
+
+    fn root(&self) -> &Path {
+        &self.root
+    }
+
+    fn create(&self, id: &str, parent: Option<&str>, opts: &CreateOptions) -> Result<()> {
+        self.create_layer(id, parent, opts)
+    }
+
+    fn create_read_write(
+        &self,
+        id: &str,
+        parent: Option<&str>,
+        opts: &CreateOptions,
+    ) -> Result<()> {
+        self.create_layer(id, parent, opts)
+    }
+
+    fn remove(&self, id: &str) -> Result<()> {
+        Self::check_id(id)?;
+        let _guard = self.locks.lock(id);
+        let path = self.layer(id);
+        let removing = self.dir.join(format!("{id}{REMOVING}"));
+        match rustix::fs::rename(&path, &removing) {
+            Ok(()) => {}
+            Err(rustix::io::Errno::NOENT) => return Err(Error::NoSuchLayer { id: id.to_owned() }),
+            Err(e) => return Err(Error::io("rename", &path, e)),
+        }
+        self.refs
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(id);
+        remove_tree(&removing)
+    }
+
+    fn get(&self, id: &str, _mount_label: Option<&str>) -> Result<PathBuf> {
+        Self::check_id(id)?;
+        let _guard = self.locks.lock(id);
+        if !self.exists(id) {
+            return Err(Error::NoSuchLayer { id: id.to_owned() });
+        }
+        *self
+            .refs
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .entry(id.to_owned())
+            .or_default() += 1;
+        Ok(self.layer(id))
+    }
+
+    fn put(&self, id: &str) -> Result<()> {
+        let _guard = self.locks.lock(id);
+        let mut refs = self.refs.lock().unwrap_or_else(PoisonError::into_inner);
+        match refs.get_mut(id) {
+            Some(n) if *n > 1 => {
+                *n -= 1;
+                Ok(())
+            }
+            Some(_) => {
+                refs.remove(id);
+                Ok(())
+            }
+            None => Err(Error::NotMounted { id: id.to_owned() }),
+        }
+    }
+
+    fn exists(&self, id: &str) -> bool {
+        Self::check_id(id).is_ok()
+            && rustix::fs::statat(
+                rustix::fs::CWD,
+                self.layer(id),
+                rustix::fs::AtFlags::SYMLINK_NOFOLLOW,
+            )
+            .is_ok_and(|st| rustix::fs::FileType::from_raw_mode(st.st_mode).is_dir())
+    }
+
+    fn status(&self) -> Vec<(String, String)> {
+        let backing = plies_kprobe::backing_fs(&self.root)
+            .value()
+            .map(|fs| {
+                fs.name
+                    .map_or_else(|| format!("{:#x}", fs.magic), str::to_owned)
+            })
+            .unwrap_or_else(|| "<unknown>".to_owned());
+        vec![
+            ("Root Dir".to_owned(), self.root.display().to_string()),
+            ("Backing Filesystem".to_owned(), backing),
+        ]
+    }
+
+    fn metadata(&self, id: &str) -> Result<BTreeMap<String, String>> {
+        if !self.exists(id) {
+            return Err(Error::NoSuchLayer { id: id.to_owned() });
+        }
+        Ok(BTreeMap::new())
+    }
+
+    fn cleanup(&self) -> Result<()> {
+        // Nothing is ever mounted.
+        Ok(())
+    }
+
+    fn diff(&self, id: &str, parent: Option<&str>) -> Result<Box<dyn Read + Send>> {
+        naive::diff(self, id, parent, &self.scratch, true)
+    }
+
+    fn diff_size(&self, id: &str, parent: Option<&str>) -> Result<u64> {
+        naive::diff_size(self, id, parent, &self.scratch)
+    }
+
+    fn apply_diff(&self, id: &str, _parent: Option<&str>, diff: &mut dyn Read) -> Result<u64> {
+        naive::apply(self, id, diff)
+    }
+
+    fn changes(&self, id: &str, parent: Option<&str>) -> Result<Vec<Change>> {
+        naive::changes(self, id, parent, &self.scratch)
+    }
+}

@@ -1,0 +1,250 @@
+//! Helpers shared by the test binaries: drivers on temporary roots, layer tars
+//! built from a list of entries, and tree listings.
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::path::{Path, PathBuf};
+
+use plies_drivers::{CreateOptions, Driver, DriverChoice, Options};
+
+/// A driver on a temporary root; cleaned up (every mount, then the root) when dropped.
+pub struct Rig {
+    pub driver: Box<dyn Driver>,
+    pub dir: tempfile::TempDir,
+}
+
+impl Drop for Rig {
+    fn drop(&mut self) {
+        let _ = self.driver.cleanup();
+        let left = plies_testkit::mounts_under(self.dir.path());
+        for m in &left {
+            let _ = rustix::mount::unmount(m, rustix::mount::UnmountFlags::DETACH);
+        }
+        if !std::thread::panicking() {
+            assert!(left.is_empty(), "mounts left behind: {left:?}");
+        }
+    }
+}
+
+/// A temporary directory on the same filesystem as the repository (not a tmpfs),
+/// so that overlayfs and xattrs behave as on a real store.
+pub fn tempdir() -> tempfile::TempDir {
+    let base = Path::new(env!("CARGO_TARGET_TMPDIR"));
+    std::fs::create_dir_all(base).unwrap();
+    tempfile::tempdir_in(base).unwrap()
+}
+
+pub fn rig(choice: DriverChoice, options: &[&str]) -> Rig {
+    let dir = tempdir();
+    let opts = Options::parse(options).unwrap();
+    let driver = plies_drivers::open(dir.path(), choice, &opts).unwrap();
+    Rig { driver, dir }
+}
+
+pub fn vfs() -> Option<Rig> {
+    plies_testkit::require_root("vfs conformance (owners, devices)")
+        .then(|| rig(DriverChoice::Vfs, &[]))
+}
+
+pub fn overlay2() -> Option<Rig> {
+    plies_testkit::require_overlay("overlay2 conformance").then(|| rig(DriverChoice::Overlay2, &[]))
+}
+
+pub fn overlay2_fsconfig() -> Option<Rig> {
+    plies_testkit::require_overlay("overlay2 fsconfig conformance").then(|| {
+        rig(
+            DriverChoice::Overlay2,
+            &["overlay2.mount_mode=fsconfig", "overlay2.max_depth=500"],
+        )
+    })
+}
+
+/// One entry of a layer tar.
+#[derive(Clone, Debug)]
+pub enum E {
+    Dir(&'static str, u32),
+    File(&'static str, &'static str, u32),
+    Link(&'static str, &'static str),
+    Symlink(&'static str, &'static str),
+    Whiteout(&'static str),
+    Opaque(&'static str),
+    XattrFile(&'static str, &'static str, &'static str, &'static str),
+}
+
+/// A layer tar holding `entries` in order, every entry with mtime `mtime`.
+pub fn layer_tar(entries: &[E]) -> Vec<u8> {
+    let mut b = tar::Builder::new(Vec::new());
+    let header = |kind: tar::EntryType, mode: u32, size: u64| {
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(kind);
+        h.set_mode(mode);
+        h.set_size(size);
+        h.set_mtime(1_600_000_000);
+        h.set_uid(0);
+        h.set_gid(0);
+        h
+    };
+    for e in entries {
+        match e {
+            E::Dir(p, mode) => {
+                let mut h = header(tar::EntryType::Directory, *mode, 0);
+                b.append_data(&mut h, p, &b""[..]).unwrap();
+            }
+            E::File(p, data, mode) => {
+                let mut h = header(tar::EntryType::Regular, *mode, data.len() as u64);
+                b.append_data(&mut h, p, data.as_bytes()).unwrap();
+            }
+            E::XattrFile(p, data, key, value) => {
+                b.append_pax_extensions([(
+                    format!("SCHILY.xattr.{key}").as_str(),
+                    value.as_bytes(),
+                )])
+                .unwrap();
+                let mut h = header(tar::EntryType::Regular, 0o644, data.len() as u64);
+                b.append_data(&mut h, p, data.as_bytes()).unwrap();
+            }
+            E::Link(p, target) => {
+                let mut h = header(tar::EntryType::Link, 0o644, 0);
+                b.append_link(&mut h, p, target).unwrap();
+            }
+            E::Symlink(p, target) => {
+                let mut h = header(tar::EntryType::Symlink, 0o777, 0);
+                b.append_link(&mut h, p, target).unwrap();
+            }
+            E::Whiteout(p) => {
+                let path = Path::new(p);
+                let name = format!(".wh.{}", path.file_name().unwrap().to_str().unwrap());
+                let full = path.parent().unwrap().join(name);
+                let mut h = header(tar::EntryType::Regular, 0o644, 0);
+                b.append_data(&mut h, full, &b""[..]).unwrap();
+            }
+            E::Opaque(dir) => {
+                let full = Path::new(dir).join(".wh..wh..opq");
+                let mut h = header(tar::EntryType::Regular, 0o644, 0);
+                b.append_data(&mut h, full, &b""[..]).unwrap();
+            }
+        }
+    }
+    b.into_inner().unwrap()
+}
+
+/// Creates `id` on `parent` and applies `entries` to it.
+pub fn layer(d: &dyn Driver, id: &str, parent: Option<&str>, entries: &[E]) {
+    d.create(id, parent, &CreateOptions::default()).unwrap();
+    let tar = layer_tar(entries);
+    d.apply_diff(id, parent, &mut tar.as_slice()).unwrap();
+}
+
+/// What a tree entry looks like, for comparing trees.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Node {
+    Dir {
+        mode: u32,
+    },
+    File {
+        mode: u32,
+        data: Vec<u8>,
+        nlink: u64,
+    },
+    Symlink(PathBuf),
+    Other {
+        mode: u32,
+        rdev: u64,
+    },
+}
+
+/// Every entry below `root` (not following symlinks), keyed by its relative path.
+pub fn tree(root: &Path) -> BTreeMap<String, Node> {
+    let mut out = BTreeMap::new();
+    for entry in walkdir::WalkDir::new(root).min_depth(1).sort_by_file_name() {
+        let entry = entry.unwrap();
+        let rel = entry
+            .path()
+            .strip_prefix(root)
+            .unwrap()
+            .display()
+            .to_string();
+        let md = entry.path().symlink_metadata().unwrap();
+        let ft = md.file_type();
+        let node = if ft.is_dir() {
+            Node::Dir { mode: md.mode() }
+        } else if ft.is_file() {
+            Node::File {
+                mode: md.mode(),
+                data: std::fs::read(entry.path()).unwrap(),
+                nlink: md.nlink(),
+            }
+        } else if ft.is_symlink() {
+            Node::Symlink(std::fs::read_link(entry.path()).unwrap())
+        } else {
+            assert!(ft.is_char_device() || ft.is_block_device() || ft.is_fifo() || ft.is_socket());
+            Node::Other {
+                mode: md.mode(),
+                rdev: md.rdev(),
+            }
+        };
+        out.insert(rel, node);
+    }
+    out
+}
+
+/// The tree of layer `id` read through `get` (and put back).
+pub fn mounted_tree(d: &dyn Driver, id: &str) -> BTreeMap<String, Node> {
+    let path = d.get(id, None).unwrap();
+    let t = tree(&path);
+    d.put(id).unwrap();
+    t
+}
+
+/// `changes` as `docker diff` prints them.
+pub fn changes(d: &dyn Driver, id: &str, parent: Option<&str>) -> Vec<String> {
+    d.changes(id, parent)
+        .unwrap()
+        .iter()
+        .map(|c| c.to_string())
+        .collect()
+}
+
+/// A layer tar as one line per entry: path, type, mode, owner, size, link name,
+/// xattrs, a digest of the contents, and the mtime of non-directories.
+pub fn tar_listing(bytes: &[u8]) -> Vec<String> {
+    use std::hash::{Hash, Hasher};
+    use std::io::Read;
+    let mut out = Vec::new();
+    let mut archive = tar::Archive::new(bytes);
+    for entry in archive.entries().unwrap() {
+        let mut entry = entry.unwrap();
+        let h = entry.header().clone();
+        let path = entry.path().unwrap().display().to_string();
+        let link = entry.link_name().unwrap().map(|l| l.display().to_string());
+        let mut xattrs = Vec::new();
+        if let Some(ext) = entry.pax_extensions().unwrap() {
+            for e in ext {
+                let e = e.unwrap();
+                if e.key().unwrap().starts_with("SCHILY.xattr.") {
+                    xattrs.push(format!("{}={:?}", e.key().unwrap(), e.value_bytes()));
+                }
+            }
+        }
+        let mut data = Vec::new();
+        entry.read_to_end(&mut data).unwrap();
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        data.hash(&mut hasher);
+        let mtime = if h.entry_type().is_dir() {
+            None
+        } else {
+            Some(h.mtime().unwrap())
+        };
+        out.push(format!(
+            "{path} {:?} {:o} {}:{} {} {link:?} {xattrs:?} {:x} {mtime:?}",
+            h.entry_type(),
+            h.mode().unwrap(),
+            h.uid().unwrap(),
+            h.gid().unwrap(),
+            data.len(),
+            hasher.finish()
+        ));
+    }
+    out
+}
