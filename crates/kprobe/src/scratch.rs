@@ -168,7 +168,22 @@ fn run_in_scratch<T>(
     if let Err(e) = rustix::process::chdir(scratch.path()) {
         return Outcome::unsupported(format!("cannot enter the scratch directory: {e}"));
     }
+    // Dropped before the scratch guard, on return and on panic.
+    let _leave = LeaveCwd;
     probe(&mut scratch)
+}
+
+/// Moves the thread's cwd off the probed filesystem: a cwd there would keep it
+/// busy (`EBUSY` on its unmount) until the thread's exit is complete, which is
+/// after the caller has its answer.
+struct LeaveCwd;
+
+impl Drop for LeaveCwd {
+    fn drop(&mut self) {
+        if let Err(e) = rustix::process::chdir("/") {
+            tracing::warn!("probe thread cannot leave its scratch directory: {e}");
+        }
+    }
 }
 
 /// A reason for a refused mount, saying when it is a matter of privileges.

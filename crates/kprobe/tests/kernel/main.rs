@@ -396,3 +396,188 @@ fn loading_modules_when_asked() {
     assert!(report.overlay_present.is_supported());
     assert_eq!(listing(dir.path()), Vec::<PathBuf>::new());
 }
+
+/// A filesystem image made with `mkfs.<fstype>`, attached to a loop device and
+/// mounted; unmounted and detached on drop.
+struct LoopFs {
+    _dir: tempfile::TempDir,
+    mount_point: PathBuf,
+    device: Option<String>,
+    mounted: bool,
+}
+
+impl LoopFs {
+    /// `None` when the tools or loop devices are missing.
+    fn new(fstype: &str, size_mb: u64, mkfs_args: &[&str], options: &str) -> Option<LoopFs> {
+        let dir = scratch_parent();
+        let image = dir.path().join("image");
+        let file = std::fs::File::create(&image).ok()?;
+        file.set_len(size_mb << 20).ok()?;
+        drop(file);
+        let mkfs = std::process::Command::new(format!("mkfs.{fstype}"))
+            .args(mkfs_args)
+            .arg(&image)
+            .output()
+            .ok()?;
+        if !mkfs.status.success() {
+            eprintln!("mkfs.{fstype}: {}", String::from_utf8_lossy(&mkfs.stderr));
+            return None;
+        }
+        let out = std::process::Command::new("losetup")
+            .args(["--find", "--show"])
+            .arg(&image)
+            .output()
+            .ok()?;
+        if !out.status.success() {
+            return None;
+        }
+        let device = String::from_utf8(out.stdout).ok()?.trim().to_owned();
+        let mount_point = dir.path().join("mnt");
+        std::fs::create_dir(&mount_point).ok()?;
+        let mut fs = LoopFs {
+            _dir: dir,
+            mount_point,
+            device: Some(device.clone()),
+            mounted: false,
+        };
+        let data = std::ffi::CString::new(options).ok()?;
+        rustix::mount::mount(
+            device.as_str(),
+            &fs.mount_point,
+            fstype,
+            rustix::mount::MountFlags::empty(),
+            data.as_c_str(),
+        )
+        .map_err(|e| eprintln!("mount {fstype} -o {options}: {e}"))
+        .ok()?;
+        fs.mounted = true;
+        Some(fs)
+    }
+}
+
+impl LoopFs {
+    /// A plain (not lazy) unmount: fails with `EBUSY` while anything still uses the filesystem.
+    fn unmount(&mut self) -> rustix::io::Result<()> {
+        rustix::mount::unmount(&self.mount_point, rustix::mount::UnmountFlags::empty())?;
+        self.mounted = false;
+        Ok(())
+    }
+}
+
+impl Drop for LoopFs {
+    fn drop(&mut self) {
+        if self.mounted && self.unmount().is_err() {
+            let _ = rustix::mount::unmount(&self.mount_point, rustix::mount::UnmountFlags::DETACH);
+        }
+        if let Some(dev) = self.device.take() {
+            let _ = std::process::Command::new("losetup")
+                .args(["-d", &dev])
+                .status();
+        }
+    }
+}
+
+fn have_tool(name: &str) -> bool {
+    std::process::Command::new(name).arg("-V").output().is_ok()
+}
+
+#[test]
+fn d_type_missing_on_ext4_without_filetype() {
+    if !plies_testkit::require_root("d_type_missing_on_ext4_without_filetype")
+        || !plies_testkit::require(
+            "d_type_missing_on_ext4_without_filetype",
+            have_tool("mkfs.ext4") && have_tool("losetup"),
+            "mkfs.ext4 or losetup missing",
+        )
+    {
+        return;
+    }
+    let fs =
+        LoopFs::new("ext4", 32, &["-q", "-F", "-O", "^filetype"], "").expect("ext4 loop mount");
+    let answer = plies_kprobe::d_type(&fs.mount_point);
+    assert!(
+        answer.reason().expect("no d_type").contains("DT_UNKNOWN"),
+        "{answer:?}"
+    );
+    let report = plies_kprobe::probe_all(&fs.mount_point).expect("probe_all");
+    assert!(report.rows()[1].1.starts_with("false ("));
+    assert_eq!(
+        listing(&fs.mount_point),
+        [fs.mount_point.join("lost+found")]
+    );
+}
+
+#[test]
+fn xfs_project_quota_from_mount_options() {
+    if !plies_testkit::require_root("xfs_project_quota_from_mount_options")
+        || !plies_testkit::require(
+            "xfs_project_quota_from_mount_options",
+            have_tool("mkfs.xfs")
+                && have_tool("losetup")
+                && plies_testkit::kernel_has_filesystem("xfs"),
+            "mkfs.xfs, losetup or the xfs filesystem missing",
+        )
+    {
+        return;
+    }
+    for (options, quota) in [("prjquota", true), ("", false)] {
+        let Some(fs) = LoopFs::new("xfs", 320, &["-q", "-f"], options) else {
+            // Kernels built without CONFIG_XFS_QUOTA refuse the option.
+            assert!(quota, "plain xfs loop mount failed");
+            eprintln!(
+                "xfs refuses prjquota here (no XFS quota in this kernel); positive case not run"
+            );
+            continue;
+        };
+        let backing = plies_kprobe::backing_fs(&fs.mount_point);
+        let backing = backing.value().expect("statfs");
+        assert_eq!(backing.name, Some("xfs"));
+        let answer = plies_kprobe::xfs_project_quota(&fs.mount_point, backing);
+        assert_eq!(answer.is_supported(), quota, "{options}: {answer:?}");
+        if let Some(q) = answer.value() {
+            assert_eq!(
+                q.mount_point,
+                fs.mount_point.canonicalize().expect("canonical")
+            );
+            assert_eq!(q.option, "prjquota");
+        }
+        assert_eq!(
+            plies_kprobe::d_type(&fs.mount_point),
+            Outcome::supported(())
+        );
+    }
+}
+
+#[test]
+fn probed_filesystems_can_be_unmounted_right_after() {
+    if !plies_testkit::require_overlay("probed_filesystems_can_be_unmounted_right_after")
+        || !plies_testkit::require(
+            "probed_filesystems_can_be_unmounted_right_after",
+            have_tool("mkfs.ext4") && have_tool("losetup"),
+            "mkfs.ext4 or losetup missing",
+        )
+    {
+        return;
+    }
+    let probes: [(&str, fn(&Path) -> bool); 5] = [
+        ("multiple_lowers", |d| {
+            plies_kprobe::multiple_lowers(d).is_supported()
+        }),
+        ("native_diff", |d| {
+            plies_kprobe::native_diff(d)
+                .reason()
+                .is_none_or(|r| !r.contains("mount"))
+        }),
+        ("stack_depth", |d| {
+            plies_kprobe::stack_depth(d, 8).is_supported()
+        }),
+        ("volatile", |d| plies_kprobe::volatile(d).is_supported()),
+        ("d_type", |d| plies_kprobe::d_type(d).is_supported()),
+    ];
+    for (name, probe) in probes {
+        let mut fs = LoopFs::new("ext4", 32, &["-q", "-F"], "").expect("ext4 loop mount");
+        assert!(probe(&fs.mount_point), "{name} ran");
+        // A probe thread still sitting on the filesystem would make this EBUSY.
+        assert_eq!(fs.unmount(), Ok(()), "{name}");
+    }
+}
