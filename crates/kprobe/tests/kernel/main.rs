@@ -559,7 +559,8 @@ fn probed_filesystems_can_be_unmounted_right_after() {
     {
         return;
     }
-    let probes: [(&str, fn(&Path) -> bool); 5] = [
+    type Probe = fn(&Path) -> bool;
+    let probes: [(&str, Probe); 5] = [
         ("multiple_lowers", |d| {
             plies_kprobe::multiple_lowers(d).is_supported()
         }),
