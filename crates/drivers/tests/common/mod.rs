@@ -141,11 +141,14 @@ pub fn layer(d: &dyn Driver, id: &str, parent: Option<&str>, entries: &[E]) {
 pub enum Node {
     Dir {
         mode: u32,
+        xattrs: Vec<(String, Vec<u8>)>,
     },
     File {
         mode: u32,
         data: Vec<u8>,
         nlink: u64,
+        mtime: i64,
+        xattrs: Vec<(String, Vec<u8>)>,
     },
     Symlink(PathBuf),
     Other {
@@ -168,12 +171,17 @@ pub fn tree(root: &Path) -> BTreeMap<String, Node> {
         let md = entry.path().symlink_metadata().unwrap();
         let ft = md.file_type();
         let node = if ft.is_dir() {
-            Node::Dir { mode: md.mode() }
+            Node::Dir {
+                mode: md.mode(),
+                xattrs: xattrs(entry.path()),
+            }
         } else if ft.is_file() {
             Node::File {
                 mode: md.mode(),
                 data: std::fs::read(entry.path()).unwrap(),
                 nlink: md.nlink(),
+                mtime: md.mtime(),
+                xattrs: xattrs(entry.path()),
             }
         } else if ft.is_symlink() {
             Node::Symlink(std::fs::read_link(entry.path()).unwrap())
@@ -186,6 +194,21 @@ pub fn tree(root: &Path) -> BTreeMap<String, Node> {
         };
         out.insert(rel, node);
     }
+    out
+}
+
+/// The xattrs of a file or directory but overlay's own, sorted.
+fn xattrs(path: &Path) -> Vec<(String, Vec<u8>)> {
+    let mut out: Vec<(String, Vec<u8>)> = xattr::list(path)
+        .unwrap()
+        .map(|k| k.to_string_lossy().into_owned())
+        .filter(|k| !k.starts_with("trusted.overlay.") && !k.starts_with("user.overlay."))
+        .map(|k| {
+            let v = xattr::get(path, &k).unwrap().unwrap_or_default();
+            (k, v)
+        })
+        .collect();
+    out.sort();
     out
 }
 
@@ -207,7 +230,8 @@ pub fn changes(d: &dyn Driver, id: &str, parent: Option<&str>) -> Vec<String> {
 }
 
 /// A layer tar as one line per entry: path, type, mode, owner, size, link name,
-/// xattrs, a digest of the contents, and the mtime of non-directories.
+/// xattrs, a digest of the contents, and the mtime of files (not of directories
+/// and whiteouts, which carry the time they were written).
 pub fn tar_listing(bytes: &[u8]) -> Vec<String> {
     use std::hash::{Hash, Hasher};
     use std::io::Read;

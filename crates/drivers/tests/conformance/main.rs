@@ -38,7 +38,9 @@ fn create_layers(d: &dyn Driver) {
         Some(&Node::File {
             mode: 0o100644,
             data: b"hi".to_vec(),
-            nlink: 1
+            nlink: 1,
+            mtime: 1_600_000_000,
+            xattrs: vec![],
         })
     );
     assert!(matches!(
@@ -176,7 +178,9 @@ fn whiteouts_through_mount(d: &dyn Driver) {
         Some(&Node::File {
             mode: 0o100600,
             data: b"root:x:0:0\nuser:x:1:1".to_vec(),
-            nlink: 1
+            nlink: 1,
+            mtime: 1_600_000_000,
+            xattrs: vec![],
         })
     );
     let cache: Vec<&String> = t.keys().filter(|k| k.starts_with("var/cache/")).collect();
@@ -185,10 +189,19 @@ fn whiteouts_through_mount(d: &dyn Driver) {
         ["var/cache/c"],
         "opaque dir shows only its own entries"
     );
-    assert_eq!(t.get("var/cache"), Some(&Node::Dir { mode: 0o40750 }));
+    assert_eq!(
+        t.get("var/cache"),
+        Some(&Node::Dir {
+            mode: 0o40750,
+            xattrs: vec![]
+        })
+    );
     assert_eq!(
         t.get("x"),
-        Some(&Node::Dir { mode: 0o40755 }),
+        Some(&Node::Dir {
+            mode: 0o40755,
+            xattrs: vec![]
+        }),
         "file replaced by a dir"
     );
     assert!(t.contains_key("x/now-a-dir"));
