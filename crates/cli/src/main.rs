@@ -3,16 +3,16 @@
 //! See the crate's README for the commands and exit codes.
 
 mod args;
-// Used by `import`, which arrives with the drivers.
-#[allow(dead_code)]
+mod commands;
 mod compression;
-#[allow(dead_code)]
+mod demo;
 mod digest;
-#[allow(dead_code)]
+mod fsck;
 mod image;
-#[allow(dead_code)]
+mod import;
 mod output;
 mod probe;
+mod store;
 
 use std::process::ExitCode;
 
@@ -20,6 +20,7 @@ use clap::Parser;
 
 use args::{Cli, Command};
 use output::{Failure, Out};
+use store::{Access, Store};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -33,35 +34,68 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli, out: &Out) -> Result<ExitCode, Failure> {
     let g = &cli.global;
+    let open = |access| Store::open(g, access);
     match cli.command {
         Command::Probe => probe::run(g, out)?,
-        other => {
-            return Err(Failure::usage(format!(
-                "{} needs a layer driver, which this build does not have yet",
-                command_name(&other)
-            )));
+        Command::Status => commands::status(&open(Access::Read)?, out)?,
+        Command::Create {
+            id,
+            parent,
+            rw,
+            size,
+        } => commands::create(
+            &open(Access::Write)?,
+            &id,
+            parent.as_deref(),
+            rw,
+            size.as_deref(),
+            out,
+        )?,
+        Command::Rm { ids } => commands::rm(&open(Access::Write)?, &ids, out)?,
+        Command::Ls => commands::ls(&open(Access::Read)?, out)?,
+        Command::Apply { id, file } => commands::apply(&open(Access::Write)?, &id, &file, out)?,
+        Command::Diff { id, parent, output } => commands::diff(
+            &open(Access::Read)?,
+            &id,
+            parent.as_deref(),
+            output.as_deref(),
+        )?,
+        Command::Changes { id, parent } => {
+            commands::changes(&open(Access::Read)?, &id, parent.as_deref(), out)?
         }
+        Command::Size { id } => commands::size(&open(Access::Read)?, &id, out)?,
+        Command::Mount { id, label } => {
+            commands::mount(&open(Access::Write)?, &id, label.as_deref(), out)?
+        }
+        Command::Umount { id } => commands::umount(&open(Access::Write)?, &id, out)?,
+        Command::Import { source, platform } => {
+            let platform = image::Platform::parse(&platform).map_err(Failure::usage)?;
+            let interrupted = import::interrupt_flag();
+            let store = open(Access::Write)?;
+            let result = import::import(&store, &source, &platform, !out.quiet, &interrupted);
+            if interrupted.load(std::sync::atomic::Ordering::Relaxed) {
+                if let Err(e) = result {
+                    return Err(Failure::with_code(e, output::EXIT_INTERRUPTED));
+                }
+            }
+            let images = result?;
+            if out.json {
+                out.json(&images)?;
+            } else {
+                for image in &images {
+                    out.line(&image.top)?;
+                }
+            }
+        }
+        Command::Fsck { repair } => {
+            let access = if repair { Access::Check } else { Access::Read };
+            if fsck::run(&open(access)?, repair, out)? {
+                return Ok(ExitCode::from(output::EXIT_DAMAGED));
+            }
+        }
+        Command::Demo => demo::run(out, &import::interrupt_flag())?,
     }
     Ok(ExitCode::SUCCESS)
-}
-
-fn command_name(c: &Command) -> &'static str {
-    match c {
-        Command::Probe => "probe",
-        Command::Status => "status",
-        Command::Create { .. } => "create",
-        Command::Rm { .. } => "rm",
-        Command::Ls => "ls",
-        Command::Apply { .. } => "apply",
-        Command::Diff { .. } => "diff",
-        Command::Changes { .. } => "changes",
-        Command::Size { .. } => "size",
-        Command::Mount { .. } => "mount",
-        Command::Umount { .. } => "umount",
-        Command::Import { .. } => "import",
-        Command::Fsck { .. } => "fsck",
-        Command::Demo => "demo",
-    }
 }
 
 /// Library warnings go to stderr through tracing: `-q` keeps errors only, `-v`

@@ -15,6 +15,8 @@ pub const EXIT_ERROR: u8 = 1;
 pub const EXIT_USAGE: u8 = 2;
 /// Exit code of `fsck` when damage remains.
 pub const EXIT_DAMAGED: u8 = 3;
+/// Exit code of an import stopped by SIGINT or SIGTERM (rolled back).
+pub const EXIT_INTERRUPTED: u8 = 130;
 
 /// Why a command failed, and its exit code.
 #[derive(Debug)]
@@ -30,6 +32,11 @@ impl Failure {
             error: anyhow::anyhow!("{message}"),
             code: EXIT_USAGE,
         }
+    }
+
+    /// An error with its own exit code.
+    pub fn with_code(error: anyhow::Error, code: u8) -> Failure {
+        Failure { error, code }
     }
 
     /// Prints `plies: <what>: <where>: <why>` and returns the exit code.

@@ -8,8 +8,6 @@
 
 pub mod source;
 
-use std::io::Read;
-
 use anyhow::{Context, Result, anyhow, bail};
 use oci_spec::image::{Descriptor, ImageIndex, ImageManifest, MediaType};
 use serde::Deserialize;
@@ -351,12 +349,4 @@ fn layer_refs(diff_ids: Vec<Digest>, blobs: Vec<String>) -> Vec<LayerRef> {
             blob,
         })
         .collect()
-}
-
-/// Opens a layer blob, decompressed as its first bytes say.
-pub fn open_layer(source: &Source, layer: &LayerRef) -> Result<(Box<dyn Read + Send>, u64)> {
-    let (raw, size) = source.open_member(&layer.blob)?;
-    let (_, reader) =
-        crate::compression::decompress(raw).with_context(|| format!("blob {}", layer.blob))?;
-    Ok((reader, size))
 }

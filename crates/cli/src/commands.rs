@@ -1,0 +1,408 @@
+//! The commands that work on layers of a store.
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::io::{self, IsTerminal, Read, Write};
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+use plies_archive::changes::{Change, ChangeKind};
+use plies_drivers::CreateOptions;
+use serde::Serialize;
+
+use crate::output::{Failure, Out};
+use crate::store::{Record, Store};
+
+/// `plies status`.
+pub fn status(store: &Store, out: &Out) -> Result<()> {
+    let records = store.records()?;
+    let layers = records.iter().filter(|r| r.complete).count();
+    let incomplete = records.len() - layers;
+    let mounted = records.iter().filter(|r| r.mounted.is_some()).count();
+    let mut rows = vec![
+        ("Storage Driver".to_owned(), store.driver.name().to_owned()),
+        ("Root".to_owned(), store.root.display().to_string()),
+    ];
+    rows.extend(store.driver.status());
+    rows.push(("Layers".to_owned(), layers.to_string()));
+    rows.push(("Mounted Layers".to_owned(), mounted.to_string()));
+    if incomplete > 0 {
+        rows.push(("Incomplete Layers".to_owned(), incomplete.to_string()));
+    }
+    if out.json {
+        let map: BTreeMap<_, _> = rows.into_iter().collect();
+        return out.json(&map);
+    }
+    out.table(&rows)
+}
+
+/// `plies create`.
+pub fn create(
+    store: &Store,
+    id: &str,
+    parent: Option<&str>,
+    rw: bool,
+    size: Option<&str>,
+    out: &Out,
+) -> Result<()> {
+    if let Some(p) = parent {
+        store.layer(p)?;
+    }
+    if store.record(id)?.is_some() || store.driver.exists(id) {
+        bail!("layer {id}: already exists");
+    }
+    let mut opts = CreateOptions::default();
+    if let Some(size) = size {
+        opts.storage_opt.insert("size".to_owned(), size.to_owned());
+    }
+    let mut record = Record {
+        id: id.to_owned(),
+        parent: parent.map(str::to_owned),
+        rw,
+        diff_id: None,
+        size: 0,
+        complete: false,
+        mounted: None,
+    };
+    store.write_record(&record)?;
+    let made = if rw {
+        store.driver.create_read_write(id, parent, &opts)
+    } else {
+        store.driver.create(id, parent, &opts)
+    };
+    if let Err(e) = made {
+        store.delete_record(id)?;
+        return Err(anyhow::Error::new(e).context(format!("layer {id}")));
+    }
+    record.complete = true;
+    store.write_record(&record)?;
+    out.line(id)
+}
+
+/// `plies rm`: every id is checked before any is removed.
+pub fn rm(store: &Store, ids: &[String], out: &Out) -> Result<()> {
+    let records = store.records()?;
+    for id in ids {
+        store.layer(id)?;
+        let children: Vec<&str> = records
+            .iter()
+            .filter(|r| r.parent.as_deref() == Some(id) && !ids.contains(&r.id))
+            .map(|r| r.id.as_str())
+            .collect();
+        if !children.is_empty() {
+            bail!("layer {id}: it is the parent of {}", children.join(", "));
+        }
+    }
+    // Children before parents.
+    let by_id: BTreeMap<String, Record> = records.into_iter().map(|r| (r.id.clone(), r)).collect();
+    let mut order: Vec<&String> = ids.iter().collect();
+    order.sort_by_key(|id| std::cmp::Reverse(store.depth(&by_id, id)));
+    order.dedup();
+    for id in order {
+        store
+            .driver
+            .remove(id)
+            .with_context(|| format!("layer {id}"))?;
+        store.delete_record(id)?;
+        out.line(id)?;
+    }
+    Ok(())
+}
+
+#[derive(Serialize)]
+struct LsRow<'a> {
+    id: &'a str,
+    parent: Option<&'a str>,
+    depth: usize,
+    size: u64,
+    rw: bool,
+    mounted: Option<&'a Path>,
+}
+
+/// `plies ls`.
+pub fn ls(store: &Store, out: &Out) -> Result<()> {
+    let records: BTreeMap<String, Record> = store
+        .records()?
+        .into_iter()
+        .filter(|r| r.complete)
+        .map(|r| (r.id.clone(), r))
+        .collect();
+    let rows: Vec<LsRow<'_>> = records
+        .values()
+        .map(|r| LsRow {
+            id: &r.id,
+            parent: r.parent.as_deref(),
+            depth: store.depth(&records, &r.id),
+            size: r.size,
+            rw: r.rw,
+            mounted: r.mounted.as_deref(),
+        })
+        .collect();
+    if out.json {
+        return out.json(&rows);
+    }
+    if out.quiet {
+        for r in &rows {
+            out.line(r.id)?;
+        }
+        return Ok(());
+    }
+    let width = rows.iter().map(|r| r.id.len()).max().unwrap_or(2).max(2);
+    let pwidth = rows
+        .iter()
+        .map(|r| r.parent.map_or(1, str::len))
+        .max()
+        .unwrap_or(6)
+        .max(6);
+    out.line(format!(
+        "{:<width$}  {:<pwidth$}  {:>5}  {:>10}  MOUNTED",
+        "ID", "PARENT", "DEPTH", "SIZE"
+    ))?;
+    for r in rows {
+        out.line(format!(
+            "{:<width$}  {:<pwidth$}  {:>5}  {:>10}  {}",
+            r.id,
+            r.parent.unwrap_or("-"),
+            r.depth,
+            r.size,
+            r.mounted
+                .map_or_else(|| "-".to_owned(), |p| p.display().to_string())
+        ))?;
+    }
+    Ok(())
+}
+
+/// `plies apply`: on failure the layer, partly written, is removed.
+pub fn apply(store: &Store, id: &str, file: &str, out: &Out) -> Result<()> {
+    let mut record = store.layer(id)?;
+    let input: Box<dyn Read + Send> = if file == "-" {
+        Box::new(io::stdin())
+    } else {
+        Box::new(File::open(file).with_context(|| file.to_owned())?)
+    };
+    // Incomplete from here: a crash leaves a layer the next command removes.
+    record.complete = false;
+    store.write_record(&record)?;
+    let applied = (|| -> Result<u64> {
+        let (_, mut tar) =
+            crate::compression::decompress(input).with_context(|| format!("layer {id}: {file}"))?;
+        let n = store
+            .driver
+            .apply_diff(id, record.parent.as_deref(), &mut tar)
+            .with_context(|| format!("layer {id}"))?;
+        Ok(n)
+    })();
+    match applied {
+        Ok(n) => {
+            record.complete = true;
+            record.size += n;
+            store.write_record(&record)?;
+            out.note(format!("{id}: applied {n} bytes"))
+        }
+        Err(e) => {
+            if let Err(undo) = store.remove_layer(id) {
+                tracing::warn!(layer = id, error = %format!("{undo:#}"), "removing the partial layer");
+            }
+            Err(e.context("the layer was removed"))
+        }
+    }
+}
+
+/// `plies diff`.
+pub fn diff(
+    store: &Store,
+    id: &str,
+    parent: Option<&str>,
+    output: Option<&Path>,
+) -> Result<(), Failure> {
+    let record = store.layer(id)?;
+    let parent = match parent {
+        Some(p) => {
+            store.layer(p)?;
+            Some(p.to_owned())
+        }
+        None => record.parent,
+    };
+    if output.is_none() && io::stdout().is_terminal() {
+        return Err(Failure::usage(
+            "refusing to write a layer tar to a terminal: redirect it or use -o FILE",
+        ));
+    }
+    let mut tar = store
+        .driver
+        .diff(id, parent.as_deref())
+        .with_context(|| format!("layer {id}"))?;
+    match output {
+        None => {
+            let mut stdout = io::stdout().lock();
+            io::copy(&mut tar, &mut stdout)
+                .with_context(|| format!("layer {id}: writing the diff"))?;
+            stdout.flush()?;
+        }
+        Some(path) => {
+            let written = (|| -> Result<()> {
+                let mut f = File::create(path).with_context(|| format!("{}", path.display()))?;
+                io::copy(&mut tar, &mut f)
+                    .with_context(|| format!("layer {id}: writing {}", path.display()))?;
+                f.sync_all()?;
+                Ok(())
+            })();
+            if written.is_err() {
+                let _ = std::fs::remove_file(path);
+            }
+            written?;
+        }
+    }
+    Ok(())
+}
+
+/// The letter `docker diff` shows for a change.
+pub fn letter(kind: ChangeKind) -> char {
+    match kind {
+        ChangeKind::Added => 'A',
+        ChangeKind::Modified => 'C',
+        ChangeKind::Deleted => 'D',
+    }
+}
+
+/// The changes of a layer against `parent` (default: its own parent).
+pub fn layer_changes(store: &Store, id: &str, parent: Option<&str>) -> Result<Vec<Change>> {
+    let record = store.layer(id)?;
+    let parent = match parent {
+        Some(p) => {
+            store.layer(p)?;
+            Some(p.to_owned())
+        }
+        None => record.parent,
+    };
+    store
+        .driver
+        .changes(id, parent.as_deref())
+        .with_context(|| format!("layer {id}"))
+}
+
+/// `plies changes`.
+pub fn changes(store: &Store, id: &str, parent: Option<&str>, out: &Out) -> Result<()> {
+    let changes = layer_changes(store, id, parent)?;
+    if out.json {
+        return out.json(&changes);
+    }
+    for c in changes {
+        out.line(format!("{} {}", letter(c.kind), c.path.display()))?;
+    }
+    Ok(())
+}
+
+/// `plies size`.
+pub fn size(store: &Store, id: &str, out: &Out) -> Result<()> {
+    let record = store.layer(id)?;
+    let size = store
+        .driver
+        .diff_size(id, record.parent.as_deref())
+        .with_context(|| format!("layer {id}"))?;
+    if out.json {
+        #[derive(Serialize)]
+        struct Size<'a> {
+            id: &'a str,
+            size: u64,
+        }
+        return out.json(&Size { id, size });
+    }
+    out.line(size)
+}
+
+/// `plies mount`: mounts once; a second `mount` prints the same path.
+pub fn mount(store: &Store, id: &str, label: Option<&str>, out: &Out) -> Result<()> {
+    let mut record = store.layer(id)?;
+    if let Some(path) = &record.mounted {
+        return out.line(path.display());
+    }
+    let path = store
+        .driver
+        .get(id, label)
+        .with_context(|| format!("layer {id}"))?;
+    record.mounted = Some(path.clone());
+    store.write_record(&record)?;
+    out.line(path.display())
+}
+
+/// `plies umount`.
+///
+/// The mount outlives the `plies mount` process, and with it the driver's
+/// in-memory reference count, so the mount `plies mount` recorded is undone here:
+/// detached when it is a mount point, its `merged` directory removed as the
+/// driver's `put` does.
+pub fn umount(store: &Store, id: &str, out: &Out) -> Result<()> {
+    let mut record = store.layer(id)?;
+    let Some(path) = record.mounted.take() else {
+        bail!("layer {id}: not mounted (by plies mount)");
+    };
+    if is_mount_point(&path)? {
+        rustix::mount::unmount(&path, rustix::mount::UnmountFlags::DETACH)
+            .with_context(|| format!("layer {id}: unmounting {}", path.display()))?;
+        if path.file_name().is_some_and(|n| n == "merged") {
+            if let Err(e) = std::fs::remove_dir(&path) {
+                tracing::warn!(layer = id, error = %e, "could not remove {}", path.display());
+            }
+        }
+    }
+    store.write_record(&record)?;
+    out.note(format!("{id}: unmounted {}", path.display()))
+}
+
+/// Whether `path` is a mount point, from `/proc/self/mountinfo`.
+pub fn is_mount_point(path: &Path) -> Result<bool> {
+    let path = std::path::absolute(path)?;
+    Ok(mount_points()?.contains(&path))
+}
+
+/// Every mount point of this process's mount namespace.
+pub fn mount_points() -> Result<Vec<PathBuf>> {
+    let info =
+        std::fs::read_to_string("/proc/self/mountinfo").context("reading /proc/self/mountinfo")?;
+    Ok(info
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .map(|p| PathBuf::from(unescape_mountinfo(p)))
+        .collect())
+}
+
+/// Undoes mountinfo's octal escapes (`\040` for a space).
+fn unescape_mountinfo(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'\\'
+            && i + 3 < bytes.len()
+            && bytes[i + 1..i + 4]
+                .iter()
+                .all(|b| (b'0'..=b'7').contains(b))
+        {
+            let v = (bytes[i + 1] - b'0') * 64 + (bytes[i + 2] - b'0') * 8 + (bytes[i + 3] - b'0');
+            out.push(v);
+            i += 4;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mountinfo_escapes() {
+        assert_eq!(unescape_mountinfo(r"/a\040b"), "/a b");
+        assert_eq!(unescape_mountinfo(r"/a\\b"), r"/a\\b");
+        assert_eq!(unescape_mountinfo(r"/a\04"), r"/a\04");
+    }
+
+    #[test]
+    fn root_is_a_mount_point() {
+        assert!(is_mount_point(Path::new("/")).unwrap());
+    }
+}

@@ -1,0 +1,128 @@
+//! `plies fsck`: the layer store's checker, plus a check of plies's own records.
+
+use std::collections::BTreeSet;
+
+use anyhow::{Context, Result};
+use plies_layerstore::{Outcome, Overlay2Store, StoreOptions};
+use serde::Serialize;
+
+use crate::output::Out;
+use crate::store::Store;
+
+/// One finding, as printed.
+#[derive(Debug, Serialize)]
+pub struct Finding {
+    /// `store` (the driver's layout) or `records` (plies's layer records).
+    pub area: &'static str,
+    /// What was found.
+    pub finding: String,
+    /// `repaired`, `repairable` or `unrepairable`.
+    pub outcome: &'static str,
+}
+
+fn outcome(o: Outcome) -> &'static str {
+    match o {
+        Outcome::Repaired => "repaired",
+        Outcome::Repairable => "repairable",
+        _ => "unrepairable",
+    }
+}
+
+/// Checks (and with `repair`, repairs) the store; returns whether damage remains.
+pub fn run(store: &Store, repair: bool, out: &Out) -> Result<bool> {
+    let mut findings = Vec::new();
+    let driver_dir = store.root.join(store.driver.name());
+
+    // The driver's own layout.
+    let on_disk: Option<BTreeSet<String>> = match store.driver.name() {
+        "overlay2" => {
+            let opts = StoreOptions {
+                max_depth: store.options.max_depth,
+                ..StoreOptions::default()
+            };
+            let layout = Overlay2Store::open(&driver_dir, opts)
+                .with_context(|| format!("opening {}", driver_dir.display()))?;
+            let report = layout
+                .fsck(repair)
+                .with_context(|| format!("checking {}", driver_dir.display()))?;
+            for e in report.entries {
+                findings.push(Finding {
+                    area: "store",
+                    finding: format!("{:?}", e.finding),
+                    outcome: outcome(e.outcome),
+                });
+            }
+            Some(layout.list()?.into_iter().collect())
+        }
+        "vfs" => {
+            let dir = driver_dir.join("dir");
+            let mut ids = BTreeSet::new();
+            for entry in std::fs::read_dir(&dir).with_context(|| format!("{}", dir.display()))? {
+                ids.insert(entry?.file_name().to_string_lossy().into_owned());
+            }
+            Some(ids)
+        }
+        _ => None,
+    };
+
+    // plies's records against the driver's layers.
+    let records = store.records()?;
+    let known: BTreeSet<&str> = records.iter().map(|r| r.id.as_str()).collect();
+    for r in &records {
+        if !r.complete {
+            let fixed = repair && store.remove_layer(&r.id).is_ok();
+            findings.push(Finding {
+                area: "records",
+                finding: format!(
+                    "layer {} is incomplete (an import or apply was interrupted)",
+                    r.id
+                ),
+                outcome: if fixed { "repaired" } else { "repairable" },
+            });
+        } else if !store.driver.exists(&r.id) {
+            let fixed = repair && store.delete_record(&r.id).is_ok();
+            findings.push(Finding {
+                area: "records",
+                finding: format!(
+                    "layer {} is recorded but missing from the {} store",
+                    r.id,
+                    store.driver.name()
+                ),
+                outcome: if fixed { "repaired" } else { "repairable" },
+            });
+        } else if let Some(p) = &r.parent {
+            if !known.contains(p.as_str()) {
+                findings.push(Finding {
+                    area: "records",
+                    finding: format!("layer {}: its parent {p} is not recorded", r.id),
+                    outcome: "unrepairable",
+                });
+            }
+        }
+    }
+    if let Some(on_disk) = on_disk {
+        for id in on_disk.iter().filter(|id| !known.contains(id.as_str())) {
+            findings.push(Finding {
+                area: "records",
+                finding: format!(
+                    "layer {id} is in the {} store but has no record",
+                    store.driver.name()
+                ),
+                outcome: "unrepairable",
+            });
+        }
+    }
+
+    let damaged = findings.iter().any(|f| f.outcome != "repaired");
+    if out.json {
+        out.json(&findings)?;
+    } else {
+        for f in &findings {
+            out.line(format!("{}: {}: {}", f.outcome, f.area, f.finding))?;
+        }
+        if findings.is_empty() {
+            out.note("clean")?;
+        }
+    }
+    Ok(damaged)
+}

@@ -1,0 +1,279 @@
+//! `plies import`: a saved image's layers into the store, under their chain ids.
+
+use std::io::{self, Read};
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use anyhow::{Context, Result, bail};
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use plies_drivers::CreateOptions;
+use serde::Serialize;
+
+use crate::digest::HashingReader;
+use crate::image::{self, Image, LayerRef, Platform, Source};
+use crate::store::{Record, Store};
+
+/// One imported image, as `--json` prints it.
+#[derive(Debug, Serialize)]
+pub struct Imported {
+    /// `docker-archive` or `oci-layout`.
+    pub format: &'static str,
+    /// The image config's digest.
+    pub config: String,
+    /// The tags the archive names.
+    pub tags: Vec<String>,
+    /// The top layer's id.
+    pub top: String,
+    /// Every layer, bottom first.
+    pub layers: Vec<ImportedLayer>,
+}
+
+/// One layer of an [`Imported`] image.
+#[derive(Debug, Serialize)]
+pub struct ImportedLayer {
+    /// The layer id: its chain id.
+    pub id: String,
+    /// The sha256 of the uncompressed layer tar.
+    pub diff_id: String,
+    /// The layer below.
+    pub parent: Option<String>,
+    /// False when the store had it already.
+    pub new: bool,
+    /// Bytes applied (0 for a layer the store had).
+    pub size: u64,
+}
+
+/// Set by SIGINT/SIGTERM; the layer being read then fails and is rolled back.
+pub fn interrupt_flag() -> Arc<AtomicBool> {
+    let flag = Arc::new(AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        if let Err(e) = signal_hook::flag::register(sig, Arc::clone(&flag)) {
+            tracing::warn!(error = %e, "cannot catch signal {sig}; an interrupted import is cleaned up by the next command");
+        }
+    }
+    flag
+}
+
+/// A reader that fails once `flag` is set.
+pub struct Interruptible<R> {
+    inner: R,
+    flag: Arc<AtomicBool>,
+}
+
+impl<R> Interruptible<R> {
+    /// Wraps `inner`.
+    pub fn new(inner: R, flag: Arc<AtomicBool>) -> Self {
+        Interruptible { inner, flag }
+    }
+}
+
+impl<R: Read> Read for Interruptible<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if self.flag.load(Ordering::Relaxed) {
+            // Not ErrorKind::Interrupted: read loops retry that.
+            return Err(io::Error::other("interrupted by a signal"));
+        }
+        self.inner.read(buf)
+    }
+}
+
+/// A progress bar on stderr when it is a terminal (and not `-q`), else nothing.
+pub fn progress_bar(show: bool, total: u64) -> ProgressBar {
+    use std::io::IsTerminal;
+    if !show || !io::stderr().is_terminal() {
+        return ProgressBar::hidden();
+    }
+    let bar = ProgressBar::with_draw_target(Some(total), ProgressDrawTarget::stderr());
+    bar.set_style(
+        ProgressStyle::with_template("{msg:>12} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar())
+            .progress_chars("=> "),
+    );
+    bar
+}
+
+/// Imports every image `path` holds (one for an OCI layout: the one for `platform`).
+pub fn import(
+    store: &Store,
+    path: &Path,
+    platform: &Platform,
+    show_progress: bool,
+    interrupted: &Arc<AtomicBool>,
+) -> Result<Vec<Imported>> {
+    let source = Source::open(path)?;
+    let images =
+        image::read_images(&source, platform).with_context(|| format!("{}", path.display()))?;
+    let mut out = Vec::new();
+    for image in &images {
+        preflight(store, &source, image)?;
+    }
+    for image in images {
+        out.push(import_image(
+            store,
+            &source,
+            image,
+            show_progress,
+            interrupted,
+        )?);
+    }
+    Ok(out)
+}
+
+/// Refuses an image before anything is written: too deep, blobs missing, or a
+/// layer id the store holds but did not import.
+fn preflight(store: &Store, source: &Source, image: &Image) -> Result<()> {
+    if image.layers.is_empty() {
+        bail!("image {}: no layers", image.config);
+    }
+    let depth = image.layers.len() - 1;
+    if depth > store.options.max_depth {
+        bail!(
+            "image {}: {} layers is deeper than the store allows ({} lower layers; --storage-opt overlay2.max_depth)",
+            image.config,
+            image.layers.len(),
+            store.options.max_depth
+        );
+    }
+    for layer in &image.layers {
+        if !source.exists(&layer.blob) {
+            bail!(
+                "layer {}: blob {} is missing from the image",
+                layer.chain_id,
+                layer.blob
+            );
+        }
+        if store.driver.exists(layer.chain_id.as_str()) {
+            match store.record(layer.chain_id.as_str())? {
+                Some(r) if r.complete && r.diff_id.as_deref() == Some(layer.diff_id.as_str()) => {}
+                _ => bail!(
+                    "layer {}: a layer of this id exists and was not imported from this diff",
+                    layer.chain_id
+                ),
+            }
+        }
+    }
+    Ok(())
+}
+
+fn import_image(
+    store: &Store,
+    source: &Source,
+    image: Image,
+    show_progress: bool,
+    interrupted: &Arc<AtomicBool>,
+) -> Result<Imported> {
+    let total: u64 = image
+        .layers
+        .iter()
+        .filter(|l| !store.driver.exists(l.chain_id.as_str()))
+        .map(|l| source.open_member(&l.blob).map(|(_, n)| n).unwrap_or(0))
+        .sum();
+    let bar = progress_bar(show_progress, total);
+    let mut created: Vec<String> = Vec::new();
+    let mut layers = Vec::new();
+    let mut parent: Option<String> = None;
+    let count = image.layers.len();
+    for (i, layer) in image.layers.iter().enumerate() {
+        let id = layer.chain_id.to_string();
+        let new = !store.driver.exists(&id);
+        let mut size = 0;
+        if new {
+            bar.set_message(format!("layer {}/{count}", i + 1));
+            match import_layer(store, source, layer, parent.as_deref(), &bar, interrupted) {
+                Ok(n) => {
+                    size = n;
+                    created.push(id.clone());
+                }
+                Err(e) => {
+                    bar.finish_and_clear();
+                    // All or nothing: the layers this import made go too.
+                    for done in created.iter().rev() {
+                        if let Err(undo) = store.remove_layer(done) {
+                            tracing::warn!(layer = %done, error = %format!("{undo:#}"), "rollback");
+                        }
+                    }
+                    return Err(e);
+                }
+            }
+        }
+        layers.push(ImportedLayer {
+            id: id.clone(),
+            diff_id: layer.diff_id.to_string(),
+            parent: parent.clone(),
+            new,
+            size,
+        });
+        parent = Some(id);
+    }
+    bar.finish_and_clear();
+    Ok(Imported {
+        format: image.format,
+        config: image.config.to_string(),
+        tags: image.tags,
+        top: parent.unwrap_or_default(),
+        layers,
+    })
+}
+
+/// Creates and fills one layer; on any error the layer and its record are gone.
+fn import_layer(
+    store: &Store,
+    source: &Source,
+    layer: &LayerRef,
+    parent: Option<&str>,
+    bar: &ProgressBar,
+    interrupted: &Arc<AtomicBool>,
+) -> Result<u64> {
+    let id = layer.chain_id.as_str();
+    let mut record = Record {
+        id: id.to_owned(),
+        parent: parent.map(str::to_owned),
+        rw: false,
+        diff_id: Some(layer.diff_id.to_string()),
+        size: 0,
+        complete: false,
+        mounted: None,
+    };
+    store.write_record(&record)?;
+    let filled = (|| -> Result<u64> {
+        store
+            .driver
+            .create(id, parent, &CreateOptions::default())
+            .with_context(|| format!("layer {id}"))?;
+        let (raw, _) = source.open_member(&layer.blob)?;
+        let raw = Interruptible::new(bar.wrap_read(raw), Arc::clone(interrupted));
+        let (_, tar) = crate::compression::decompress(raw)
+            .with_context(|| format!("layer {id}: blob {}", layer.blob))?;
+        let mut hashing = HashingReader::new(tar);
+        let size = store
+            .driver
+            .apply_diff(id, parent, &mut hashing)
+            .with_context(|| format!("layer {id}"))?;
+        let (digest, _) = hashing
+            .finish()
+            .with_context(|| format!("layer {id}: reading blob {}", layer.blob))?;
+        if digest != layer.diff_id {
+            bail!(
+                "layer {id}: digest mismatch: the uncompressed blob {} is {digest}, the config says {}",
+                layer.blob,
+                layer.diff_id
+            );
+        }
+        Ok(size)
+    })();
+    match filled {
+        Ok(size) => {
+            record.size = size;
+            record.complete = true;
+            store.write_record(&record)?;
+            Ok(size)
+        }
+        Err(e) => {
+            if let Err(undo) = store.remove_layer(id) {
+                tracing::warn!(layer = id, error = %format!("{undo:#}"), "removing the partial layer");
+            }
+            Err(e)
+        }
+    }
+}

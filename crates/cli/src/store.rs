@@ -1,0 +1,260 @@
+//! The store a command works on: the driver under `--root`, plus the command's
+//! record of each layer's parent and state.
+//!
+//! Drivers keep files, not lineage (Docker keeps lineage in its `layerdb`): vfs
+//! has no notion of a parent, and the parent a diff is taken against is the
+//! caller's to give. So `plies` keeps one small JSON record per layer in
+//! `<root>/plies/<driver>/layers/<id>.json`. A record is written, `complete:
+//! false`, before its layer is created and marked complete (by an atomic
+//! rename) only once the layer's contents are in; every command that changes the
+//! store first removes the layers whose records are still incomplete, so an
+//! import killed half-way leaves nothing behind after the next command (and
+//! `fsck` reports it until then). Commands that change the store hold an
+//! exclusive `flock` on `<root>/plies/<driver>/lock`.
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, anyhow, bail};
+use plies_drivers::{Driver, DriverChoice, Options};
+use serde::{Deserialize, Serialize};
+
+use crate::args::{DriverArg, Global};
+
+/// What `plies` records about a layer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Record {
+    /// The layer's id.
+    pub id: String,
+    /// The layer it sits on.
+    pub parent: Option<String>,
+    /// Whether it is a read-write (container) layer.
+    #[serde(default)]
+    pub rw: bool,
+    /// For an imported layer: the sha256 of its uncompressed tar.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub diff_id: Option<String>,
+    /// Bytes applied from layer tars, as the driver reported.
+    #[serde(default)]
+    pub size: u64,
+    /// False from before the layer's creation until its contents are complete.
+    pub complete: bool,
+    /// Where `plies mount` mounted it, until `plies umount`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mounted: Option<PathBuf>,
+}
+
+/// An opened store.
+pub struct Store {
+    /// The driver.
+    pub driver: Box<dyn Driver>,
+    /// The driver options in force.
+    pub options: Options,
+    /// The graph root (`--root`).
+    pub root: PathBuf,
+    records: PathBuf,
+    _lock: Option<File>,
+}
+
+/// Whether a command changes the store (and so takes the lock and sweeps).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    /// Reads only.
+    Read,
+    /// Changes layers.
+    Write,
+    /// Takes the lock but leaves what an interrupted command left, for `fsck` to report.
+    Check,
+}
+
+fn choice(d: DriverArg) -> DriverChoice {
+    match d {
+        DriverArg::Auto => DriverChoice::Auto,
+        DriverArg::Overlay2 => DriverChoice::Overlay2,
+        DriverArg::Aufs => DriverChoice::Aufs,
+        DriverArg::Vfs => DriverChoice::Vfs,
+    }
+}
+
+impl Store {
+    /// Opens the driver under the root, and for [`Access::Write`] takes the lock
+    /// and removes what an interrupted command left.
+    pub fn open(g: &Global, access: Access) -> Result<Store> {
+        let options = Options::parse(&g.storage_opt).context("--storage-opt")?;
+        Store::open_with(&g.root, choice(g.driver), options, access)
+    }
+
+    /// [`Store::open`] with explicit arguments.
+    pub fn open_with(
+        root: &Path,
+        choice: DriverChoice,
+        options: Options,
+        access: Access,
+    ) -> Result<Store> {
+        let driver = plies_drivers::open(root, choice, &options)
+            .with_context(|| format!("opening {} under {}", choice, root.display()))?;
+        let dir = root.join("plies").join(driver.name());
+        let records = dir.join("layers");
+        std::fs::create_dir_all(&records)
+            .with_context(|| format!("creating {}", records.display()))?;
+        let lock = match access {
+            Access::Read => None,
+            Access::Write | Access::Check => Some(lock(&dir.join("lock"))?),
+        };
+        let store = Store {
+            driver,
+            options,
+            root: root.to_path_buf(),
+            records,
+            _lock: lock,
+        };
+        if access == Access::Write {
+            store.sweep()?;
+        }
+        Ok(store)
+    }
+
+    fn record_path(&self, id: &str) -> PathBuf {
+        self.records.join(format!("{id}.json"))
+    }
+
+    /// The record of `id`, if any.
+    pub fn record(&self, id: &str) -> Result<Option<Record>> {
+        check_id(id)?;
+        let path = self.record_path(id);
+        match std::fs::read(&path) {
+            Ok(bytes) => {
+                Ok(Some(serde_json::from_slice(&bytes).with_context(|| {
+                    format!("layer record {}", path.display())
+                })?))
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(anyhow!(e).context(format!("reading {}", path.display()))),
+        }
+    }
+
+    /// The record of an existing, complete layer.
+    pub fn layer(&self, id: &str) -> Result<Record> {
+        match self.record(id)? {
+            Some(r) if r.complete && self.driver.exists(id) => Ok(r),
+            Some(r) if !r.complete => {
+                bail!("layer {id}: incomplete (an import or apply was interrupted)")
+            }
+            _ => bail!("layer {id}: no such layer"),
+        }
+    }
+
+    /// Writes a record atomically (temp file, fsync, rename, fsync of the directory).
+    pub fn write_record(&self, record: &Record) -> Result<()> {
+        check_id(&record.id)?;
+        let path = self.record_path(&record.id);
+        let tmp = self.records.join(format!(".{}.tmp", record.id));
+        let write = || -> std::io::Result<()> {
+            let mut f = File::create(&tmp)?;
+            serde_json::to_writer_pretty(&mut f, record)?;
+            f.write_all(b"\n")?;
+            f.sync_all()?;
+            std::fs::rename(&tmp, &path)?;
+            File::open(&self.records)?.sync_all()
+        };
+        write().with_context(|| format!("writing {}", path.display()))
+    }
+
+    /// Deletes a record.
+    pub fn delete_record(&self, id: &str) -> Result<()> {
+        let path = self.record_path(id);
+        match std::fs::remove_file(&path) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(anyhow!(e).context(format!("removing {}", path.display()))),
+        }
+    }
+
+    /// Every record, sorted by id.
+    pub fn records(&self) -> Result<Vec<Record>> {
+        let mut out = Vec::new();
+        for entry in std::fs::read_dir(&self.records)
+            .with_context(|| format!("{}", self.records.display()))?
+        {
+            let entry = entry?;
+            let name = entry.file_name();
+            let name = name.to_string_lossy();
+            if name.starts_with('.') {
+                continue;
+            }
+            if let Some(id) = name.strip_suffix(".json") {
+                if let Some(r) = self.record(id)? {
+                    out.push(r);
+                }
+            }
+        }
+        out.sort_by(|a, b| a.id.cmp(&b.id));
+        Ok(out)
+    }
+
+    /// The number of layers below `id` (0 for a base layer).
+    pub fn depth(&self, records: &BTreeMap<String, Record>, id: &str) -> usize {
+        let mut depth = 0;
+        let mut cur = records.get(id).and_then(|r| r.parent.clone());
+        while let Some(p) = cur {
+            depth += 1;
+            if depth > MAX_CHAIN {
+                break;
+            }
+            cur = records.get(&p).and_then(|r| r.parent.clone());
+        }
+        depth
+    }
+
+    /// Removes a layer and its record (used to roll back a failed import/apply).
+    pub fn remove_layer(&self, id: &str) -> Result<()> {
+        if self.driver.exists(id) {
+            self.driver
+                .remove(id)
+                .with_context(|| format!("layer {id}: removing"))?;
+        }
+        self.delete_record(id)
+    }
+
+    /// Removes the layers of incomplete records: what a killed import left.
+    fn sweep(&self) -> Result<()> {
+        for tmp in std::fs::read_dir(&self.records)? {
+            let tmp = tmp?;
+            if tmp.file_name().to_string_lossy().ends_with(".tmp") {
+                let _ = std::fs::remove_file(tmp.path());
+            }
+        }
+        for r in self.records()? {
+            if !r.complete {
+                tracing::warn!(layer = %r.id, "removing a layer an interrupted command left incomplete");
+                self.remove_layer(&r.id)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The longest parent chain walked before a cycle in the records is assumed.
+const MAX_CHAIN: usize = 4096;
+
+/// Refuses ids the record directory cannot hold (drivers check the rest).
+pub fn check_id(id: &str) -> Result<()> {
+    if id.is_empty() || id.contains('/') || id.contains('\0') || id.starts_with('.') {
+        bail!("invalid layer id {id:?}");
+    }
+    Ok(())
+}
+
+fn lock(path: &Path) -> Result<File> {
+    let file = File::options()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(path)
+        .with_context(|| format!("opening {}", path.display()))?;
+    rustix::fs::flock(&file, rustix::fs::FlockOperation::LockExclusive)
+        .with_context(|| format!("locking {}", path.display()))?;
+    Ok(file)
+}
