@@ -15,7 +15,7 @@ use crate::options::CreateOptions;
 /// Every method is safe to call from many threads at once; calls on different
 /// layers run in parallel. `parent` arguments name the layer a diff is taken
 /// against (`None`: against nothing, every file is added).
-pub trait Driver: Send + Sync {
+pub trait Driver: Send + Sync + std::fmt::Debug {
     /// The driver's name as Docker spells it: `overlay2`, `aufs` or `vfs`.
     fn name(&self) -> &'static str;
 

@@ -1,6 +1,7 @@
 #![doc = include_str!("../README.md")]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
+pub mod aufs;
 mod copy;
 mod driver;
 mod error;
@@ -13,6 +14,7 @@ mod vfs;
 
 use std::path::Path;
 
+pub use aufs::{Aufs, KernelMounter, Mounter, Recorded, RecordingMounter};
 pub use driver::Driver;
 pub use error::{Error, Result};
 pub use options::{CreateOptions, DriverChoice, Options};
@@ -20,7 +22,11 @@ pub use overlay2::Overlay2;
 pub use vfs::Vfs;
 
 /// Drivers `auto` tries, in order.
-const PRIORITY: [DriverChoice; 2] = [DriverChoice::Overlay2, DriverChoice::Vfs];
+const PRIORITY: [DriverChoice; 3] = [
+    DriverChoice::Overlay2,
+    DriverChoice::Aufs,
+    DriverChoice::Vfs,
+];
 
 /// Opens the driver `choice` under the graph root `root` (Docker's
 /// `/var/lib/docker`): the driver keeps its layers in `root/<name>`
@@ -39,10 +45,7 @@ pub fn open(root: &Path, choice: DriverChoice, options: &Options) -> Result<Box<
     std::fs::create_dir_all(root).map_err(|e| Error::io("mkdir", root, e))?;
     match choice {
         DriverChoice::Overlay2 => Ok(Box::new(Overlay2::open(&root.join("overlay2"), options)?)),
-        DriverChoice::Aufs => Err(Error::NotSupported {
-            driver: "aufs",
-            reason: "aufs is not in this build".to_owned(),
-        }),
+        DriverChoice::Aufs => Ok(Box::new(Aufs::open(&root.join("aufs"), options)?)),
         DriverChoice::Vfs => Ok(Box::new(Vfs::open(&root.join("vfs"), options)?)),
         DriverChoice::Auto => {
             let prior: Vec<DriverChoice> = PRIORITY

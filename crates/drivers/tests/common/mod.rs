@@ -60,6 +60,27 @@ pub fn overlay2_fsconfig() -> Option<Rig> {
     })
 }
 
+/// aufs through the recording mounter (the kernel has no aufs), and the mounter.
+pub fn aufs_recorded() -> Option<(Rig, std::sync::Arc<plies_drivers::RecordingMounter>)> {
+    plies_testkit::require_root("aufs conformance (owners, devices)").then(|| {
+        let dir = tempdir();
+        let mounter = std::sync::Arc::new(plies_drivers::RecordingMounter::new());
+        let driver = plies_drivers::Aufs::open_with(
+            &dir.path().join("aufs"),
+            &Options::default(),
+            mounter.clone(),
+        )
+        .unwrap();
+        (
+            Rig {
+                driver: Box::new(driver),
+                dir,
+            },
+            mounter,
+        )
+    })
+}
+
 /// One entry of a layer tar.
 #[derive(Clone, Debug)]
 pub enum E {

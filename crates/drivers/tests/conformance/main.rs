@@ -410,10 +410,20 @@ macro_rules! conformance {
                 let Some(r) = rig() else { return };
                 super::cleanup_with_mounts_held(&*r.driver);
             }
+        }
+    };
+}
+
+/// Checks that write through a mounted read-write layer (not for aufs through
+/// the recording mounter, whose mounts are read-only snapshots).
+macro_rules! writable_mounts {
+    ($name:ident, $setup:expr) => {
+        mod $name {
+            use super::*;
 
             #[test]
             fn container_writes() {
-                let Some(r) = rig() else { return };
+                let Some(r) = $setup else { return };
                 super::container_writes(&*r.driver);
             }
         }
@@ -423,6 +433,10 @@ macro_rules! conformance {
 conformance!(vfs, common::vfs());
 conformance!(overlay2, common::overlay2());
 conformance!(overlay2_fsconfig, common::overlay2_fsconfig());
+conformance!(aufs_recorded, common::aufs_recorded().map(|(rig, _)| rig));
+writable_mounts!(vfs_writes, common::vfs());
+writable_mounts!(overlay2_writes, common::overlay2());
+writable_mounts!(overlay2_fsconfig_writes, common::overlay2_fsconfig());
 
 #[test]
 fn overlay2_fsconfig_chain_400_deep() {

@@ -1,0 +1,178 @@
+//! aufs through the recording mounter: every mount and unmount call is checked
+//! (no kernel here has aufs; the VM rig runs the kernel mounter).
+
+#[path = "../common/mod.rs"]
+mod common;
+
+use std::ffi::OsString;
+use std::io::Read;
+
+use common::{E, layer};
+use plies_drivers::{CreateOptions, DriverChoice, Error, Options, Recorded};
+use plies_mountopts::AufsCall;
+
+#[test]
+fn mounts_are_refcounted_and_recorded() {
+    let Some((rig, mounter)) = common::aufs_recorded() else {
+        return;
+    };
+    let d = &*rig.driver;
+    let root = d.root().to_path_buf();
+    layer(d, "base", None, &[E::File("a", "a", 0o644)]);
+    layer(d, "mid", Some("base"), &[E::File("b", "b", 0o644)]);
+    d.create_read_write("top", Some("mid"), &CreateOptions::default())
+        .unwrap();
+
+    // A base layer is its diff dir: nothing is mounted.
+    assert_eq!(d.get("base", None).unwrap(), root.join("diff/base"));
+    d.put("base").unwrap();
+    assert!(mounter.calls().is_empty());
+
+    let target = d.get("top", None).unwrap();
+    assert_eq!(target, root.join("mnt/top"));
+    assert_eq!(d.get("top", None).unwrap(), target);
+    let data = format!(
+        "br:{r}/diff/top=rw:{r}/diff/mid=ro+wh:{r}/diff/base=ro+wh,dio,xino=/dev/shm/aufs.xino",
+        r = root.display()
+    );
+    assert_eq!(
+        mounter.calls(),
+        [Recorded::Mount {
+            target: target.clone(),
+            calls: vec![AufsCall::Mount(OsString::from(data))]
+        }]
+    );
+    assert_eq!(std::fs::read(target.join("a")).unwrap(), b"a");
+    assert_eq!(std::fs::read(target.join("b")).unwrap(), b"b");
+    d.put("top").unwrap();
+    assert_eq!(mounter.calls().len(), 1, "the first put keeps the mount");
+    d.put("top").unwrap();
+    assert_eq!(
+        mounter.calls()[1],
+        Recorded::Unmount {
+            target: target.clone()
+        }
+    );
+    assert!(mounter.mounted().is_empty());
+    assert!(matches!(d.put("top"), Err(Error::NotMounted { .. })));
+}
+
+#[test]
+fn deep_chains_append_branches() {
+    let Some((rig, mounter)) = common::aufs_recorded() else {
+        return;
+    };
+    let d = &*rig.driver;
+    let mut parent: Option<String> = None;
+    // Long ids make the branches overflow one page.
+    let ids: Vec<String> = (0..100)
+        .map(|i| format!("{i:03}{}", "x".repeat(60)))
+        .collect();
+    for id in &ids {
+        d.create(id, parent.as_deref(), &CreateOptions::default())
+            .unwrap();
+        parent = Some(id.clone());
+    }
+    let top = ids.last().unwrap();
+    d.get(top, None).unwrap();
+    let Recorded::Mount { calls, .. } = &mounter.calls()[0] else {
+        panic!("no mount")
+    };
+    assert!(calls.len() > 1, "appends follow the first mount");
+    assert!(calls[1..].iter().all(|c| matches!(c, AufsCall::Append(_))));
+    let limit = plies_mountopts::mount_data_limit();
+    assert!(calls.iter().all(|c| c.data().len() <= limit));
+    let (rw, ro) = plies_mountopts::aufs::decode_branches(calls).unwrap();
+    assert_eq!(rw, d.root().join("diff").join(top));
+    let want: Vec<_> = ids
+        .iter()
+        .rev()
+        .skip(1)
+        .map(|id| d.root().join("diff").join(id))
+        .collect();
+    assert_eq!(ro, want, "every ancestor, nearest first");
+    d.put(top).unwrap();
+}
+
+#[test]
+fn failed_mount_holds_nothing() {
+    let Some((rig, mounter)) = common::aufs_recorded() else {
+        return;
+    };
+    let d = &*rig.driver;
+    d.create("base", None, &CreateOptions::default()).unwrap();
+    d.create("top", Some("base"), &CreateOptions::default())
+        .unwrap();
+    mounter.fail_next_mount(5);
+    assert!(matches!(d.get("top", None), Err(Error::Mount { .. })));
+    assert!(matches!(d.put("top"), Err(Error::NotMounted { .. })));
+    d.get("top", None).unwrap();
+    d.put("top").unwrap();
+    assert_eq!(mounter.calls().len(), 3);
+}
+
+#[test]
+fn labels_reach_the_mount_data() {
+    let Some((rig, mounter)) = common::aufs_recorded() else {
+        return;
+    };
+    let d = &*rig.driver;
+    d.create("base", None, &CreateOptions::default()).unwrap();
+    d.create("top", Some("base"), &CreateOptions::default())
+        .unwrap();
+    d.get("top", Some("system_u:object_r:container_file_t:s0:c1,c2"))
+        .unwrap();
+    let Recorded::Mount { calls, .. } = &mounter.calls()[0] else {
+        panic!("no mount")
+    };
+    let data = calls[0].data().to_string_lossy().into_owned();
+    assert!(
+        data.ends_with(",context=\"system_u:object_r:container_file_t:s0:c1,c2\""),
+        "{data}"
+    );
+    d.put("top").unwrap();
+}
+
+#[test]
+fn private_entries_never_leave_the_driver() {
+    let Some((rig, _mounter)) = common::aufs_recorded() else {
+        return;
+    };
+    let d = &*rig.driver;
+    layer(
+        d,
+        "base",
+        None,
+        &[E::File("a", "a", 0o644), E::Whiteout("gone")],
+    );
+    let diff = d.root().join("diff/base");
+    std::fs::create_dir(diff.join(".wh..wh.plnk")).unwrap();
+    std::fs::write(diff.join(".wh..wh.plnk/12.34"), b"x").unwrap();
+    std::fs::write(diff.join(".wh..wh.aufs"), b"").unwrap();
+    let mut tar = Vec::new();
+    d.diff("base", None).unwrap().read_to_end(&mut tar).unwrap();
+    let names: Vec<String> = tar::Archive::new(tar.as_slice())
+        .entries()
+        .unwrap()
+        .map(|e| e.unwrap().path().unwrap().display().to_string())
+        .collect();
+    assert_eq!(names, [".wh.gone", "a"]);
+}
+
+#[test]
+fn kernel_aufs_is_probed() {
+    if plies_testkit::kernel_has_filesystem("aufs") {
+        eprintln!("skipping kernel_aufs_is_probed: this kernel has aufs");
+        return;
+    }
+    let dir = common::tempdir();
+    let err = plies_drivers::open(dir.path(), DriverChoice::Aufs, &Options::default()).unwrap_err();
+    assert!(
+        matches!(err, Error::NotSupported { driver: "aufs", .. }),
+        "{err}"
+    );
+    assert!(
+        !dir.path().join("aufs").exists(),
+        "nothing is made for a refused driver"
+    );
+}
