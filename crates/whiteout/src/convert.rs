@@ -17,7 +17,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
 
-use rustix::fd::{AsFd, BorrowedFd, OwnedFd};
+use rustix::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use rustix::fs::{AtFlags, FileType, Mode, OFlags, Stat, Timespec, Timestamps};
 use rustix::io::Errno;
 
@@ -422,25 +422,67 @@ fn write_marker(
 }
 
 /// Refuses a regular file that only overlayfs can read (metacopy, redirect).
+///
+/// Lists the file's xattrs by path through `/proc/self/fd/<dir>/<name>` (one
+/// call, no open, the name itself not followed); without `/proc`, opens it.
 fn check_file_xattrs(
     dir: BorrowedFd<'_>,
     path: &Path,
     name: &OsStr,
     ns: XattrNamespace,
 ) -> Result<(), Error> {
-    let file = rustix::fs::openat(
-        dir,
-        name,
-        OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::NOCTTY | OFlags::CLOEXEC,
-        Mode::empty(),
-    )
-    .map_err(|e| Error::io("openat", path.join(name), e))?;
-    match overlay_only_xattr(file.as_fd(), ns).map_err(|e| in_layer(e, path))? {
+    let mut by_proc = OsString::from(format!("/proc/self/fd/{}/", dir.as_raw_fd()));
+    by_proc.push(name);
+    let found = match list_overlay_only_xattr(&by_proc, ns) {
+        Ok(found) => found,
+        Err(Errno::NOENT | Errno::NOTDIR) if !Path::new("/proc/self/fd").exists() => {
+            let file = rustix::fs::openat(
+                dir,
+                name,
+                OFlags::RDONLY
+                    | OFlags::NOFOLLOW
+                    | OFlags::NONBLOCK
+                    | OFlags::NOCTTY
+                    | OFlags::CLOEXEC,
+                Mode::empty(),
+            )
+            .map_err(|e| Error::io("openat", path.join(name), e))?;
+            overlay_only_xattr(file.as_fd(), ns).map_err(|e| in_layer(e, path))?
+        }
+        Err(e) => return Err(Error::io("llistxattr", path.join(name), e)),
+    };
+    match found {
         Some(key) => Err(Error::Inexpressible {
             path: path.join(name),
             key,
         }),
         None => Ok(()),
+    }
+}
+
+/// The first of `redirect` and `metacopy` in the xattr list of `path` (not
+/// following a symlink at its end).
+fn list_overlay_only_xattr(
+    path: &OsStr,
+    ns: XattrNamespace,
+) -> Result<Option<&'static str>, Errno> {
+    loop {
+        let size = match rustix::fs::llistxattr_query(path) {
+            Ok(0) | Err(Errno::NOTSUP) => return Ok(None),
+            Ok(size) => size,
+            Err(e) => return Err(e),
+        };
+        let mut list = vec![0u8; size];
+        let len = match rustix::fs::llistxattr(path, &mut list[..]) {
+            Ok(len) => len,
+            // The list grew since it was measured.
+            Err(Errno::RANGE) => continue,
+            Err(e) => return Err(e),
+        };
+        let keys = [ns.redirect_key(), ns.metacopy_key()];
+        return Ok(list[..len]
+            .split(|b| *b == 0)
+            .find_map(|key| keys.into_iter().find(|k| k.as_bytes() == key)));
     }
 }
 
