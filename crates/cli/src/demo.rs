@@ -77,14 +77,14 @@ pub fn layers() -> [Vec<Entry>; 3] {
     ]
 }
 
-/// Builds a layer tar in memory.
-pub fn layer_tar(entries: &[Entry]) -> Result<Vec<u8>> {
+/// Builds a layer tar in memory, every entry with modification time `mtime`.
+pub fn layer_tar(entries: &[Entry], mtime: u64) -> Result<Vec<u8>> {
     let mut b = tar::Builder::new(Vec::new());
     for e in entries {
         let mut h = tar::Header::new_ustar();
         h.set_uid(0);
         h.set_gid(0);
-        h.set_mtime(1_700_000_000);
+        h.set_mtime(mtime);
         match e {
             Entry::Dir(p) => {
                 h.set_entry_type(tar::EntryType::Directory);
@@ -139,11 +139,11 @@ pub fn layer_tar(entries: &[Entry]) -> Result<Vec<u8>> {
 /// Writes a `docker save` archive of the demo image to `path`: the first layer
 /// gzip-compressed, the second zstd, the third plain.
 pub fn write_image(path: &Path) -> Result<()> {
-    let tars = layers().map(|l| layer_tar(&l));
     let mut diff_ids = Vec::new();
     let mut blobs = Vec::new();
-    for (i, tar) in tars.into_iter().enumerate() {
-        let tar = tar?;
+    for (i, entries) in layers().iter().enumerate() {
+        // A day apart, so changes show files rewritten at the same size.
+        let tar = layer_tar(entries, 1_700_000_000 + 86_400 * i as u64)?;
         diff_ids.push(Digest::of(&tar).to_string());
         blobs.push(match i {
             0 => {

@@ -1,6 +1,4 @@
-//! The `plies` command: container layer storage at the shell.
-//!
-//! See the crate's README for the commands and exit codes.
+#![doc = include_str!("../README.md")]
 
 mod args;
 mod commands;
@@ -23,7 +21,10 @@ use output::{Failure, Out};
 use store::{Access, Store};
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => return usage_error(e),
+    };
     init_tracing(&cli.global);
     let out = Out::new(&cli.global);
     match run(cli, &out) {
@@ -98,6 +99,25 @@ fn run(cli: Cli, out: &Out) -> Result<ExitCode, Failure> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// `--help` and `--version` print as clap renders them; a usage error is one
+/// line, `plies: <what is wrong> (see plies --help)`, exit 2.
+fn usage_error(e: clap::Error) -> ExitCode {
+    use clap::error::ErrorKind;
+    if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) {
+        let _ = e.print();
+        return ExitCode::SUCCESS;
+    }
+    if e.kind() == ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand {
+        let _ = e.print();
+        return ExitCode::from(output::EXIT_USAGE);
+    }
+    let rendered = e.render().to_string();
+    let first = rendered.lines().next().unwrap_or_default();
+    let first = first.strip_prefix("error: ").unwrap_or(first);
+    eprintln!("plies: {first} (see plies --help)");
+    ExitCode::from(output::EXIT_USAGE)
+}
+
 /// Library warnings go to stderr through tracing: `-q` keeps errors only, `-v`
 /// adds debug, `-vv` trace.
 fn init_tracing(g: &args::Global) {
@@ -111,6 +131,7 @@ fn init_tracing(g: &args::Global) {
         .with_writer(std::io::stderr)
         .with_max_level(level)
         .with_target(false)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .without_time()
         .init();
 }

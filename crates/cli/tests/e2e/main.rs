@@ -1,0 +1,925 @@
+//! End-to-end tests of the `plies` binary: images built here in both saved
+//! formats, imported, mounted (overlay2 as root where the kernel has overlayfs,
+//! vfs otherwise) and compared file by file; diff/apply round trips; `changes`;
+//! `fsck` on damaged stores; bad inputs; `plies demo`.
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::io::{Read, Write};
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use sha2::{Digest as _, Sha256};
+
+// ---------------------------------------------------------------- running plies
+
+/// A store root for one test; unmounts whatever is left under it when dropped.
+struct Root {
+    dir: tempfile::TempDir,
+    driver: &'static str,
+}
+
+impl Root {
+    fn new() -> Root {
+        Root {
+            dir: tempfile::tempdir().unwrap(),
+            driver: test_driver(),
+        }
+    }
+
+    fn path(&self) -> PathBuf {
+        self.dir.path().join("root")
+    }
+
+    /// Runs `plies --root <root> --driver <driver> args…`.
+    fn run(&self, args: &[&str]) -> Output {
+        let root = self.path();
+        let mut all = vec!["--root", root.to_str().unwrap(), "--driver", self.driver];
+        all.extend_from_slice(args);
+        plies(&all)
+    }
+
+    /// Runs and expects success; returns stdout.
+    fn ok(&self, args: &[&str]) -> String {
+        let out = self.run(args);
+        assert!(
+            out.status.success(),
+            "plies {args:?} failed: {}\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            String::from_utf8_lossy(&out.stdout)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    /// Runs and expects exit `code` with `message` in the one-line error.
+    fn fails(&self, args: &[&str], code: i32, message: &str) -> String {
+        let out = self.run(args);
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert_eq!(out.status.code(), Some(code), "plies {args:?}: {stderr}");
+        assert!(stderr.starts_with("plies: "), "{stderr}");
+        assert!(
+            stderr.contains(message),
+            "plies {args:?}: expected {message:?} in {stderr}"
+        );
+        assert!(
+            !stderr.contains("panicked") && !stderr.contains("backtrace"),
+            "{stderr}"
+        );
+        stderr
+    }
+
+    /// Every path under the root with its type and size, to see that a failed
+    /// command changed nothing.
+    fn snapshot(&self) -> BTreeMap<PathBuf, (u32, u64)> {
+        let mut out = BTreeMap::new();
+        if self.path().exists() {
+            snapshot_into(&self.path(), &self.path(), &mut out);
+        }
+        out.retain(|p, _| !p.ends_with("lock"));
+        out
+    }
+}
+
+fn snapshot_into(top: &Path, dir: &Path, out: &mut BTreeMap<PathBuf, (u32, u64)>) {
+    for e in std::fs::read_dir(dir).unwrap() {
+        let e = e.unwrap();
+        let meta = e.path().symlink_metadata().unwrap();
+        let size = if meta.is_file() { meta.len() } else { 0 };
+        out.insert(
+            e.path().strip_prefix(top).unwrap().to_owned(),
+            (meta.mode() & 0o170000, size),
+        );
+        if meta.is_dir() {
+            snapshot_into(top, &e.path(), out);
+        }
+    }
+}
+
+impl Drop for Root {
+    fn drop(&mut self) {
+        let mut mounts = plies_testkit::mounts_under(self.dir.path());
+        mounts.sort_by_key(|m| std::cmp::Reverse(m.as_os_str().len()));
+        for m in mounts {
+            let _ = rustix::mount::unmount(&m, rustix::mount::UnmountFlags::DETACH);
+        }
+    }
+}
+
+fn plies(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_plies"))
+        .args(args)
+        .output()
+        .expect("running plies")
+}
+
+/// overlay2 as root on a kernel with overlayfs, vfs otherwise.
+fn test_driver() -> &'static str {
+    if rustix::process::geteuid().is_root() && plies_testkit::kernel_has_filesystem("overlay") {
+        "overlay2"
+    } else {
+        "vfs"
+    }
+}
+
+// ---------------------------------------------------------------- building images
+
+/// One entry of a layer.
+#[derive(Clone)]
+enum E {
+    Dir(&'static str),
+    File(&'static str, u32, &'static str),
+    Link(&'static str, &'static str),
+    Hard(&'static str, &'static str),
+}
+
+fn layer_tar(entries: &[E], mtime: u64) -> Vec<u8> {
+    let mut b = tar::Builder::new(Vec::new());
+    for e in entries {
+        let mut h = tar::Header::new_ustar();
+        h.set_mtime(mtime);
+        h.set_uid(0);
+        h.set_gid(0);
+        match e {
+            E::Dir(p) => {
+                h.set_entry_type(tar::EntryType::Directory);
+                h.set_mode(0o755);
+                h.set_size(0);
+                b.append_data(&mut h, format!("{p}/"), &[][..]).unwrap();
+            }
+            E::File(p, mode, data) => {
+                h.set_entry_type(tar::EntryType::Regular);
+                h.set_mode(*mode);
+                h.set_size(data.len() as u64);
+                b.append_data(&mut h, p, data.as_bytes()).unwrap();
+            }
+            E::Link(p, target) => {
+                h.set_entry_type(tar::EntryType::Symlink);
+                h.set_mode(0o777);
+                h.set_size(0);
+                b.append_link(&mut h, p, target).unwrap();
+            }
+            E::Hard(p, target) => {
+                h.set_entry_type(tar::EntryType::Link);
+                h.set_mode(0o644);
+                h.set_size(0);
+                b.append_link(&mut h, p, target).unwrap();
+            }
+        }
+    }
+    b.into_inner().unwrap()
+}
+
+/// The test image: three layers exercising additions, a replaced file, a
+/// deleted file, an opaque directory, a hard link and a symlink.
+fn image_layers() -> Vec<Vec<E>> {
+    use E::*;
+    vec![
+        vec![
+            Dir("etc"),
+            File("etc/os-release", 0o644, "ID=plies\n"),
+            File("etc/passwd", 0o644, "root:x:0:0::/root:/bin/sh\n"),
+            Dir("usr"),
+            Dir("usr/lib"),
+            File("usr/lib/libone.so", 0o755, "one"),
+            Hard("usr/lib/libone.so.1", "usr/lib/libone.so"),
+            Dir("var"),
+            Dir("var/cache"),
+            File("var/cache/a", 0o600, "cached a"),
+            File("var/cache/b", 0o600, "cached b"),
+        ],
+        vec![
+            Dir("etc"),
+            File(
+                "etc/passwd",
+                0o644,
+                "root:x:0:0::/root:/bin/sh\napp:x:1000:1000::/app:/bin/sh\n",
+            ),
+            Dir("app"),
+            File("app/run", 0o755, "#!/bin/sh\nexec app\n"),
+            Link("app/current", "/app/run"),
+        ],
+        vec![
+            Dir("etc"),
+            File("etc/.wh.os-release", 0o644, ""),
+            Dir("var"),
+            Dir("var/cache"),
+            File("var/cache/.wh..wh..opq", 0o644, ""),
+            File("var/cache/c", 0o644, "cached c"),
+            Dir("app"),
+            File("app/config.toml", 0o644, "port = 8080\n"),
+        ],
+    ]
+}
+
+/// What a file looks like in a mounted tree: kind, mode, contents or target.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Node {
+    Dir,
+    File(u32, String),
+    Link(String),
+}
+
+/// The tree the layers stack into, applied the way the OCI spec says.
+fn expected_tree(layers: &[Vec<E>]) -> BTreeMap<String, Node> {
+    let mut tree: BTreeMap<String, Node> = BTreeMap::new();
+    for layer in layers {
+        for e in layer {
+            match e {
+                E::Dir(p) => {
+                    tree.insert(p.to_string(), Node::Dir);
+                }
+                E::File(p, mode, data) => {
+                    let (dir, name) = p.rsplit_once('/').unwrap_or(("", p));
+                    if name == ".wh..wh..opq" {
+                        let prefix = format!("{dir}/");
+                        tree.retain(|k, _| !k.starts_with(&prefix));
+                    } else if let Some(gone) = name.strip_prefix(".wh.") {
+                        let gone = format!("{dir}/{gone}");
+                        let prefix = format!("{gone}/");
+                        tree.retain(|k, _| *k != gone && !k.starts_with(&prefix));
+                    } else {
+                        tree.insert(p.to_string(), Node::File(*mode, data.to_string()));
+                    }
+                }
+                E::Link(p, target) => {
+                    tree.insert(p.to_string(), Node::Link(target.to_string()));
+                }
+                E::Hard(p, target) => {
+                    let node = tree[*target].clone();
+                    tree.insert(p.to_string(), node);
+                }
+            }
+        }
+    }
+    tree
+}
+
+fn read_tree(top: &Path) -> BTreeMap<String, Node> {
+    let mut out = BTreeMap::new();
+    read_tree_into(top, top, &mut out);
+    out
+}
+
+fn read_tree_into(top: &Path, dir: &Path, out: &mut BTreeMap<String, Node>) {
+    for e in std::fs::read_dir(dir).unwrap() {
+        let path = e.unwrap().path();
+        let rel = path.strip_prefix(top).unwrap().to_str().unwrap().to_owned();
+        let meta = path.symlink_metadata().unwrap();
+        if meta.is_dir() {
+            out.insert(rel, Node::Dir);
+            read_tree_into(top, &path, out);
+        } else if meta.file_type().is_symlink() {
+            out.insert(
+                rel,
+                Node::Link(
+                    std::fs::read_link(&path)
+                        .unwrap()
+                        .to_str()
+                        .unwrap()
+                        .to_owned(),
+                ),
+            );
+        } else {
+            let mode = meta.permissions().mode() & 0o7777;
+            out.insert(
+                rel,
+                Node::File(mode, std::fs::read_to_string(&path).unwrap()),
+            );
+        }
+    }
+}
+
+#[derive(Clone, Copy)]
+enum Comp {
+    Plain,
+    Gzip,
+    Zstd,
+}
+
+fn compress(data: &[u8], comp: Comp) -> Vec<u8> {
+    match comp {
+        Comp::Plain => data.to_vec(),
+        Comp::Gzip => {
+            let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+            e.write_all(data).unwrap();
+            e.finish().unwrap()
+        }
+        Comp::Zstd => zstd::encode_all(data, 3).unwrap(),
+    }
+}
+
+fn sha256(data: &[u8]) -> String {
+    let d = Sha256::digest(data);
+    format!(
+        "sha256:{}",
+        d.iter().map(|b| format!("{b:02x}")).collect::<String>()
+    )
+}
+
+fn hex(digest: &str) -> &str {
+    digest.strip_prefix("sha256:").unwrap()
+}
+
+fn chain_ids(diff_ids: &[String]) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    for d in diff_ids {
+        let next = match out.last() {
+            None => d.clone(),
+            Some(p) => sha256(format!("{p} {d}").as_bytes()),
+        };
+        out.push(next);
+    }
+    out
+}
+
+/// An image ready to be written: layer tars, their blobs, and the config.
+struct Built {
+    tars: Vec<Vec<u8>>,
+    blobs: Vec<Vec<u8>>,
+    config: Vec<u8>,
+}
+
+impl Built {
+    fn new(layers: &[Vec<E>], comps: &[Comp]) -> Built {
+        let tars: Vec<Vec<u8>> = layers
+            .iter()
+            .enumerate()
+            .map(|(i, l)| layer_tar(l, 1_700_000_000 + 86_400 * i as u64))
+            .collect();
+        let blobs = tars
+            .iter()
+            .zip(comps.iter().cycle())
+            .map(|(t, c)| compress(t, *c))
+            .collect();
+        let diff_ids: Vec<String> = tars.iter().map(|t| sha256(t)).collect();
+        let config = config_json("amd64", &diff_ids);
+        Built {
+            tars,
+            blobs,
+            config,
+        }
+    }
+
+    fn diff_ids(&self) -> Vec<String> {
+        self.tars.iter().map(|t| sha256(t)).collect()
+    }
+
+    fn top(&self) -> String {
+        chain_ids(&self.diff_ids()).pop().unwrap()
+    }
+}
+
+fn config_json(arch: &str, diff_ids: &[String]) -> Vec<u8> {
+    serde_json::to_vec(&serde_json::json!({
+        "architecture": arch,
+        "os": "linux",
+        "config": {"Env": ["PATH=/usr/bin"]},
+        "rootfs": {"type": "layers", "diff_ids": diff_ids},
+        "history": [],
+    }))
+    .unwrap()
+}
+
+fn tar_file(path: &Path, members: &[(String, Vec<u8>)]) {
+    let mut b = tar::Builder::new(File::create(path).unwrap());
+    for (name, data) in members {
+        let mut h = tar::Header::new_ustar();
+        h.set_entry_type(tar::EntryType::Regular);
+        h.set_mode(0o644);
+        h.set_size(data.len() as u64);
+        b.append_data(&mut h, name, &data[..]).unwrap();
+    }
+    b.into_inner().unwrap().sync_all().unwrap();
+}
+
+/// A `docker save` archive: layers first, config, then `manifest.json` last.
+fn docker_archive(path: &Path, img: &Built) {
+    let config_name = format!("{}.json", hex(&sha256(&img.config)));
+    let names: Vec<String> = img
+        .diff_ids()
+        .iter()
+        .map(|d| format!("{}/layer.tar", hex(d)))
+        .collect();
+    let manifest = serde_json::to_vec(&serde_json::json!([{
+        "Config": config_name, "RepoTags": ["test/image:1"], "Layers": names,
+    }]))
+    .unwrap();
+    let mut members: Vec<(String, Vec<u8>)> = names
+        .iter()
+        .cloned()
+        .zip(img.blobs.iter().cloned())
+        .collect();
+    members.push((config_name, img.config.clone()));
+    members.push(("manifest.json".to_owned(), manifest));
+    tar_file(path, &members);
+}
+
+fn descriptor(media_type: &str, data: &[u8]) -> serde_json::Value {
+    serde_json::json!({"mediaType": media_type, "digest": sha256(data), "size": data.len()})
+}
+
+/// Adds an image's blobs and manifest to an OCI layout's blob list; returns the
+/// manifest's bytes.
+fn oci_manifest(blobs: &mut Vec<(String, Vec<u8>)>, img: &Built, comps: &[Comp]) -> Vec<u8> {
+    let layers: Vec<serde_json::Value> = img
+        .blobs
+        .iter()
+        .zip(comps.iter().cycle())
+        .map(|(b, c)| {
+            let mt = match c {
+                Comp::Plain => "application/vnd.oci.image.layer.v1.tar",
+                Comp::Gzip => "application/vnd.oci.image.layer.v1.tar+gzip",
+                Comp::Zstd => "application/vnd.oci.image.layer.v1.tar+zstd",
+            };
+            descriptor(mt, b)
+        })
+        .collect();
+    let manifest = serde_json::to_vec(&serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": descriptor("application/vnd.oci.image.config.v1+json", &img.config),
+        "layers": layers,
+    }))
+    .unwrap();
+    for data in img.blobs.iter().chain([&img.config, &manifest]) {
+        blobs.push((format!("blobs/sha256/{}", hex(&sha256(data))), data.clone()));
+    }
+    manifest
+}
+
+/// An OCI layout's members: `oci-layout`, `index.json` (one manifest per image,
+/// with its platform) and the blobs.
+fn oci_members(images: &[(&Built, &str)], comps: &[Comp]) -> Vec<(String, Vec<u8>)> {
+    let mut blobs = Vec::new();
+    let mut manifests = Vec::new();
+    for (img, arch) in images {
+        let m = oci_manifest(&mut blobs, img, comps);
+        let mut d = descriptor("application/vnd.oci.image.manifest.v1+json", &m);
+        d["platform"] = serde_json::json!({"architecture": arch, "os": "linux"});
+        d["annotations"] = serde_json::json!({"org.opencontainers.image.ref.name": "1"});
+        manifests.push(d);
+    }
+    let index = serde_json::to_vec(&serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.index.v1+json",
+        "manifests": manifests,
+    }))
+    .unwrap();
+    let mut members = vec![
+        (
+            "oci-layout".to_owned(),
+            br#"{"imageLayoutVersion":"1.0.0"}"#.to_vec(),
+        ),
+        ("index.json".to_owned(), index),
+    ];
+    members.extend(blobs);
+    members
+}
+
+fn write_dir(dir: &Path, members: &[(String, Vec<u8>)]) {
+    for (name, data) in members {
+        let path = dir.join(name);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, data).unwrap();
+    }
+}
+
+// ---------------------------------------------------------------- checks
+
+/// Imports `source`, checks the printed top id, mounts it, compares the tree.
+fn import_and_compare(root: &Root, source: &Path, img: &Built, extra: &[&str]) {
+    let mut args = vec!["import", source.to_str().unwrap()];
+    args.extend_from_slice(extra);
+    let top = root.ok(&args);
+    assert_eq!(top.trim(), img.top());
+    let merged = root.ok(&["mount", &img.top()]);
+    let tree = read_tree(Path::new(merged.trim()));
+    assert_eq!(
+        tree,
+        expected_tree(&image_layers()),
+        "driver {}",
+        root.driver
+    );
+    root.ok(&["umount", &img.top()]);
+    assert!(plies_testkit::mounts_under(&root.path()).is_empty());
+}
+
+#[test]
+fn docker_archive_with_gzip_zstd_and_plain_layers() {
+    let root = Root::new();
+    let img = Built::new(&image_layers(), &[Comp::Gzip, Comp::Zstd, Comp::Plain]);
+    let archive = root.dir.path().join("image.tar");
+    docker_archive(&archive, &img);
+    import_and_compare(&root, &archive, &img, &[]);
+
+    // Chain ids, parents and the JSON form.
+    let json: serde_json::Value =
+        serde_json::from_str(&root.ok(&["--json", "import", archive.to_str().unwrap()])).unwrap();
+    let layers = json[0]["layers"].as_array().unwrap();
+    let chain = chain_ids(&img.diff_ids());
+    for (i, l) in layers.iter().enumerate() {
+        assert_eq!(l["id"], chain[i].as_str());
+        assert_eq!(l["diff_id"], img.diff_ids()[i].as_str());
+        // The second import is a no-op.
+        assert_eq!(l["new"], false);
+    }
+    assert_eq!(json[0]["tags"][0], "test/image:1");
+    let ls: serde_json::Value = serde_json::from_str(&root.ok(&["--json", "ls"])).unwrap();
+    assert_eq!(ls.as_array().unwrap().len(), 3);
+    let top = ls
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["id"] == img.top().as_str())
+        .unwrap();
+    assert_eq!(top["depth"], 2);
+    assert_eq!(top["parent"], chain[1].as_str());
+    assert_eq!(root.ok(&["fsck"]).trim(), "clean");
+}
+
+#[test]
+fn oci_layout_directory_and_tar_pick_the_platform() {
+    let comps = [Comp::Zstd, Comp::Gzip, Comp::Plain];
+    let amd64 = Built::new(&image_layers(), &comps);
+    // An arm64 image of one layer listed first: the default platform skips it.
+    let arm_layers = vec![vec![E::File("arm", 0o644, "arm64\n")]];
+    let mut arm64 = Built::new(&arm_layers, &comps);
+    arm64.config = config_json("arm64", &arm64.diff_ids());
+    let members = oci_members(&[(&arm64, "arm64"), (&amd64, "amd64")], &comps);
+
+    let root = Root::new();
+    let dir = root.dir.path().join("layout");
+    write_dir(&dir, &members);
+    import_and_compare(&root, &dir, &amd64, &[]);
+
+    let root = Root::new();
+    let tar = root.dir.path().join("layout.tar");
+    tar_file(&tar, &members);
+    import_and_compare(&root, &tar, &amd64, &[]);
+    let arm_top = root.ok(&["import", tar.to_str().unwrap(), "--platform", "linux/arm64"]);
+    assert_eq!(arm_top.trim(), arm64.top());
+    root.fails(
+        &["import", tar.to_str().unwrap(), "--platform", "linux/s390x"],
+        1,
+        "no manifest for linux/s390x in index.json (it has linux/arm64, linux/amd64)",
+    );
+    root.fails(
+        &["import", tar.to_str().unwrap(), "--platform", "linux"],
+        2,
+        "is not os/arch",
+    );
+}
+
+/// The real image Docker 20.10 saved: its layers get the chain ids Docker's
+/// layerdb gave them, with the same parents.
+#[test]
+fn docker_saved_fixture_gets_dockers_chain_ids() {
+    let fixtures = plies_testkit::fixtures_dir();
+    let root = Root::new();
+    let out: serde_json::Value = serde_json::from_str(
+        &root.ok(&[
+            "--json",
+            "import",
+            fixtures
+                .join("docker-20.10-overlay2-store.image.tar")
+                .to_str()
+                .unwrap(),
+        ]),
+    )
+    .unwrap();
+
+    // layerdb/sha256/<chainid>/{diff,parent} from the store Docker wrote.
+    let mut layerdb: BTreeMap<String, (String, Option<String>)> = BTreeMap::new();
+    let gz = flate2::read::GzDecoder::new(
+        File::open(fixtures.join("docker-20.10-overlay2-store.tar.gz")).unwrap(),
+    );
+    let mut files: BTreeMap<String, String> = BTreeMap::new();
+    for entry in tar::Archive::new(gz).entries().unwrap() {
+        let mut entry = entry.unwrap();
+        let path = entry.path().unwrap().to_str().unwrap().to_owned();
+        if let Some(rest) = path.strip_prefix("image/overlay2/layerdb/sha256/") {
+            if rest.ends_with("/diff") || rest.ends_with("/parent") {
+                let mut s = String::new();
+                entry.read_to_string(&mut s).unwrap();
+                files.insert(rest.to_owned(), s);
+            }
+        }
+    }
+    for (path, diff) in &files {
+        if let Some(chain) = path.strip_suffix("/diff") {
+            let parent = files.get(&format!("{chain}/parent")).cloned();
+            layerdb.insert(format!("sha256:{chain}"), (diff.clone(), parent));
+        }
+    }
+    let layers = out[0]["layers"].as_array().unwrap();
+    assert_eq!(layers.len(), 3);
+    assert_eq!(layerdb.len(), 3);
+    for l in layers {
+        let (diff, parent) = &layerdb[l["id"].as_str().unwrap()];
+        assert_eq!(l["diff_id"].as_str().unwrap(), diff);
+        assert_eq!(l["parent"].as_str(), parent.as_deref());
+    }
+    assert_eq!(
+        out[0]["top"],
+        "sha256:1ae6a702e2d496b9b9faad683d05230115571b246e49fdd657460a3cd66a74e1"
+    );
+}
+
+#[test]
+fn changes_read_like_docker_diff() {
+    let root = Root::new();
+    let img = Built::new(&image_layers(), &[Comp::Gzip]);
+    let archive = root.dir.path().join("image.tar");
+    docker_archive(&archive, &img);
+    let top = root.ok(&["import", archive.to_str().unwrap()]);
+    let changes = root.ok(&["changes", top.trim()]);
+    assert_eq!(
+        changes,
+        "C /app\nA /app/config.toml\nC /etc\nD /etc/os-release\nC /var\nC /var/cache\nD /var/cache/a\nD /var/cache/b\nA /var/cache/c\n"
+    );
+    let json: serde_json::Value =
+        serde_json::from_str(&root.ok(&["--json", "changes", top.trim()])).unwrap();
+    assert_eq!(
+        json[1],
+        serde_json::json!({"Path": "/app/config.toml", "Kind": 1})
+    );
+    assert_eq!(
+        json[3],
+        serde_json::json!({"Path": "/etc/os-release", "Kind": 2})
+    );
+}
+
+fn tar_names(bytes: &[u8]) -> Vec<String> {
+    tar::Archive::new(bytes)
+        .entries()
+        .unwrap()
+        .map(|e| e.unwrap().path().unwrap().display().to_string())
+        .collect()
+}
+
+#[test]
+fn diff_then_apply_round_trips() {
+    let root = Root::new();
+    let img = Built::new(&image_layers(), &[Comp::Zstd]);
+    let archive = root.dir.path().join("image.tar");
+    docker_archive(&archive, &img);
+    let top = root
+        .ok(&["import", archive.to_str().unwrap()])
+        .trim()
+        .to_owned();
+    let chain = chain_ids(&img.diff_ids());
+    let diff = root.dir.path().join("top.tar");
+    root.ok(&["diff", &top, "-o", diff.to_str().unwrap()]);
+    // Compressed on the way back in, to go through detection.
+    let gz = root.dir.path().join("top.tar.gz");
+    std::fs::write(&gz, compress(&std::fs::read(&diff).unwrap(), Comp::Gzip)).unwrap();
+
+    root.ok(&["create", "copy", "--parent", &chain[1]]);
+    root.ok(&["apply", "copy", gz.to_str().unwrap()]);
+    assert_eq!(root.ok(&["changes", "copy"]), root.ok(&["changes", &top]));
+    let merged = root.ok(&["mount", "copy"]);
+    assert_eq!(
+        read_tree(Path::new(merged.trim())),
+        expected_tree(&image_layers())
+    );
+    root.ok(&["umount", "copy"]);
+
+    // diff to stdout carries the same entries (whiteouts a naive diff makes carry
+    // the time they were made, so the bytes may differ).
+    let out = root.run(&["diff", &top]);
+    assert!(out.status.success());
+    assert_eq!(
+        tar_names(&out.stdout),
+        tar_names(&std::fs::read(&diff).unwrap())
+    );
+    let size: u64 = root.ok(&["size", &top]).trim().parse().unwrap();
+    assert!(size > 0);
+    root.ok(&["rm", "copy"]);
+    assert_eq!(root.ok(&["fsck"]).trim(), "clean");
+}
+
+#[test]
+fn fsck_reports_and_repairs_damage() {
+    let root = Root::new();
+    let img = Built::new(&image_layers(), &[Comp::Plain]);
+    let archive = root.dir.path().join("image.tar");
+    docker_archive(&archive, &img);
+    root.ok(&["import", archive.to_str().unwrap()]);
+    let chain = chain_ids(&img.diff_ids());
+    let records = root.path().join("plies").join(root.driver).join("layers");
+
+    // An import killed after its record was written: the record says incomplete.
+    let record = records.join(format!("{}.json", img.top()));
+    let text = std::fs::read_to_string(&record).unwrap();
+    std::fs::write(
+        &record,
+        text.replace("\"complete\": true", "\"complete\": false"),
+    )
+    .unwrap();
+    let out = root.run(&["fsck"]);
+    assert_eq!(out.status.code(), Some(3));
+    let report = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        report.contains(&format!(
+            "repairable: records: layer {} is incomplete",
+            img.top()
+        )),
+        "{report}"
+    );
+    root.fails(
+        &["changes", &img.top()],
+        1,
+        "incomplete (an import or apply was interrupted)",
+    );
+
+    // The driver's side damaged too.
+    match root.driver {
+        "overlay2" => {
+            let link =
+                std::fs::read_to_string(root.path().join("overlay2").join(&chain[0]).join("link"))
+                    .unwrap();
+            std::fs::remove_file(root.path().join("overlay2/l").join(link.trim())).unwrap();
+        }
+        _ => std::fs::remove_dir_all(root.path().join("vfs/dir").join(&chain[1])).unwrap(),
+    }
+    let out = root.run(&["fsck"]);
+    assert_eq!(out.status.code(), Some(3));
+    let report = String::from_utf8_lossy(&out.stdout).into_owned();
+    match root.driver {
+        "overlay2" => assert!(report.contains("MissingLink"), "{report}"),
+        _ => assert!(
+            report.contains(&format!("layer {} is recorded but missing", chain[1])),
+            "{report}"
+        ),
+    }
+    let out = root.run(&["fsck", "--repair"]);
+    let repaired = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(repaired.contains("repaired: records"), "{repaired}");
+    assert_eq!(
+        root.ok(&["fsck"]).trim(),
+        "clean",
+        "after repair: {repaired}"
+    );
+    // The interrupted layer is gone; the rest is whole.
+    root.fails(&["mount", &img.top()], 1, "no such layer");
+}
+
+#[test]
+fn bad_inputs_fail_cleanly_and_leave_the_store_alone() {
+    let root = Root::new();
+    let good = Built::new(&image_layers(), &[Comp::Gzip]);
+    let archive = root.dir.path().join("good.tar");
+    docker_archive(&archive, &good);
+    let top = root
+        .ok(&["import", archive.to_str().unwrap()])
+        .trim()
+        .to_owned();
+    let d = root.dir.path();
+    let junk = d.join("junk.tar");
+    std::fs::write(&junk, vec![0x42u8; 4096]).unwrap();
+
+    // A bad tar given to apply removes the layer it was applied to, and only it.
+    root.ok(&["create", "scratch", "--parent", &top]);
+    root.fails(
+        &["apply", "scratch", junk.to_str().unwrap()],
+        1,
+        "layer scratch",
+    );
+    root.fails(&["mount", "scratch"], 1, "layer scratch: no such layer");
+    assert_eq!(root.ok(&["fsck"]).trim(), "clean");
+
+    let before = root.snapshot();
+    // Not a tar.
+    root.fails(
+        &["import", junk.to_str().unwrap()],
+        1,
+        "not a readable tar archive",
+    );
+
+    // A layer whose bytes do not match its diff_id: a new first layer goes in,
+    // the second fails, and the first is rolled back.
+    let mut layers = image_layers();
+    layers[0].push(E::File("new", 0o644, "new"));
+    let mut bad = Built::new(&layers, &[Comp::Gzip]);
+    bad.blobs[1] = compress(&layer_tar(&[E::File("evil", 0o644, "x")], 1), Comp::Gzip);
+    let mismatch = d.join("mismatch.tar");
+    docker_archive(&mismatch, &bad);
+    let chain = chain_ids(&bad.diff_ids());
+    let err = root.fails(
+        &["import", mismatch.to_str().unwrap()],
+        1,
+        "digest mismatch",
+    );
+    assert!(err.contains(&format!("layer {}", chain[1])), "{err}");
+
+    // A blob the manifest names but the archive lacks.
+    let img = Built::new(&layers, &[Comp::Plain]);
+    let config_name = format!("{}.json", hex(&sha256(&img.config)));
+    let names: Vec<String> = img
+        .diff_ids()
+        .iter()
+        .map(|x| format!("{}/layer.tar", hex(x)))
+        .collect();
+    let manifest =
+        serde_json::to_vec(&serde_json::json!([{"Config": config_name, "Layers": names}])).unwrap();
+    let missing = d.join("missing.tar");
+    tar_file(
+        &missing,
+        &[
+            (names[0].clone(), img.blobs[0].clone()),
+            (names[2].clone(), img.blobs[2].clone()),
+            (config_name, img.config.clone()),
+            ("manifest.json".to_owned(), manifest),
+        ],
+    );
+    root.fails(
+        &["import", missing.to_str().unwrap()],
+        1,
+        &format!("blob {} is missing", names[1]),
+    );
+
+    // An OCI layout without a blob.
+    let members: Vec<_> = oci_members(&[(&img, "amd64")], &[Comp::Plain])
+        .into_iter()
+        .filter(|(n, _)| *n != format!("blobs/sha256/{}", hex(&sha256(&img.blobs[1]))))
+        .collect();
+    let oci = d.join("oci");
+    write_dir(&oci, &members);
+    root.fails(&["import", oci.to_str().unwrap()], 1, "is missing");
+
+    // Deeper than the 128 lower layers Docker's format allows.
+    let deep_layers: Vec<Vec<E>> = (0..130).map(|_| vec![E::Dir("d")]).collect();
+    let mut deep = Built::new(&deep_layers, &[Comp::Plain]);
+    // Distinct layers: each a different mtime is enough.
+    deep.tars = deep_layers
+        .iter()
+        .enumerate()
+        .map(|(i, l)| layer_tar(l, i as u64))
+        .collect();
+    deep.blobs = deep.tars.clone();
+    deep.config = config_json("amd64", &deep.diff_ids());
+    let deep_tar = d.join("deep.tar");
+    docker_archive(&deep_tar, &deep);
+    root.fails(
+        &["import", deep_tar.to_str().unwrap()],
+        1,
+        "130 layers is deeper than the store allows",
+    );
+
+    // Unknown layers and parents.
+    root.fails(&["mount", "nope"], 1, "layer nope: no such layer");
+    root.fails(&["changes", "nope"], 1, "layer nope: no such layer");
+    root.fails(
+        &["create", "child", "--parent", "nope"],
+        1,
+        "layer nope: no such layer",
+    );
+    root.fails(
+        &["rm", &chain_ids(&good.diff_ids())[0]],
+        1,
+        "it is the parent of",
+    );
+
+    // Usage errors exit 2.
+    root.fails(&["import"], 2, "");
+    root.fails(&["create", "a", "--size", "1G"], 2, "");
+
+    assert_eq!(
+        root.snapshot(),
+        before,
+        "a failed command changed the store"
+    );
+    assert_eq!(root.ok(&["fsck"]).trim(), "clean");
+}
+
+#[test]
+fn demo_runs_and_shows_the_whole_path() {
+    let out = plies(&["demo"]);
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{}\n{stdout}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for expected in [
+        "755  /bin/hello  (21 bytes, 2 links)",
+        "644  /data/tagged.txt  (7 bytes, user.plies.demo=layer 2)",
+        "777  /usr/bin/hello -> ../../bin/hello",
+        "D /data/b.txt",
+        "A /data/c.txt",
+        "C /etc/hostname",
+        "data/.wh.b.txt   <- whiteout",
+    ] {
+        assert!(stdout.contains(expected), "{expected:?} not in:\n{stdout}");
+    }
+    assert!(!stdout.contains("/etc/motd"), "{stdout}");
+    assert!(!stdout.contains("legacy.conf  ("), "{stdout}");
+    let removed = stdout
+        .lines()
+        .last()
+        .unwrap()
+        .strip_prefix("removed ")
+        .unwrap();
+    assert!(!Path::new(removed).exists());
+}
