@@ -316,11 +316,7 @@ impl Aufs {
             });
         }
         let root = std::path::absolute(root).map_err(|e| Error::io("resolve", root, e))?;
-        let probe_dir = if root.is_dir() {
-            root.clone()
-        } else {
-            root.parent().unwrap_or(Path::new("/")).to_path_buf()
-        };
+        let probe_dir = crate::existing_ancestor(&root);
         let backing = match plies_kprobe::backing_fs(&probe_dir) {
             Outcome::Supported { value } => value,
             Outcome::Unsupported { reason } => {

@@ -89,3 +89,12 @@ pub fn open(root: &Path, choice: DriverChoice, options: &Options) -> Result<Box<
 fn has_data(dir: &Path) -> bool {
     std::fs::read_dir(dir).is_ok_and(|mut entries| entries.next().is_some())
 }
+
+/// `path` if it exists, else its nearest existing ancestor: where to probe the
+/// filesystem a driver home will live on before making it (as Docker does).
+fn existing_ancestor(path: &Path) -> std::path::PathBuf {
+    path.ancestors()
+        .find(|p| p.is_dir())
+        .unwrap_or(Path::new("/"))
+        .to_path_buf()
+}

@@ -146,11 +146,7 @@ impl Overlay2 {
     /// depth the kernel cannot mount; [`Error::Store`] when the store cannot be opened.
     pub fn open(home: &Path, options: &Options) -> Result<Overlay2> {
         let home = std::path::absolute(home).map_err(|e| Error::io("resolve", home, e))?;
-        let probe_dir = if home.is_dir() {
-            home.clone()
-        } else {
-            home.parent().unwrap_or(Path::new("/")).to_path_buf()
-        };
+        let probe_dir = crate::existing_ancestor(&home);
         let features = probe(&probe_dir)?;
         if let Some(size) = options.overlay2_size {
             return Err(Error::InvalidOption {
