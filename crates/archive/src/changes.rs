@@ -177,18 +177,19 @@ impl Tree<'_> {
     }
 
     /// The xattrs of `name` in `dir` (sorted, storage-private overlay ones left
-    /// out), read through an `O_PATH` handle so that no file is opened for reading
-    /// and no symlink is followed.
+    /// out), listed by path through `/proc/self/fd/<dir>/<name>`: no open, and a
+    /// symlink at the end is not followed. Where `/proc` is not mounted, through
+    /// the full path.
     fn xattrs(&self, dir: BorrowedFd<'_>, name: &[u8], rel: &[u8]) -> Result<Xattrs, ChangesError> {
-        let fd = rustix::fs::openat(
-            dir,
-            OsStr::from_bytes(name),
-            OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-            Mode::empty(),
-        )
-        .map_err(|e| self.err("openat", rel, e))?;
-        let proc_path = format!("/proc/self/fd/{}", fd.as_raw_fd());
-        read_xattrs(&proc_path).map_err(|e| self.err("listxattr", rel, e))
+        let mut path = OsString::from(format!("/proc/self/fd/{}/", dir.as_raw_fd()));
+        path.push(OsStr::from_bytes(name));
+        match read_xattrs(XattrSource::Path(&path)) {
+            Err(Errno::NOENT | Errno::NOTDIR) if !Path::new("/proc/self/fd").exists() => {
+                read_xattrs(XattrSource::Path(self.full(rel).as_os_str()))
+            }
+            result => result,
+        }
+        .map_err(|e| self.err("llistxattr", rel, e))
     }
 
     fn readlink(
@@ -211,9 +212,48 @@ fn is_private_xattr(key: &[u8]) -> bool {
         .any(|ns| ns.is_overlay_xattr(key))
 }
 
-fn read_xattrs(path: &str) -> Result<Xattrs, Errno> {
+/// Where xattrs are read from.
+#[derive(Clone, Copy)]
+enum XattrSource<'a> {
+    /// An open file or directory.
+    Fd(BorrowedFd<'a>),
+    /// A path whose last component is not followed.
+    Path(&'a OsStr),
+}
+
+impl XattrSource<'_> {
+    fn list_len(self) -> Result<usize, Errno> {
+        match self {
+            XattrSource::Fd(fd) => rustix::fs::flistxattr_query(fd),
+            XattrSource::Path(path) => rustix::fs::llistxattr_query(path),
+        }
+    }
+
+    fn list(self, buf: &mut [u8]) -> Result<usize, Errno> {
+        match self {
+            XattrSource::Fd(fd) => rustix::fs::flistxattr(fd, buf),
+            XattrSource::Path(path) => rustix::fs::llistxattr(path, buf),
+        }
+    }
+
+    fn value_len(self, key: &OsStr) -> Result<usize, Errno> {
+        match self {
+            XattrSource::Fd(fd) => rustix::fs::fgetxattr_query(fd, key),
+            XattrSource::Path(path) => rustix::fs::lgetxattr_query(path, key),
+        }
+    }
+
+    fn value(self, key: &OsStr, buf: &mut [u8]) -> Result<usize, Errno> {
+        match self {
+            XattrSource::Fd(fd) => rustix::fs::fgetxattr(fd, key, buf),
+            XattrSource::Path(path) => rustix::fs::lgetxattr(path, key, buf),
+        }
+    }
+}
+
+fn read_xattrs(source: XattrSource<'_>) -> Result<Xattrs, Errno> {
     loop {
-        let size = match rustix::fs::listxattr_query(path) {
+        let size = match source.list_len() {
             Ok(size) => size,
             Err(Errno::NOTSUP) => return Ok(Vec::new()),
             Err(e) => return Err(e),
@@ -222,7 +262,7 @@ fn read_xattrs(path: &str) -> Result<Xattrs, Errno> {
             return Ok(Vec::new());
         }
         let mut list = vec![0u8; size];
-        let len = match rustix::fs::listxattr(path, &mut list[..]) {
+        let len = match source.list(&mut list) {
             Ok(len) => len,
             // Grew since the size query: ask again.
             Err(Errno::RANGE) => continue,
@@ -235,13 +275,13 @@ fn read_xattrs(path: &str) -> Result<Xattrs, Errno> {
             }
             let key_str = OsStr::from_bytes(key);
             let value = loop {
-                let size = match rustix::fs::getxattr_query(path, key_str) {
+                let size = match source.value_len(key_str) {
                     Ok(size) => size,
                     Err(Errno::NODATA) => break None,
                     Err(e) => return Err(e),
                 };
                 let mut value = vec![0u8; size];
-                match rustix::fs::getxattr(path, key_str, &mut value[..]) {
+                match source.value(key_str, &mut value) {
                     Ok(len) => {
                         value.truncate(len);
                         break Some(value);
@@ -361,7 +401,7 @@ impl<T> Level<T> {
 /// # Errors
 ///
 /// [`ChangesError::Io`] naming the path when a root cannot be opened or a tree
-/// cannot be read. xattrs are read through `/proc/self/fd`, which must be mounted.
+/// cannot be read.
 pub fn between(old_root: &Path, new_root: &Path) -> Result<Vec<Change>, ChangesError> {
     let old_tree = Tree { root: old_root };
     let new_tree = Tree { root: new_root };
@@ -800,6 +840,5 @@ fn lower_names(
 
 /// The xattrs of an open directory.
 fn fd_xattrs(tree: &Tree<'_>, dir: &OwnedFd, path: &[u8]) -> Result<Xattrs, ChangesError> {
-    let proc_path = format!("/proc/self/fd/{}", dir.as_raw_fd());
-    read_xattrs(&proc_path).map_err(|e| tree.err("listxattr", path, e))
+    read_xattrs(XattrSource::Fd(dir.as_fd())).map_err(|e| tree.err("flistxattr", path, e))
 }
