@@ -581,3 +581,118 @@ fn converted_layer_mounts_as_overlay() {
     drop(guard);
     assert!(plies_testkit::mounts_under(tmp.path()).is_empty());
 }
+
+/// One entry of a generated aufs layer.
+#[derive(Debug, Clone)]
+enum Gen {
+    File(u32),
+    Dir,
+    Whiteout(u32),
+    Opaque,
+}
+
+fn gen_entry() -> impl proptest::strategy::Strategy<Value = (Vec<&'static str>, Gen)> {
+    use proptest::prelude::*;
+    let name = prop::sample::select(vec!["a", "b", "c", ".hidden"]);
+    let mode = prop::sample::select(vec![0o644u32, 0o600, 0o444, 0o755, 0o4755]);
+    let kind = prop_oneof![
+        mode.clone().prop_map(Gen::File),
+        Just(Gen::Dir),
+        mode.prop_map(Gen::Whiteout),
+        Just(Gen::Opaque),
+    ];
+    (prop::collection::vec(name, 1..4), kind)
+}
+
+/// Builds the layer; returns it in its canonical aufs form: without the
+/// whiteouts that an entry of the same name shadows.
+fn build(root: &Path, entries: &[(Vec<&str>, Gen)]) {
+    for (components, kind) in entries {
+        let (last, parents) = components.split_last().unwrap();
+        let mut dir = root.to_path_buf();
+        let mut ok = true;
+        for c in parents {
+            dir.push(c);
+            if !dir.exists() {
+                fs::create_dir(&dir).unwrap();
+            } else if !dir.is_dir() || dir.is_symlink() {
+                ok = false;
+                break;
+            }
+        }
+        if !ok {
+            continue;
+        }
+        let (name, mode, is_dir) = match kind {
+            Gen::File(mode) => (last.to_string(), *mode, false),
+            Gen::Dir => (last.to_string(), 0o755, true),
+            Gen::Whiteout(mode) => (format!(".wh.{last}"), *mode, false),
+            Gen::Opaque => (".wh..wh..opq".to_owned(), 0o755, false),
+        };
+        let path = dir.join(name);
+        if path.exists() {
+            continue;
+        }
+        if is_dir {
+            fs::create_dir(&path).unwrap();
+        } else {
+            fs::write(&path, "").unwrap();
+            fs::set_permissions(&path, fs::Permissions::from_mode(mode)).unwrap();
+        }
+    }
+}
+
+fn shadowed_whiteouts(root: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for line in snapshot(root) {
+        let rel = PathBuf::from(line.split(' ').next().unwrap());
+        let name = rel.file_name().unwrap().to_str().unwrap();
+        if let Some(target) = name.strip_prefix(".wh.") {
+            if !target.starts_with(".wh.") && root.join(rel.with_file_name(target)).exists() {
+                out.push(rel);
+            }
+        }
+    }
+    out
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(64))]
+
+    /// Any aufs layer converts to overlay and back to itself (less the whiteouts
+    /// its own entries shadow), and each conversion is idempotent.
+    #[test]
+    fn random_layers_round_trip(entries in proptest::collection::vec(gen_entry(), 0..24)) {
+        if !plies_testkit::require_root("random_layers_round_trip") {
+            return Ok(());
+        }
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path();
+        fs::set_permissions(root, fs::Permissions::from_mode(0o755)).unwrap();
+        build(root, &entries);
+        let shadowed = shadowed_whiteouts(root);
+        let canonical: Vec<String> = snapshot(root)
+            .into_iter()
+            .filter(|line| {
+                let rel = Path::new(line.split(' ').next().unwrap());
+                !shadowed.iter().any(|s| s == rel)
+            })
+            .collect();
+
+        let there = aufs_to_overlay(open(root), TRUSTED).unwrap();
+        proptest::prop_assert_eq!(there.shadowed_whiteouts_removed, shadowed.len() as u64);
+        let overlay = snapshot(root);
+        proptest::prop_assert!(overlay.iter().all(|l| !l.contains(".wh.")), "{:?}", overlay);
+        let devices = overlay.iter().filter(|l| l.contains(" chr 0:0 ")).count() as u64;
+        proptest::prop_assert_eq!(devices, there.whiteouts);
+        let again = aufs_to_overlay(open(root), TRUSTED).unwrap();
+        proptest::prop_assert_eq!((again.whiteouts, again.opaque_dirs), (0, 0));
+
+        let back = overlay_to_aufs(open(root), TRUSTED).unwrap();
+        proptest::prop_assert_eq!((back.whiteouts, back.opaque_dirs), (there.whiteouts, there.opaque_dirs));
+        proptest::prop_assert_eq!(snapshot(root), canonical.clone());
+        let again = overlay_to_aufs(open(root), TRUSTED).unwrap();
+        proptest::prop_assert_eq!((again.whiteouts, again.opaque_dirs), (0, 0));
+        proptest::prop_assert_eq!(snapshot(root), canonical);
+    }
+}
