@@ -167,6 +167,8 @@ pub enum Node {
     File {
         mode: u32,
         data: Vec<u8>,
+        /// How many paths of this tree share the inode (the layer below may
+        /// hold more links, which overlay counts in `st_nlink`).
         nlink: u64,
         mtime: i64,
         xattrs: Vec<(String, Vec<u8>)>,
@@ -181,6 +183,7 @@ pub enum Node {
 /// Every entry below `root` (not following symlinks), keyed by its relative path.
 pub fn tree(root: &Path) -> BTreeMap<String, Node> {
     let mut out = BTreeMap::new();
+    let mut inodes: BTreeMap<(u64, u64), Vec<String>> = BTreeMap::new();
     for entry in walkdir::WalkDir::new(root).min_depth(1).sort_by_file_name() {
         let entry = entry.unwrap();
         let rel = entry
@@ -200,7 +203,13 @@ pub fn tree(root: &Path) -> BTreeMap<String, Node> {
             Node::File {
                 mode: md.mode(),
                 data: std::fs::read(entry.path()).unwrap(),
-                nlink: md.nlink(),
+                nlink: {
+                    inodes
+                        .entry((md.dev(), md.ino()))
+                        .or_default()
+                        .push(rel.clone());
+                    0
+                },
                 mtime: md.mtime(),
                 xattrs: xattrs(entry.path()),
             }
@@ -214,6 +223,13 @@ pub fn tree(root: &Path) -> BTreeMap<String, Node> {
             }
         };
         out.insert(rel, node);
+    }
+    for paths in inodes.values() {
+        for p in paths {
+            if let Some(Node::File { nlink, .. }) = out.get_mut(p) {
+                *nlink = paths.len() as u64;
+            }
+        }
     }
     out
 }
@@ -276,7 +292,10 @@ pub fn tar_listing(bytes: &[u8]) -> Vec<String> {
         entry.read_to_end(&mut data).unwrap();
         let mut hasher = std::collections::hash_map::DefaultHasher::new();
         data.hash(&mut hasher);
-        let mtime = if h.entry_type().is_dir() {
+        // Whiteouts carry the time they were made.
+        let name = path.rsplit('/').next().unwrap_or_default();
+        let whiteout = name.starts_with(".wh.") && name != ".wh..wh..opq";
+        let mtime = if h.entry_type().is_dir() || whiteout {
             None
         } else {
             Some(h.mtime().unwrap())
@@ -292,4 +311,29 @@ pub fn tar_listing(bytes: &[u8]) -> Vec<String> {
         ));
     }
     out
+}
+
+/// Asserts two trees are equal, naming the first entries that differ.
+pub fn assert_same_tree(a: &BTreeMap<String, Node>, b: &BTreeMap<String, Node>, ctx: &str) {
+    let keys: std::collections::BTreeSet<&String> = a.keys().chain(b.keys()).collect();
+    let diffs: Vec<String> = keys
+        .into_iter()
+        .filter(|k| a.get(*k) != b.get(*k))
+        .take(5)
+        .map(|k| {
+            let short = |n: Option<&Node>| match n {
+                Some(Node::File { mode, data, nlink, mtime, xattrs }) => format!(
+                    "File {{ mode: {mode:o}, {} bytes, nlink: {nlink}, mtime: {mtime}, xattrs: {xattrs:?} }}",
+                    data.len()
+                ),
+                other => format!("{other:?}"),
+            };
+            format!("{k}: {} vs {}", short(a.get(k)), short(b.get(k)))
+        })
+        .collect();
+    assert!(
+        diffs.is_empty(),
+        "{ctx}: trees differ:\n{}",
+        diffs.join("\n")
+    );
 }
