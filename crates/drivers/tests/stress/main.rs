@@ -1,0 +1,102 @@
+//! Stress: 8 threads × 1000 random get/put/create/remove on shared chains of one
+//! overlay2 driver. Afterwards no mount is left and every refcount is zero.
+
+#[path = "../common/mod.rs"]
+mod common;
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use common::{E, layer};
+use plies_drivers::{CreateOptions, Driver, Options, Overlay2};
+use rand::rngs::StdRng;
+use rand::{RngExt, SeedableRng};
+
+const THREADS: usize = 8;
+const OPS: usize = 1000;
+const CHAIN: [&str; 4] = ["c0", "c1", "c2", "c3"];
+
+#[test]
+fn random_get_put_create_remove() {
+    if !plies_testkit::require_overlay("random_get_put_create_remove") {
+        return;
+    }
+    let dir = common::tempdir();
+    let d = Arc::new(Overlay2::open(&dir.path().join("overlay2"), &Options::default()).unwrap());
+    let mut parent: Option<&str> = None;
+    for (i, id) in CHAIN.iter().enumerate() {
+        let file: &'static str = Box::leak(format!("f{i}").into_boxed_str());
+        layer(&*d, id, parent, &[E::File(file, "x", 0o644)]);
+        parent = Some(id);
+    }
+    let start = Instant::now();
+    let threads: Vec<_> = (0..THREADS)
+        .map(|t| {
+            let d = d.clone();
+            std::thread::spawn(move || {
+                let mut rng = StdRng::seed_from_u64(t as u64);
+                let mut held: Vec<String> = Vec::new();
+                let mut own: Vec<String> = Vec::new();
+                let mut made = 0;
+                for _ in 0..OPS {
+                    match rng.random_range(0..20) {
+                        0..=7 => {
+                            let candidates: Vec<String> = CHAIN
+                                .iter()
+                                .map(|s| s.to_string())
+                                .chain(own.iter().cloned())
+                                .collect();
+                            let id = &candidates[rng.random_range(0..candidates.len())];
+                            let root = d.get(id, None).unwrap();
+                            // The view is the chain below the layer.
+                            assert!(root.join("f0").exists(), "{id} mounted at {root:?}");
+                            held.push(id.clone());
+                        }
+                        8..=14 if !held.is_empty() => {
+                            let id = held.swap_remove(rng.random_range(0..held.len()));
+                            d.put(&id).unwrap();
+                        }
+                        15..=17 => {
+                            let id = format!("t{t}-{made}");
+                            made += 1;
+                            let parent = CHAIN[rng.random_range(0..CHAIN.len())];
+                            d.create_read_write(&id, Some(parent), &CreateOptions::default())
+                                .unwrap();
+                            own.push(id);
+                        }
+                        _ if !own.is_empty() => {
+                            let id = own.swap_remove(rng.random_range(0..own.len()));
+                            // Removal unmounts a held layer; its holds are gone with it.
+                            d.remove(&id).unwrap();
+                            held.retain(|h| *h != id);
+                        }
+                        _ => {}
+                    }
+                }
+                for id in held {
+                    d.put(&id).unwrap();
+                }
+                for id in own {
+                    d.remove(&id).unwrap();
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    eprintln!("{} operations in {:?}", THREADS * OPS, start.elapsed());
+    assert!(
+        plies_testkit::mounts_under(dir.path()).is_empty(),
+        "no mount is left"
+    );
+    assert_eq!(d.store().list().unwrap(), CHAIN, "only the chain is left");
+    for id in CHAIN {
+        assert_eq!(d.refcount(id), 0, "{id}");
+        assert!(
+            !d.store().layer_dir(id).join("merged").exists(),
+            "{id} has no merged dir"
+        );
+    }
+    assert!(d.store().fsck(false).unwrap().is_clean());
+}
