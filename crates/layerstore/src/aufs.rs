@@ -10,8 +10,8 @@ use rustix::fs::{AtFlags, FileType, Mode, OFlags, openat, unlinkat};
 use rustix::io::Errno;
 
 use crate::disk::{
-    file_type, list_names, make_dir, open_dir, read_small_file, remove_tree, rename_noreplace,
-    sync, utf8_name, write_new_file,
+    file_type, is_mount_point, list_names, make_dir, open_dir, read_small_file, remove_tree,
+    rename_noreplace, sync, utf8_name, write_new_file,
 };
 use crate::error::{Error, Result, io_err};
 use crate::fsck::{Finding, FsckReport, Outcome};
@@ -274,6 +274,13 @@ impl AufsStore {
         self.finish_remove(id)?;
         if !self.exists(id) {
             return Ok(());
+        }
+        if is_mount_point(&self.mnt_fd, id).map_err(|e| io_err("stat", self.mnt_dir(id), e))? {
+            return Err(io_err(
+                "remove while mounted",
+                self.mnt_dir(id),
+                Errno::BUSY,
+            ));
         }
         let removing = format!("{id}{REMOVING_SUFFIX}");
         rename_noreplace(&self.layers_fd, id, &removing)

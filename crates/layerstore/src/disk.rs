@@ -7,8 +7,8 @@ use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 
 use rustix::fs::{
-    AtFlags, Dir, FileType, Mode, OFlags, RenameFlags, fchmod, fsync, mkdirat, openat, readlinkat,
-    renameat_with, statat, unlinkat,
+    AtFlags, Dir, FileType, Mode, OFlags, RenameFlags, fchmod, fstat, fsync, mkdirat, openat,
+    readlinkat, renameat_with, statat, unlinkat,
 };
 use rustix::io::Errno;
 
@@ -149,6 +149,9 @@ pub(crate) fn remove_tree(dir: impl AsFd, name: &str) -> Result<(), Errno> {
         Err(Errno::NOENT) => return Ok(()),
         Err(e) => return Err(e),
     };
+    // Never descend into another filesystem: a mount inside the tree (a layer's
+    // `merged` still mounted) stops the removal with EBUSY instead.
+    let dev = fstat(&top)?.st_dev;
     let mut moved = 0u64;
     // (handle, name in its parent); the parent of stack[0] is `dir`.
     let mut stack: Vec<(OwnedFd, Vec<u8>)> = vec![(top, name.as_bytes().to_vec())];
@@ -201,6 +204,9 @@ pub(crate) fn remove_tree(dir: impl AsFd, name: &str) -> Result<(), Errno> {
                 OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
                 Mode::empty(),
             )?;
+            if fstat(&fd)?.st_dev != dev {
+                return Err(Errno::BUSY);
+            }
             stack.push((fd, child));
             continue;
         }
@@ -217,6 +223,16 @@ pub(crate) fn remove_tree(dir: impl AsFd, name: &str) -> Result<(), Errno> {
         }
     }
     Ok(())
+}
+
+/// Whether `name` under `dir` is on another filesystem than `dir` (a mount point).
+pub(crate) fn is_mount_point(dir: impl AsFd, name: &str) -> Result<bool, Errno> {
+    let dir = dir.as_fd();
+    match statat(dir, name, AtFlags::SYMLINK_NOFOLLOW) {
+        Ok(st) => Ok(st.st_dev != fstat(dir)?.st_dev),
+        Err(Errno::NOENT) => Ok(false),
+        Err(e) => Err(e),
+    }
 }
 
 /// The bytes of a name as UTF-8, if they are.

@@ -10,8 +10,8 @@ use rustix::fs::{AtFlags, FileType, Mode, OFlags, openat, symlinkat, unlinkat};
 use rustix::io::Errno;
 
 use crate::disk::{
-    file_type, list_names, make_dir, open_dir, read_link, read_small_file, remove_tree,
-    rename_noreplace, sync, utf8_name, write_new_file,
+    file_type, is_mount_point, list_names, make_dir, open_dir, read_link, read_small_file,
+    remove_tree, rename_noreplace, sync, utf8_name, write_new_file,
 };
 use crate::error::{Error, Result, io_err};
 use crate::id::{CREATING_SUFFIX, REMOVING_SUFFIX, check_id, validate_id};
@@ -324,6 +324,12 @@ impl Overlay2Store {
         if !self.layer_exists(id)? {
             return Ok(());
         }
+        let dir = self.open_layer(id)?;
+        let merged = self.layer_dir(id).join("merged");
+        if is_mount_point(&dir, "merged").map_err(|e| io_err("stat", &merged, e))? {
+            return Err(io_err("remove while mounted", merged, Errno::BUSY));
+        }
+        drop(dir);
         rename_noreplace(&self.home_fd, id, &removing)
             .map_err(|e| io_err("rename", self.layer_dir(id), e))?;
         sync(&self.home_fd, self.opts.durable).map_err(|e| io_err("fsync", &self.home, e))?;

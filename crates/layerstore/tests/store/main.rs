@@ -4,6 +4,7 @@ mod aufs;
 mod fixture;
 mod fsck;
 mod hostile;
+mod mount;
 mod overlay2;
 
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
