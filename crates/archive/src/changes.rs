@@ -598,6 +598,11 @@ struct Lowers {
 /// view. The lowers are read with their own whiteouts and opaque directories, in
 /// the namespace `ns`. aufs private entries (`/.wh..wh.*`) at the root are skipped.
 ///
+/// Like Docker's, this list calls modified any entry the upper holds: one copied
+/// up without a lasting change (a chmod and back, a file opened for writing and
+/// not written) is modified here and unchanged for [`between`]. A whiteout is a
+/// deletion even where the lowers have nothing of that name.
+///
 /// # Errors
 ///
 /// [`ChangesError::RedirectedDir`] for a renamed directory (overlay `redirect`),

@@ -464,3 +464,129 @@ fn changes_size_counts_added_and_modified_files() {
     let escaping = [change("/../outside", ChangeKind::Added)];
     assert!(changes_size(root, &escaping).is_err());
 }
+
+/// One operation a container makes through the mounted view.
+#[derive(Debug, Clone)]
+enum Op {
+    Remove(usize),
+    Write(usize, u8),
+    Mkdir(usize),
+    Chmod(usize, u32),
+    Rename(usize, usize),
+}
+
+/// Paths the operations pick from: the lowers' entries and new names beside them.
+const POOL: &[&str] = &[
+    "d0",
+    "d0/f0",
+    "d0/f1",
+    "d0/s0",
+    "d0/s0/f0",
+    "d1",
+    "d1/f0",
+    "d1/s0",
+    "d1/s0/f0",
+    "d1/s0/f1",
+    "d2",
+    "d2/f0",
+    "top",
+    "d0/new",
+    "d1/s0/new",
+    "new",
+    "new/f0",
+    "d2/s1",
+];
+/// Names renames go to: never an entry of the lowers, so that no rename can put
+/// back what was there (a copy-up identical to its lower).
+const FRESH: &[&str] = &["r0", "d0/r1", "d1/s0/r2", "d2/r3"];
+
+fn op() -> impl proptest::strategy::Strategy<Value = Op> {
+    use proptest::prelude::*;
+    let path = 0..POOL.len();
+    prop_oneof![
+        path.clone().prop_map(Op::Remove),
+        (path.clone(), any::<u8>()).prop_map(|(p, b)| Op::Write(p, b)),
+        path.clone().prop_map(Op::Mkdir),
+        (
+            path.clone(),
+            prop::sample::select(vec![0o600u32, 0o640, 0o700, 0o750])
+        )
+            .prop_map(|(p, m)| Op::Chmod(p, m)),
+        (path, 0..FRESH.len()).prop_map(|(p, f)| Op::Rename(p, f)),
+    ]
+}
+
+fn apply_op(merged: &Path, op: &Op) {
+    // Operations that do not apply (a missing parent, a file where a directory is
+    // wanted) fail, as they would in a container: the failure is the outcome.
+    let _ = match op {
+        Op::Remove(p) => {
+            let path = merged.join(POOL[*p]);
+            if path.is_dir() {
+                fs::remove_dir_all(path)
+            } else {
+                fs::remove_file(path)
+            }
+        }
+        Op::Write(p, b) => fs::write(merged.join(POOL[*p]), [*b; 3]),
+        Op::Mkdir(p) => fs::create_dir_all(merged.join(POOL[*p])),
+        // Never to the lowers' modes (0644 files, 0755 directories): a chmod
+        // back to the original mode leaves a copied-up but unchanged entry, which
+        // the upper (as Docker's) calls modified and a full comparison does not.
+        Op::Chmod(p, mode) => {
+            fs::set_permissions(merged.join(POOL[*p]), fs::Permissions::from_mode(*mode))
+        }
+        Op::Rename(p, f) => {
+            let from = merged.join(POOL[*p]);
+            if from.is_file() {
+                fs::rename(from, merged.join(FRESH[*f]))
+            } else {
+                Ok(())
+            }
+        }
+    };
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(32))]
+
+    /// Whatever a container does through a real overlay mount, listing the
+    /// changes from the upper gives what comparing the two views gives.
+    #[test]
+    fn overlay_upper_agrees_for_random_operations(ops in proptest::collection::vec(op(), 1..12)) {
+        if !plies_testkit::require_overlay("overlay_upper_agrees_for_random_operations") {
+            return Ok(());
+        }
+        let tmp = tempfile::tempdir().unwrap();
+        let p = |d: &str| tmp.path().join(d);
+        let (lower1, lower2, upper, work) = (p("lower1"), p("lower2"), p("upper"), p("work"));
+        for d in [&upper, &work] {
+            fs::create_dir(d).unwrap();
+        }
+        for f in ["d0/f0", "d0/f1", "d0/s0/f0", "d1/s0/f0", "top"] {
+            write(&lower2, f, "lower2");
+        }
+        write(&lower2, "d2/f0", "gone");
+        write(&lower1, "d1/f0", "lower1");
+        write(&lower1, "d1/s0/f1", "lower1");
+        whiteout(&lower1.join("d2"), "f0");
+        let lowerdir = format!("{}:{}", lower1.display(), lower2.display());
+        let merged = p("merged");
+        let guard = Mount::overlay(
+            &merged,
+            format!("lowerdir={lowerdir},upperdir={},workdir={}", upper.display(), work.display()),
+        );
+        for op in &ops {
+            apply_op(&merged, op);
+        }
+        let old_view = p("old-view");
+        let old_guard = Mount::overlay(&old_view, format!("lowerdir={lowerdir}"));
+        let full = between(&old_view, &merged).unwrap();
+        let from_upper =
+            from_overlay_upper(&upper, &[lower1.clone(), lower2.clone()], XattrNamespace::Trusted)
+                .unwrap();
+        drop(old_guard);
+        drop(guard);
+        proptest::prop_assert_eq!(listed(&from_upper), listed(&full));
+    }
+}
