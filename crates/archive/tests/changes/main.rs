@@ -590,3 +590,31 @@ proptest::proptest! {
         proptest::prop_assert_eq!(listed(&from_upper), listed(&full));
     }
 }
+
+/// A directory replaced by a symlink (to a big tree, here `/usr`) is one
+/// modified entry: the link is never followed into.
+#[test]
+fn symlinks_are_entries_not_followed() {
+    let tmp = tempfile::tempdir().unwrap();
+    let old = tmp.path().join("old");
+    write(&old, "lib/a.so", "elf");
+    write(&old, "keep", "k");
+    let new = tmp.path().join("new");
+    copy_tree(&old, &new);
+    fs::remove_dir_all(new.join("lib")).unwrap();
+    symlink("/usr", new.join("lib")).unwrap();
+    assert_eq!(listed(&between(&old, &new).unwrap()), ["C /lib"]);
+    assert_eq!(
+        listed(&between(&new, &old).unwrap()),
+        ["C /lib", "A /lib/a.so"]
+    );
+
+    // In an upper: a symlink over a lower directory.
+    let upper = tmp.path().join("upper");
+    mkdir(&upper, "");
+    symlink("/usr", upper.join("lib")).unwrap();
+    assert_eq!(
+        listed(&from_overlay_upper(&upper, &[old], XattrNamespace::Trusted).unwrap()),
+        ["C /lib"]
+    );
+}
