@@ -88,6 +88,7 @@ const METADATA_LIMIT: u64 = 8 << 20;
 /// Largest apparent size accepted for a sparse file.
 const MAX_SPARSE_SIZE: u64 = 1 << 40;
 const COPY_BUFFER: usize = 1 << 20;
+const INPUT_BUFFER: usize = 128 << 10;
 
 /// Applies the layer tar read from `reader` to the directory `root`.
 ///
@@ -131,8 +132,10 @@ pub fn apply_at<R: Read>(
         source: e.into(),
     })?;
     let counter = Rc::new(Counter::default());
+    // Headers are read 512 bytes at a time: buffer them; large file data
+    // bypasses the buffer.
     let mut archive = tar::Archive::new(Counting {
-        inner: reader,
+        inner: io::BufReader::with_capacity(INPUT_BUFFER, reader),
         counter: Rc::clone(&counter),
     });
     let mut ctx = Applier::new(Root::new(fd), opts)?;
@@ -237,7 +240,7 @@ struct Applier<'o> {
     opts: &'o ApplyOptions,
     stats: ApplyStats,
     /// The parent directory of the previous entry, kept open.
-    parent_cache: Option<(Vec<u8>, OwnedFd)>,
+    parent_cache: Option<(Vec<u8>, Rc<OwnedFd>)>,
     /// Directory modes and times, set once their children are in place.
     dirs: HashMap<Vec<u8>, DirMeta>,
     /// Paths this tar added (only for [`WhiteoutFormat::Merged`]).
@@ -508,18 +511,19 @@ impl<'o> Applier<'o> {
     }
 
     /// The directory `comps` names, made if missing; kept open for the next entry.
-    fn parent(&mut self, comps: &[&OsStr]) -> Result<OwnedFd, EntryError> {
+    fn parent(&mut self, comps: &[&OsStr]) -> Result<Rc<OwnedFd>, EntryError> {
         let key = resolve::join(comps);
         if let Some((k, fd)) = &self.parent_cache {
             if *k == key {
-                return fd.try_clone().map_err(io_err2("dup"));
+                return Ok(Rc::clone(fd));
             }
         }
-        let fd = self
-            .root
-            .open_dir(comps, true, self.implicit_owner)
-            .map_err(io_err2("open parent directory"))?;
-        self.parent_cache = Some((key, fd.try_clone().map_err(io_err2("dup"))?));
+        let fd = Rc::new(
+            self.root
+                .open_dir(comps, true, self.implicit_owner)
+                .map_err(io_err2("open parent directory"))?,
+        );
+        self.parent_cache = Some((key, Rc::clone(&fd)));
         Ok(fd)
     }
 
