@@ -10,6 +10,7 @@
 //! need `-Z` flags, which only nightly takes); coverage-guided fuzzing still works.
 
 mod bench;
+mod vm;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
@@ -22,6 +23,7 @@ fn main() -> ExitCode {
         Some("fuzz") => fuzz(&args[1..]),
         Some("package") => package(),
         Some("bench") => bench::bench(&args[1..]),
+        Some("vm-test") => vm::vm_test(&args[1..]),
         Some("fmt") => run(cargo().args(["fmt", "--all"])),
         None | Some("help" | "--help" | "-h") => {
             println!("{USAGE}");
@@ -43,6 +45,7 @@ const USAGE: &str = "usage: cargo xtask <task>\n\
   fuzz [TARGET] [--seconds N]  run cargo-fuzz targets (all in turn when no TARGET)\n\
   package                      cargo package --workspace\n\
   bench [--runs N] [--no-debian]  plies vs GNU tar on the same input (caches dropped)\n\
+  vm-test [--kernel NAME]... [--filter TEST]  kernel tests under Debian kernels in qemu (xtask/VM.md)\n\
   fmt                          cargo fmt --all";
 
 type Result<T = ()> = std::result::Result<T, String>;
