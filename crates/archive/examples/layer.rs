@@ -15,7 +15,12 @@ use plies_archive::{ApplyOptions, ExportOptions, WhiteoutFormat, apply, export};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    match args.iter().map(String::as_str).collect::<Vec<_>>().as_slice() {
+    match args
+        .iter()
+        .map(String::as_str)
+        .collect::<Vec<_>>()
+        .as_slice()
+    {
         ["apply", tar, dir] => {
             let file = std::fs::File::open(tar)?;
             let opts = ApplyOptions {
