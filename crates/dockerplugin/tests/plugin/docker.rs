@@ -1,0 +1,468 @@
+//! dockerd itself on plies: load, run, diff, commit, save, export and rmi
+//! through the plugin, compared with dockerd's own overlay2.
+
+use std::collections::BTreeMap;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use plies_dockerplugin::{Config, DriverChoice};
+use sha2::{Digest, Sha256};
+
+use crate::protocol::Running;
+use crate::tars::{Entry, layer};
+
+/// Where dockerd looks for plugin sockets.
+const PLUGIN_DIR: &str = "/run/docker/plugins";
+
+/// Unmounts everything under a directory on drop, innermost first.
+pub struct UnmountOnDrop(pub PathBuf);
+
+impl Drop for UnmountOnDrop {
+    fn drop(&mut self) {
+        let mut mounts = plies_testkit::mounts_under(&self.0);
+        mounts.sort_by_key(|m| std::cmp::Reverse(m.components().count()));
+        for m in mounts {
+            let _ = rustix::mount::unmount(&m, rustix::mount::UnmountFlags::DETACH);
+        }
+    }
+}
+
+/// A private dockerd (with the containerd it manages), stopped by pid on drop.
+struct Dockerd {
+    child: Option<Child>,
+    dir: PathBuf,
+    host: String,
+}
+
+fn docker_cli() -> &'static str {
+    if Path::new("/usr/bin/docker").exists() {
+        "/usr/bin/docker"
+    } else {
+        "docker"
+    }
+}
+
+fn dockerd_bin() -> Option<PathBuf> {
+    [
+        "/usr/sbin/dockerd",
+        "/usr/bin/dockerd",
+        "/usr/local/bin/dockerd",
+    ]
+    .into_iter()
+    .map(PathBuf::from)
+    .find(|p| p.exists())
+}
+
+impl Dockerd {
+    /// Starts dockerd under `dir` on `storage_driver`; `Err` with its log when
+    /// it does not answer within a minute.
+    fn start(bin: &Path, dir: &Path, storage_driver: &str) -> Result<Dockerd, String> {
+        std::fs::create_dir_all(dir).unwrap();
+        std::fs::write(dir.join("daemon.json"), b"{}").unwrap();
+        let log = std::fs::File::create(dir.join("dockerd.log")).unwrap();
+        let host = format!("unix://{}", dir.join("docker.sock").display());
+        let child = Command::new(bin)
+            .arg("--experimental")
+            .arg(format!("--storage-driver={storage_driver}"))
+            .arg("--config-file")
+            .arg(dir.join("daemon.json"))
+            .arg("--data-root")
+            .arg(dir.join("data"))
+            .arg("--exec-root")
+            .arg(dir.join("exec"))
+            .arg("--pidfile")
+            .arg(dir.join("dockerd.pid"))
+            .args(["-H", &host])
+            .args(["--iptables=false", "--ip6tables=false", "--bridge=none"])
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .map_err(|e| format!("cannot run {bin:?}: {e}"))?;
+        let mut d = Dockerd {
+            child: Some(child),
+            dir: dir.to_path_buf(),
+            host,
+        };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if d.try_docker(&["version"]).is_ok() {
+                return Ok(d);
+            }
+            let exited = d.child.as_mut().unwrap().try_wait().unwrap();
+            if exited.is_some() || Instant::now() > deadline {
+                let log = std::fs::read_to_string(dir.join("dockerd.log")).unwrap_or_default();
+                let tail: Vec<&str> = log.lines().rev().take(15).collect();
+                return Err(format!(
+                    "dockerd ({exited:?}) did not start: {}",
+                    tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    fn command(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(docker_cli());
+        c.env("DOCKER_CONFIG", &self.dir)
+            .args(["-H", &self.host])
+            .args(args)
+            .stdin(Stdio::null());
+        c
+    }
+
+    fn try_docker(&self, args: &[&str]) -> Result<Output, Output> {
+        let out = self.command(args).output().expect("run docker");
+        if out.status.success() {
+            Ok(out)
+        } else {
+            Err(out)
+        }
+    }
+
+    /// Runs `docker args…`, panicking with its stderr and dockerd's log on failure.
+    fn docker(&self, args: &[&str]) -> String {
+        match self.try_docker(args) {
+            Ok(out) => String::from_utf8(out.stdout).unwrap(),
+            Err(out) => {
+                let log = std::fs::read_to_string(self.dir.join("dockerd.log")).unwrap_or_default();
+                let tail: Vec<&str> = log.lines().rev().take(20).collect();
+                panic!(
+                    "docker {args:?} failed: {}\n--- dockerd log, last lines first ---\n{}",
+                    String::from_utf8_lossy(&out.stderr),
+                    tail.join("\n")
+                )
+            }
+        }
+    }
+
+    /// Stops dockerd with SIGTERM (SIGKILL after 30 s), then the containerd it
+    /// managed if it outlived it.
+    fn stop(&mut self) {
+        let Some(mut child) = self.child.take() else {
+            return;
+        };
+        let pid = rustix::process::Pid::from_child(&child);
+        let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while child.try_wait().unwrap().is_none() {
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let pidfile = self.dir.join("exec/containerd/containerd.pid");
+        if let Some(pid) = std::fs::read_to_string(pidfile)
+            .ok()
+            .and_then(|p| p.trim().parse::<i32>().ok())
+            .and_then(rustix::process::Pid::from_raw)
+        {
+            let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
+        }
+    }
+}
+
+impl Drop for Dockerd {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// A two-layer image in `docker save` format: busybox and files in the first
+/// layer; a whiteout, an opaque directory and new files in the second.
+fn image_tar(busybox: &[u8]) -> Vec<u8> {
+    let l1 = layer(&[
+        Entry::Dir("bin"),
+        Entry::Exec("bin/busybox", busybox),
+        Entry::Symlink("bin/sh", "busybox"),
+        Entry::Symlink("bin/cat", "busybox"),
+        Entry::Symlink("bin/ls", "busybox"),
+        Entry::Symlink("bin/rm", "busybox"),
+        Entry::Symlink("bin/mkdir", "busybox"),
+        Entry::Symlink("bin/echo", "busybox"),
+        Entry::Dir("etc"),
+        Entry::File("etc/a", b"alpha\n"),
+        Entry::File("etc/b", b"beta\n"),
+        Entry::Dir("opt"),
+        Entry::File("opt/old1", b"1\n"),
+        Entry::Dir("opt/olddir"),
+        Entry::File("opt/olddir/f", b"f\n"),
+        Entry::Dir("tmp"),
+    ]);
+    let l2 = layer(&[
+        Entry::Dir("etc"),
+        Entry::File("etc/.wh.b", b""),
+        Entry::File("etc/c", b"gamma\n"),
+        Entry::Dir("opt"),
+        Entry::File("opt/.wh..wh..opq", b""),
+        Entry::File("opt/new", b"new\n"),
+    ]);
+    let ids = [sha256_hex(&l1), sha256_hex(&l2)];
+    let config = serde_json::json!({
+        "architecture": "amd64",
+        "os": "linux",
+        "created": "2020-09-13T12:26:40Z",
+        "config": {"Cmd": ["/bin/sh"], "Env": ["PATH=/bin"]},
+        "rootfs": {"type": "layers", "diff_ids": [format!("sha256:{}", ids[0]), format!("sha256:{}", ids[1])]},
+        "history": [{"created_by": "layer one"}, {"created_by": "layer two"}],
+    })
+    .to_string();
+    let config_name = format!("{}.json", sha256_hex(config.as_bytes()));
+    let manifest = serde_json::json!([{
+        "Config": config_name,
+        "RepoTags": ["plies-e2e:1"],
+        "Layers": [format!("{}/layer.tar", ids[0]), format!("{}/layer.tar", ids[1])],
+    }])
+    .to_string();
+    let mut b = tar::Builder::new(Vec::new());
+    let mut add = |name: &str, data: &[u8]| {
+        let mut h = tar::Header::new_gnu();
+        h.set_mode(0o644);
+        h.set_mtime(1_600_000_000);
+        h.set_size(data.len() as u64);
+        b.append_data(&mut h, name, data).unwrap();
+    };
+    add(&format!("{}/layer.tar", ids[0]), &l1);
+    add(&format!("{}/layer.tar", ids[1]), &l2);
+    add(&config_name, config.as_bytes());
+    add("manifest.json", manifest.as_bytes());
+    b.into_inner().unwrap()
+}
+
+/// One exported entry, all but its times.
+#[derive(Debug, PartialEq, Eq)]
+struct Exported {
+    kind: u8,
+    mode: u32,
+    uid: u64,
+    gid: u64,
+    link: Option<PathBuf>,
+    sha256: String,
+}
+
+fn exported(tar_bytes: &[u8]) -> BTreeMap<PathBuf, Exported> {
+    let mut out = BTreeMap::new();
+    let mut a = tar::Archive::new(tar_bytes);
+    for e in a.entries().unwrap() {
+        let mut e = e.unwrap();
+        let path = e.path().unwrap().into_owned();
+        let h = e.header().clone();
+        let mut data = Vec::new();
+        e.read_to_end(&mut data).unwrap();
+        out.insert(
+            path,
+            Exported {
+                kind: h.entry_type().as_byte(),
+                mode: h.mode().unwrap(),
+                uid: h.uid().unwrap(),
+                gid: h.gid().unwrap(),
+                link: h.link_name().unwrap().map(|l| l.into_owned()),
+                sha256: sha256_hex(&data),
+            },
+        );
+    }
+    out
+}
+
+fn sorted_lines(s: &str) -> Vec<&str> {
+    let mut v: Vec<&str> = s.lines().collect();
+    v.sort_unstable();
+    v
+}
+
+/// The whole Docker workflow on `driver` behind the plugin.
+fn docker_workflow(test: &str, driver: DriverChoice) {
+    if !plies_testkit::require_root(test) {
+        return;
+    }
+    let Some(dockerd) = dockerd_bin() else {
+        plies_testkit::require(test, false, "dockerd is not installed (Debian: docker.io)");
+        return;
+    };
+    let Ok(busybox) = std::fs::read("/bin/busybox") else {
+        plies_testkit::require(
+            test,
+            false,
+            "no static /bin/busybox (Debian: busybox-static)",
+        );
+        return;
+    };
+    let started = Instant::now();
+    let tmp = tempfile::tempdir().unwrap();
+    let _unmount = UnmountOnDrop(tmp.path().to_path_buf());
+    let name = format!("pliese2e{}{}", std::process::id(), driver.as_str());
+    let socket = Path::new(PLUGIN_DIR).join(format!("{name}.sock"));
+    let server = Running::start(Config::new(&socket).with_driver(driver));
+
+    let mut a = match Dockerd::start(&dockerd, &tmp.path().join("a"), &name) {
+        Ok(d) => d,
+        Err(reason) => {
+            plies_testkit::require(test, false, &reason);
+            return;
+        }
+    };
+    let info = a.docker(&["info", "--format", "{{.Driver}}|{{json .DriverStatus}}"]);
+    assert!(info.starts_with(&format!("{name}|")), "{info}");
+    let home = tmp.path().join("a/data").join(&name);
+    assert!(
+        home.join(driver.as_str()).is_dir(),
+        "the driver lives in dockerd's Home"
+    );
+
+    // Load an image whose second layer deletes a file and an opaque directory.
+    let image = tmp.path().join("image.tar");
+    std::fs::write(&image, image_tar(&busybox)).unwrap();
+    let out = a.docker(&["load", "-i", image.to_str().unwrap()]);
+    assert!(out.contains("Loaded image: plies-e2e:1"), "{out}");
+
+    // Containers read the merged tree.
+    let run = ["run", "--rm", "--network", "none"];
+    let out = a.docker(
+        &[
+            &run[..],
+            &["plies-e2e:1", "cat", "/etc/a", "/etc/c", "/opt/new"],
+        ]
+        .concat(),
+    );
+    assert_eq!(out, "alpha\ngamma\nnew\n");
+    let out = a.docker(&[&run[..], &["plies-e2e:1", "ls", "-a", "/etc", "/opt"]].concat());
+    assert_eq!(
+        out,
+        "/etc:\n.\n..\na\nc\nhostname\nhosts\nmtab\nresolv.conf\n\n/opt:\n.\n..\nnew\n"
+    );
+
+    // A container changes files: docker diff sees exactly those; a commit keeps them.
+    a.docker(&[
+        "run",
+        "--name",
+        "changer",
+        "--network",
+        "none",
+        "plies-e2e:1",
+        "sh",
+        "-c",
+        "rm /etc/a && echo delta > /etc/d && mkdir /srv && echo s > /srv/f && rm -r /opt/new",
+    ]);
+    let diff = a.docker(&["diff", "changer"]);
+    assert_eq!(
+        sorted_lines(&diff),
+        [
+            "A /etc/d",
+            "A /srv",
+            "A /srv/f",
+            "C /etc",
+            "C /opt",
+            "D /etc/a",
+            "D /opt/new"
+        ],
+        "{diff}"
+    );
+    a.docker(&["commit", "changer", "plies-e2e:2"]);
+    a.docker(&["rm", "changer"]);
+    let out = a.docker(
+        &[
+            &run[..],
+            &[
+                "plies-e2e:2",
+                "sh",
+                "-c",
+                "cat /etc/c /etc/d /srv/f; ls -a /etc /opt",
+            ],
+        ]
+        .concat(),
+    );
+    assert_eq!(
+        out,
+        "gamma\ndelta\ns\n/etc:\n.\n..\nc\nd\nhostname\nhosts\nmtab\nresolv.conf\n\n/opt:\n.\n..\n"
+    );
+
+    // docker save of the commit loads into dockerd's own overlay2: the same tree.
+    let saved = tmp.path().join("saved.tar");
+    a.docker(&["save", "-o", saved.to_str().unwrap(), "plies-e2e:2"]);
+    let mut b = Dockerd::start(&dockerd, &tmp.path().join("b"), "overlay2")
+        .expect("a second dockerd on overlay2");
+    let out = b.docker(&["load", "-i", saved.to_str().unwrap()]);
+    assert!(out.contains("Loaded image: plies-e2e:2"), "{out}");
+    let mut trees = Vec::new();
+    for d in [&a, &b] {
+        d.docker(&["create", "--name", "exported", "plies-e2e:2"]);
+        let out = d.command(&["export", "exported"]).output().unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        d.docker(&["rm", "exported"]);
+        trees.push(exported(&out.stdout));
+    }
+    assert_eq!(trees[0], trees[1], "the same tree on plies and on overlay2");
+    assert!(trees[0].contains_key(Path::new("srv/f")));
+    assert!(!trees[0].contains_key(Path::new("etc/a")));
+    assert_eq!(
+        trees[0][Path::new("bin/busybox")].sha256,
+        sha256_hex(&busybox)
+    );
+    b.stop();
+
+    // rmi removes every layer: the store holds none afterwards.
+    a.docker(&["rmi", "plies-e2e:2", "plies-e2e:1"]);
+    assert_eq!(a.docker(&["images", "-q"]), "");
+    let layers = stored(driver, &home.join(driver.as_str()));
+    assert_eq!(
+        layers,
+        Vec::<String>::new(),
+        "no layer left in the plies store"
+    );
+
+    a.stop();
+    server.stop().unwrap();
+    assert!(!socket.exists());
+    assert_eq!(
+        plies_testkit::mounts_under(tmp.path()),
+        Vec::<PathBuf>::new()
+    );
+    eprintln!("{test}: {:.1?}", started.elapsed());
+}
+
+/// What the driver's store under `root` holds: layers and their links (vfs
+/// keeps layers in `dir/` and scratch in `tmp/`; overlay2 layers beside `l/`).
+fn stored(driver: DriverChoice, root: &Path) -> Vec<String> {
+    let list = |dir: &Path| -> Vec<String> {
+        std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().path().display().to_string())
+            .collect()
+    };
+    match driver {
+        DriverChoice::Vfs => [list(&root.join("dir")), list(&root.join("tmp"))].concat(),
+        _ => list(root)
+            .into_iter()
+            .filter(|p| !p.ends_with("/l"))
+            .chain(list(&root.join("l")))
+            .collect(),
+    }
+}
+
+#[test]
+fn docker_on_plies_overlay2() {
+    if !plies_testkit::require_overlay("docker_on_plies_overlay2") {
+        return;
+    }
+    docker_workflow("docker_on_plies_overlay2", DriverChoice::Overlay2);
+}
+
+#[test]
+fn docker_on_plies_vfs() {
+    docker_workflow("docker_on_plies_vfs", DriverChoice::Vfs);
+}

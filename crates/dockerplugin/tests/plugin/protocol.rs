@@ -1,0 +1,457 @@
+//! Every endpoint by hand over the socket, with the vfs driver (runs anywhere)
+//! and, as root, overlay2.
+
+use std::path::{Path, PathBuf};
+use std::thread::JoinHandle;
+
+use plies_dockerplugin::{Config, DriverChoice, Error, Server};
+use serde_json::json;
+
+use crate::client::{Reply, call, post, post_chunked, request};
+use crate::tars::{Entry, file, layer, names};
+
+/// A server on its own thread, shut down and joined on drop.
+pub struct Running {
+    pub socket: PathBuf,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<JoinHandle<plies_dockerplugin::Result<()>>>,
+}
+
+impl Running {
+    pub fn start(config: Config) -> Running {
+        let socket = config.socket.clone();
+        let server = Server::bind(config).expect("bind");
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let thread = std::thread::spawn(move || {
+            server.run(async move {
+                let _ = rx.await;
+            })
+        });
+        Running {
+            socket,
+            stop: Some(tx),
+            thread: Some(thread),
+        }
+    }
+
+    /// Shuts the server down and returns what `run` returned.
+    pub fn stop(mut self) -> plies_dockerplugin::Result<()> {
+        self.stop_inner().expect("stopped once")
+    }
+
+    fn stop_inner(&mut self) -> Option<plies_dockerplugin::Result<()>> {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+        self.thread.take().map(|t| t.join().expect("server thread"))
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.stop_inner();
+    }
+}
+
+fn ok(r: &Reply) -> serde_json::Value {
+    assert_eq!(r.status, 200, "{:?}", String::from_utf8_lossy(&r.body));
+    r.json()
+}
+
+/// The `Err` of a failed call.
+fn err(r: &Reply) -> String {
+    assert_eq!(r.status, 500, "{:?}", String::from_utf8_lossy(&r.body));
+    let v = r.json();
+    let e = v["Err"].as_str().expect("Err").to_owned();
+    assert!(!e.is_empty());
+    e
+}
+
+fn init(socket: &Path, home: &Path) {
+    let r = call(
+        socket,
+        "/GraphDriver.Init",
+        json!({"Home": home, "Opts": null, "UIDMaps": null, "GIDMaps": null}),
+    );
+    assert_eq!(ok(&r), json!({}));
+}
+
+/// Splits `bytes` into chunks of `size` bytes.
+fn chunks(bytes: &[u8], size: usize) -> impl Iterator<Item = &[u8]> {
+    bytes.chunks(size)
+}
+
+#[test]
+fn every_endpoint_with_vfs() {
+    let tmp = tempfile::tempdir().unwrap();
+    let home = tmp.path().join("home");
+    let server =
+        Running::start(Config::new(tmp.path().join("p.sock")).with_driver(DriverChoice::Vfs));
+    let s = server.socket.clone();
+
+    // Activation, and what runs before Init.
+    let r = post(&s, "/Plugin.Activate", b"");
+    assert_eq!(ok(&r), json!({"Implements": ["GraphDriver"]}));
+    assert_eq!(
+        r.header("content-type"),
+        Some("application/vnd.docker.plugins.v1+json")
+    );
+    let e = err(&call(&s, "/GraphDriver.Create", json!({"ID": "a"})));
+    assert!(e.contains("before GraphDriver.Init"), "{e}");
+    assert_eq!(
+        ok(&call(&s, "/GraphDriver.Exists", json!({"ID": "a"}))),
+        json!({})
+    );
+
+    // Init: refused maps and options leave nothing open; then the real one.
+    let e = err(&call(
+        &s,
+        "/GraphDriver.Init",
+        json!({"Home": home, "Opts": [], "UIDMaps": [{"ContainerID": 0, "HostID": 100000, "Size": 65536}], "GIDMaps": null}),
+    ));
+    assert!(e.contains("UIDMaps"), "{e}");
+    let e = err(&call(
+        &s,
+        "/GraphDriver.Init",
+        json!({"Home": home, "Opts": ["nope=1"]}),
+    ));
+    assert!(e.contains("nope"), "{e}");
+    assert!(
+        err(&call(&s, "/GraphDriver.Get", json!({"ID": "a"}))).contains("before GraphDriver.Init")
+    );
+    init(&s, &home);
+    init(&s, &home); // dockerd restarted: the same driver goes on
+    assert!(home.join("vfs").is_dir());
+
+    assert_eq!(
+        ok(&call(&s, "/GraphDriver.Capabilities", json!({}))),
+        json!({"Capabilities": {"ReproducesExactDiffs": false}})
+    );
+    let status = ok(&post(&s, "/GraphDriver.Status", b"{}"));
+    assert!(status.as_object().unwrap().keys().all(|k| k == "Status"));
+
+    // A base layer, its tar sent in small chunks.
+    let base = layer(&[
+        Entry::Dir("etc"),
+        Entry::File("etc/a", b"hello"),
+        Entry::File("etc/b", b"bee"),
+        Entry::Dir("keep"),
+        Entry::File("keep/x", b"x"),
+        Entry::Symlink("link", "etc/a"),
+    ]);
+    assert_eq!(
+        ok(&call(
+            &s,
+            "/GraphDriver.Create",
+            json!({"ID": "base", "Parent": "", "MountLabel": ""})
+        )),
+        json!({})
+    );
+    let r = post_chunked(
+        &s,
+        "/GraphDriver.ApplyDiff?id=base&parent=",
+        chunks(&base, 700),
+    );
+    assert_eq!(ok(&r)["Size"], json!(9));
+    let e = err(&call(&s, "/GraphDriver.Create", json!({"ID": "base"})));
+    assert!(e.contains("already exists"), "{e}");
+
+    // A layer deleting a file and making a directory opaque.
+    let top = layer(&[
+        Entry::Dir("etc"),
+        Entry::File("etc/.wh.b", b""),
+        Entry::File("etc/c", b"sea"),
+        Entry::Dir("keep"),
+        Entry::File("keep/.wh..wh..opq", b""),
+        Entry::File("keep/y", b"why"),
+    ]);
+    ok(&call(
+        &s,
+        "/GraphDriver.Create",
+        json!({"ID": "top", "Parent": "base"}),
+    ));
+    let r = post_chunked(
+        &s,
+        "/GraphDriver.ApplyDiff?id=top&parent=base",
+        chunks(&top, 512),
+    );
+    assert_eq!(ok(&r)["Size"], json!(6));
+
+    assert_eq!(
+        ok(&call(&s, "/GraphDriver.Exists", json!({"ID": "top"}))),
+        json!({"Exists": true})
+    );
+    assert_eq!(
+        ok(&call(&s, "/GraphDriver.Exists", json!({"ID": "nope"}))),
+        json!({})
+    );
+
+    // Get gives the merged tree; Put releases it, once.
+    let dir = PathBuf::from(
+        ok(&call(
+            &s,
+            "/GraphDriver.Get",
+            json!({"ID": "top", "MountLabel": ""}),
+        ))["Dir"]
+            .as_str()
+            .unwrap(),
+    );
+    assert_eq!(std::fs::read(dir.join("etc/a")).unwrap(), b"hello");
+    assert_eq!(std::fs::read(dir.join("etc/c")).unwrap(), b"sea");
+    assert!(!dir.join("etc/b").exists());
+    let mut kept: Vec<_> = std::fs::read_dir(dir.join("keep"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    kept.sort();
+    assert_eq!(kept, ["y"]);
+    assert_eq!(
+        std::fs::read_link(dir.join("link")).unwrap(),
+        Path::new("etc/a")
+    );
+    assert_eq!(
+        ok(&call(&s, "/GraphDriver.Put", json!({"ID": "top"}))),
+        json!({})
+    );
+    let e = err(&call(&s, "/GraphDriver.Put", json!({"ID": "top"})));
+    assert!(e.contains("top"), "{e}");
+
+    let meta = ok(&call(&s, "/GraphDriver.GetMetadata", json!({"ID": "top"})));
+    assert!(
+        meta.as_object().unwrap().keys().all(|k| k == "Metadata"),
+        "{meta}"
+    );
+    assert!(
+        err(&call(&s, "/GraphDriver.GetMetadata", json!({"ID": "nope"})))
+            .contains("does not exist")
+    );
+
+    // Changes, DiffSize and the streamed Diff of top against base.
+    let changes = ok(&call(
+        &s,
+        "/GraphDriver.Changes",
+        json!({"ID": "top", "Parent": "base"}),
+    ));
+    assert_eq!(
+        changes,
+        json!({"Changes": [
+            {"Path": "/etc", "Kind": 0},
+            {"Path": "/etc/b", "Kind": 2},
+            {"Path": "/etc/c", "Kind": 1},
+            {"Path": "/keep", "Kind": 0},
+            {"Path": "/keep/x", "Kind": 2},
+            {"Path": "/keep/y", "Kind": 1},
+        ]})
+    );
+    assert_eq!(
+        ok(&call(
+            &s,
+            "/GraphDriver.DiffSize",
+            json!({"ID": "top", "Parent": "base"})
+        )),
+        json!({"Size": 6})
+    );
+    let r = call(
+        &s,
+        "/GraphDriver.Diff",
+        json!({"ID": "top", "Parent": "base"}),
+    );
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("transfer-encoding"), Some("chunked"));
+    let mut got = names(&r.body);
+    got.sort();
+    assert_eq!(
+        got,
+        ["etc", "etc/.wh.b", "etc/c", "keep", "keep/.wh.x", "keep/y"]
+    );
+    assert_eq!(file(&r.body, "etc/c").unwrap(), b"sea");
+    assert!(err(&call(&s, "/GraphDriver.Diff", json!({"ID": "nope"}))).contains("does not exist"));
+
+    // A container layer: storage options vfs cannot take are refused.
+    let e = err(&call(
+        &s,
+        "/GraphDriver.CreateReadWrite",
+        json!({"ID": "rw", "Parent": "top", "StorageOpt": {"size": "1G"}}),
+    ));
+    assert!(e.contains("size"), "{e}");
+    ok(&call(
+        &s,
+        "/GraphDriver.CreateReadWrite",
+        json!({"ID": "rw", "Parent": "top", "StorageOpt": null}),
+    ));
+    let dir = PathBuf::from(
+        ok(&call(&s, "/GraphDriver.Get", json!({"ID": "rw"})))["Dir"]
+            .as_str()
+            .unwrap(),
+    );
+    std::fs::write(dir.join("etc/a"), b"changed").unwrap();
+    std::fs::remove_file(dir.join("link")).unwrap();
+    ok(&call(&s, "/GraphDriver.Put", json!({"ID": "rw"})));
+    assert_eq!(
+        ok(&call(
+            &s,
+            "/GraphDriver.Changes",
+            json!({"ID": "rw", "Parent": "top"})
+        )),
+        json!({"Changes": [
+            {"Path": "/etc", "Kind": 0},
+            {"Path": "/etc/a", "Kind": 0},
+            {"Path": "/link", "Kind": 2},
+        ]})
+    );
+
+    // A bad tar fails with the driver's message and creates nothing.
+    ok(&call(
+        &s,
+        "/GraphDriver.Create",
+        json!({"ID": "bad", "Parent": "base"}),
+    ));
+    let mut garbage = layer(&[Entry::File("ok", b"fine")]);
+    garbage.truncate(700);
+    garbage.extend_from_slice(&[0xff; 1024]);
+    let e = err(&post_chunked(
+        &s,
+        "/GraphDriver.ApplyDiff?id=bad&parent=base",
+        chunks(&garbage, 100),
+    ));
+    assert!(e.contains("bad"), "{e}");
+
+    // Remove, protocol errors, Cleanup.
+    for id in ["rw", "bad", "top"] {
+        assert_eq!(
+            ok(&call(&s, "/GraphDriver.Remove", json!({"ID": id}))),
+            json!({})
+        );
+    }
+    assert_eq!(
+        ok(&call(&s, "/GraphDriver.Exists", json!({"ID": "top"}))),
+        json!({})
+    );
+    assert!(err(&call(&s, "/GraphDriver.Remove", json!({"ID": "top"}))).contains("does not exist"));
+    let e = err(&post(&s, "/GraphDriver.Create", b"{not json"));
+    assert!(e.contains("bad request"), "{e}");
+    let r = post(&s, "/GraphDriver.Nope", b"{}");
+    assert_eq!(r.status, 404);
+    assert!(
+        r.json()["Err"]
+            .as_str()
+            .unwrap()
+            .contains("GraphDriver.Nope")
+    );
+    assert_eq!(request(&s, "GET", "/Plugin.Activate", None).status, 405);
+    assert_eq!(ok(&call(&s, "/GraphDriver.Cleanup", json!({}))), json!({}));
+
+    let socket = server.socket.clone();
+    server.stop().unwrap();
+    assert!(!socket.exists(), "the socket is removed at shutdown");
+}
+
+/// A layer of many MiB streams in and out chunk by chunk, byte for byte.
+#[test]
+fn large_layer_streams_both_ways() {
+    let tmp = tempfile::tempdir().unwrap();
+    let server =
+        Running::start(Config::new(tmp.path().join("p.sock")).with_driver(DriverChoice::Vfs));
+    let s = server.socket.clone();
+    init(&s, &tmp.path().join("home"));
+    let big: Vec<u8> = (0..24u32 << 20)
+        .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
+        .collect();
+    let tar = layer(&[
+        Entry::Dir("data"),
+        Entry::File("data/big", &big),
+        Entry::File("data/small", b"s"),
+    ]);
+    ok(&call(&s, "/GraphDriver.Create", json!({"ID": "big"})));
+    let r = post_chunked(&s, "/GraphDriver.ApplyDiff?id=big", chunks(&tar, 100_000));
+    assert_eq!(ok(&r)["Size"], json!(big.len() + 1));
+    let r = call(&s, "/GraphDriver.Diff", json!({"ID": "big"}));
+    assert_eq!(r.status, 200);
+    assert!(
+        file(&r.body, "data/big").unwrap() == big,
+        "the big file comes back byte for byte"
+    );
+    assert_eq!(file(&r.body, "data/small").unwrap(), b"s");
+    server.stop().unwrap();
+}
+
+#[test]
+fn socket_in_use_and_stale_socket() {
+    let tmp = tempfile::tempdir().unwrap();
+    let path = tmp.path().join("sub/dir/p.sock");
+    let first = Running::start(Config::new(&path).with_driver(DriverChoice::Vfs));
+    assert!(matches!(
+        Server::bind(Config::new(&path)),
+        Err(Error::SocketInUse { path: p }) if p == path
+    ));
+    first.stop().unwrap();
+
+    // A socket file nobody listens on is replaced.
+    drop(std::os::unix::net::UnixListener::bind(&path).unwrap());
+    assert!(path.exists());
+    let second = Running::start(Config::new(&path).with_driver(DriverChoice::Vfs));
+    assert_eq!(
+        ok(&post(&second.socket, "/Plugin.Activate", b"")),
+        json!({"Implements": ["GraphDriver"]})
+    );
+    second.stop().unwrap();
+
+    let not_dir = tmp.path().join("file");
+    std::fs::write(&not_dir, b"").unwrap();
+    assert!(matches!(
+        Server::bind(Config::new(not_dir.join("p.sock"))),
+        Err(Error::Socket { .. })
+    ));
+}
+
+/// Shutting down puts the layers dockerd left mounted: no mount stays behind.
+#[test]
+fn shutdown_unmounts_overlay2_layers() {
+    if !plies_testkit::require_overlay("shutdown_unmounts_overlay2_layers") {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let home = tmp.path().join("home");
+    let _unmount = crate::docker::UnmountOnDrop(tmp.path().to_path_buf());
+    let server =
+        Running::start(Config::new(tmp.path().join("p.sock")).with_driver(DriverChoice::Overlay2));
+    let s = server.socket.clone();
+    init(&s, &home);
+    ok(&call(&s, "/GraphDriver.Create", json!({"ID": "base"})));
+    let r = post_chunked(
+        &s,
+        "/GraphDriver.ApplyDiff?id=base",
+        chunks(&layer(&[Entry::File("f", b"base")]), 300),
+    );
+    ok(&r);
+    ok(&call(
+        &s,
+        "/GraphDriver.CreateReadWrite",
+        json!({"ID": "c1", "Parent": "base"}),
+    ));
+    ok(&call(
+        &s,
+        "/GraphDriver.CreateReadWrite",
+        json!({"ID": "c2", "Parent": "base"}),
+    ));
+    for id in ["c1", "c2", "c2"] {
+        let dir = PathBuf::from(
+            ok(&call(&s, "/GraphDriver.Get", json!({"ID": id})))["Dir"]
+                .as_str()
+                .unwrap(),
+        );
+        assert_eq!(std::fs::read(dir.join("f")).unwrap(), b"base");
+    }
+    let status = ok(&call(&s, "/GraphDriver.Status", json!({})));
+    assert!(
+        status["Status"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|row| row[0] == "Backing Filesystem"),
+        "{status}"
+    );
+    assert_eq!(plies_testkit::mounts_under(&home).len(), 2);
+    server.stop().unwrap();
+    assert_eq!(plies_testkit::mounts_under(&home), Vec::<PathBuf>::new());
+}
