@@ -75,7 +75,7 @@ pub fn post_chunked<'a>(
     read_reply(s)
 }
 
-fn read_reply(s: UnixStream) -> Reply {
+pub fn read_reply(s: UnixStream) -> Reply {
     let mut r = BufReader::new(s);
     let mut line = String::new();
     r.read_line(&mut line).unwrap();

@@ -428,6 +428,16 @@ fn docker_workflow(test: &str, driver: DriverChoice) {
     a.stop();
     server.stop().unwrap();
     assert!(!socket.exists());
+    if driver == DriverChoice::Overlay2 {
+        let store = plies_layerstore::Overlay2Store::open(
+            home.join("overlay2"),
+            plies_layerstore::StoreOptions::default(),
+        )
+        .unwrap();
+        assert_eq!(store.list().unwrap(), Vec::<String>::new());
+        let report = store.fsck(false).unwrap();
+        assert!(report.is_clean(), "{report:?}");
+    }
     assert_eq!(
         plies_testkit::mounts_under(tmp.path()),
         Vec::<PathBuf>::new()

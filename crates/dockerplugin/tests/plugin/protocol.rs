@@ -455,3 +455,90 @@ fn shutdown_unmounts_overlay2_layers() {
     server.stop().unwrap();
     assert_eq!(plies_testkit::mounts_under(&home), Vec::<PathBuf>::new());
 }
+
+/// ApplyDiff writes files while the body is still arriving: the first file of
+/// the tar is on disk before the client has sent the rest.
+#[test]
+fn apply_diff_applies_while_the_body_arrives() {
+    use std::io::Write;
+    let tmp = tempfile::tempdir().unwrap();
+    let home = tmp.path().join("home");
+    let server =
+        Running::start(Config::new(tmp.path().join("p.sock")).with_driver(DriverChoice::Vfs));
+    let s = server.socket.clone();
+    init(&s, &home);
+    ok(&call(&s, "/GraphDriver.Create", json!({"ID": "slow"})));
+    let tar = layer(&[
+        Entry::File("first", b"one"),
+        Entry::File("second", &[7u8; 4096]),
+    ]);
+    // The first entry (header and one data block) and part of the second header.
+    let (head, rest) = tar.split_at(1024 + 100);
+
+    let mut c = std::os::unix::net::UnixStream::connect(&s).unwrap();
+    write!(c, "POST /GraphDriver.ApplyDiff?id=slow&parent= HTTP/1.1\r\nHost: plugin\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n").unwrap();
+    write!(c, "{:x}\r\n", head.len()).unwrap();
+    c.write_all(head).unwrap();
+    c.write_all(b"\r\n").unwrap();
+    c.flush().unwrap();
+    let first = home.join("vfs/dir/slow/first");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while std::fs::read(&first).ok().as_deref() != Some(b"one") {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{first:?} never appeared while the body was open"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    assert!(!home.join("vfs/dir/slow/second").exists());
+    write!(c, "{:x}\r\n", rest.len()).unwrap();
+    c.write_all(rest).unwrap();
+    c.write_all(b"\r\n0\r\n\r\n").unwrap();
+    assert_eq!(ok(&crate::client::read_reply(c))["Size"], json!(3 + 4096));
+    assert_eq!(
+        std::fs::read(home.join("vfs/dir/slow/second")).unwrap(),
+        [7u8; 4096]
+    );
+    server.stop().unwrap();
+}
+
+/// SIGTERM stops `run_until_signal`: the mounted layers are put and the socket
+/// removed.
+#[test]
+fn sigterm_puts_layers_and_removes_the_socket() {
+    if !plies_testkit::require_overlay("sigterm_puts_layers_and_removes_the_socket") {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let home = tmp.path().join("home");
+    let _unmount = crate::docker::UnmountOnDrop(tmp.path().to_path_buf());
+    let socket = tmp.path().join("p.sock");
+    let server = Server::bind(Config::new(&socket).with_driver(DriverChoice::Overlay2)).unwrap();
+    let thread = std::thread::spawn(move || server.run_until_signal());
+    // An answer means the signal handlers are in place: they are installed
+    // before the server accepts.
+    assert_eq!(
+        ok(&post(&socket, "/Plugin.Activate", b"")),
+        json!({"Implements": ["GraphDriver"]})
+    );
+    init(&socket, &home);
+    ok(&call(&socket, "/GraphDriver.Create", json!({"ID": "base"})));
+    ok(&post_chunked(
+        &socket,
+        "/GraphDriver.ApplyDiff?id=base",
+        [&layer(&[Entry::File("f", b"x")])[..]],
+    ));
+    ok(&call(
+        &socket,
+        "/GraphDriver.CreateReadWrite",
+        json!({"ID": "rw", "Parent": "base"}),
+    ));
+    ok(&call(&socket, "/GraphDriver.Get", json!({"ID": "rw"})));
+    assert_eq!(plies_testkit::mounts_under(&home).len(), 1);
+
+    rustix::process::kill_process(rustix::process::getpid(), rustix::process::Signal::TERM)
+        .unwrap();
+    thread.join().unwrap().unwrap();
+    assert_eq!(plies_testkit::mounts_under(&home), Vec::<PathBuf>::new());
+    assert!(!socket.exists());
+}
