@@ -250,7 +250,14 @@ fn round_trip(items: &[Item], format: WhiteoutFormat) -> Result<(), TestCaseErro
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 32, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig {
+        cases: 32,
+        // Seeds of past failures live beside this file.
+        failure_persistence: Some(Box::new(
+            proptest::test_runner::FileFailurePersistence::WithSource("regressions"),
+        )),
+        ..ProptestConfig::default()
+    })]
 
     #[test]
     fn overlay_round_trip(items in proptest::collection::vec(item(), 1..40)) {
@@ -267,4 +274,118 @@ proptest! {
         }
         round_trip(&items, WhiteoutFormat::Aufs)?;
     }
+}
+
+/// The entries of a tar: name, type, link target, uid, PAX records.
+fn entries(
+    tar: &[u8],
+) -> Vec<(
+    String,
+    tar::EntryType,
+    Option<String>,
+    u64,
+    Vec<(String, Vec<u8>)>,
+)> {
+    let mut archive = tar::Archive::new(tar);
+    archive
+        .entries()
+        .unwrap()
+        .map(|e| {
+            let mut e = e.unwrap();
+            let pax = match e.pax_extensions().unwrap() {
+                Some(p) => p
+                    .map(|x| {
+                        let x = x.unwrap();
+                        (x.key().unwrap().to_string(), x.value_bytes().to_vec())
+                    })
+                    .collect(),
+                None => Vec::new(),
+            };
+            (
+                e.path().unwrap().display().to_string(),
+                e.header().entry_type(),
+                e.link_name().unwrap().map(|l| l.display().to_string()),
+                e.header().uid().unwrap(),
+                pax,
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn export_details() {
+    if !plies_testkit::require_root("export_details") {
+        return;
+    }
+    let src = tempfile::tempdir().unwrap();
+    let r = src.path();
+    let long = "n".repeat(150);
+    std::fs::write(r.join(&long), b"x").unwrap();
+    std::fs::hard_link(r.join(&long), r.join("second")).unwrap();
+    std::os::unix::fs::lchown(r.join("second"), Some(100_123), Some(100_000)).unwrap();
+    xattr::set(r.join("second"), "user.keep", b"1").unwrap();
+    xattr::set(r.join("second"), "trusted.overlay.origin", b"drop").unwrap();
+    set_times(&r.join("second"), (1_600_000_000, 5));
+    std::fs::create_dir_all(r.join(".wh..wh.plnk")).unwrap();
+    std::fs::write(r.join(".wh..wh.aufs"), b"").unwrap();
+    let map = vec![plies_archive::IdMap {
+        container_id: 0,
+        host_id: 100_000,
+        size: 65536,
+    }];
+    let opts = ExportOptions {
+        whiteouts: WhiteoutFormat::Aufs,
+        uid_map: map.clone(),
+        gid_map: map,
+    };
+    let mut tar = Vec::new();
+    export(r, &opts).unwrap().read_to_end(&mut tar).unwrap();
+    let got = entries(&tar);
+    assert_eq!(got.len(), 2, "{got:?}");
+    let (name, ty, link, uid, pax) = &got[0];
+    assert_eq!(
+        (name.as_str(), *ty, link, *uid),
+        (long.as_str(), tar::EntryType::Regular, &None, 123)
+    );
+    assert_eq!(pax[0], ("path".to_string(), long.clone().into_bytes()));
+    assert!(pax.contains(&("mtime".to_string(), b"1600000000.000000005".to_vec())));
+    assert!(pax.contains(&("SCHILY.xattr.user.keep".to_string(), b"1".to_vec())));
+    assert!(!pax.iter().any(|(k, _)| k.contains("overlay")));
+    let (name, ty, link, _, _) = &got[1];
+    assert_eq!(
+        (name.as_str(), *ty, link.as_deref()),
+        ("second", tar::EntryType::Link, Some(long.as_str()))
+    );
+}
+
+#[test]
+fn export_refuses_redirects() {
+    if !plies_testkit::require_root("export_refuses_redirects") {
+        return;
+    }
+    let src = tempfile::tempdir().unwrap();
+    std::fs::create_dir(src.path().join("moved")).unwrap();
+    xattr::set(
+        src.path().join("moved"),
+        "trusted.overlay.redirect",
+        b"/old",
+    )
+    .unwrap();
+    let opts = ExportOptions {
+        whiteouts: WhiteoutFormat::Overlay(XattrNamespace::Trusted),
+        ..ExportOptions::default()
+    };
+    let err = export(src.path(), &opts)
+        .unwrap()
+        .read_to_end(&mut Vec::new())
+        .unwrap_err();
+    let inner = err
+        .into_inner()
+        .unwrap()
+        .downcast::<plies_archive::Error>()
+        .unwrap();
+    assert!(
+        matches!(*inner, plies_archive::Error::Inexpressible { ref path, .. } if path == Path::new("moved")),
+        "{inner:?}"
+    );
 }
