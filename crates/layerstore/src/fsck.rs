@@ -3,14 +3,16 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 
-use rustix::fs::{AtFlags, FileType, symlinkat, unlinkat};
+use std::os::fd::OwnedFd;
+
+use rustix::fs::{AtFlags, FileType, renameat, symlinkat, unlinkat};
 use rustix::io::Errno;
 
 use crate::disk::{file_type, list_names, sync, utf8_name, write_new_file};
 use crate::error::{Error, Result, io_err};
 use crate::id::{CREATING_SUFFIX, REMOVING_SUFFIX};
 use crate::link::LinkId;
-use crate::lower::LowerError;
+use crate::lower::{LowerError, format_lower};
 use crate::overlay2::{LINK_DIR, Overlay2Store};
 
 /// One thing found wrong in a store.
@@ -101,6 +103,17 @@ pub enum Finding {
         /// The lower entry (link id, or aufs ancestor id).
         entry: String,
     },
+    /// A lower entry naming a link id a layer lost with its `link` file; the layer
+    /// is known by the rest of the chain (repair: rewrite the entry to the
+    /// layer's new link id).
+    StaleLowerEntry {
+        /// The layer whose `lower` holds the entry.
+        layer: String,
+        /// The stale entry (`l/<old>`).
+        entry: String,
+        /// The layer it belonged to.
+        owner: String,
+    },
     /// A layer whose ancestry loops.
     Cycle {
         /// The layer.
@@ -138,6 +151,7 @@ impl Finding {
                 | Finding::MissingLink { .. }
                 | Finding::BadLinkFile { .. }
                 | Finding::ExtraLink { .. }
+                | Finding::StaleLowerEntry { .. }
                 | Finding::MissingMountDir { .. }
         )
     }
@@ -310,6 +324,8 @@ impl Overlay2Store {
 
         // Each layer: diff, link file, link.
         let mut canonical: BTreeMap<String, LinkId> = BTreeMap::new();
+        // Layers whose old link id is lost: lowers naming it are found by shape.
+        let mut linkless: BTreeSet<String> = BTreeSet::new();
         for layer in &layers {
             let dir = match self.open_layer(layer) {
                 Ok(d) => d,
@@ -362,6 +378,9 @@ impl Overlay2Store {
                 },
                 Err(Error::BadLinkFile { .. }) | Err(Error::Io { .. }) => {
                     let existing = by_layer.get(layer).and_then(|l| l.first()).cloned();
+                    if existing.is_none() {
+                        linkless.insert(layer.clone());
+                    }
                     if !repair {
                         report.push(
                             Finding::BadLinkFile {
@@ -401,6 +420,13 @@ impl Overlay2Store {
         // Each lower: well-formed, every entry a live layer, no loops, not too deep.
         let mut referenced: BTreeSet<LinkId> = BTreeSet::new();
         let mut parents: BTreeMap<String, String> = BTreeMap::new();
+        let linkless_lowers: Vec<(String, Vec<LinkId>)> = linkless
+            .iter()
+            .filter_map(|x| {
+                let dir = self.open_layer(x).ok()?;
+                Some((x.clone(), self.read_lower(x, &dir).ok()?))
+            })
+            .collect();
         for layer in &layers {
             let Ok(dir) = self.open_layer(layer) else {
                 continue;
@@ -443,8 +469,39 @@ impl Overlay2Store {
                 }
                 Err(e) => return Err(e),
             };
+            let mut rewrite: BTreeMap<LinkId, LinkId> = BTreeMap::new();
             for (index, link) in lowers.iter().enumerate() {
                 referenced.insert(link.clone());
+                if !links.contains_key(link) {
+                    // A lost link id: if exactly one layer without its old id has
+                    // exactly the rest of this chain below it, the entry was its.
+                    let rest = &lowers[index + 1..];
+                    let mut owners = linkless_lowers
+                        .iter()
+                        .filter(|(x, l)| x != layer && l.as_slice() == rest);
+                    if let (Some((owner, _)), None) = (owners.next(), owners.next()) {
+                        let outcome = if repair {
+                            if let Some(new) = canonical.get(owner) {
+                                rewrite.insert(link.clone(), new.clone());
+                            }
+                            Outcome::Repaired
+                        } else {
+                            Outcome::Repairable
+                        };
+                        if index == 0 {
+                            parents.insert(layer.clone(), owner.clone());
+                        }
+                        report.push(
+                            Finding::StaleLowerEntry {
+                                layer: layer.clone(),
+                                entry: link.lower_entry(),
+                                owner: owner.clone(),
+                            },
+                            outcome,
+                        );
+                        continue;
+                    }
+                }
                 match links.get(link) {
                     Some(owner) if owner == layer => report.push(
                         Finding::Cycle {
@@ -472,6 +529,13 @@ impl Overlay2Store {
                         Outcome::Unrepairable,
                     ),
                 }
+            }
+            if !rewrite.is_empty() {
+                let new: Vec<LinkId> = lowers
+                    .iter()
+                    .map(|l| rewrite.get(l).unwrap_or(l).clone())
+                    .collect();
+                self.rewrite_lower(layer, &dir, &new)?;
             }
         }
         // Loops through parents (a layer naming itself was caught above).
@@ -515,6 +579,23 @@ impl Overlay2Store {
             }
         }
         Ok(report)
+    }
+
+    /// Replaces a layer's `lower` file: written aside, then renamed over it.
+    fn rewrite_lower(&self, layer: &str, dir: &OwnedFd, lowers: &[LinkId]) -> Result<()> {
+        const TMP: &str = "lower.plies-new";
+        let path = self.layer_dir(layer).join("lower");
+        let _ = unlinkat(dir, TMP, AtFlags::empty());
+        write_new_file(
+            dir,
+            TMP,
+            format_lower(lowers).as_bytes(),
+            0o644,
+            self.opts.durable,
+        )
+        .map_err(|e| io_err("write", self.layer_dir(layer).join(TMP), e))?;
+        renameat(dir, TMP, dir, "lower").map_err(|e| io_err("rename", &path, e))?;
+        sync(dir, self.opts.durable).map_err(|e| io_err("fsync", self.layer_dir(layer), e))
     }
 
     /// Draws a fresh link id and makes `l/<link>` point at the layer.

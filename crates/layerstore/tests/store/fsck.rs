@@ -179,3 +179,33 @@ fn extra_unused_link_is_removed() {
     );
     assert!(s.fsck(false).unwrap().is_clean());
 }
+
+#[test]
+fn lost_link_id_is_replaced_and_lowers_rewritten() {
+    let (_tmp, s) = store();
+    s.create("a", None).unwrap();
+    s.create("b", Some("a")).unwrap();
+    s.create("c", Some("b")).unwrap();
+    s.create("other", None).unwrap();
+    let (la, lb) = (s.link_id("a").unwrap(), s.link_id("b").unwrap());
+    // b loses both its link file and its l/ link.
+    std::fs::remove_file(s.layer_dir("b").join("link")).unwrap();
+    std::fs::remove_file(s.home().join("l").join(lb.as_str())).unwrap();
+    let r = s.fsck(false).unwrap();
+    assert!(findings(&r).contains(&Finding::StaleLowerEntry {
+        layer: "c".into(),
+        entry: format!("l/{lb}"),
+        owner: "b".into()
+    }));
+    assert_eq!(r.unrepairable().count(), 0, "{r:?}");
+    let r = s.fsck(true).unwrap();
+    assert_eq!(r.unrepairable().count(), 0, "{r:?}");
+    let nb = s.link_id("b").unwrap();
+    assert_ne!(nb, lb);
+    assert_eq!(
+        s.lower_entries("c").unwrap(),
+        [format!("l/{nb}"), format!("l/{la}")]
+    );
+    assert_eq!(s.parent("c").unwrap().as_deref(), Some("b"));
+    assert!(s.fsck(false).unwrap().is_clean());
+}
