@@ -276,16 +276,17 @@ proptest! {
     }
 }
 
-/// The entries of a tar: name, type, link target, uid, PAX records.
-fn entries(
-    tar: &[u8],
-) -> Vec<(
+/// One tar entry: name, type, link target, uid, PAX records.
+type Listed = (
     String,
     tar::EntryType,
     Option<String>,
     u64,
     Vec<(String, Vec<u8>)>,
-)> {
+);
+
+/// The entries of a tar.
+fn entries(tar: &[u8]) -> Vec<Listed> {
     let mut archive = tar::Archive::new(tar);
     archive
         .entries()
