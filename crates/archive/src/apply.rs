@@ -92,9 +92,20 @@ const INPUT_BUFFER: usize = 128 << 10;
 
 /// Applies the layer tar read from `reader` to the directory `root`.
 ///
-/// Streams: memory does not grow with the size of the files. Every name is
-/// resolved inside `root` and no symlink is followed out of it. On error the
-/// directory holds a partial layer the caller should delete.
+/// Streams: memory does not grow with the size of the files (it holds the
+/// paths of directories, whose modes and times are set last, and with
+/// [`WhiteoutFormat::Merged`] the paths this tar added). Every name is
+/// resolved inside `root` and no symlink is followed out of it; names with a
+/// `..` component, absolute names and overlay xattrs are refused. A later
+/// entry replaces an earlier one (a directory over a directory merges).
+/// Where the kernel has no `openat2`, a symlink in a parent path is an error
+/// instead of being followed inside the root. The stream is read to its end,
+/// so a caller hashing it sees every byte. On error the directory holds a
+/// partial layer the caller should delete.
+///
+/// Not supported, each a typed error: GNU sparse formats 0.0 and 0.1 (1.0
+/// and the old GNU `S` entries are), and PAX values holding a newline (the
+/// `tar` parser splits records at newlines).
 ///
 /// # Errors
 /// [`Error::Root`] if `root` cannot be opened, [`Error::Tar`] for a malformed

@@ -87,6 +87,10 @@ const OCTAL_12: u64 = 0o77777777777;
 /// names, no access times), so the same tree always gives the same bytes. PAX
 /// records carry long names, nanosecond mtimes, large ids and sizes, and
 /// xattrs (`user.*`, `trusted.*`, `security.capability`; overlay's own never).
+/// The root directory itself is not an entry; xattrs of symlinks and device
+/// nodes are not carried; sockets are skipped with a warning. A `.wh.` name
+/// the source format cannot mean, or an overlay redirect or metacopy xattr,
+/// is an [`Error::Inexpressible`].
 ///
 /// # Errors
 /// [`Error::Root`] if `root` cannot be opened or listed; errors met later come
