@@ -332,9 +332,24 @@ impl Overlay2Store {
                 Err(Error::NotFound { .. }) => continue,
                 Err(e) => return Err(e),
             };
-            if file_type(&dir, "diff").map_err(|e| io_err("stat", self.diff_dir(layer), e))?
-                != Some(FileType::Directory)
-            {
+            let has_diff = file_type(&dir, "diff")
+                .map_err(|e| io_err("stat", self.diff_dir(layer), e))?
+                == Some(FileType::Directory);
+            let has_link = file_type(&dir, "link")
+                .map_err(|e| io_err("stat", self.layer_dir(layer).join("link"), e))?
+                .is_some();
+            if !has_diff && !has_link {
+                // Neither a diff nor a link: no layer (`lost+found`, a stranger's
+                // directory). Nothing is written into it.
+                report.push(
+                    Finding::UnexpectedEntry {
+                        path: PathBuf::from(layer),
+                    },
+                    Outcome::Unrepairable,
+                );
+                continue;
+            }
+            if !has_diff {
                 report.push(
                     Finding::MissingDiff {
                         layer: layer.clone(),

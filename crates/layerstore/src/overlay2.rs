@@ -310,7 +310,9 @@ impl Overlay2Store {
     ///
     /// A missing id is not an error. A layer whose `link` file is empty or bad
     /// keeps every `l/` entry: only a link that points at this layer is deleted.
-    /// A mounted `merged` makes it fail with `EBUSY` (unmount first).
+    /// A mounted `merged` makes it fail with `EBUSY` (unmount first). Like
+    /// Docker, it does not check for children: that is the caller's business
+    /// (`fsck` reports their [`Finding::ParentGone`](crate::Finding::ParentGone)).
     pub fn remove(&self, id: &str) -> Result<()> {
         check_id(id)?;
         let _guard = self.locks.lock(&[id]);

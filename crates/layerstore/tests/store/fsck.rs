@@ -209,3 +209,21 @@ fn lost_link_id_is_replaced_and_lowers_rewritten() {
     assert_eq!(s.parent("c").unwrap().as_deref(), Some("b"));
     assert!(s.fsck(false).unwrap().is_clean());
 }
+
+#[test]
+fn a_directory_that_is_no_layer_is_left_alone() {
+    let (_tmp, s) = store();
+    std::fs::create_dir(s.home().join("lost+found")).unwrap();
+    let r = s.fsck(true).unwrap();
+    assert_eq!(
+        findings(&r),
+        [Finding::UnexpectedEntry {
+            path: "lost+found".into()
+        }]
+    );
+    assert_eq!(
+        crate::names(&s.home().join("lost+found")),
+        Vec::<String>::new()
+    );
+    assert_eq!(crate::names(&s.home().join("l")), Vec::<String>::new());
+}
