@@ -41,6 +41,10 @@ const MODULES: &[&str] = &[
     "loop",
 ];
 
+/// Host programs the tests call, copied into the guest with their shared libraries
+/// (busybox has no mkfs.ext4 or mkfs.xfs, and its tar is not GNU tar).
+const HOST_TOOLS: &[&str] = &["mkfs.ext4", "mkfs.xfs", "losetup", "tar"];
+
 /// Scratch filesystems in the guest; the ext4 and xfs ones are qemu disks built on the host.
 const SCRATCH: &[&str] = &["tmpfs", "ext4", "xfs"];
 
@@ -52,7 +56,7 @@ struct Suite {
     package: &'static str,
     /// Cargo features the tests need.
     features: &'static [&'static str],
-    /// Integration test targets to run; empty means every one the crate has.
+    /// Integration test targets to run.
     tests: &'static [&'static str],
     /// The scratch filesystems `TMPDIR` points at, one run each.
     scratch: &'static [&'static str],
@@ -80,12 +84,21 @@ const SUITES_UNDER_TEST: &[Suite] = &[
         tests: &["overlay", "apply"],
         scratch: &["ext4"],
     },
+    // The driver suites on ext4; stress (8 threads on one emulated CPU) stays out.
     Suite {
         dir: "drivers",
         package: "plies-drivers",
         features: &[],
-        tests: &[],
-        scratch: &["ext4", "xfs"],
+        tests: &["conformance", "overlay2", "aufs", "fixture", "differential"],
+        scratch: &["ext4"],
+    },
+    // overlay2's own behaviour (quota refusals, d_type, status rows) on xfs too.
+    Suite {
+        dir: "drivers",
+        package: "plies-drivers",
+        features: &[],
+        tests: &["overlay2"],
+        scratch: &["xfs"],
     },
 ];
 
@@ -183,7 +196,7 @@ pub fn vm_test(args: &[String]) -> Result {
     let start = Instant::now();
     let payload = build_payload(&vm)?;
     eprintln!(
-        "vm-test: {} test executables built ({:.1}s)",
+        "vm-test: test executables built for {} runs ({:.1}s)",
         payload.runs.len(),
         start.elapsed().as_secs_f64()
     );
@@ -517,8 +530,11 @@ fn build_payload(vm: &Path) -> Result<Payload> {
         "--target",
         TARGET,
     ]);
+    let mut packages = BTreeSet::new();
     for s in SUITES_UNDER_TEST {
-        cmd.args(["-p", s.package]);
+        if packages.insert(s.package) {
+            cmd.args(["-p", s.package]);
+        }
         for f in s.features {
             cmd.args(["--features", &format!("{}/{f}", s.package)]);
         }
@@ -544,29 +560,26 @@ fn build_payload(vm: &Path) -> Result<Payload> {
             .find("\"target\":{")
             .and_then(|i| json_field(&line[i..], "name"))
             .unwrap_or("");
-        let Some(suite) = SUITES_UNDER_TEST
-            .iter()
-            .find(|s| manifest.ends_with(&format!("crates/{}/Cargo.toml", s.dir)))
-        else {
-            continue;
-        };
-        if !suite.tests.is_empty() && !suite.tests.contains(&target) {
-            continue;
-        }
-        let file = format!("{}-{target}", suite.dir);
-        output(
-            Command::new("strip")
-                .arg("--strip-debug")
-                .arg("-o")
-                .arg(dir.join(&file))
-                .arg(exe),
-        )?;
-        for scratch in suite.scratch {
-            runs.push(PlannedRun {
-                id: format!("{}/{target}@{scratch}", suite.dir),
-                file: file.clone(),
-                scratch,
-            });
+        for suite in SUITES_UNDER_TEST.iter().filter(|s| {
+            manifest.ends_with(&format!("crates/{}/Cargo.toml", s.dir)) && s.tests.contains(&target)
+        }) {
+            let file = format!("{}-{target}", suite.dir);
+            if !dir.join(&file).exists() {
+                output(
+                    Command::new("strip")
+                        .arg("--strip-debug")
+                        .arg("-o")
+                        .arg(dir.join(&file))
+                        .arg(exe),
+                )?;
+            }
+            for scratch in suite.scratch {
+                runs.push(PlannedRun {
+                    id: format!("{}/{target}@{scratch}", suite.dir),
+                    file: file.clone(),
+                    scratch,
+                });
+            }
         }
     }
     for s in SUITES_UNDER_TEST {
@@ -592,7 +605,8 @@ fn build_payload(vm: &Path) -> Result<Payload> {
             true
         }
         Err(e) => {
-            eprintln!("vm-test: no probe report, the command line did not build: {e}");
+            let first = e.lines().find(|l| l.starts_with("error")).unwrap_or("");
+            eprintln!("vm-test: no probe report, the command line did not build: {first}");
             false
         }
     };
@@ -618,6 +632,23 @@ fn initramfs(kernel: &Kernel, payload: &Payload, opts: &Options, work: &Path) ->
         mkdir(&tree.join(d))?;
     }
     copy(&which("busybox").unwrap(), &tree.join("bin/busybox"))?;
+    host_tools(&tree)?;
+    // The tests find the fixtures through testkit's manifest directory.
+    let repo = root();
+    mkdir(
+        &tree
+            .join(repo.strip_prefix("/").unwrap())
+            .join("crates/testkit"),
+    )?;
+    let fixtures = repo.join("fixtures");
+    let guest_fixtures = tree.join(fixtures.strip_prefix("/").unwrap());
+    mkdir(&guest_fixtures)?;
+    for entry in fs::read_dir(&fixtures).map_err(|e| format!("{}: {e}", fixtures.display()))? {
+        let p = entry.map_err(|e| e.to_string())?.path();
+        if p.is_file() {
+            copy(&p, &guest_fixtures.join(p.file_name().unwrap()))?;
+        }
+    }
     for entry in fs::read_dir(&payload.dir).map_err(|e| e.to_string())? {
         let p = entry.map_err(|e| e.to_string())?.path();
         copy(&p, &tree.join("tests").join(p.file_name().unwrap()))?;
@@ -718,6 +749,35 @@ fn initramfs(kernel: &Kernel, payload: &Payload, opts: &Options, work: &Path) ->
     Ok(image)
 }
 
+/// Copies [`HOST_TOOLS`] to `/usr/local/sbin` with the libraries `ldd` names.
+fn host_tools(tree: &Path) -> Result {
+    let bin = tree.join("usr/local/sbin");
+    mkdir(&bin)?;
+    for tool in HOST_TOOLS {
+        let Some(path) = which(tool) else {
+            eprintln!("vm-test: {tool} is not installed; the tests needing it will fail");
+            continue;
+        };
+        copy(&path, &bin.join(tool))?;
+        let libs = output(Command::new("ldd").arg(&path)).unwrap_or_default();
+        for lib in libs.lines().filter_map(|l| {
+            let l = l.split(" (0x").next()?.trim();
+            let path = l.rsplit("=> ").next()?.trim();
+            path.starts_with('/').then_some(path)
+        }) {
+            let dst = tree.join(lib.trim_start_matches('/'));
+            if !dst.exists() {
+                mkdir(dst.parent().unwrap())?;
+                copy(Path::new(lib), &dst)?;
+            }
+        }
+    }
+    if Path::new("/etc/mke2fs.conf").is_file() {
+        copy(Path::new("/etc/mke2fs.conf"), &tree.join("etc/mke2fs.conf"))?;
+    }
+    Ok(())
+}
+
 fn shell_quote(s: &str) -> String {
     format!("'{}'", s.replace('\'', "'\\''"))
 }
@@ -729,12 +789,13 @@ fn init_script(kernel: &Kernel, payload: &Payload, opts: &Options, modules: &[St
         s,
         r#"#!/bin/busybox sh
 /bin/busybox --install -s
-export PATH=/bin:/sbin:/usr/bin:/usr/sbin HOME=/root
+export PATH=/usr/local/sbin:/bin:/sbin:/usr/bin:/usr/sbin HOME=/root
 mount -t proc proc /proc
 mount -t sysfs sys /sys
 mount -t devtmpfs dev /dev
 mkdir -p /dev/pts /dev/shm /root /scratch/tmpfs /scratch/ext4 /scratch/xfs
 mount -t tmpfs tmpfs /tmp
+mount -t tmpfs -o mode=1777 shm /dev/shm
 ln -sf /proc/self/mounts /etc/mtab
 echo "{MARK} kernel $(uname -r)"
 for m in {modules}; do
@@ -748,11 +809,13 @@ run() {{
   id=$1; fs=$2; bin=$3; shift 3
   echo "{MARK} begin $id"
   if grep -q " /scratch/$fs " /proc/mounts; then
-    mkdir -p /scratch/$fs/tmp
+    mkdir -p /scratch/$fs/tmp /scratch/$fs/target-tmp {target_tmp}
+    mount --bind /scratch/$fs/target-tmp {target_tmp}
     (cd /scratch/$fs/tmp && TMPDIR=/scratch/$fs/tmp PLIES_REQUIRE_KERNEL=1 RUST_BACKTRACE=1 \
       /tests/$bin --test-threads=1 --nocapture "$@")
     rc=$?
-    rm -rf /scratch/$fs/tmp
+    umount {target_tmp}
+    rm -rf /scratch/$fs/tmp /scratch/$fs/target-tmp
   else
     echo "scratch filesystem $fs is not mounted"
     rc=125
@@ -761,6 +824,12 @@ run() {{
 }}
 "#,
         modules = modules.join(" "),
+        // Tests keep scratch files in cargo's CARGO_TARGET_TMPDIR, a path compiled in.
+        target_tmp = root()
+            .join("target/vm/build")
+            .join(TARGET)
+            .join("tmp")
+            .display(),
     );
     let filter = opts.filter.as_deref().map(shell_quote).unwrap_or_default();
     for r in &payload.runs {
@@ -953,7 +1022,8 @@ fn parse_log(log: &str, payload: &Payload, result: &mut KernelResult) {
     let mut booted = false;
     for raw in log.lines() {
         let line = raw.trim_end_matches('\r');
-        if let Some(rest) = line.strip_prefix(MARK).map(str::trim) {
+        // The firmware's escape sequences may precede the first mark on its line.
+        if let Some(rest) = line.find(MARK).map(|i| line[i + MARK.len()..].trim()) {
             let mut words = rest.split_whitespace();
             match words.next() {
                 Some("kernel") => booted = true,
@@ -982,8 +1052,9 @@ fn parse_log(log: &str, payload: &Payload, result: &mut KernelResult) {
             }
             continue;
         }
+        let kernel_message = line.starts_with('[') && line.contains("] ");
         if let Some((_, rows)) = probe.as_mut() {
-            if !line.trim().is_empty() {
+            if !line.trim().is_empty() && !kernel_message {
                 rows.push(line.to_string());
             }
         }
