@@ -48,6 +48,7 @@ pub struct Export {
     noatime: bool,
     done: bool,
     failed: Option<String>,
+    pending: Option<io::Error>,
 }
 
 impl std::fmt::Debug for Export {
@@ -137,6 +138,7 @@ fn export_fd(fd: OwnedFd, opts: &ExportOptions, shown: &Path) -> Result<Export, 
         noatime: true,
         done: false,
         failed: None,
+        pending: None,
     };
     let st = rustix::fs::fstat(&fd).map_err(|e| Error::Root {
         path: shown.to_path_buf(),
@@ -607,13 +609,35 @@ fn pax_record(out: &mut Vec<u8>, key: &[u8], value: &[u8]) {
 }
 
 impl Read for Export {
+    /// Fills `buf` as far as the stream goes, so a large buffer means few
+    /// writes downstream.
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if let Some(e) = self.pending.take() {
+            return Err(e);
+        }
         if let Some(msg) = &self.failed {
             return Err(io::Error::other(format!("export already failed: {msg}")));
         }
-        if buf.is_empty() {
-            return Ok(0);
+        let mut filled = 0;
+        while filled < buf.len() {
+            match self.read_piece(&mut buf[filled..]) {
+                Ok(0) => break,
+                Ok(n) => filled += n,
+                // Hand out what is ready; the error comes with the next read.
+                Err(e) if filled > 0 => {
+                    self.pending = Some(e);
+                    break;
+                }
+                Err(e) => return Err(e),
+            }
         }
+        Ok(filled)
+    }
+}
+
+impl Export {
+    /// Copies out part of the next piece: headers, file data or padding.
+    fn read_piece(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         loop {
             if self.out_pos < self.out.len() {
                 let n = (self.out.len() - self.out_pos).min(buf.len());
