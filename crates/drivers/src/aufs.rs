@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use plies_archive::changes::Change;
-use plies_archive::{ApplyOptions, ExportOptions, WhiteoutFormat};
+use plies_archive::{ExportOptions, WhiteoutFormat};
 use plies_kprobe::Outcome;
 use plies_layerstore::{AufsStore, StoreOptions};
 use plies_mountopts::{AufsCall, AufsStack};
@@ -575,16 +575,7 @@ impl Driver for Aufs {
         if !self.is_direct_parent(id, parent)? {
             return naive::apply(self, id, diff);
         }
-        let opts = ApplyOptions {
-            whiteouts: WhiteoutFormat::Aufs,
-            ..ApplyOptions::default()
-        };
-        plies_archive::apply(diff, &self.store.diff_dir(id), &opts).map_err(|source| {
-            Error::Archive {
-                id: id.to_owned(),
-                source,
-            }
-        })?;
+        naive::apply_into(id, &self.store.diff_dir(id), diff, WhiteoutFormat::Aufs)?;
         self.diff_size(id, parent)
     }
 

@@ -142,6 +142,58 @@ pub fn apply(driver: &dyn Driver, id: &str, diff: &mut dyn Read) -> Result<u64> 
     Ok(stats.size)
 }
 
+/// Applies a layer tar straight into a layer's own directory `dir` (its diff or
+/// upper dir) in the whiteout format `whiteouts`. When `dir` was empty before and
+/// the apply fails, it is emptied again, so a failed apply of a new layer leaves
+/// it as it was.
+pub(crate) fn apply_into(
+    id: &str,
+    dir: &Path,
+    diff: &mut dyn Read,
+    whiteouts: WhiteoutFormat,
+) -> Result<()> {
+    let was_empty = std::fs::read_dir(dir)
+        .map_err(|e| Error::io("read", dir, e))?
+        .next()
+        .is_none();
+    let opts = ApplyOptions {
+        whiteouts,
+        ..ApplyOptions::default()
+    };
+    match plies_archive::apply(diff, dir, &opts) {
+        Ok(_) => Ok(()),
+        Err(source) => {
+            if was_empty {
+                if let Err(e) = empty_dir(dir) {
+                    tracing::warn!(layer = id, error = %e, "a failed apply left files behind");
+                }
+            }
+            Err(Error::Archive {
+                id: id.to_owned(),
+                source,
+            })
+        }
+    }
+}
+
+/// Removes everything in `dir`, keeping `dir`.
+fn empty_dir(dir: &Path) -> Result<()> {
+    for entry in std::fs::read_dir(dir).map_err(|e| Error::io("read", dir, e))? {
+        let entry = entry.map_err(|e| Error::io("read", dir, e))?;
+        let path = entry.path();
+        let is_dir = entry
+            .file_type()
+            .map_err(|e| Error::io("stat", &path, e))?
+            .is_dir();
+        if is_dir {
+            remove_tree(&path)?;
+        } else {
+            std::fs::remove_file(&path).map_err(|e| Error::io("remove", &path, e))?;
+        }
+    }
+    Ok(())
+}
+
 /// The changes of `id` against `parent` as a layer tar: the changed entries are
 /// staged in a scratch directory in overlay format (deletions as 0/0 devices),
 /// which is exported and removed when the reader is dropped.

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Mutex, OnceLock, PoisonError};
 
 use plies_archive::changes::{Change, ChangesError};
-use plies_archive::{ApplyOptions, ExportOptions, WhiteoutFormat, XattrNamespace};
+use plies_archive::{ExportOptions, WhiteoutFormat, XattrNamespace};
 use plies_kprobe::Outcome;
 use plies_layerstore::{Overlay2Store, StoreOptions};
 use plies_mountopts::{LayerPath, MAX_DEPTH, MountMode, OverlayOptions, OverlayStack, UpperDirs};
@@ -497,16 +497,12 @@ impl Driver for Overlay2 {
         if !self.is_direct_parent(id, parent)? {
             return naive::apply(self, id, diff);
         }
-        let opts = ApplyOptions {
-            whiteouts: WhiteoutFormat::Overlay(self.ns()),
-            ..ApplyOptions::default()
-        };
-        plies_archive::apply(diff, &self.store.diff_dir(id), &opts).map_err(|source| {
-            Error::Archive {
-                id: id.to_owned(),
-                source,
-            }
-        })?;
+        naive::apply_into(
+            id,
+            &self.store.diff_dir(id),
+            diff,
+            WhiteoutFormat::Overlay(self.ns()),
+        )?;
         self.diff_size(id, parent)
     }
 

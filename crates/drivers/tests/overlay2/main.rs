@@ -231,3 +231,43 @@ fn native_and_naive_agree() {
             && !listing.iter().any(|l| l.contains(".wh."))
     );
 }
+
+#[test]
+fn failed_apply_leaves_the_layer_empty() {
+    let Some((dir, d)) = overlay2("failed_apply_leaves_the_layer_empty") else {
+        return;
+    };
+    let _c = Cleanup(&d);
+    layer(&d, "base", None, &[E::File("a", "a", 0o644)]);
+    d.create("bad", Some("base"), &CreateOptions::default())
+        .unwrap();
+    let mut b = tar::Builder::new(Vec::new());
+    for name in ["ok", "deeper/ok"] {
+        let mut h = tar::Header::new_gnu();
+        h.set_mode(0o644);
+        h.set_size(2);
+        b.append_data(&mut h, name, &b"ok"[..]).unwrap();
+    }
+    // A hard link out of the layer: refused.
+    let mut h = tar::Header::new_gnu();
+    h.set_entry_type(tar::EntryType::Link);
+    h.set_size(0);
+    let mut tar = b.into_inner().unwrap();
+    tar.truncate(tar.len() - 1024);
+    let mut b = tar::Builder::new(tar);
+    b.append_link(&mut h, "evil", "../../../etc/passwd")
+        .unwrap();
+    let tar = b.into_inner().unwrap();
+    let err = d
+        .apply_diff("bad", Some("base"), &mut tar.as_slice())
+        .unwrap_err();
+    assert!(matches!(err, Error::Archive { .. }), "{err}");
+    assert_eq!(
+        std::fs::read_dir(d.store().diff_dir("bad"))
+            .unwrap()
+            .count(),
+        0
+    );
+    assert_eq!(mounted_tree(&d, "bad"), mounted_tree(&d, "base"));
+    assert!(!dir.path().join("evil").exists());
+}
