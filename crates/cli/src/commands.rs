@@ -99,10 +99,7 @@ pub fn rm(store: &Store, ids: &[String], out: &Out) -> Result<()> {
     order.sort_by_key(|id| std::cmp::Reverse(store.depth(&by_id, id)));
     order.dedup();
     for id in order {
-        store
-            .driver
-            .remove(id)
-            .with_context(|| format!("layer {id}"))?;
+        store.driver.remove(id)?;
         store.delete_record(id)?;
         out.line(id)?;
     }
@@ -188,8 +185,7 @@ pub fn apply(store: &Store, id: &str, file: &str, out: &Out) -> Result<()> {
             crate::compression::decompress(input).with_context(|| format!("layer {id}: {file}"))?;
         let n = store
             .driver
-            .apply_diff(id, record.parent.as_deref(), &mut tar)
-            .with_context(|| format!("layer {id}"))?;
+            .apply_diff(id, record.parent.as_deref(), &mut tar)?;
         Ok(n)
     })();
     match applied {
@@ -203,7 +199,7 @@ pub fn apply(store: &Store, id: &str, file: &str, out: &Out) -> Result<()> {
             if let Err(undo) = store.remove_layer(id) {
                 tracing::warn!(layer = id, error = %format!("{undo:#}"), "removing the partial layer");
             }
-            Err(e.context("the layer was removed"))
+            Err(e.context(format!("layer {id} removed after a failed apply")))
         }
     }
 }
@@ -228,10 +224,7 @@ pub fn diff(
             "refusing to write a layer tar to a terminal: redirect it or use -o FILE",
         ));
     }
-    let mut tar = store
-        .driver
-        .diff(id, parent.as_deref())
-        .with_context(|| format!("layer {id}"))?;
+    let mut tar = store.driver.diff(id, parent.as_deref())?;
     match output {
         None => {
             let mut stdout = io::stdout().lock();
@@ -275,10 +268,7 @@ pub fn layer_changes(store: &Store, id: &str, parent: Option<&str>) -> Result<Ve
         }
         None => record.parent,
     };
-    store
-        .driver
-        .changes(id, parent.as_deref())
-        .with_context(|| format!("layer {id}"))
+    Ok(store.driver.changes(id, parent.as_deref())?)
 }
 
 /// `plies changes`.
@@ -296,10 +286,7 @@ pub fn changes(store: &Store, id: &str, parent: Option<&str>, out: &Out) -> Resu
 /// `plies size`.
 pub fn size(store: &Store, id: &str, out: &Out) -> Result<()> {
     let record = store.layer(id)?;
-    let size = store
-        .driver
-        .diff_size(id, record.parent.as_deref())
-        .with_context(|| format!("layer {id}"))?;
+    let size = store.driver.diff_size(id, record.parent.as_deref())?;
     if out.json {
         #[derive(Serialize)]
         struct Size<'a> {
@@ -317,10 +304,7 @@ pub fn mount(store: &Store, id: &str, label: Option<&str>, out: &Out) -> Result<
     if let Some(path) = &record.mounted {
         return out.line(path.display());
     }
-    let path = store
-        .driver
-        .get(id, label)
-        .with_context(|| format!("layer {id}"))?;
+    let path = store.driver.get(id, label)?;
     record.mounted = Some(path.clone());
     store.write_record(&record)?;
     out.line(path.display())

@@ -219,10 +219,7 @@ pub fn run(out: &Out, interrupted: &Arc<AtomicBool>) -> Result<()> {
     let top = image.top.clone();
 
     let shown = (|| -> Result<()> {
-        let merged = store
-            .driver
-            .get(&top, None)
-            .with_context(|| format!("layer {top}"))?;
+        let merged = store.driver.get(&top, None)?;
         out.line(format!("\n$ plies mount {top}\n{}", merged.display()))?;
         out.line("\nmerged tree of the top layer:")?;
         print_tree(out, &merged, &merged)?;
@@ -257,7 +254,7 @@ pub fn run(out: &Out, interrupted: &Arc<AtomicBool>) -> Result<()> {
     })();
     let put = store.driver.put(&top);
     shown?;
-    put.with_context(|| format!("layer {top}"))?;
+    put?;
     for l in image.layers.iter().rev() {
         store.remove_layer(&l.id)?;
     }

@@ -237,19 +237,13 @@ fn import_layer(
     };
     store.write_record(&record)?;
     let filled = (|| -> Result<u64> {
-        store
-            .driver
-            .create(id, parent, &CreateOptions::default())
-            .with_context(|| format!("layer {id}"))?;
+        store.driver.create(id, parent, &CreateOptions::default())?;
         let (raw, _) = source.open_member(&layer.blob)?;
         let raw = Interruptible::new(bar.wrap_read(raw), Arc::clone(interrupted));
         let (_, tar) = crate::compression::decompress(raw)
             .with_context(|| format!("layer {id}: blob {}", layer.blob))?;
         let mut hashing = HashingReader::new(tar);
-        let size = store
-            .driver
-            .apply_diff(id, parent, &mut hashing)
-            .with_context(|| format!("layer {id}"))?;
+        let size = store.driver.apply_diff(id, parent, &mut hashing)?;
         let (digest, _) = hashing
             .finish()
             .with_context(|| format!("layer {id}: reading blob {}", layer.blob))?;

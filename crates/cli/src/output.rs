@@ -41,7 +41,7 @@ impl Failure {
 
     /// Prints `plies: <what>: <where>: <why>` and returns the exit code.
     pub fn report(self) -> ExitCode {
-        let _ = writeln!(std::io::stderr().lock(), "plies: {:#}", self.error);
+        let _ = writeln!(std::io::stderr().lock(), "plies: {}", one_line(&self.error));
         ExitCode::from(self.code)
     }
 }
@@ -53,6 +53,46 @@ impl<E: Into<anyhow::Error>> From<E> for Failure {
             code: EXIT_ERROR,
         }
     }
+}
+
+/// The error and its causes joined by `: `, skipping a cause whose text the
+/// previous one already ends with (library errors often print their source).
+pub fn one_line(error: &anyhow::Error) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    for cause in error.chain() {
+        let text = cause.to_string();
+        if parts.last().is_some_and(|last| last.ends_with(&text)) {
+            continue;
+        }
+        parts.push(text);
+    }
+    parts
+        .iter()
+        .map(|p| printable(p))
+        .collect::<Vec<_>>()
+        .join(": ")
+}
+
+/// A message part fit for one line of a terminal: control characters and the
+/// replacement character (what a parser quoting raw bytes leaves) become `?`,
+/// and a part longer than 300 characters is cut.
+fn printable(part: &str) -> String {
+    const MAX: usize = 300;
+    let mut out: String = part
+        .chars()
+        .take(MAX)
+        .map(|c| {
+            if c.is_control() || c == char::REPLACEMENT_CHARACTER {
+                '?'
+            } else {
+                c
+            }
+        })
+        .collect();
+    if part.chars().count() > MAX {
+        out.push('…');
+    }
+    out
 }
 
 /// Where a command's output goes, and in which form.
@@ -106,5 +146,19 @@ impl Out {
             writeln!(stdout, "{k:<width$}  {v}")?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn causes_are_joined_once_and_printable() {
+        let inner = std::io::Error::other("bad\u{fffd}\nbytes");
+        let e = anyhow::Error::new(inner).context("reading x");
+        assert_eq!(one_line(&e), "reading x: bad??bytes");
+        let long = anyhow::anyhow!("{}", "a".repeat(400));
+        assert_eq!(one_line(&long).chars().count(), 301);
     }
 }
