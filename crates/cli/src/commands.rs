@@ -45,9 +45,11 @@ pub fn create(
     size: Option<&str>,
     out: &Out,
 ) -> Result<()> {
-    if let Some(p) = parent {
-        store.layer(p)?;
-    }
+    let parent = match parent {
+        Some(p) => Some(store.layer(p)?.id),
+        None => None,
+    };
+    let parent = parent.as_deref();
     if store.record(id)?.is_some() || store.driver.exists(id) {
         bail!("layer {id}: already exists");
     }
@@ -81,12 +83,15 @@ pub fn create(
 
 /// `plies rm`: every id is checked before any is removed.
 pub fn rm(store: &Store, ids: &[String], out: &Out) -> Result<()> {
+    let ids = ids
+        .iter()
+        .map(|id| store.layer(id).map(|r| r.id))
+        .collect::<Result<Vec<String>>>()?;
     let records = store.records()?;
-    for id in ids {
-        store.layer(id)?;
+    for id in &ids {
         let children: Vec<&str> = records
             .iter()
-            .filter(|r| r.parent.as_deref() == Some(id) && !ids.contains(&r.id))
+            .filter(|r| r.parent.as_deref() == Some(id.as_str()) && !ids.contains(&r.id))
             .map(|r| r.id.as_str())
             .collect();
         if !children.is_empty() {
@@ -116,7 +121,16 @@ struct LsRow<'a> {
     mounted: Option<&'a Path>,
 }
 
-/// `plies ls`.
+/// A digest id as `docker` shows it: 12 hex digits without `sha256:` (any
+/// unique prefix names the layer on the command line). Other ids as they are.
+pub fn short(id: &str) -> &str {
+    match id.strip_prefix("sha256:") {
+        Some(hex) if hex.len() == 64 => &hex[..12],
+        _ => id,
+    }
+}
+
+/// `plies ls` (`-q` and `--json` give full ids).
 pub fn ls(store: &Store, out: &Out) -> Result<()> {
     let records: BTreeMap<String, Record> = store
         .records()?
@@ -144,10 +158,15 @@ pub fn ls(store: &Store, out: &Out) -> Result<()> {
         }
         return Ok(());
     }
-    let width = rows.iter().map(|r| r.id.len()).max().unwrap_or(2).max(2);
+    let width = rows
+        .iter()
+        .map(|r| short(r.id).len())
+        .max()
+        .unwrap_or(2)
+        .max(2);
     let pwidth = rows
         .iter()
-        .map(|r| r.parent.map_or(1, str::len))
+        .map(|r| r.parent.map_or(1, |p| short(p).len()))
         .max()
         .unwrap_or(6)
         .max(6);
@@ -158,8 +177,8 @@ pub fn ls(store: &Store, out: &Out) -> Result<()> {
     for r in rows {
         out.line(format!(
             "{:<width$}  {:<pwidth$}  {:>5}  {:>10}  {}",
-            r.id,
-            r.parent.unwrap_or("-"),
+            short(r.id),
+            r.parent.map_or("-", short),
             r.depth,
             r.size,
             r.mounted
@@ -172,6 +191,7 @@ pub fn ls(store: &Store, out: &Out) -> Result<()> {
 /// `plies apply`: on failure the layer, partly written, is removed.
 pub fn apply(store: &Store, id: &str, file: &str, out: &Out) -> Result<()> {
     let mut record = store.layer(id)?;
+    let id = &record.id.clone();
     let input: Box<dyn Read + Send> = if file == "-" {
         Box::new(io::stdin())
     } else {
@@ -212,11 +232,9 @@ pub fn diff(
     output: Option<&Path>,
 ) -> Result<(), Failure> {
     let record = store.layer(id)?;
+    let id = &record.id.clone();
     let parent = match parent {
-        Some(p) => {
-            store.layer(p)?;
-            Some(p.to_owned())
-        }
+        Some(p) => Some(store.layer(p)?.id),
         None => record.parent,
     };
     if output.is_none() && io::stdout().is_terminal() {
@@ -261,11 +279,9 @@ pub fn letter(kind: ChangeKind) -> char {
 /// The changes of a layer against `parent` (default: its own parent).
 pub fn layer_changes(store: &Store, id: &str, parent: Option<&str>) -> Result<Vec<Change>> {
     let record = store.layer(id)?;
+    let id = &record.id.clone();
     let parent = match parent {
-        Some(p) => {
-            store.layer(p)?;
-            Some(p.to_owned())
-        }
+        Some(p) => Some(store.layer(p)?.id),
         None => record.parent,
     };
     Ok(store.driver.changes(id, parent.as_deref())?)
@@ -286,6 +302,7 @@ pub fn changes(store: &Store, id: &str, parent: Option<&str>, out: &Out) -> Resu
 /// `plies size`.
 pub fn size(store: &Store, id: &str, out: &Out) -> Result<()> {
     let record = store.layer(id)?;
+    let id = &record.id.clone();
     let size = store.driver.diff_size(id, record.parent.as_deref())?;
     if out.json {
         #[derive(Serialize)]
@@ -301,6 +318,7 @@ pub fn size(store: &Store, id: &str, out: &Out) -> Result<()> {
 /// `plies mount`: mounts once; a second `mount` prints the same path.
 pub fn mount(store: &Store, id: &str, label: Option<&str>, out: &Out) -> Result<()> {
     let mut record = store.layer(id)?;
+    let id = &record.id.clone();
     if let Some(path) = &record.mounted {
         return out.line(path.display());
     }
@@ -318,6 +336,7 @@ pub fn mount(store: &Store, id: &str, label: Option<&str>, out: &Out) -> Result<
 /// driver's `put` does.
 pub fn umount(store: &Store, id: &str, out: &Out) -> Result<()> {
     let mut record = store.layer(id)?;
+    let id = &record.id.clone();
     let Some(path) = record.mounted.take() else {
         bail!("layer {id}: not mounted (by plies mount)");
     };

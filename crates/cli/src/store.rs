@@ -135,14 +135,36 @@ impl Store {
         }
     }
 
-    /// The record of an existing, complete layer.
+    /// The record of an existing, complete layer, found by its id or by a
+    /// unique prefix of it (`sha256:` may be left out, as in `docker`).
     pub fn layer(&self, id: &str) -> Result<Record> {
+        let id = &self.resolve(id)?;
         match self.record(id)? {
             Some(r) if r.complete && self.driver.exists(id) => Ok(r),
             Some(r) if !r.complete => {
                 bail!("layer {id}: incomplete (an import or apply was interrupted)")
             }
             _ => bail!("layer {id}: no such layer"),
+        }
+    }
+
+    /// The full id a prefix names; the id itself when no record starts with it.
+    fn resolve(&self, id: &str) -> Result<String> {
+        check_id(id)?;
+        if self.record(id)?.is_some() {
+            return Ok(id.to_owned());
+        }
+        let sha = format!("sha256:{id}");
+        let matches: Vec<String> = self
+            .records()?
+            .into_iter()
+            .map(|r| r.id)
+            .filter(|r| r.starts_with(id) || r.starts_with(&sha))
+            .collect();
+        match matches.as_slice() {
+            [one] => Ok(one.clone()),
+            [] => Ok(id.to_owned()),
+            many => bail!("layer {id}: the prefix names {} layers", many.len()),
         }
     }
 

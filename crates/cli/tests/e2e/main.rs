@@ -638,6 +638,16 @@ fn changes_read_like_docker_diff() {
         changes,
         "C /app\nA /app/config.toml\nC /etc\nD /etc/os-release\nC /var\nC /var/cache\nD /var/cache/a\nD /var/cache/b\nA /var/cache/c\n"
     );
+    // A unique prefix names a layer, with or without `sha256:`; `ls` shows 12 digits.
+    let short = &hex(top.trim())[..12];
+    assert_eq!(root.ok(&["changes", short]), changes);
+    assert_eq!(root.ok(&["changes", &format!("sha256:{short}")]), changes);
+    assert!(
+        root.ok(&["ls"])
+            .lines()
+            .any(|l| l.starts_with(&format!("{short}  ")))
+    );
+    root.fails(&["changes", "sha256:"], 1, "the prefix names 3 layers");
     let json: serde_json::Value =
         serde_json::from_str(&root.ok(&["--json", "changes", top.trim()])).unwrap();
     assert_eq!(
