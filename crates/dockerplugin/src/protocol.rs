@@ -123,6 +123,58 @@ pub struct Response {
     pub capabilities: Option<Capabilities>,
 }
 
+/// `ApplyDiff`'s query string: `id=<layer>&parent=<layer>`, as dockerd formats
+/// it (`parent` empty for none).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ApplyDiffQuery {
+    /// The layer the tar is applied to.
+    pub id: String,
+    /// Its parent; empty for none.
+    pub parent: String,
+}
+
+impl ApplyDiffQuery {
+    /// Reads `id` and `parent` from a query string, percent-decoding them; a
+    /// missing key is empty, other keys are ignored, bad escapes stay as written.
+    pub fn parse(query: &str) -> ApplyDiffQuery {
+        let mut out = ApplyDiffQuery::default();
+        for pair in query.split('&') {
+            let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+            match percent_decode(key).as_str() {
+                "id" => out.id = percent_decode(value),
+                "parent" => out.parent = percent_decode(value),
+                _ => {}
+            }
+        }
+        out
+    }
+}
+
+/// Decodes `%XX` escapes and `+`; anything else is kept as written.
+fn percent_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let hex = |b: u8| char::from(b).to_digit(16);
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let escaped = match bytes.get(i..i + 3) {
+            Some([b'%', h, l]) => hex(*h).zip(hex(*l)).map(|(h, l)| (h * 16 + l) as u8),
+            _ => None,
+        };
+        match (escaped, bytes[i]) {
+            (Some(b), _) => {
+                out.push(b);
+                i += 3;
+                continue;
+            }
+            (None, b'+') => out.push(b' '),
+            (None, b) => out.push(b),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
 /// Go encodes a nil slice or map as `null`.
 fn null_as_default<'de, D, T>(deserializer: D) -> Result<T, D::Error>
 where
@@ -152,6 +204,23 @@ mod tests {
                 size: 65536
             }]
         );
+    }
+
+    #[test]
+    fn apply_diff_query() {
+        let q = |s| ApplyDiffQuery::parse(s);
+        assert_eq!(
+            q("id=abc&parent="),
+            ApplyDiffQuery {
+                id: "abc".into(),
+                parent: String::new()
+            }
+        );
+        assert_eq!(q("parent=p%2Fq+r&x=1&id=%zz").parent, "p/q r");
+        assert_eq!(q("parent=p%2Fq+r&x=1&id=%zz").id, "%zz");
+        assert_eq!(q("id=%4").id, "%4");
+        assert_eq!(q("id=%41%"), q("id=A%"));
+        assert_eq!(q(""), ApplyDiffQuery::default());
     }
 
     #[test]

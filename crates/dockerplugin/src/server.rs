@@ -21,7 +21,9 @@ use plies_drivers::{CreateOptions, Driver, DriverChoice, Options};
 
 use crate::body;
 use crate::error::{Error, Result};
-use crate::protocol::{self, Activation, Capabilities, InitRequest, Request, Response};
+use crate::protocol::{
+    self, Activation, ApplyDiffQuery, Capabilities, InitRequest, Request, Response,
+};
 
 /// Where dockerd looks for the plugin by default: `--storage-driver=plies`.
 pub const DEFAULT_SOCKET: &str = "/run/docker/plugins/plies.sock";
@@ -516,9 +518,7 @@ async fn diff(state: &State, r: Request) -> HttpResponse {
 /// `ApplyDiff?id=…&parent=…`: the request body goes to the driver as it arrives.
 async fn apply_diff(state: &State, req: hyper::Request<Incoming>) -> HttpResponse {
     let endpoint = "GraphDriver.ApplyDiff";
-    let query = query_params(req.uri().query().unwrap_or(""));
-    let id = query.get("id").cloned().unwrap_or_default();
-    let parent = query.get("parent").cloned().unwrap_or_default();
+    let ApplyDiffQuery { id, parent } = ApplyDiffQuery::parse(req.uri().query().unwrap_or(""));
     let driver = match state.driver(endpoint) {
         Ok(d) => d,
         Err(e) => return failure(&e),
@@ -627,54 +627,4 @@ fn json<T: serde::Serialize>(status: StatusCode, value: &T) -> HttpResponse {
         HeaderValue::from_static(protocol::CONTENT_TYPE),
     );
     response
-}
-
-/// Parses `a=b&c=d`, percent-decoding keys and values.
-fn query_params(query: &str) -> BTreeMap<String, String> {
-    query
-        .split('&')
-        .filter(|p| !p.is_empty())
-        .map(|pair| {
-            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-            (percent_decode(k), percent_decode(v))
-        })
-        .collect()
-}
-
-fn percent_decode(s: &str) -> String {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        let hex = |b: u8| (b as char).to_digit(16);
-        match bytes[i] {
-            b'%' if i + 2 < bytes.len() => match (hex(bytes[i + 1]), hex(bytes[i + 2])) {
-                (Some(h), Some(l)) => {
-                    out.push((h * 16 + l) as u8);
-                    i += 3;
-                    continue;
-                }
-                _ => out.push(b'%'),
-            },
-            b'+' => out.push(b' '),
-            b => out.push(b),
-        }
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn query() {
-        let q = query_params("id=abc&parent=&x=%2Fa%20b&bad=%zz&end=%4");
-        assert_eq!(q["id"], "abc");
-        assert_eq!(q["parent"], "");
-        assert_eq!(q["x"], "/a b");
-        assert_eq!(q["bad"], "%zz");
-        assert_eq!(q["end"], "%4");
-    }
 }
