@@ -15,6 +15,8 @@ pub const EXIT_ERROR: u8 = 1;
 pub const EXIT_USAGE: u8 = 2;
 /// Exit code of `fsck` when damage remains.
 pub const EXIT_DAMAGED: u8 = 3;
+/// Exit code when standard output was closed early, as a shell reports SIGPIPE.
+pub const EXIT_BROKEN_PIPE: u8 = 141;
 /// Exit code of an import stopped by SIGINT or SIGTERM (rolled back).
 pub const EXIT_INTERRUPTED: u8 = 130;
 
@@ -41,6 +43,14 @@ impl Failure {
 
     /// Prints `plies: <what>: <where>: <why>` and returns the exit code.
     pub fn report(self) -> ExitCode {
+        // A reader that went away (`plies ls | head`) is not an error to report.
+        let broken_pipe = self.error.chain().any(|c| {
+            c.downcast_ref::<std::io::Error>()
+                .is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe)
+        });
+        if broken_pipe {
+            return ExitCode::from(EXIT_BROKEN_PIPE);
+        }
         let _ = writeln!(std::io::stderr().lock(), "plies: {}", one_line(&self.error));
         ExitCode::from(self.code)
     }

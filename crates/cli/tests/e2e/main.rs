@@ -569,6 +569,23 @@ fn oci_layout_directory_and_tar_pick_the_platform() {
         2,
         "is not os/arch",
     );
+
+    // index.json naming a nested index that names the manifests.
+    let root = Root::new();
+    let mut members = oci_members(&[(&arm64, "arm64"), (&amd64, "amd64")], &comps);
+    let nested = members[1].1.clone();
+    members.push((
+        format!("blobs/sha256/{}", hex(&sha256(&nested))),
+        nested.clone(),
+    ));
+    members[1].1 = serde_json::to_vec(&serde_json::json!({
+        "schemaVersion": 2,
+        "manifests": [descriptor("application/vnd.oci.image.index.v1+json", &nested)],
+    }))
+    .unwrap();
+    let dir = root.dir.path().join("nested");
+    write_dir(&dir, &members);
+    import_and_compare(&root, &dir, &amd64, &[]);
 }
 
 /// The real image Docker 20.10 saved: its layers get the chain ids Docker's
