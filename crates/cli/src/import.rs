@@ -167,7 +167,7 @@ fn import_image(
         .layers
         .iter()
         .filter(|l| !store.driver.exists(l.chain_id.as_str()))
-        .map(|l| source.open_member(&l.blob).map(|(_, n)| n).unwrap_or(0))
+        .map(|l| source.size(&l.blob).unwrap_or(0))
         .sum();
     let bar = progress_bar(show_progress, total);
     let mut created: Vec<String> = Vec::new();

@@ -77,8 +77,24 @@ impl Source {
     /// Whether the image has a file of this name.
     pub fn exists(&self, name: &str) -> bool {
         match self {
-            Source::Dir(dir) => safe_name(name).is_some_and(|n| dir.join(n).is_file()),
+            // Not is_file(): a blob may be a pipe being written as it is imported.
+            Source::Dir(dir) => safe_name(name)
+                .is_some_and(|n| std::fs::metadata(dir.join(n)).is_ok_and(|m| !m.is_dir())),
             Source::Tar { members, .. } => resolve(members, name).is_ok(),
+        }
+    }
+
+    /// The size of a member without opening it (0 for a pipe).
+    pub fn size(&self, name: &str) -> Result<u64> {
+        match self {
+            Source::Dir(dir) => {
+                let rel = safe_name(name)
+                    .ok_or_else(|| anyhow!("{name:?} is not a path inside the image"))?;
+                Ok(std::fs::metadata(dir.join(rel))
+                    .with_context(|| format!("blob {name} is missing"))?
+                    .len())
+            }
+            Source::Tar { members, .. } => Ok(resolve(members, name)?.size),
         }
     }
 

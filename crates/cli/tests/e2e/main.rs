@@ -950,3 +950,91 @@ fn demo_runs_and_shows_the_whole_path() {
         .unwrap();
     assert!(!Path::new(removed).exists());
 }
+
+/// Ctrl-C while a layer streams in: the import stops with 130, removes what it
+/// had imported, and the store is as it was and checks clean. The second layer
+/// is a pipe the test feeds by hand, so the signal lands mid-layer every time.
+#[test]
+fn an_interrupted_import_leaves_the_store_as_it_was() {
+    use std::os::unix::fs::OpenOptionsExt;
+    use std::time::{Duration, Instant};
+
+    let root = Root::new();
+    root.ok(&[
+        "import",
+        plies_testkit::fixtures_dir()
+            .join("docker-20.10-overlay2-store.image.tar")
+            .to_str()
+            .unwrap(),
+    ]);
+    let before = root.snapshot();
+
+    let big = "x".repeat(200_000);
+    let big: &'static str = Box::leak(big.into_boxed_str());
+    let layers = vec![
+        vec![E::File("first", 0o644, "first layer\n")],
+        vec![E::File("big", 0o644, big)],
+    ];
+    let img = Built::new(&layers, &[Comp::Plain]);
+    let members = oci_members(&[(&img, "amd64")], &[Comp::Plain]);
+    let dir = root.dir.path().join("layout");
+    write_dir(&dir, &members);
+    let pipe = dir.join("blobs/sha256").join(hex(&sha256(&img.blobs[1])));
+    std::fs::remove_file(&pipe).unwrap();
+    rustix::fs::mknodat(
+        rustix::fs::CWD,
+        &pipe,
+        rustix::fs::FileType::Fifo,
+        rustix::fs::Mode::from_raw_mode(0o600),
+        0,
+    )
+    .unwrap();
+
+    let mut child = Command::new(env!("CARGO_BIN_EXE_plies"))
+        .args([
+            "--root",
+            root.path().to_str().unwrap(),
+            "--driver",
+            root.driver,
+            "import",
+        ])
+        .arg(&dir)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Open the pipe once plies reads it (ENXIO until then), without ever blocking.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut writer = loop {
+        match std::fs::OpenOptions::new()
+            .write(true)
+            .custom_flags(rustix::fs::OFlags::NONBLOCK.bits() as i32)
+            .open(&pipe)
+        {
+            Ok(w) => break w,
+            Err(_) if Instant::now() < deadline && child.try_wait().unwrap().is_none() => {
+                std::thread::sleep(Duration::from_millis(20))
+            }
+            Err(e) => {
+                let _ = child.kill();
+                panic!("plies never read the second layer: {e}");
+            }
+        }
+    };
+    writer.write_all(&img.blobs[1][..10_240]).unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    let pid = rustix::process::Pid::from_child(&child);
+    rustix::process::kill_process(pid, rustix::process::Signal::INT).unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    drop(writer);
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(130), "{stderr}");
+    assert!(stderr.starts_with("plies: "), "{stderr}");
+    assert_eq!(
+        root.snapshot(),
+        before,
+        "the interrupted import left something"
+    );
+    assert_eq!(root.ok(&["fsck"]).trim(), "clean");
+}
