@@ -496,6 +496,8 @@ struct PlannedRun {
     /// File name under `/tests` in the guest.
     file: String,
     scratch: &'static str,
+    /// The crate's directory under `crates/`: cargo runs tests from there.
+    crate_dir: &'static str,
 }
 
 struct Payload {
@@ -578,6 +580,7 @@ fn build_payload(vm: &Path) -> Result<Payload> {
                     id: format!("{}/{target}@{scratch}", suite.dir),
                     file: file.clone(),
                     scratch,
+                    crate_dir: suite.dir,
                 });
             }
         }
@@ -806,12 +809,12 @@ for i in 1 2 3 4 5 6 7 8 9 10; do [ -b /dev/vdb ] && break; sleep 0.2; done
 mount -t ext4 /dev/vda /scratch/ext4 || echo "{MARK} scratch-failed ext4"
 mount -t xfs -o prjquota /dev/vdb /scratch/xfs || echo "{MARK} scratch-failed xfs"
 run() {{
-  id=$1; fs=$2; bin=$3; shift 3
+  id=$1; fs=$2; bin=$3; dir=$4; shift 4
   echo "{MARK} begin $id"
   if grep -q " /scratch/$fs " /proc/mounts; then
     mkdir -p /scratch/$fs/tmp /scratch/$fs/target-tmp {target_tmp}
     mount --bind /scratch/$fs/target-tmp {target_tmp}
-    (cd /scratch/$fs/tmp && TMPDIR=/scratch/$fs/tmp PLIES_REQUIRE_KERNEL=1 RUST_BACKTRACE=1 \
+    (cd {repo}/crates/$dir && TMPDIR=/scratch/$fs/tmp PLIES_REQUIRE_KERNEL=1 RUST_BACKTRACE=1 \
       /tests/$bin --test-threads=1 --nocapture "$@")
     rc=$?
     umount {target_tmp}
@@ -825,6 +828,7 @@ run() {{
 "#,
         modules = modules.join(" "),
         // Tests keep scratch files in cargo's CARGO_TARGET_TMPDIR, a path compiled in.
+        repo = root().display(),
         target_tmp = root()
             .join("target/vm/build")
             .join(TARGET)
@@ -833,7 +837,11 @@ run() {{
     );
     let filter = opts.filter.as_deref().map(shell_quote).unwrap_or_default();
     for r in &payload.runs {
-        let _ = writeln!(s, "run {} {} {} {filter}", r.id, r.scratch, r.file);
+        let _ = writeln!(
+            s,
+            "run {} {} {} {} {filter}",
+            r.id, r.scratch, r.file, r.crate_dir
+        );
     }
     if payload.has_cli {
         for fs in SCRATCH {
