@@ -245,7 +245,8 @@ pub fn diff(
     let mut tar = store.driver.diff(id, parent.as_deref())?;
     match output {
         None => {
-            let mut stdout = io::stdout().lock();
+            // Stdout is line-buffered; a tar has no lines worth flushing at.
+            let mut stdout = io::BufWriter::with_capacity(1 << 20, io::stdout().lock());
             io::copy(&mut tar, &mut stdout)
                 .with_context(|| format!("layer {id}: writing the diff"))?;
             stdout.flush()?;
