@@ -26,6 +26,7 @@ fn tar_of(files: impl IntoIterator<Item = (String, Vec<u8>)>) -> Vec<u8> {
                 let mut h = tar::Header::new_gnu();
                 h.set_entry_type(tar::EntryType::Directory);
                 h.set_mode(0o755);
+                h.set_size(0);
                 h.set_mtime(1_600_000_000);
                 b.append_data(&mut h, format!("{dir}/"), &b""[..]).unwrap();
             }
