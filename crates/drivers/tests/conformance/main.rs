@@ -307,6 +307,16 @@ fn diff_apply_roundtrip(d: &dyn Driver) {
     d.create("D", None, &none()).unwrap();
     d.apply_diff("D", None, &mut full.as_slice()).unwrap();
     assert_eq!(mounted_tree(d, "D"), mounted_tree(d, "B"));
+    // Naive diffs stage in scratch directories that go with their readers.
+    let graph = d.root().parent().unwrap();
+    let staged: Vec<_> = walkdir::WalkDir::new(graph)
+        .max_depth(3)
+        .into_iter()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().starts_with("naive-"))
+        .map(|e| e.path().to_path_buf())
+        .collect();
+    assert!(staged.is_empty(), "scratch left behind: {staged:?}");
 }
 
 /// Removing a layer that is mounted unmounts it first.
