@@ -149,6 +149,26 @@ pub enum Command {
     },
     /// Build a small three-layer image, import, mount and diff it in a temporary root.
     Demo,
+    /// Serve the store to another program.
+    Serve {
+        /// What to serve.
+        #[command(subcommand)]
+        protocol: ServeProtocol,
+    },
+}
+
+/// Protocols `plies serve` speaks.
+#[derive(Debug, Subcommand)]
+pub enum ServeProtocol {
+    /// Docker's graph-driver plugin protocol: run dockerd with `--experimental
+    /// --storage-driver=plies` and it stores its layers here. Uses `--driver` and
+    /// `--storage-opt`; the store's home is the one dockerd sends at Init. Stops on
+    /// SIGTERM or SIGINT, unmounting every layer it mounted.
+    Docker {
+        /// The unix socket to listen on; dockerd finds `<name>.sock` in /run/docker/plugins.
+        #[arg(long, default_value = plies_dockerplugin::DEFAULT_SOCKET)]
+        socket: std::path::PathBuf,
+    },
 }
 
 #[cfg(test)]

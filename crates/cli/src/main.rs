@@ -16,7 +16,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
-use args::{Cli, Command};
+use args::{Cli, Command, ServeProtocol};
 use output::{Failure, Out};
 use store::{Access, Store};
 
@@ -95,6 +95,16 @@ fn run(cli: Cli, out: &Out) -> Result<ExitCode, Failure> {
             }
         }
         Command::Demo => demo::run(out, &import::interrupt_flag())?,
+        Command::Serve {
+            protocol: ServeProtocol::Docker { socket },
+        } => {
+            let config = plies_dockerplugin::Config::new(socket)
+                .with_driver(store::choice(g.driver))
+                .with_options(g.storage_opt.iter().cloned());
+            plies_dockerplugin::Server::bind(config)
+                .and_then(plies_dockerplugin::Server::run_until_signal)
+                .map_err(anyhow::Error::from)?;
+        }
     }
     Ok(ExitCode::SUCCESS)
 }

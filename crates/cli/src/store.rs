@@ -69,7 +69,8 @@ pub enum Access {
     Check,
 }
 
-fn choice(d: DriverArg) -> DriverChoice {
+/// The driver choice `--driver` names.
+pub fn choice(d: DriverArg) -> DriverChoice {
     match d {
         DriverArg::Auto => DriverChoice::Auto,
         DriverArg::Overlay2 => DriverChoice::Overlay2,
