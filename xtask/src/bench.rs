@@ -56,7 +56,9 @@ pub fn bench(args: &[String]) -> Result {
         "--example",
         "layer",
     ]))?;
+    run(cargo().args(["build", "--release", "-p", "plies"]))?;
     let layer_bin = root().join("target/release/examples/layer");
+    let plies_bin = root().join("target/release/plies");
 
     let mut inputs = vec![("generated", generated_tree(&dir)?)];
     if opts.debian {
@@ -108,7 +110,24 @@ pub fn bench(args: &[String]) -> Result {
         let plies_export = measure(opts.runs, tree, &out, || {
             timed(Command::new(&layer_bin).arg("export").arg(tree))
         })?;
+        // `plies import` of the same layer as a `docker save` archive: digest check,
+        // store bookkeeping and apply, against the same `tar -x`.
+        let image = docker_save_archive(&dir, name, &tar)?;
+        let plies_import = measure(opts.runs, &image, &out, || {
+            timed(
+                Command::new(&plies_bin)
+                    .arg("--root")
+                    .arg(&out)
+                    .args(["--driver", "overlay2", "-q", "import"])
+                    .arg(&image),
+            )
+        })?;
         rows.push((format!("{name} apply"), gnu_apply, plies_apply));
+        rows.push((
+            format!("{name} import (vs tar -x)"),
+            gnu_apply,
+            plies_import,
+        ));
         rows.push((format!("{name} export"), gnu_export, plies_export));
     }
 
@@ -125,6 +144,54 @@ pub fn bench(args: &[String]) -> Result {
         );
     }
     Ok(())
+}
+
+/// Wraps one uncompressed layer tar as a `docker save` archive (manifest, config
+/// with the layer's diff_id, the layer).
+fn docker_save_archive(dir: &Path, name: &str, layer: &Path) -> Result<PathBuf> {
+    let archive = dir.join(format!("{name}-image.tar"));
+    if archive.exists() {
+        return Ok(archive);
+    }
+    let staging = dir.join(format!("{name}-image"));
+    let io = |e: std::io::Error| format!("{}: {e}", staging.display());
+    if staging.exists() {
+        std::fs::remove_dir_all(&staging).map_err(io)?;
+    }
+    std::fs::create_dir_all(&staging).map_err(io)?;
+    std::fs::hard_link(layer, staging.join("layer.tar")).map_err(io)?;
+    let sum = Command::new("sha256sum")
+        .arg(layer)
+        .output()
+        .map_err(|e| format!("sha256sum: {e}"))?;
+    let hex = String::from_utf8_lossy(&sum.stdout)
+        .split_whitespace()
+        .next()
+        .unwrap_or_default()
+        .to_string();
+    if hex.len() != 64 {
+        return Err(format!("sha256sum of {} gave no digest", layer.display()));
+    }
+    std::fs::write(
+        staging.join("config.json"),
+        format!(
+            r#"{{"architecture":"amd64","os":"linux","rootfs":{{"type":"layers","diff_ids":["sha256:{hex}"]}}}}"#
+        ),
+    )
+    .map_err(io)?;
+    std::fs::write(
+        staging.join("manifest.json"),
+        r#"[{"Config":"config.json","RepoTags":["bench:latest"],"Layers":["layer.tar"]}]"#,
+    )
+    .map_err(io)?;
+    run(Command::new("tar")
+        .arg("-cf")
+        .arg(&archive)
+        .arg("-C")
+        .arg(&staging)
+        .args(["manifest.json", "config.json", "layer.tar"]))?;
+    std::fs::remove_dir_all(&staging).map_err(io)?;
+    Ok(archive)
 }
 
 /// Runs `f` `runs` times with a cold cache and a freshly read input, emptying `out`
