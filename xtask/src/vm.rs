@@ -636,13 +636,16 @@ fn initramfs(kernel: &Kernel, payload: &Payload, opts: &Options, work: &Path) ->
     }
     copy(&which("busybox").unwrap(), &tree.join("bin/busybox"))?;
     host_tools(&tree)?;
-    // The tests find the fixtures through testkit's manifest directory.
+    // Tests run from their crate's directory and find the fixtures through testkit's.
     let repo = root();
-    mkdir(
-        &tree
-            .join(repo.strip_prefix("/").unwrap())
-            .join("crates/testkit"),
-    )?;
+    for dir in SUITES_UNDER_TEST.iter().map(|s| s.dir).chain(["testkit"]) {
+        mkdir(
+            &tree
+                .join(repo.strip_prefix("/").unwrap())
+                .join("crates")
+                .join(dir),
+        )?;
+    }
     let fixtures = repo.join("fixtures");
     let guest_fixtures = tree.join(fixtures.strip_prefix("/").unwrap());
     mkdir(&guest_fixtures)?;
@@ -797,7 +800,6 @@ mount -t proc proc /proc
 mount -t sysfs sys /sys
 mount -t devtmpfs dev /dev
 mkdir -p /dev/pts /dev/shm /root /scratch/tmpfs /scratch/ext4 /scratch/xfs
-mount -t tmpfs tmpfs /tmp
 mount -t tmpfs -o mode=1777 shm /dev/shm
 ln -sf /proc/self/mounts /etc/mtab
 echo "{MARK} kernel $(uname -r)"
@@ -844,11 +846,13 @@ run() {{
         );
     }
     if payload.has_cli {
+        // kprobe's report, and the mount mode the automatic driver choice lands on.
         for fs in SCRATCH {
             let _ = writeln!(
                 s,
                 "echo \"{MARK} probe {fs}\"; grep -q \" /scratch/{fs} \" /proc/mounts && \
-                 /tests/plies --root /scratch/{fs}/plies probe; echo \"{MARK} probe-end\""
+                 /tests/plies --root /scratch/{fs}/plies probe && \
+                 /tests/plies --root /scratch/{fs}/plies status; echo \"{MARK} probe-end\""
             );
         }
     }
@@ -1028,6 +1032,7 @@ fn parse_log(log: &str, payload: &Payload, result: &mut KernelResult) {
     let mut probe: Option<(String, Vec<String>)> = None;
     let mut done = false;
     let mut booted = false;
+    let mut testing: Option<String> = None;
     for raw in log.lines() {
         let line = raw.trim_end_matches('\r');
         // The firmware's escape sequences may precede the first mark on its line.
@@ -1067,13 +1072,19 @@ fn parse_log(log: &str, payload: &Payload, result: &mut KernelResult) {
             }
         }
         if let Some(r) = current.as_mut() {
+            // With --nocapture a test's output sits between `test NAME ... ` and its verdict.
             if let Some(summary) = line.strip_prefix("test result:") {
                 r.summary = summary.trim().to_string();
-            } else if let Some(name) = line
+            } else if let Some((name, verdict)) = line
                 .strip_prefix("test ")
-                .and_then(|l| l.strip_suffix(" ... FAILED"))
+                .and_then(|l| l.split_once(" ... "))
             {
-                r.failures.push(name.to_string());
+                testing = Some(name.to_string());
+                if verdict.trim() == "FAILED" {
+                    r.failures.extend(testing.take());
+                }
+            } else if line.trim() == "FAILED" {
+                r.failures.extend(testing.take());
             }
         }
         if let Some(skip) = line.find("skipping ").map(|i| &line[i..]) {
