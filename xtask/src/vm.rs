@@ -16,7 +16,7 @@ use std::process::{Command, Stdio};
 use std::sync::Mutex;
 use std::time::{Duration, Instant, SystemTime};
 
-use super::{cargo, root, Result};
+use super::{Result, cargo, root};
 
 /// The matrix when no `--kernel` is given: Debian oldstable's, stable's and trixie's
 /// kernels and the newest the archive has (backports).
@@ -205,12 +205,14 @@ pub fn vm_test(args: &[String]) -> Result {
     let results = Mutex::new(Vec::new());
     std::thread::scope(|s| {
         for _ in 0..opts.jobs.min(kernels.len()) {
-            s.spawn(|| loop {
-                let Some(kernel) = queue.lock().unwrap().pop() else {
-                    break;
-                };
-                let result = boot_and_test(&vm, kernel, &payload, &opts);
-                results.lock().unwrap().push(result);
+            s.spawn(|| {
+                loop {
+                    let Some(kernel) = queue.lock().unwrap().pop() else {
+                        break;
+                    };
+                    let result = boot_and_test(&vm, kernel, &payload, &opts);
+                    results.lock().unwrap().push(result);
+                }
             });
         }
     });
@@ -267,6 +269,7 @@ fn output(cmd: &mut Command) -> Result<String> {
 /// The numbers in a kernel release, for ordering: `6.12.107+deb13-amd64` → [6, 12, 107, 13].
 fn version_key(release: &str) -> Vec<u64> {
     release
+        .trim_end_matches("-amd64")
         .split(|c: char| !c.is_ascii_digit())
         .filter(|s| !s.is_empty())
         .filter_map(|s| s.parse().ok())
@@ -1164,11 +1167,98 @@ fn render(results: &[KernelResult], payload: &Payload) -> String {
             let _ = writeln!(s, "  {skip}");
         }
         for (fs_name, rows) in &r.probes {
-            let _ = writeln!(s, "  kprobe on {fs_name}:");
+            let _ = writeln!(s, "  kprobe report and driver status on {fs_name}:");
             for row in rows {
                 let _ = writeln!(s, "    {row}");
             }
         }
     }
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn releases_order_by_their_numbers() {
+        assert_eq!(version_key("6.12.107+deb13-amd64"), [6, 12, 107, 13]);
+        assert_eq!(version_key("5.10.0-32-amd64"), [5, 10, 0, 32]);
+        assert!(version_key("6.19.14+deb13-amd64") > version_key("6.19.8+deb13-amd64"));
+        assert!(version_key("7.0.4+deb13-amd64") > version_key("6.19.14+deb13-amd64"));
+    }
+
+    #[test]
+    fn json_fields_are_read_from_cargo_messages() {
+        let line = r#"{"reason":"compiler-artifact","manifest_path":"/r/crates/kprobe/Cargo.toml","target":{"kind":["test"],"name":"kernel"},"executable":"/t/kernel-1"}"#;
+        assert_eq!(json_field(line, "executable"), Some("/t/kernel-1"));
+        assert_eq!(json_field(line, "name"), Some("kernel"));
+        assert_eq!(json_field(line, "missing"), None);
+    }
+
+    fn payload(ids: &[&str]) -> Payload {
+        Payload {
+            dir: PathBuf::new(),
+            runs: ids
+                .iter()
+                .map(|id| PlannedRun {
+                    id: id.to_string(),
+                    file: String::new(),
+                    scratch: "ext4",
+                    crate_dir: "kprobe",
+                })
+                .collect(),
+            has_cli: false,
+        }
+    }
+
+    fn parsed(log: &str, ids: &[&str]) -> KernelResult {
+        let mut r = KernelResult {
+            name: "6.1".into(),
+            release: "6.1.0-50-amd64".into(),
+            seconds: 0.0,
+            problem: None,
+            runs: Vec::new(),
+            skips: BTreeSet::new(),
+            probes: Vec::new(),
+            log: PathBuf::new(),
+        };
+        parse_log(log, &payload(ids), &mut r);
+        r
+    }
+
+    #[test]
+    fn a_clean_log_passes() {
+        let log = "\x1b[2J@@plies-vm kernel 6.1.0-50-amd64\n\
+                   @@plies-vm begin a@ext4\ntest x ... ok\n\
+                   test result: ok. 1 passed; 0 failed\n@@plies-vm end a@ext4 0\n\
+                   @@plies-vm done\n";
+        let r = parsed(log, &["a@ext4"]);
+        assert!(r.passed(), "{:?}", r.problem);
+        assert_eq!(r.runs[0].summary, "ok. 1 passed; 0 failed");
+    }
+
+    #[test]
+    fn failures_are_named_and_fail_the_kernel() {
+        let log = "@@plies-vm kernel k\n@@plies-vm begin a@ext4\n\
+                   test one ... \nthread 'one' panicked\nFAILED\ntest two ... FAILED\n\
+                   test three ... ok\nskipping three: no aufs\n\
+                   @@plies-vm end a@ext4 101\n@@plies-vm done\n";
+        let r = parsed(log, &["a@ext4"]);
+        assert!(!r.passed());
+        assert_eq!(r.runs[0].status, Some(101));
+        assert_eq!(r.runs[0].failures, ["one", "two"]);
+        assert!(r.skips.contains("skipping three: no aufs"));
+    }
+
+    #[test]
+    fn a_guest_that_dies_fails_every_unfinished_run() {
+        let log = "@@plies-vm kernel k\n@@plies-vm begin a@ext4\nKernel panic\n";
+        let r = parsed(log, &["a@ext4", "b@xfs"]);
+        assert!(!r.passed());
+        assert!(r.problem.is_some());
+        assert!(r.runs.iter().all(|x| x.status.is_none()));
+        assert_eq!(r.runs.len(), 2);
+        assert!(!parsed("", &["a@ext4"]).passed());
+    }
 }
