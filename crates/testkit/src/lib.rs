@@ -56,6 +56,27 @@ pub fn require_overlay(test: &str) -> bool {
         )
 }
 
+/// [`require`]'s counterpart for a feature that only some kernels have (`lowerdir+`
+/// since 6.8, say): without it the test prints why it skips and returns `false`,
+/// also under `PLIES_REQUIRE_KERNEL=1` — an older kernel lacking a newer feature is
+/// not a failure. Whether the feature is detected right is the probes' own tests' job.
+pub fn require_kernel_feature(test: &str, available: bool, feature: &str) -> bool {
+    if !available {
+        eprintln!("skipping {test}: this kernel lacks {feature}");
+    }
+    available
+}
+
+/// Whether overlayfs takes layers one by one through the new mount API
+/// (`fsconfig(FSCONFIG_SET_STRING, "lowerdir+", …)`, Linux 6.8 and later).
+pub fn kernel_has_lowerdir_plus() -> bool {
+    use rustix::mount::{FsOpenFlags, fsconfig_set_string, fsopen};
+    match fsopen("overlay", FsOpenFlags::FSOPEN_CLOEXEC) {
+        Ok(fs) => fsconfig_set_string(&fs, "lowerdir+", "/").is_ok(),
+        Err(_) => false,
+    }
+}
+
 /// The repository's `fixtures/` directory (Docker-written stores and images).
 pub fn fixtures_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures")

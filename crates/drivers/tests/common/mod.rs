@@ -52,7 +52,13 @@ pub fn overlay2() -> Option<Rig> {
 }
 
 pub fn overlay2_fsconfig() -> Option<Rig> {
-    plies_testkit::require_overlay("overlay2 fsconfig conformance").then(|| {
+    (plies_testkit::require_overlay("overlay2 fsconfig conformance")
+        && plies_testkit::require_kernel_feature(
+            "overlay2 fsconfig conformance",
+            plies_testkit::kernel_has_lowerdir_plus(),
+            "overlayfs lowerdir+ (Linux 6.8)",
+        ))
+    .then(|| {
         rig(
             DriverChoice::Overlay2,
             &["overlay2.mount_mode=fsconfig", "overlay2.max_depth=500"],

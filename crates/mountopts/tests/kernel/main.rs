@@ -161,7 +161,9 @@ fn relative_plan_mounts_128_layers_with_long_paths() {
 
 #[test]
 fn fsconfig_plan_mounts_300_lowers() {
-    if !plies_testkit::require_overlay("fsconfig_plan_mounts_300_lowers") {
+    if !plies_testkit::require_overlay("fsconfig_plan_mounts_300_lowers")
+        || !lowerdir_plus("fsconfig_plan_mounts_300_lowers")
+    {
         return;
     }
     let home = Home::new(0, 300, "");
@@ -174,7 +176,9 @@ fn fsconfig_plan_mounts_300_lowers() {
 
 #[test]
 fn fsconfig_plan_with_relative_values() {
-    if !plies_testkit::require_overlay("fsconfig_plan_with_relative_values") {
+    if !plies_testkit::require_overlay("fsconfig_plan_with_relative_values")
+        || !lowerdir_plus("fsconfig_plan_with_relative_values")
+    {
         return;
     }
     let home = Home::new(240, 4, "");
@@ -189,7 +193,7 @@ fn paths_with_colon_and_comma_mount() {
         return;
     }
     let home = Home::new(0, 3, ":a,b\\c");
-    for mode in [MountMode::Legacy, MountMode::Fsconfig] {
+    for mode in modes("paths_with_colon_and_comma_mount") {
         let p = plan(&home.stack(false), &OverlayOptions::default(), mode).unwrap();
         mount_and_check(&home, &p);
         fs::remove_file(home.home().join("top/diff/written")).unwrap();
@@ -221,6 +225,24 @@ fn failed_mount_reports_plan_and_step_and_leaves_nothing() {
         assert!(plies_testkit::mounts_under(home.dir.path()).is_empty());
     }
     assert!(Path::new(&home.target()).is_dir());
+}
+
+/// Whether this kernel has `lowerdir+`; prints why a test skips when not.
+fn lowerdir_plus(test: &str) -> bool {
+    plies_testkit::require_kernel_feature(
+        test,
+        plies_testkit::kernel_has_lowerdir_plus(),
+        "overlayfs lowerdir+ (Linux 6.8)",
+    )
+}
+
+/// Legacy mounts everywhere, fsconfig plans where the kernel takes them.
+fn modes(test: &str) -> Vec<MountMode> {
+    let mut modes = vec![MountMode::Legacy];
+    if lowerdir_plus(test) {
+        modes.push(MountMode::Fsconfig);
+    }
+    modes
 }
 
 fn libc_enoent() -> i32 {
