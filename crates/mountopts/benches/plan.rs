@@ -11,12 +11,14 @@ use plies_mountopts::{
 };
 
 fn stack(depth: usize) -> OverlayStack {
-    let home = Path::new("/var/lib/plies/overlay2/");
+    // 64-byte absolute paths in Docker's form: a 36-byte home, then `l/` and a
+    // 26-character link id; 128 of them only fit a page as relative paths.
+    let home_str = format!("/{}/", "h".repeat(34));
+    let home = Path::new(&home_str);
     OverlayStack {
         home: home.to_path_buf(),
-        // 64-byte absolute paths: home (24) + "l/" + 38 characters.
         lowers: (0..depth)
-            .map(|i| LayerPath::in_home(home, format!("l/{i:038}")))
+            .map(|i| LayerPath::in_home(home, format!("l/{i:026}")))
             .collect(),
         upper: Some(UpperDirs {
             upper: LayerPath::in_home(home, "top/diff"),
@@ -29,6 +31,7 @@ fn bench(c: &mut Criterion) {
     let s = stack(128);
     assert_eq!(s.lowers[0].absolute.as_os_str().len(), 64);
     let opts = OverlayOptions::default();
+    assert!(plan_legacy(&s, &opts).unwrap().cwd.is_some());
     c.bench_function("plan_legacy 128 lowers", |b| {
         b.iter(|| plan_legacy(black_box(&s), black_box(&opts)).unwrap())
     });

@@ -20,15 +20,23 @@ use crate::error::{Error, Result};
 
 /// Writes `path` so that overlayfs's option and layer splitting gives it back whole.
 pub fn escape_path(path: &OsStr) -> Vec<u8> {
-    let bytes = path.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len() + 4);
-    for &b in bytes {
-        if matches!(b, b'\\' | b':' | b',') {
-            out.push(b'\\');
-        }
-        out.push(b);
-    }
+    let mut out = Vec::with_capacity(path.len() + 4);
+    escape_into(&mut out, path);
     out
+}
+
+/// [`escape_path`], appending to `out`.
+pub fn escape_into(out: &mut Vec<u8>, path: &OsStr) {
+    let bytes = path.as_bytes();
+    let mut start = 0;
+    for (i, &b) in bytes.iter().enumerate() {
+        if matches!(b, b'\\' | b':' | b',') {
+            out.extend_from_slice(&bytes[start..i]);
+            out.push(b'\\');
+            start = i;
+        }
+    }
+    out.extend_from_slice(&bytes[start..]);
 }
 
 /// The length of [`escape_path`]`(path)` without building it.
@@ -46,16 +54,18 @@ pub fn escaped_len(path: &OsStr) -> usize {
 /// for the start of a quoted value.
 pub fn check_path(role: &'static str, path: &OsStr, legacy: bool) -> Result<()> {
     let bytes = path.as_bytes();
-    let reason = if bytes.is_empty() {
-        Some("it is empty")
-    } else if bytes.contains(&0) {
-        Some("it holds a NUL byte")
-    } else if bytes.contains(&b'\n') {
-        Some("it holds a newline")
-    } else if legacy && bytes.contains(&b'"') {
-        Some("a double quote breaks the kernel's LSM option parsing of legacy mount data")
-    } else {
-        None
+    // One pass over the bytes: this runs for every layer of every plan.
+    let bad = bytes
+        .iter()
+        .find(|&&b| b == 0 || b == b'\n' || (legacy && b == b'"'));
+    let reason = match bad {
+        _ if bytes.is_empty() => Some("it is empty"),
+        Some(0) => Some("it holds a NUL byte"),
+        Some(b'\n') => Some("it holds a newline"),
+        Some(_) => {
+            Some("a double quote breaks the kernel's LSM option parsing of legacy mount data")
+        }
+        None => None,
     };
     match reason {
         Some(reason) => Err(Error::InvalidPath {

@@ -11,7 +11,7 @@ use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
-use crate::escape::{check_path, escape_path, escaped_len};
+use crate::escape::{check_path, escape_into, escaped_len};
 use crate::label::{check_label, format_mount_label, label_suffix_len};
 use crate::limits::{FSCONFIG_VALUE_MAX, KERNEL_MAX_STACK, MAX_DEPTH, mount_data_limit};
 
@@ -293,8 +293,8 @@ fn legacy_len(stack: &OverlayStack, opts: &OverlayOptions, form: Form) -> Option
     Some(len)
 }
 
-fn legacy_data(stack: &OverlayStack, opts: &OverlayOptions, form: Form) -> OsString {
-    let mut data = Vec::new();
+fn legacy_data(stack: &OverlayStack, opts: &OverlayOptions, form: Form, len: usize) -> OsString {
+    let mut data = Vec::with_capacity(len);
     if opts.index_off {
         data.extend_from_slice(b"index=off,");
     }
@@ -303,23 +303,26 @@ fn legacy_data(stack: &OverlayStack, opts: &OverlayOptions, form: Form) -> OsStr
         if i > 0 {
             data.push(b':');
         }
-        data.extend(escape_path(
+        escape_into(
+            &mut data,
             pick(lower, form).unwrap_or(&lower.absolute).as_os_str(),
-        ));
+        );
     }
     if let Some(up) = &stack.upper {
         data.extend_from_slice(b",upperdir=");
-        data.extend(escape_path(
+        escape_into(
+            &mut data,
             pick(&up.upper, form)
                 .unwrap_or(&up.upper.absolute)
                 .as_os_str(),
-        ));
+        );
         data.extend_from_slice(b",workdir=");
-        data.extend(escape_path(
+        escape_into(
+            &mut data,
             pick(&up.work, form)
                 .unwrap_or(&up.work.absolute)
                 .as_os_str(),
-        ));
+        );
     }
     data.extend_from_slice(opts.trailing().as_bytes());
     if let Some(label) = opts.label() {
@@ -343,13 +346,13 @@ pub fn plan_legacy(stack: &OverlayStack, opts: &OverlayOptions) -> Result<Legacy
     let absolute = legacy_len(stack, opts, Form::Absolute).expect("absolute form always exists");
     if absolute <= limit {
         return Ok(LegacyPlan {
-            data: legacy_data(stack, opts, Form::Absolute),
+            data: legacy_data(stack, opts, Form::Absolute, absolute),
             cwd: None,
         });
     }
     match legacy_len(stack, opts, Form::Relative) {
         Some(relative) if relative <= limit => Ok(LegacyPlan {
-            data: legacy_data(stack, opts, Form::Relative),
+            data: legacy_data(stack, opts, Form::Relative, relative),
             cwd: Some(stack.home.clone()),
         }),
         Some(relative) => Err(Error::TooLong {
