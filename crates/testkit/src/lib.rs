@@ -69,12 +69,24 @@ pub fn require_kernel_feature(test: &str, available: bool, feature: &str) -> boo
 
 /// Whether overlayfs takes layers one by one through the new mount API
 /// (`fsconfig(FSCONFIG_SET_STRING, "lowerdir+", …)`, Linux 6.8 and later).
+///
+/// Before overlayfs parsed parameters itself (6.5), the kernel queued any key and
+/// only refused it at `FSCONFIG_CMD_CREATE`, so this creates a superblock from two
+/// empty lower dirs (never mounted) to find out.
 pub fn kernel_has_lowerdir_plus() -> bool {
-    use rustix::mount::{FsOpenFlags, fsconfig_set_string, fsopen};
-    match fsopen("overlay", FsOpenFlags::FSOPEN_CLOEXEC) {
-        Ok(fs) => fsconfig_set_string(&fs, "lowerdir+", "/").is_ok(),
-        Err(_) => false,
-    }
+    use rustix::mount::{FsOpenFlags, fsconfig_create, fsconfig_set_string, fsopen};
+    let base = std::env::temp_dir().join(format!("plies-lowerdir-plus-{}", std::process::id()));
+    let lowers = [base.join("a"), base.join("b")];
+    let made = lowers.iter().all(|l| std::fs::create_dir_all(l).is_ok());
+    let supported = made
+        && fsopen("overlay", FsOpenFlags::FSOPEN_CLOEXEC).is_ok_and(|fs| {
+            lowers
+                .iter()
+                .all(|l| fsconfig_set_string(&fs, "lowerdir+", l.as_path()).is_ok())
+                && fsconfig_create(&fs).is_ok()
+        });
+    let _ = std::fs::remove_dir_all(&base);
+    supported
 }
 
 /// The repository's `fixtures/` directory (Docker-written stores and images).
