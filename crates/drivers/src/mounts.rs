@@ -15,44 +15,15 @@ const BUSY_PAUSE: Duration = Duration::from_millis(100);
 /// Mount points of this process's mount namespace at or below `dir`, deepest
 /// first (so they can be unmounted in this order).
 pub(crate) fn mounts_under(dir: &Path) -> Vec<PathBuf> {
-    let Ok(text) = std::fs::read_to_string("/proc/self/mountinfo") else {
-        return Vec::new();
-    };
-    let mut out: Vec<PathBuf> = text
-        .lines()
-        .filter_map(|line| line.split(' ').nth(4))
-        .map(|p| PathBuf::from(unescape(p)))
+    let mut out: Vec<PathBuf> = plies_kprobe::mount_points()
+        .unwrap_or_default()
+        .into_iter()
         .filter(|p| p.starts_with(dir))
         .collect();
     out.sort();
     out.dedup();
     out.reverse();
     out
-}
-
-/// Undoes mountinfo's octal escapes (`\040` for a space, …).
-fn unescape(field: &str) -> String {
-    let bytes = field.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'\\'
-            && i + 3 < bytes.len()
-            && bytes[i + 1..i + 4]
-                .iter()
-                .all(|b| (b'0'..=b'7').contains(b))
-        {
-            let v = (bytes[i + 1] - b'0') as u32 * 64
-                + (bytes[i + 2] - b'0') as u32 * 8
-                + (bytes[i + 3] - b'0') as u32;
-            out.push(v as u8);
-            i += 4;
-        } else {
-            out.push(bytes[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// Detaches the mount at `path`; `Ok(false)` when nothing was mounted there.
@@ -96,14 +67,5 @@ pub(crate) fn unmount_retrying(id: &str, path: &Path) -> Result<bool> {
                 });
             }
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn unescapes_mountinfo() {
-        assert_eq!(super::unescape(r"/a\040b\134c"), "/a b\\c");
-        assert_eq!(super::unescape(r"/plain\04"), r"/plain\04");
     }
 }

@@ -53,6 +53,19 @@ pub(crate) fn parse_mountinfo(text: &str) -> Vec<MountEntry> {
         .collect()
 }
 
+/// The mount points of this process's mount namespace, from `/proc/self/mountinfo`,
+/// in its order (octal escapes undone, bytes kept as they are).
+///
+/// # Errors
+/// Reading `/proc/self/mountinfo` failed.
+pub fn mount_points() -> std::io::Result<Vec<PathBuf>> {
+    let text = std::fs::read_to_string("/proc/self/mountinfo")?;
+    Ok(parse_mountinfo(&text)
+        .into_iter()
+        .map(|m| m.mount_point)
+        .collect())
+}
+
 /// Undoes mountinfo's octal escapes (`\040` for a space, …).
 fn unescape(s: &str) -> PathBuf {
     let bytes = s.as_bytes();
