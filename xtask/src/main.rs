@@ -104,6 +104,7 @@ fn ci() -> Result {
 }
 
 fn package() -> Result {
+    forget_packaged_siblings()?;
     let mut cmd = cargo();
     cmd.args(["package", "--workspace"]);
     if std::env::var_os("CI").is_none() {
@@ -111,6 +112,38 @@ fn package() -> Result {
         cmd.arg("--allow-dirty");
     }
     run(&mut cmd)
+}
+
+/// `cargo package --workspace` verifies each crate against a temporary local
+/// registry, and cargo extracts such registry packages once under
+/// `$CARGO_HOME/registry/src/-<hash>/<name>-<version>` and never again: a later run
+/// would verify against the siblings' sources of an earlier one. Remove those
+/// extractions of our own crates first.
+fn forget_packaged_siblings() -> Result {
+    let home = std::env::var_os("CARGO_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| Path::new(&h).join(".cargo")))
+        .ok_or("neither CARGO_HOME nor HOME is set")?;
+    let Ok(registries) = std::fs::read_dir(home.join("registry/src")) else {
+        return Ok(());
+    };
+    for registry in registries.flatten() {
+        // Local registries are named `-<hash>`; crates.io's cache is left alone.
+        if !registry.file_name().to_string_lossy().starts_with('-') {
+            continue;
+        }
+        let Ok(packages) = std::fs::read_dir(registry.path()) else {
+            continue;
+        };
+        for package in packages.flatten() {
+            let name = package.file_name().to_string_lossy().into_owned();
+            if name.starts_with("plies") {
+                std::fs::remove_dir_all(package.path())
+                    .map_err(|e| format!("removing {}: {e}", package.path().display()))?;
+            }
+        }
+    }
+    Ok(())
 }
 
 fn fuzz_dir() -> PathBuf {
