@@ -128,7 +128,7 @@ fn forget_packaged_siblings() -> Result {
         return Ok(());
     };
     for registry in registries.flatten() {
-        // Local registries are named `-<hash>`; crates.io's cache is left alone.
+        // Local registries are named `-<hash>`; the public registry's cache is left alone.
         if !registry.file_name().to_string_lossy().starts_with('-') {
             continue;
         }
