@@ -408,10 +408,13 @@ impl Driver for Overlay2 {
     }
 
     fn status(&self) -> Vec<(String, String)> {
-        let mode = match self.mount_mode {
-            MountMode::Auto => "auto",
-            MountMode::Legacy => "legacy",
-            MountMode::Fsconfig => "fsconfig",
+        // In auto mode each mount picks its plan: mount(2) data while it fits,
+        // else the new mount API; say which of them this kernel allows.
+        let mode = match (self.mount_mode, self.features.lowerdir_plus.is_supported()) {
+            (MountMode::Auto, true) => "auto (legacy, fsconfig beyond its limits)",
+            (MountMode::Auto, false) => "auto (legacy only: no lowerdir+)",
+            (MountMode::Legacy, _) => "legacy",
+            (MountMode::Fsconfig, _) => "fsconfig",
         };
         vec![
             (

@@ -173,6 +173,12 @@ fn status_rows_and_options() {
         ]
     );
     assert_eq!(d.status()[5].1, "128");
+    let expected_mode = if plies_testkit::kernel_has_lowerdir_plus() {
+        "auto (legacy, fsconfig beyond its limits)"
+    } else {
+        "auto (legacy only: no lowerdir+)"
+    };
+    assert_eq!(d.status()[4].1, expected_mode);
     let opts = Options::parse(["overlay2.size=10G"]).unwrap();
     let err = plies_drivers::open(dir.path(), DriverChoice::Overlay2, &opts).unwrap_err();
     assert!(
