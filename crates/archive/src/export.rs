@@ -25,7 +25,9 @@ pub struct ExportOptions {
     /// `.wh..wh.*` entries left out), or [`WhiteoutFormat::Merged`] for a plain
     /// tree without whiteouts.
     pub whiteouts: WhiteoutFormat,
-    /// Container-to-host uid ranges; owners are mapped back to container ids.
+    /// Container-to-host uid ranges; owners are mapped back to container ids
+    /// (an owner outside the ranges is an error, but for whiteout entries,
+    /// which keep it).
     pub uid_map: Vec<IdMap>,
     /// Container-to-host gid ranges; groups are mapped back to container ids.
     pub gid_map: Vec<IdMap>,
@@ -470,10 +472,22 @@ impl Export {
             },
             other => other,
         };
-        let uid = idmap::to_container(&self.opts.uid_map, u64::from(st.st_uid), "uid")
-            .map_err(unmapped)?;
-        let gid = idmap::to_container(&self.opts.gid_map, u64::from(st.st_gid), "gid")
-            .map_err(unmapped)?;
+        let (uid, gid) = (u64::from(st.st_uid), u64::from(st.st_gid));
+        let base = name.rsplit(|b| *b == b'/').next().unwrap_or(name);
+        let (uid, gid) = if base.starts_with(WHITEOUT_PREFIX.as_bytes()) {
+            // Whiteouts are made by the kernel or by apply as the host's root,
+            // and their owner means nothing: as Docker, an owner outside the
+            // map is kept as it is rather than refused.
+            (
+                idmap::to_container(&self.opts.uid_map, uid, "uid").unwrap_or(uid),
+                idmap::to_container(&self.opts.gid_map, gid, "gid").unwrap_or(gid),
+            )
+        } else {
+            (
+                idmap::to_container(&self.opts.uid_map, uid, "uid").map_err(unmapped)?,
+                idmap::to_container(&self.opts.gid_map, gid, "gid").map_err(unmapped)?,
+            )
+        };
         let (secs, nsec) = (st.st_mtime, st.st_mtime_nsec as i64);
         let mut pax = Vec::new();
         if name.len() > 100 {

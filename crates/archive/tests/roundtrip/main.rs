@@ -360,6 +360,61 @@ fn export_details() {
 }
 
 #[test]
+fn export_maps_owners_but_keeps_whiteouts_outside_the_map() {
+    if !plies_testkit::require_root("export_maps_owners_but_keeps_whiteouts_outside_the_map") {
+        return;
+    }
+    let src = tempfile::tempdir().unwrap();
+    let r = src.path();
+    std::fs::create_dir(r.join("d")).unwrap();
+    std::os::unix::fs::lchown(r.join("d"), Some(100_000), Some(100_000)).unwrap();
+    std::fs::write(r.join("d/f"), b"x").unwrap();
+    std::os::unix::fs::lchown(r.join("d/f"), Some(101_000), Some(101_000)).unwrap();
+    // A whiteout as the kernel or apply makes it: owned by the host's root.
+    let d = std::fs::File::open(r.join("d")).unwrap();
+    plies_whiteout::create_overlay_whiteout(&d, OsStr::new("gone")).unwrap();
+    let map = vec![plies_archive::IdMap {
+        container_id: 0,
+        host_id: 100_000,
+        size: 65536,
+    }];
+    let opts = ExportOptions {
+        whiteouts: WhiteoutFormat::Overlay(XattrNamespace::Trusted),
+        uid_map: map.clone(),
+        gid_map: map,
+    };
+    let mut tar = Vec::new();
+    export(r, &opts).unwrap().read_to_end(&mut tar).unwrap();
+    let owners: Vec<(String, u64)> = entries(&tar)
+        .into_iter()
+        .map(|(name, _, _, uid, _)| (name, uid))
+        .collect();
+    assert_eq!(
+        owners,
+        [
+            ("d/".to_string(), 0),
+            ("d/f".to_string(), 1000),
+            ("d/.wh.gone".to_string(), 0)
+        ]
+    );
+    // Any other file outside the map is refused, naming it.
+    std::fs::write(r.join("d/host"), b"h").unwrap();
+    let err = export(r, &opts)
+        .unwrap()
+        .read_to_end(&mut Vec::new())
+        .unwrap_err();
+    let inner = err
+        .into_inner()
+        .unwrap()
+        .downcast::<plies_archive::Error>()
+        .unwrap();
+    assert!(
+        matches!(*inner, plies_archive::Error::Export { ref path, .. } if path == Path::new("d/host")),
+        "{inner:?}"
+    );
+}
+
+#[test]
 fn export_refuses_redirects() {
     if !plies_testkit::require_root("export_refuses_redirects") {
         return;
