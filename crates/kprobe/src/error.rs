@@ -2,7 +2,8 @@
 
 use std::path::PathBuf;
 
-/// What went wrong in a parser, or with the directory handed to [`crate::probe_all`].
+/// What went wrong in a parser, with the directory handed to [`crate::probe_all`],
+/// or with a [`crate::quota::Control`].
 ///
 /// Probes themselves never return this: a probe that cannot run answers
 /// [`crate::Outcome::Unsupported`] with its reason.
@@ -44,6 +45,33 @@ pub enum Error {
     #[error("cannot probe {path}: not a directory")]
     NotADirectory {
         /// The path given to the probe.
+        path: PathBuf,
+    },
+    /// Project quota cannot be used at a directory: the kernel or the filesystem
+    /// refused (no block device node allowed, quota accounting or enforcement off,
+    /// no project ids on this filesystem).
+    #[error("project quota is not usable at {path}: {reason}")]
+    QuotaUnsupported {
+        /// The directory quota was asked for.
+        path: PathBuf,
+        /// What refused, with the kernel's error.
+        reason: String,
+    },
+    /// A quota system call or a file operation for it failed.
+    #[error("{call} on {path}: {source}")]
+    QuotaCall {
+        /// The call, e.g. `quotactl(Q_XSETQLIM) for project 7`.
+        call: String,
+        /// The path it was made on.
+        path: PathBuf,
+        /// The kernel's error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Every project id above the home directory's is taken.
+    #[error("no free project id left under {path}")]
+    ProjectIdsExhausted {
+        /// The quota control's home directory.
         path: PathBuf,
     },
 }

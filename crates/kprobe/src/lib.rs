@@ -6,12 +6,14 @@ mod dtype;
 mod error;
 mod filesystems;
 mod idmap;
+mod mountinfo;
 mod outcome;
 mod overlay;
-mod quota;
+pub mod quota;
 mod report;
 mod scratch;
 mod stack;
+mod sys;
 mod userns;
 mod version;
 
@@ -24,12 +26,13 @@ pub use dtype::d_type;
 pub use error::Error;
 pub use filesystems::{FilesystemEntry, Filesystems, filesystems, load_module};
 pub use idmap::idmapped_mounts;
+pub use mountinfo::mount_points;
 pub use outcome::Outcome;
 pub use overlay::{
     index_parameter, lowerdir_plus, metacopy, multiple_lowers, native_diff, new_mount_api,
     userxattr_needed, volatile,
 };
-pub use quota::{ProjectQuota, mount_points, xfs_project_quota};
+pub use quota::{ProjectQuota, xfs_project_quota};
 pub use report::{ProbeOptions, Report, probe_all, probe_all_cached, probe_all_with};
 pub use stack::{DEFAULT_STACK_CEILING, StackDepth, StackMethod, stack_depth, stack_depth_using};
 pub use userns::{IdMapping, in_user_namespace, is_initial_id_map, parse_id_map};

@@ -77,7 +77,7 @@ pub struct Report {
     pub idmapped_mounts: Outcome<()>,
     /// Whether aufs takes `dirperm1`.
     pub dirperm1: Outcome<()>,
-    /// Whether XFS project quota is on.
+    /// Whether XFS project quota limits can be set.
     pub xfs_project_quota: Outcome<ProjectQuota>,
 }
 
@@ -223,7 +223,7 @@ pub fn probe_all_with(dir: &Path, options: &ProbeOptions) -> Result<Report, Erro
     });
     let xfs_project_quota = backing_fs
         .clone()
-        .and_then(|fs| xfs_project_quota(dir, &fs));
+        .and_then(|fs| crate::quota::xfs_project_quota_within(dir, &fs, t));
     Ok(Report {
         dir: dir.to_path_buf(),
         d_type: probes.d_type,

@@ -25,6 +25,17 @@ fn kernel() -> plies_kprobe::KernelVersion {
     plies_kprobe::KernelVersion::parse(release.trim()).expect("parse osrelease")
 }
 
+/// Whether idmapped mounts work on `fstype` with kernel `k`: ext4 and xfs from
+/// 5.12, btrfs from 5.15, tmpfs from 6.3; `None` for filesystems not listed.
+fn idmap_expected(fstype: &str, k: &plies_kprobe::KernelVersion) -> Option<bool> {
+    match fstype {
+        "ext4" | "xfs" => Some(k.at_least(5, 12, 0)),
+        "btrfs" => Some(k.at_least(5, 15, 0)),
+        "tmpfs" => Some(k.at_least(6, 3, 0)),
+        _ => None,
+    }
+}
+
 fn sys_param(name: &str) -> Option<bool> {
     let v = std::fs::read_to_string(format!("/sys/module/overlay/parameters/{name}")).ok()?;
     Some(v.trim() == "Y")
@@ -212,7 +223,17 @@ fn probes_that_cannot_work_here_say_why() {
         assert!(report.dirperm1.reason().expect("no aufs").contains("aufs"));
         assert!(!report.aufs_present.is_supported());
     }
-    assert!(report.idmapped_mounts.reason().is_some());
+    let root = rustix::process::geteuid().is_root();
+    match idmap_expected(&mount_fstype(dir.path()), &kernel()) {
+        Some(expected) if root => assert_eq!(
+            report.idmapped_mounts.is_supported(),
+            expected,
+            "{:?}",
+            report.idmapped_mounts
+        ),
+        _ if !root => assert!(!report.idmapped_mounts.is_supported()),
+        _ => {}
+    }
     if mount_fstype(dir.path()) != "xfs" {
         assert!(
             report
@@ -274,7 +295,12 @@ fn report_rows_and_json() {
     };
     assert_eq!(json["d_type"]["status"], d_type);
     assert_eq!(json["backing_fs"]["value"]["name"], fs.as_str());
-    assert_eq!(json["idmapped_mounts"]["status"], "unsupported");
+    let idmap = if report.idmapped_mounts.is_supported() {
+        "supported"
+    } else {
+        "unsupported"
+    };
+    assert_eq!(json["idmapped_mounts"]["status"], idmap);
 }
 
 #[test]
@@ -333,6 +359,7 @@ fn unprivileged_probes_are_unsupported_not_errors() {
         ("volatile", &report.volatile),
         ("new_mount_api", &report.new_mount_api),
         ("lowerdir_plus", &report.lowerdir_plus),
+        ("idmapped_mounts", &report.idmapped_mounts),
     ] {
         let reason = o
             .reason()
@@ -507,40 +534,296 @@ fn d_type_missing_on_ext4_without_filetype() {
     );
 }
 
+/// A tmpfs mounted on a fresh directory; unmounted on drop.
+struct Tmpfs {
+    dir: tempfile::TempDir,
+}
+
+impl Tmpfs {
+    fn new() -> Tmpfs {
+        let dir = scratch_parent();
+        rustix::mount::mount(
+            "tmpfs",
+            dir.path(),
+            "tmpfs",
+            rustix::mount::MountFlags::empty(),
+            c"size=16m",
+        )
+        .expect("mount tmpfs");
+        Tmpfs { dir }
+    }
+
+    fn path(&self) -> &Path {
+        self.dir.path()
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = rustix::mount::unmount(self.dir.path(), rustix::mount::UnmountFlags::DETACH);
+    }
+}
+
 #[test]
-fn xfs_project_quota_from_mount_options() {
-    if !plies_testkit::require_root("xfs_project_quota_from_mount_options")
-        || !plies_testkit::require(
-            "xfs_project_quota_from_mount_options",
+fn idmapped_mounts_match_the_kernel() {
+    if !plies_testkit::require_root("idmapped_mounts_match_the_kernel") {
+        return;
+    }
+    let k = kernel();
+    let disk = scratch_parent();
+    let tmpfs = Tmpfs::new();
+    for dir in [disk.path(), tmpfs.path()] {
+        let fstype = mount_fstype(dir);
+        let answer = plies_kprobe::idmapped_mounts(dir);
+        if let Some(expected) = idmap_expected(&fstype, &k) {
+            assert_eq!(
+                answer.is_supported(),
+                expected,
+                "{fstype} on {k}: {answer:?}"
+            );
+        }
+        if let Some(reason) = answer.reason() {
+            // The kernel's refusal is named.
+            assert!(
+                [
+                    "ENOSYS",
+                    "EINVAL",
+                    "EPERM",
+                    "Invalid argument",
+                    "not implemented"
+                ]
+                .iter()
+                .any(|e| reason.contains(e)),
+                "{fstype}: {reason}"
+            );
+        }
+        assert_eq!(listing(dir), Vec::<PathBuf>::new(), "{fstype}");
+        let own_mount: &[PathBuf] = if dir == tmpfs.path() {
+            &[tmpfs.path().to_path_buf()]
+        } else {
+            &[]
+        };
+        assert_eq!(plies_testkit::mounts_under(dir), own_mount, "{fstype}");
+    }
+    // The probe's user namespace children (forks named after the probe thread)
+    // are all reaped.
+    assert_eq!(probe_children(), Vec::<String>::new());
+}
+
+/// Child processes of this process forked by a probe thread (`kprobe-*`).
+fn probe_children() -> Vec<String> {
+    let mut out = Vec::new();
+    for task in std::fs::read_dir("/proc/self/task").expect("tasks") {
+        let children = std::fs::read_to_string(task.expect("task").path().join("children"))
+            .unwrap_or_default();
+        for pid in children.split_whitespace() {
+            let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+            if comm.starts_with("kprobe-") {
+                out.push(format!("{pid} {}", comm.trim()));
+            }
+        }
+    }
+    out
+}
+
+/// Skips (with the reason) when the XFS loop filesystem cannot be made.
+fn require_xfs(test: &str) -> bool {
+    plies_testkit::require_root(test)
+        && plies_testkit::require(
+            test,
             have_tool("mkfs.xfs")
                 && have_tool("losetup")
                 && plies_testkit::kernel_has_filesystem("xfs"),
             "mkfs.xfs, losetup or the xfs filesystem missing",
         )
-    {
+}
+
+/// An XFS loop filesystem mounted with `prjquota`, or `None` (saying so) when
+/// the kernel has no XFS quota (built without `CONFIG_XFS_QUOTA`, it refuses the
+/// option): a kernel without the feature skips, under `PLIES_REQUIRE_KERNEL=1` too.
+fn xfs_with_prjquota(test: &str) -> Option<LoopFs> {
+    let fs = LoopFs::new("xfs", 320, &["-q", "-f"], "prjquota");
+    if fs.is_none() {
+        assert!(
+            LoopFs::new("xfs", 320, &["-q", "-f"], "").is_some(),
+            "plain xfs loop mount failed"
+        );
+    }
+    plies_testkit::require_kernel_feature(test, fs.is_some(), "XFS quota (CONFIG_XFS_QUOTA)")
+        .then_some(fs)
+        .flatten()
+}
+
+const MIB: u64 = 1 << 20;
+
+/// Writes `mib` MiB of ones to `path`, then syncs; the first error.
+fn write_mib(path: &Path, mib: u64) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut f = std::fs::File::create(path)?;
+    let chunk = vec![1u8; MIB as usize];
+    for _ in 0..mib {
+        f.write_all(&chunk)?;
+    }
+    f.sync_all()
+}
+
+fn is_edquot(e: &std::io::Error) -> bool {
+    e.raw_os_error() == Some(rustix::io::Errno::DQUOT.raw_os_error())
+}
+
+#[test]
+fn quota_control_limits_a_directory_on_xfs() {
+    let test = "quota_control_limits_a_directory_on_xfs";
+    if !require_xfs(test) {
         return;
     }
-    for (options, quota) in [("prjquota", true), ("", false)] {
-        let Some(fs) = LoopFs::new("xfs", 320, &["-q", "-f"], options) else {
-            // Kernels built without CONFIG_XFS_QUOTA refuse the option.
-            assert!(quota, "plain xfs loop mount failed");
-            eprintln!(
-                "xfs refuses prjquota here (no XFS quota in this kernel); positive case not run"
-            );
-            continue;
-        };
+    let Some(fs) = xfs_with_prjquota(test) else {
+        return;
+    };
+    let home = fs.mount_point.join("home");
+    std::fs::create_dir(&home).expect("mkdir home");
+    let control = plies_kprobe::quota::Control::open(&home).expect("project quota on xfs");
+    let node = std::fs::symlink_metadata(control.device()).expect("device node");
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    assert!(node.file_type().is_block_device());
+    assert_eq!(node.rdev(), std::fs::metadata(&home).expect("stat").dev());
+    assert_eq!(control.base_project_id(), 0);
+    assert!(control.next_project_id() >= 1);
+
+    // A limited tree: existing contents join the project, new ones inherit it.
+    let limited = home.join("limited");
+    std::fs::create_dir_all(limited.join("diff")).expect("mkdir");
+    std::fs::write(limited.join("link"), b"x").expect("write");
+    let id = control.set_quota(&limited, 10 * MIB).expect("set quota");
+    assert!(id > control.base_project_id());
+    for p in ["", "diff", "link"] {
+        assert_eq!(
+            plies_kprobe::quota::project_id(&limited.join(p)).expect("projid"),
+            id,
+            "{p}"
+        );
+    }
+    std::fs::create_dir(limited.join("diff/new")).expect("mkdir");
+    assert_eq!(
+        plies_kprobe::quota::project_id(&limited.join("diff/new")).expect("projid"),
+        id
+    );
+    let usage = control.usage(&limited).expect("usage");
+    assert_eq!(
+        (usage.project_id, usage.hard_limit, usage.soft_limit),
+        (id, 10 * MIB, 10 * MIB)
+    );
+
+    let err = write_mib(&limited.join("diff/new/big"), 20).expect_err("20 MiB over a 10 MiB limit");
+    assert!(is_edquot(&err), "{err}");
+    let usage = control.usage(&limited).expect("usage");
+    assert!(usage.used > 8 * MIB && usage.used <= 10 * MIB, "{usage:?}");
+    assert!(usage.inodes >= 4, "{usage:?}");
+
+    // A tree without a limit takes the same 20 MiB.
+    let free = home.join("free");
+    std::fs::create_dir(&free).expect("mkdir");
+    write_mib(&free.join("big"), 20).expect("no limit");
+    assert_eq!(control.project_of(&free).expect("project_of"), None);
+
+    // A second tree gets the next id; sizes round up to whole 512-byte blocks.
+    let second = home.join("second");
+    std::fs::create_dir(&second).expect("mkdir");
+    let id2 = control.set_quota(&second, 1000).expect("set quota");
+    assert!(id2 > id);
+    assert_eq!(control.usage(&second).expect("usage").hard_limit, 1024);
+    // Setting again keeps the id and changes the limit.
+    assert_eq!(control.set_quota(&second, 2 * MIB).expect("set quota"), id2);
+    assert_eq!(control.usage(&second).expect("usage").hard_limit, 2 * MIB);
+
+    // Reopening (a restart) finds the ids given out, also one level down.
+    let nested = home.join("layers/deep");
+    std::fs::create_dir_all(&nested).expect("mkdir");
+    plies_kprobe::quota::set_project_id(&nested, 900).expect("set projid");
+    let reopened = plies_kprobe::quota::Control::open(&home).expect("reopen");
+    assert!(reopened.next_project_id() > 900);
+    assert_eq!(reopened.project_of(&limited).expect("project_of"), Some(id));
+
+    // Releasing drops the limit.
+    reopened.release_project(id).expect("release");
+    assert_eq!(reopened.usage(&limited).expect("usage").hard_limit, 0);
+    write_mib(&limited.join("diff/after-release"), 12).expect("no limit after release");
+}
+
+#[test]
+fn quota_control_refuses_without_project_quota() {
+    let test = "quota_control_refuses_without_project_quota";
+    if !plies_testkit::require_root(test) {
+        return;
+    }
+    let tmpfs = Tmpfs::new();
+    let mut homes = vec![tmpfs.path().to_path_buf()];
+    let disk = scratch_parent();
+    if mount_fstype(disk.path()) != "xfs" {
+        homes.push(disk.path().to_path_buf());
+    }
+    let xfs = if require_xfs(test) {
+        LoopFs::new("xfs", 320, &["-q", "-f"], "")
+    } else {
+        None
+    };
+    if let Some(fs) = &xfs {
+        homes.push(fs.mount_point.clone());
+    }
+    for home in homes {
+        let before = listing(&home);
+        match plies_kprobe::quota::Control::open(&home) {
+            Err(plies_kprobe::Error::QuotaUnsupported { path, reason }) => {
+                assert_eq!(path, home);
+                assert!(!reason.is_empty());
+            }
+            other => panic!("{}: {other:?}", home.display()),
+        }
+        // The device node does not stay behind.
+        assert_eq!(listing(&home), before, "{}", home.display());
+    }
+}
+
+#[test]
+fn xfs_project_quota_is_tried_for_real() {
+    let test = "xfs_project_quota_is_tried_for_real";
+    if !require_xfs(test) {
+        return;
+    }
+    let plain = LoopFs::new("xfs", 320, &["-q", "-f"], "").expect("xfs loop mount");
+    let quota = xfs_with_prjquota(test);
+    let mut cases = vec![(&plain, false)];
+    if let Some(fs) = &quota {
+        cases.push((fs, true));
+    }
+    for (fs, enforced) in cases {
+        let before = listing(&fs.mount_point);
         let backing = plies_kprobe::backing_fs(&fs.mount_point);
         let backing = backing.value().expect("statfs");
         assert_eq!(backing.name, Some("xfs"));
         let answer = plies_kprobe::xfs_project_quota(&fs.mount_point, backing);
-        assert_eq!(answer.is_supported(), quota, "{options}: {answer:?}");
+        assert_eq!(answer.is_supported(), enforced, "{answer:?}");
         if let Some(q) = answer.value() {
-            assert_eq!(
-                q.mount_point,
-                fs.mount_point.canonicalize().expect("canonical")
+            use std::os::unix::fs::MetadataExt;
+            let dev = std::fs::metadata(&fs.mount_point).expect("stat").dev();
+            let (major, minor) = (rustix::fs::major(dev), rustix::fs::minor(dev));
+            assert_eq!(q.device, format!("{major}:{minor}"));
+            assert_eq!(q.base_project_id, 0);
+        } else {
+            // With XFS quota in the kernel the answer says how to turn it on;
+            // without, that the kernel has none.
+            let hint = if quota.is_some() {
+                "mount it with prjquota"
+            } else {
+                "no quota support"
+            };
+            assert!(
+                answer.reason().expect("reason").contains(hint),
+                "{answer:?}"
             );
-            assert_eq!(q.option, "prjquota");
         }
+        // The probe's scratch directory, device node included, is gone.
+        assert_eq!(listing(&fs.mount_point), before);
         assert_eq!(
             plies_kprobe::d_type(&fs.mount_point),
             Outcome::supported(())
