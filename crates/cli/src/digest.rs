@@ -2,6 +2,8 @@
 
 use std::fmt;
 use std::io::{self, Read};
+use std::sync::mpsc::{Receiver, Sender, channel, sync_channel};
+use std::thread::{Scope, ScopedJoinHandle};
 
 use sha2::{Digest as _, Sha256};
 
@@ -73,36 +75,105 @@ pub fn chain_ids(diff_ids: &[Digest]) -> Vec<Digest> {
     out
 }
 
-/// A reader that hashes what passes through it and counts it.
-pub struct HashingReader<R> {
-    inner: R,
-    hasher: Sha256,
-    count: u64,
+/// How many bytes the hashing thread of [`HashedStream`] reads ahead in one chunk.
+const CHUNK: usize = 1 << 20;
+
+/// Chunks in flight between the hashing thread and the reader.
+const IN_FLIGHT: usize = 4;
+
+/// A stream read, hashed and counted on a thread of its own, and handed on through
+/// [`Read`]: the consumer (applying a layer, say) and the sha256 of a layer run on
+/// two cores instead of one after the other.
+pub struct HashedStream<'scope> {
+    chunks: Receiver<io::Result<Vec<u8>>>,
+    spare: Sender<Vec<u8>>,
+    current: Vec<u8>,
+    pos: usize,
+    thread: ScopedJoinHandle<'scope, (Digest, u64)>,
 }
 
-impl<R: Read> HashingReader<R> {
-    /// Wraps `inner`.
-    pub fn new(inner: R) -> Self {
-        HashingReader {
-            inner,
-            hasher: Sha256::new(),
-            count: 0,
+impl<'scope> HashedStream<'scope> {
+    /// Starts reading `input` on a thread of `scope`.
+    pub fn spawn<'env, R: Read + Send + 'scope>(
+        scope: &'scope Scope<'scope, 'env>,
+        mut input: R,
+    ) -> Self {
+        let (chunk_tx, chunks) = sync_channel(IN_FLIGHT);
+        let (spare, spare_rx) = channel::<Vec<u8>>();
+        let thread = scope.spawn(move || {
+            let mut hasher = Sha256::new();
+            let mut count = 0u64;
+            loop {
+                let mut buf = spare_rx.try_recv().unwrap_or_default();
+                buf.resize(CHUNK, 0);
+                let mut len = 0;
+                let failure = loop {
+                    match input.read(&mut buf[len..]) {
+                        Ok(0) => break None,
+                        Ok(n) => {
+                            len += n;
+                            if len == buf.len() {
+                                break None;
+                            }
+                        }
+                        Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                        Err(e) => break Some(e),
+                    }
+                };
+                buf.truncate(len);
+                hasher.update(&buf);
+                count += len as u64;
+                let end = len < CHUNK || failure.is_some();
+                // A gone reader stopped early (an error while applying): stop too.
+                if len > 0 && chunk_tx.send(Ok(buf)).is_err() {
+                    break;
+                }
+                if let Some(e) = failure {
+                    let _ = chunk_tx.send(Err(e));
+                    break;
+                }
+                if end {
+                    break;
+                }
+            }
+            (Digest::from_hasher(hasher), count)
+        });
+        HashedStream {
+            chunks,
+            spare,
+            current: Vec::new(),
+            pos: 0,
+            thread,
         }
     }
 
     /// Reads the rest of the stream (a tar's trailing padding, say), then returns
-    /// the digest and the byte count of everything read.
+    /// the digest and the byte count of all of it.
     pub fn finish(mut self) -> io::Result<(Digest, u64)> {
         io::copy(&mut self, &mut io::sink())?;
-        Ok((Digest::from_hasher(self.hasher), self.count))
+        self.thread
+            .join()
+            .map_err(|_| io::Error::other("the hashing thread panicked"))
     }
 }
 
-impl<R: Read> Read for HashingReader<R> {
+impl Read for HashedStream<'_> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let n = self.inner.read(buf)?;
-        self.hasher.update(&buf[..n]);
-        self.count += n as u64;
+        while self.pos == self.current.len() {
+            match self.chunks.recv() {
+                Ok(Ok(next)) => {
+                    let used = std::mem::replace(&mut self.current, next);
+                    let _ = self.spare.send(used);
+                    self.pos = 0;
+                }
+                Ok(Err(e)) => return Err(e),
+                // The thread is done: everything was handed over.
+                Err(_) => return Ok(0),
+            }
+        }
+        let n = buf.len().min(self.current.len() - self.pos);
+        buf[..n].copy_from_slice(&self.current[self.pos..self.pos + n]);
+        self.pos += n;
         Ok(n)
     }
 }
@@ -122,6 +193,78 @@ mod tests {
         assert!(Digest::parse(&format!("sha256:{}", "A".repeat(64))).is_err());
         assert!(Digest::parse(&format!("sha256:{}", "a".repeat(63))).is_err());
         assert!(Digest::parse(&format!("sha256:{}", "0".repeat(64))).is_ok());
+    }
+
+    /// Reads in odd-sized pieces and fails once, after `fail_at` bytes, if asked.
+    struct Jagged {
+        data: Vec<u8>,
+        pos: usize,
+        fail_at: Option<usize>,
+    }
+
+    impl Read for Jagged {
+        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            if self.fail_at.is_some_and(|f| self.pos >= f) {
+                return Err(io::Error::other("disk on fire"));
+            }
+            let n = buf.len().min(7919).min(self.data.len() - self.pos);
+            buf[..n].copy_from_slice(&self.data[self.pos..self.pos + n]);
+            self.pos += n;
+            Ok(n)
+        }
+    }
+
+    fn jagged(len: usize, fail_at: Option<usize>) -> Jagged {
+        Jagged {
+            data: (0..len).map(|i| (i * 31 % 251) as u8).collect(),
+            pos: 0,
+            fail_at,
+        }
+    }
+
+    #[test]
+    fn hashed_stream_hands_on_every_byte_and_hashes_them() {
+        for len in [0, 1, CHUNK - 1, CHUNK, CHUNK + 1, 3 * CHUNK + 12345] {
+            let input = jagged(len, None);
+            let expected = Digest::of(&input.data);
+            let data = input.data.clone();
+            std::thread::scope(|s| {
+                let mut stream = HashedStream::spawn(s, input);
+                // Read only part, as a tar reader stops at the end-of-archive blocks.
+                let mut head = vec![0; len / 2];
+                stream.read_exact(&mut head).unwrap();
+                assert_eq!(head, data[..len / 2]);
+                let (digest, count) = stream.finish().unwrap();
+                assert_eq!((digest, count), (expected.clone(), len as u64), "{len}");
+            });
+        }
+    }
+
+    #[test]
+    fn hashed_stream_passes_on_a_read_error_after_the_data_before_it() {
+        let fail_at = 2 * CHUNK + 100;
+        std::thread::scope(|s| {
+            let input = jagged(3 * CHUNK, Some(fail_at));
+            let data = input.data.clone();
+            let mut stream = HashedStream::spawn(s, input);
+            let mut all = Vec::new();
+            let err = stream.read_to_end(&mut all).unwrap_err();
+            assert_eq!(err.to_string(), "disk on fire");
+            // Every byte the source gave before failing arrives, then the error.
+            assert!((fail_at..fail_at + 7919).contains(&all.len()), "{}", all.len());
+            assert_eq!(all, data[..all.len()]);
+        });
+    }
+
+    #[test]
+    fn hashed_stream_stops_when_its_reader_goes_away() {
+        std::thread::scope(|s| {
+            let mut stream = HashedStream::spawn(s, jagged(64 * CHUNK, None));
+            let mut one = [0u8; 1];
+            stream.read_exact(&mut one).unwrap();
+            drop(stream);
+            // The scope joins the thread: this returns only if it stopped.
+        });
     }
 
     #[test]
@@ -151,15 +294,5 @@ mod tests {
             chain[2].hex(),
             "1ae6a702e2d496b9b9faad683d05230115571b246e49fdd657460a3cd66a74e1"
         );
-    }
-
-    #[test]
-    fn hashing_reader_reads_to_the_end() {
-        let mut r = HashingReader::new(&b"hello world"[..]);
-        let mut five = [0u8; 5];
-        r.read_exact(&mut five).unwrap();
-        let (digest, n) = r.finish().unwrap();
-        assert_eq!(n, 11);
-        assert_eq!(digest, Digest::of(b"hello world"));
     }
 }

@@ -10,7 +10,7 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use plies_drivers::CreateOptions;
 use serde::Serialize;
 
-use crate::digest::HashingReader;
+use crate::digest::HashedStream;
 use crate::image::{self, Image, LayerRef, Platform, Source};
 use crate::store::{Record, Store};
 
@@ -242,11 +242,15 @@ fn import_layer(
         let raw = Interruptible::new(bar.wrap_read(raw), Arc::clone(interrupted));
         let (_, tar) = crate::compression::decompress(raw)
             .with_context(|| format!("layer {id}: blob {}", layer.blob))?;
-        let mut hashing = HashingReader::new(tar);
-        let size = store.driver.apply_diff(id, parent, &mut hashing)?;
-        let (digest, _) = hashing
-            .finish()
-            .with_context(|| format!("layer {id}: reading blob {}", layer.blob))?;
+        // Decompression and the digest run on a second thread beside the apply.
+        let (size, digest) = std::thread::scope(|s| -> Result<_> {
+            let mut hashed = HashedStream::spawn(s, tar);
+            let size = store.driver.apply_diff(id, parent, &mut hashed)?;
+            let (digest, _) = hashed
+                .finish()
+                .with_context(|| format!("layer {id}: reading blob {}", layer.blob))?;
+            Ok((size, digest))
+        })?;
         if digest != layer.diff_id {
             bail!(
                 "layer {id}: digest mismatch: the uncompressed blob {} is {digest}, the config says {}",
