@@ -15,7 +15,8 @@ pub struct ProbeOptions {
     /// `/proc/filesystems`. Off by default: a library should not load modules
     /// unless asked.
     pub load_modules: bool,
-    /// How long one probe may take before it is reported as timed out.
+    /// How long one probe may take before it is reported as timed out; zero gives
+    /// up on every probe at once (each still cleans up after itself in the background).
     pub timeout: Duration,
     /// The most lower layers the stack probe tries.
     pub stack_ceiling: usize,

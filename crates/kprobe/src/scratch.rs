@@ -140,7 +140,14 @@ pub(crate) fn deadline<T: Send + 'static>(
     if let Err(e) = spawned {
         return Outcome::unsupported(format!("cannot start the probe thread: {e}"));
     }
-    match rx.recv_timeout(timeout) {
+    // A zero timeout gives up at once, even on a probe quick enough to have
+    // answered already: what a caller asks for when probing must never wait.
+    let answer = if timeout.is_zero() {
+        Err(mpsc::RecvTimeoutError::Timeout)
+    } else {
+        rx.recv_timeout(timeout)
+    };
+    match answer {
         Ok(answer) => answer,
         Err(mpsc::RecvTimeoutError::Timeout) => {
             tracing::warn!("probe {name} timed out after {timeout:?}");
