@@ -167,8 +167,13 @@ impl Control {
             reason,
         };
         let stat = sys::quota_stat(device_c).map_err(|e| {
+            // XFS answers ENOSYS on a mount without quota options, as a kernel
+            // without quota support for the filesystem does.
             let why = match e.raw_os_error().map(Errno::from_raw_os_error) {
-                Some(Errno::NOSYS) => " (the kernel has no quota support for this filesystem)",
+                Some(Errno::NOSYS) => {
+                    " (quota is off for this filesystem: mount it with prjquota, on a \
+                     kernel with quota support for it)"
+                }
                 _ => "",
             };
             unsupported(format!(

@@ -139,6 +139,14 @@ fn userns_child(read_fd: i32, write_fd: i32, parent: i32) -> ! {
     // here allocates, locks or returns to the caller's frames.
     unsafe {
         libc::close(read_fd);
+        // Drop every other descriptor inherited from the process (another
+        // probe's files, which would keep its filesystem busy while we live).
+        // Best effort: close_range(2) is Linux 5.9.
+        let write_u = write_fd as libc::c_uint;
+        if write_u > 3 {
+            libc::syscall(libc::SYS_close_range, 3 as libc::c_uint, write_u - 1, 0);
+        }
+        libc::syscall(libc::SYS_close_range, write_u + 1, libc::c_uint::MAX, 0);
         // Die with the thread that forked us, should it go away first.
         libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0);
         if libc::getppid() != parent {
