@@ -3,15 +3,14 @@
 
 use std::collections::BTreeSet;
 use std::os::fd::OwnedFd;
-use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 
-use rustix::fs::{AtFlags, FileType, Mode, OFlags, openat, unlinkat};
+use rustix::fs::{AtFlags, FileType, unlinkat};
 use rustix::io::Errno;
 
 use crate::disk::{
-    file_type, is_mount_point, list_names, make_dir, open_dir, read_small_file, remove_tree,
-    rename_noreplace, sync, utf8_name, write_new_file,
+    file_type, is_mount_point, list_names, make_dir, open_or_make_dir, open_store_root,
+    read_small_file, remove_tree, rename_noreplace, sync, utf8_name, write_new_file,
 };
 use crate::error::{Error, Result, io_err};
 use crate::fsck::{Finding, FsckReport, Outcome};
@@ -76,42 +75,17 @@ pub(crate) fn parse_layers_file(bytes: &[u8], max: usize) -> Result<Vec<String>,
     Ok(out)
 }
 
-fn open_or_make(root: &OwnedFd, root_path: &Path, name: &str, durable: bool) -> Result<OwnedFd> {
-    match make_dir(root, name, ROOT_MODE) {
-        Ok(fd) => {
-            sync(root, durable).map_err(|e| io_err("fsync", root_path, e))?;
-            Ok(fd)
-        }
-        Err(Errno::EXIST) => {
-            open_dir(root, name).map_err(|e| io_err("open", root_path.join(name), e))
-        }
-        Err(e) => Err(io_err("create", root_path.join(name), e)),
-    }
-}
-
 impl AufsStore {
     /// Opens the store at `root`, creating `root`, `layers/`, `diff/`, `mnt/` (0700)
     /// if missing, and finishes or rolls back what a crash interrupted.
     pub fn open(root: impl AsRef<Path>, opts: StoreOptions) -> Result<Self> {
         opts.check()?;
-        let root =
-            std::path::absolute(root.as_ref()).map_err(|e| io_err("resolve", root.as_ref(), e))?;
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(ROOT_MODE)
-            .create(&root)
-            .map_err(|e| io_err("create", &root, e))?;
-        let root_fd = openat(
-            rustix::fs::CWD,
-            &root,
-            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
-            Mode::empty(),
-        )
-        .map_err(|e| io_err("open", &root, e))?;
+        let (root, root_fd) = open_store_root(root.as_ref(), ROOT_MODE)?;
+        let dir = |name| open_or_make_dir(&root_fd, &root, name, ROOT_MODE, opts.durable);
         let store = Self {
-            layers_fd: open_or_make(&root_fd, &root, "layers", opts.durable)?,
-            diff_fd: open_or_make(&root_fd, &root, "diff", opts.durable)?,
-            mnt_fd: open_or_make(&root_fd, &root, "mnt", opts.durable)?,
+            layers_fd: dir("layers")?,
+            diff_fd: dir("diff")?,
+            mnt_fd: dir("mnt")?,
             root,
             opts,
             locks: IdLocks::default(),

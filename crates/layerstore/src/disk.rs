@@ -5,12 +5,16 @@ use std::ffi::OsStr;
 use std::io::{self, Read, Write};
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::DirBuilderExt;
+use std::path::{Path, PathBuf};
 
 use rustix::fs::{
     AtFlags, Dir, FileType, Mode, OFlags, RenameFlags, fchmod, fstat, fsync, mkdirat, openat,
     readlinkat, renameat_with, statat, unlinkat,
 };
 use rustix::io::Errno;
+
+use crate::error::io_err;
 
 /// Largest metadata file the store reads (`lower` of 500 entries is ~14 KiB).
 const MAX_META_FILE: u64 = 64 * 1024;
@@ -32,6 +36,46 @@ pub(crate) fn make_dir(dir: impl AsFd, name: &str, mode: u32) -> Result<OwnedFd,
     let fd = open_dir(dir, name)?;
     fchmod(&fd, Mode::from_raw_mode(mode))?;
     Ok(fd)
+}
+
+/// Makes `path` absolute, creates it and its missing parents with `mode`, and
+/// opens it: the root directory of a store.
+pub(crate) fn open_store_root(path: &Path, mode: u32) -> crate::Result<(PathBuf, OwnedFd)> {
+    let root = std::path::absolute(path).map_err(|e| io_err("resolve", path, e))?;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(mode)
+        .create(&root)
+        .map_err(|e| io_err("create", &root, e))?;
+    let fd = openat(
+        rustix::fs::CWD,
+        &root,
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(|e| io_err("open", &root, e))?;
+    Ok((root, fd))
+}
+
+/// Opens directory `name` of a store's root `root` (at `root_path`), making it with
+/// `mode` first if it is missing; the root is synced after a make when `durable`.
+pub(crate) fn open_or_make_dir(
+    root: &OwnedFd,
+    root_path: &Path,
+    name: &str,
+    mode: u32,
+    durable: bool,
+) -> crate::Result<OwnedFd> {
+    match make_dir(root, name, mode) {
+        Ok(fd) => {
+            sync(root, durable).map_err(|e| io_err("fsync", root_path, e))?;
+            Ok(fd)
+        }
+        Err(Errno::EXIST) => {
+            open_dir(root, name).map_err(|e| io_err("open", root_path.join(name), e))
+        }
+        Err(e) => Err(io_err("create", root_path.join(name), e)),
+    }
 }
 
 /// Creates file `name` under `dir` (which must not exist) with `contents` and

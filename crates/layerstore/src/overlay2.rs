@@ -3,15 +3,14 @@
 use std::collections::BTreeMap;
 use std::io;
 use std::os::fd::OwnedFd;
-use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 
-use rustix::fs::{AtFlags, FileType, Mode, OFlags, openat, symlinkat, unlinkat};
+use rustix::fs::{AtFlags, FileType, symlinkat, unlinkat};
 use rustix::io::Errno;
 
 use crate::disk::{
-    file_type, is_mount_point, list_names, make_dir, open_dir, read_link, read_small_file,
-    remove_tree, rename_noreplace, sync, utf8_name, write_new_file,
+    file_type, is_mount_point, list_names, make_dir, open_dir, open_or_make_dir, open_store_root,
+    read_link, read_small_file, remove_tree, rename_noreplace, sync, utf8_name, write_new_file,
 };
 use crate::error::{Error, Result, io_err};
 use crate::id::{CREATING_SUFFIX, REMOVING_SUFFIX, check_id, validate_id};
@@ -101,30 +100,8 @@ impl Overlay2Store {
     /// Fails on bad options, or when the home cannot be created or read.
     pub fn open(home: impl AsRef<Path>, opts: StoreOptions) -> Result<Self> {
         opts.check()?;
-        let home =
-            std::path::absolute(home.as_ref()).map_err(|e| io_err("resolve", home.as_ref(), e))?;
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(LAYER_DIR_MODE)
-            .create(&home)
-            .map_err(|e| io_err("create", &home, e))?;
-        let home_fd = openat(
-            rustix::fs::CWD,
-            &home,
-            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
-            Mode::empty(),
-        )
-        .map_err(|e| io_err("open", &home, e))?;
-        let link_fd = match make_dir(&home_fd, LINK_DIR, PRIVATE_DIR_MODE) {
-            Ok(fd) => {
-                sync(&home_fd, opts.durable).map_err(|e| io_err("fsync", &home, e))?;
-                fd
-            }
-            Err(Errno::EXIST) => {
-                open_dir(&home_fd, LINK_DIR).map_err(|e| io_err("open", home.join(LINK_DIR), e))?
-            }
-            Err(e) => return Err(io_err("create", home.join(LINK_DIR), e)),
-        };
+        let (home, home_fd) = open_store_root(home.as_ref(), LAYER_DIR_MODE)?;
+        let link_fd = open_or_make_dir(&home_fd, &home, LINK_DIR, PRIVATE_DIR_MODE, opts.durable)?;
         let store = Self {
             home,
             home_fd,
