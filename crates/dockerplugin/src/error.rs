@@ -49,11 +49,18 @@ pub enum Error {
         #[source]
         source: Box<plies_drivers::Error>,
     },
-    /// Docker asked for user-namespace remapping, which the drivers do not do.
-    #[error("user namespace remapping (UIDMaps/GIDMaps) is not supported for {home:?}")]
-    IdMapsUnsupported {
+    /// Docker's `UIDMaps` or `GIDMaps` hold a range that is not one of ids
+    /// (negative, empty, or beyond 32 bits).
+    #[error("bad {field} range {range} for {home:?}: {reason}")]
+    BadIdMap {
+        /// `UIDMaps` or `GIDMaps`.
+        field: &'static str,
+        /// The range as Docker sent it: `container:host:size`.
+        range: String,
         /// Docker's `Home`.
         home: PathBuf,
+        /// Why it is refused.
+        reason: &'static str,
     },
     /// A request before `Init` opened a driver.
     #[error("{endpoint} called before GraphDriver.Init")]

@@ -20,15 +20,13 @@ pub struct Activation {
     pub implements: Vec<String>,
 }
 
-/// One range of a user-namespace id map (Docker's `idtools.IDMap`).
+/// One range of a user-namespace id map (Docker's `idtools.IDMap`, whose JSON
+/// names, unlike the rest of the protocol's, are snake case).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "PascalCase")]
 pub struct IdMap {
     /// First id inside the container.
-    #[serde(rename = "ContainerID")]
     pub container_id: i64,
     /// First id on the host.
-    #[serde(rename = "HostID")]
     pub host_id: i64,
     /// How many ids the range maps.
     pub size: i64,
@@ -191,7 +189,7 @@ mod tests {
     #[test]
     fn init_request_as_dockerd_sends_it() {
         let r: InitRequest = serde_json::from_str(
-            r#"{"Home":"/var/lib/docker/plies","Opts":null,"UIDMaps":null,"GIDMaps":[{"ContainerID":0,"HostID":100000,"Size":65536}]}"#,
+            r#"{"Home":"/var/lib/docker/plies","Opts":null,"UIDMaps":null,"GIDMaps":[{"container_id":0,"host_id":100000,"size":65536}]}"#,
         )
         .unwrap();
         assert_eq!(r.home, "/var/lib/docker/plies");

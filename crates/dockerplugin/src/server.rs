@@ -17,7 +17,7 @@ use hyper::header::{CONTENT_TYPE, HeaderValue};
 use hyper::{Method, StatusCode};
 use hyper_util::rt::TokioIo;
 use hyper_util::server::graceful::GracefulShutdown;
-use plies_drivers::{CreateOptions, Driver, DriverChoice, Options};
+use plies_drivers::{CreateOptions, Driver, DriverChoice, IdMap, IdMaps, Options};
 
 use crate::body;
 use crate::error::{Error, Result};
@@ -122,6 +122,7 @@ struct State {
 struct Opened {
     home: PathBuf,
     opts: Vec<String>,
+    maps: IdMaps,
     driver: Arc<dyn Driver>,
 }
 
@@ -353,18 +354,21 @@ impl State {
     }
 }
 
-/// Opens the driver under Docker's `Home`; a repeated `Init` for the same home
-/// and options (dockerd restarted) keeps the driver and its mounts.
+/// Opens the driver under Docker's `Home` with its id maps (`--userns-remap`);
+/// a repeated `Init` for the same home, options and maps (dockerd restarted)
+/// keeps the driver and its mounts.
 async fn init(state: Arc<State>, r: InitRequest) -> Result<()> {
     let home = PathBuf::from(&r.home);
-    if !r.uid_maps.is_empty() || !r.gid_maps.is_empty() {
-        return Err(Error::IdMapsUnsupported { home });
-    }
+    let maps = IdMaps::new(
+        id_map(&r.uid_maps, "UIDMaps", &home)?,
+        id_map(&r.gid_maps, "GIDMaps", &home)?,
+    );
     let mut opts = r.opts;
     opts.extend(state.config.options.iter().cloned());
     if let Some(o) = state.opened()
         && o.home == home
         && o.opts == opts
+        && o.maps == maps
     {
         return Ok(());
     }
@@ -376,7 +380,9 @@ async fn init(state: Arc<State>, r: InitRequest) -> Result<()> {
             home: home.clone(),
             source: Box::new(source),
         };
-        let options = Options::parse(&opts).map_err(init_err)?;
+        let options = Options::parse(&opts)
+            .map_err(init_err)?
+            .with_id_maps(maps.clone());
         let driver: Arc<dyn Driver> = plies_drivers::open(&home, choice, &options)
             .map_err(init_err)?
             .into();
@@ -385,7 +391,12 @@ async fn init(state: Arc<State>, r: InitRequest) -> Result<()> {
             .driver
             .write()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .replace(Opened { home, opts, driver });
+            .replace(Opened {
+                home,
+                opts,
+                maps,
+                driver,
+            });
         if let Some(previous) = previous
             && let Err(e) = previous.driver.cleanup()
         {
@@ -394,6 +405,35 @@ async fn init(state: Arc<State>, r: InitRequest) -> Result<()> {
         Ok(())
     })
     .await
+}
+
+/// Docker's id ranges as the drivers take them: each of 32-bit ids, not empty.
+fn id_map(ranges: &[protocol::IdMap], field: &'static str, home: &Path) -> Result<Vec<IdMap>> {
+    ranges
+        .iter()
+        .map(|r| {
+            let bad = |reason| Error::BadIdMap {
+                field,
+                range: format!("{}:{}:{}", r.container_id, r.host_id, r.size),
+                home: home.to_path_buf(),
+                reason,
+            };
+            let id = |v: i64| u32::try_from(v).map_err(|_| bad("an id is not within 0..2^32"));
+            let (container_id, host_id, size) = (id(r.container_id)?, id(r.host_id)?, id(r.size)?);
+            if size == 0 {
+                return Err(bad("the range is empty"));
+            }
+            let fits = |first: u32| u64::from(first) + u64::from(size) <= 1 << 32;
+            if !fits(container_id) || !fits(host_id) {
+                return Err(bad("the range ends beyond 2^32"));
+            }
+            Ok(IdMap {
+                container_id,
+                host_id,
+                size,
+            })
+        })
+        .collect()
 }
 
 /// Runs one JSON endpoint's driver call on a blocking thread.

@@ -10,8 +10,8 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
+use plies_archive::WhiteoutFormat;
 use plies_archive::changes::Change;
-use plies_archive::{ExportOptions, WhiteoutFormat};
 use plies_kprobe::Outcome;
 use plies_layerstore::{AufsStore, StoreOptions};
 use plies_mountopts::{AufsCall, AufsStack};
@@ -22,6 +22,7 @@ use rustix::io::Errno;
 use crate::copy::{Copier, list, open_dir, open_dir_at};
 use crate::driver::Driver;
 use crate::error::{Error, Result};
+use crate::idmap::Remap;
 use crate::locks::LayerLocks;
 use crate::mounts::BUSY_ATTEMPTS;
 use crate::naive;
@@ -271,6 +272,7 @@ pub struct Aufs {
     mounter: Arc<dyn Mounter>,
     backing: String,
     dirperm1: bool,
+    remap: Remap,
     locks: LayerLocks,
     refs: Mutex<HashMap<String, (usize, bool)>>,
 }
@@ -315,6 +317,7 @@ impl Aufs {
                 key: key.to_owned(),
             });
         }
+        let remap = Remap::new(&options.id_maps)?;
         let root = std::path::absolute(root).map_err(|e| Error::io("resolve", root, e))?;
         let probe_dir = crate::existing_ancestor(&root);
         let backing = match plies_kprobe::backing_fs(&probe_dir) {
@@ -336,6 +339,9 @@ impl Aufs {
         }
         let store =
             AufsStore::open(&root, StoreOptions::default()).map_err(|e| Error::store("", e))?;
+        for dir in ["", "mnt", "diff", "layers"] {
+            remap.own(&root.join(dir))?;
+        }
         let has_aufs = plies_kprobe::filesystems()
             .value()
             .is_some_and(|fs| fs.has("aufs"));
@@ -350,6 +356,7 @@ impl Aufs {
             mounter,
             backing: backing.to_string(),
             dirperm1,
+            remap,
             locks: LayerLocks::default(),
             refs: Mutex::new(HashMap::new()),
         })
@@ -424,8 +431,17 @@ impl Driver for Aufs {
         let _guard = self.locks.lock(id);
         self.store
             .create(id, parent)
-            .map(drop)
-            .map_err(|e| Error::store(id, e))
+            .map_err(|e| Error::store(id, e))?;
+        let owned = self
+            .remap
+            .own(&self.store.diff_dir(id))
+            .and_then(|()| self.remap.own(&self.store.mnt_dir(id)));
+        if owned.is_err() {
+            if let Err(e) = self.store.remove(id) {
+                tracing::warn!(layer = id, error = %e, "could not undo a layer creation");
+            }
+        }
+        owned
     }
 
     fn create_read_write(
@@ -544,15 +560,12 @@ impl Driver for Aufs {
 
     fn diff(&self, id: &str, parent: Option<&str>) -> Result<Box<dyn Read + Send>> {
         if !self.is_direct_parent(id, parent)? {
-            return naive::diff(self, id, parent, &self.scratch, false);
+            return naive::diff(self, id, parent, &self.scratch, false, self.remap.maps());
         }
         // aufs's own `.wh..wh.*` entries are left out by the export.
         let export = plies_archive::export(
             &self.store.diff_dir(id),
-            &ExportOptions {
-                whiteouts: WhiteoutFormat::Aufs,
-                ..ExportOptions::default()
-            },
+            &self.remap.export_options(WhiteoutFormat::Aufs),
         )
         .map_err(|source| Error::Archive {
             id: id.to_owned(),
@@ -573,9 +586,14 @@ impl Driver for Aufs {
 
     fn apply_diff(&self, id: &str, parent: Option<&str>, diff: &mut dyn Read) -> Result<u64> {
         if !self.is_direct_parent(id, parent)? {
-            return naive::apply(self, id, diff);
+            return naive::apply(self, id, diff, self.remap.maps());
         }
-        naive::apply_into(id, &self.store.diff_dir(id), diff, WhiteoutFormat::Aufs)?;
+        naive::apply_into(
+            id,
+            &self.store.diff_dir(id),
+            diff,
+            &self.remap.apply_options(WhiteoutFormat::Aufs),
+        )?;
         self.diff_size(id, parent)
     }
 

@@ -48,6 +48,12 @@ pub enum Error {
         /// Why it is refused.
         reason: String,
     },
+    /// Id maps that give the container's root (id 0) no host id.
+    #[error("the {kind} map has no host id for the container's root (0)")]
+    UnmappedRoot {
+        /// `"uid"` or `"gid"`.
+        kind: &'static str,
+    },
     /// A driver name that is not `auto`, `overlay2`, `aufs` or `vfs`.
     #[error("unknown driver {name:?} (expected auto, overlay2, aufs or vfs)")]
     UnknownDriver {

@@ -10,13 +10,14 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use plies_archive::changes::{Change, ChangeKind, between};
-use plies_archive::{ApplyOptions, Export, ExportOptions, WhiteoutFormat, XattrNamespace};
+use plies_archive::{ApplyOptions, Export, WhiteoutFormat, XattrNamespace};
 use rustix::fd::{AsFd, OwnedFd};
 use rustix::fs::{FileType, Mode};
 
 use crate::copy::{Copier, open_dir, open_dir_at, remove_tree};
 use crate::driver::Driver;
 use crate::error::{Error, Result};
+use crate::idmap::IdMaps;
 
 /// A layer held with `get`, put back when dropped.
 pub(crate) struct Held<'a> {
@@ -127,13 +128,11 @@ pub fn diff_size(
 }
 
 /// Applies a layer tar onto the mounted layer `id`, whiteouts deleting what they
-/// name; returns the bytes of file content written.
-pub fn apply(driver: &dyn Driver, id: &str, diff: &mut dyn Read) -> Result<u64> {
+/// name, owners mapped to the host by `maps`; returns the bytes of file
+/// content written.
+pub fn apply(driver: &dyn Driver, id: &str, diff: &mut dyn Read, maps: &IdMaps) -> Result<u64> {
     let layer = Held::get(driver, id)?;
-    let opts = ApplyOptions {
-        whiteouts: WhiteoutFormat::Merged,
-        ..ApplyOptions::default()
-    };
+    let opts = maps.apply_options(WhiteoutFormat::Merged);
     let stats =
         plies_archive::apply(diff, &layer.path, &opts).map_err(|source| Error::Archive {
             id: id.to_owned(),
@@ -143,24 +142,20 @@ pub fn apply(driver: &dyn Driver, id: &str, diff: &mut dyn Read) -> Result<u64> 
 }
 
 /// Applies a layer tar straight into a layer's own directory `dir` (its diff or
-/// upper dir) in the whiteout format `whiteouts`. When `dir` was empty before and
+/// upper dir) with `opts` (whiteout format, id maps). When `dir` was empty before and
 /// the apply fails, it is emptied again, so a failed apply of a new layer leaves
 /// it as it was.
 pub(crate) fn apply_into(
     id: &str,
     dir: &Path,
     diff: &mut dyn Read,
-    whiteouts: WhiteoutFormat,
+    opts: &ApplyOptions,
 ) -> Result<()> {
     let was_empty = std::fs::read_dir(dir)
         .map_err(|e| Error::io("read", dir, e))?
         .next()
         .is_none();
-    let opts = ApplyOptions {
-        whiteouts,
-        ..ApplyOptions::default()
-    };
-    match plies_archive::apply(diff, dir, &opts) {
+    match plies_archive::apply(diff, dir, opts) {
         Ok(_) => Ok(()),
         Err(source) => {
             if was_empty {
@@ -194,15 +189,17 @@ fn empty_dir(dir: &Path) -> Result<()> {
     Ok(())
 }
 
-/// The changes of `id` against `parent` as a layer tar: the changed entries are
-/// staged in a scratch directory in overlay format (deletions as 0/0 devices),
-/// which is exported and removed when the reader is dropped.
+/// The changes of `id` against `parent` as a layer tar, owners mapped back to
+/// the container by `maps`: the changed entries are staged in a scratch
+/// directory in overlay format (deletions as 0/0 devices), which is exported
+/// and removed when the reader is dropped.
 pub fn diff(
     driver: &dyn Driver,
     id: &str,
     parent: Option<&str>,
     scratch: &Path,
     link_sources: bool,
+    maps: &IdMaps,
 ) -> Result<Box<dyn Read + Send>> {
     let list = changes(driver, id, parent, scratch)?;
     let layer = Held::get(driver, id)?;
@@ -211,10 +208,7 @@ pub fn diff(
     drop(layer);
     let export = plies_archive::export(
         &stage.path,
-        &ExportOptions {
-            whiteouts: WhiteoutFormat::Overlay(XattrNamespace::Trusted),
-            ..ExportOptions::default()
-        },
+        &maps.export_options(WhiteoutFormat::Overlay(XattrNamespace::Trusted)),
     )
     .map_err(|source| Error::Archive {
         id: id.to_owned(),

@@ -7,6 +7,7 @@ use std::str::FromStr;
 use plies_mountopts::{KERNEL_MAX_STACK, MAX_DEPTH, MountMode};
 
 use crate::error::{Error, Result};
+use crate::idmap::IdMaps;
 
 /// Which driver [`open`](crate::open) makes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -82,6 +83,9 @@ pub struct Options {
     /// `overlay2.mount_mode`: legacy `mount(2)` data, the new mount API, or
     /// legacy up to 128 layers and the new mount API beyond.
     pub mount_mode: MountMode,
+    /// User-namespace id maps (Docker's `--userns-remap`); not a `key=value`
+    /// option: set with [`Options::with_id_maps`]. Empty by default.
+    pub id_maps: IdMaps,
     /// The keys given to [`Options::parse`], in order, for drivers that take none.
     keys: Vec<String>,
 }
@@ -93,6 +97,7 @@ impl Default for Options {
             overlay2_size: None,
             max_depth: MAX_DEPTH,
             mount_mode: MountMode::Auto,
+            id_maps: IdMaps::default(),
             keys: Vec::new(),
         }
     }
@@ -159,6 +164,12 @@ impl Options {
             });
         }
         Ok(out)
+    }
+
+    /// The same options with the id maps `id_maps`.
+    pub fn with_id_maps(mut self, id_maps: IdMaps) -> Options {
+        self.id_maps = id_maps;
+        self
     }
 
     /// The first option given that only overlay2 takes, for drivers that take none.

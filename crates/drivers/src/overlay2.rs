@@ -7,13 +7,14 @@ use std::path::{Path, PathBuf};
 use std::sync::{Mutex, OnceLock, PoisonError};
 
 use plies_archive::changes::{Change, ChangesError};
-use plies_archive::{ExportOptions, WhiteoutFormat, XattrNamespace};
+use plies_archive::{WhiteoutFormat, XattrNamespace};
 use plies_kprobe::Outcome;
 use plies_layerstore::{Overlay2Store, StoreOptions};
 use plies_mountopts::{LayerPath, MAX_DEPTH, MountMode, OverlayOptions, OverlayStack, UpperDirs};
 
 use crate::driver::Driver;
 use crate::error::{Error, Result};
+use crate::idmap::Remap;
 use crate::locks::LayerLocks;
 use crate::mounts;
 use crate::naive;
@@ -123,6 +124,7 @@ pub struct Overlay2 {
     features: Features,
     mount_mode: MountMode,
     max_depth: usize,
+    remap: Remap,
     locks: LayerLocks,
     /// Layers held by `get`, with their count and whether a mount was made.
     refs: Mutex<HashMap<String, Held>>,
@@ -145,6 +147,7 @@ impl Overlay2 {
     /// [`Error::InvalidOption`] for `overlay2.size` (no quota support here) or a
     /// depth the kernel cannot mount; [`Error::Store`] when the store cannot be opened.
     pub fn open(home: &Path, options: &Options) -> Result<Overlay2> {
+        let remap = Remap::new(&options.id_maps)?;
         let home = std::path::absolute(home).map_err(|e| Error::io("resolve", home, e))?;
         let probe_dir = crate::existing_ancestor(&home);
         let features = probe(&probe_dir)?;
@@ -176,6 +179,8 @@ impl Overlay2 {
             },
         )
         .map_err(|e| Error::store("", e))?;
+        remap.own(&home)?;
+        remap.own(&home.join("l"))?;
         let scratch = home
             .parent()
             .map_or_else(|| home.join("..tmp"), |p| p.join("tmp"));
@@ -186,6 +191,7 @@ impl Overlay2 {
             features,
             mount_mode: options.mount_mode,
             max_depth: options.max_depth,
+            remap,
             locks: LayerLocks::default(),
             refs: Mutex::new(HashMap::new()),
         })
@@ -244,6 +250,24 @@ impl Overlay2 {
                 return Err(Error::store(parent, e));
             }
         }
+        if let Err(e) = self.own_layer_dirs(id) {
+            if let Err(undo) = self.store.remove(id) {
+                tracing::warn!(layer = id, error = %undo, "could not undo a layer creation");
+            }
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    /// Gives the layer's directories to the container's root (with id maps).
+    fn own_layer_dirs(&self, id: &str) -> Result<()> {
+        let dir = self.home.join(id);
+        self.remap.own(&dir)?;
+        self.remap.own(&self.store.diff_dir(id))?;
+        let work = dir.join("work");
+        if work.is_dir() {
+            self.remap.own(&work)?;
+        }
         Ok(())
     }
 
@@ -288,6 +312,10 @@ impl Overlay2 {
         match rustix::fs::mkdir(&merged, rustix::fs::Mode::from_raw_mode(0o700)) {
             Ok(()) | Err(rustix::io::Errno::EXIST) => {}
             Err(e) => return Err(Error::io("mkdir", &merged, e)),
+        }
+        if let Err(e) = self.remap.own(&merged) {
+            let _ = std::fs::remove_dir(&merged);
+            return Err(e);
         }
         if let Err(source) = plies_mountopts::mount::mount_overlay(&plan, &merged) {
             let _ = std::fs::remove_dir(&merged);
@@ -470,14 +498,13 @@ impl Driver for Overlay2 {
 
     fn diff(&self, id: &str, parent: Option<&str>) -> Result<Box<dyn Read + Send>> {
         if !self.native_ok(id, parent)? {
-            return naive::diff(self, id, parent, &self.scratch, false);
+            return naive::diff(self, id, parent, &self.scratch, false, self.remap.maps());
         }
         let export = plies_archive::export(
             &self.store.diff_dir(id),
-            &ExportOptions {
-                whiteouts: WhiteoutFormat::Overlay(self.ns()),
-                ..ExportOptions::default()
-            },
+            &self
+                .remap
+                .export_options(WhiteoutFormat::Overlay(self.ns())),
         )
         .map_err(|source| Error::Archive {
             id: id.to_owned(),
@@ -498,13 +525,13 @@ impl Driver for Overlay2 {
 
     fn apply_diff(&self, id: &str, parent: Option<&str>, diff: &mut dyn Read) -> Result<u64> {
         if !self.is_direct_parent(id, parent)? {
-            return naive::apply(self, id, diff);
+            return naive::apply(self, id, diff, self.remap.maps());
         }
         naive::apply_into(
             id,
             &self.store.diff_dir(id),
             diff,
-            WhiteoutFormat::Overlay(self.ns()),
+            &self.remap.apply_options(WhiteoutFormat::Overlay(self.ns())),
         )?;
         self.diff_size(id, parent)
     }

@@ -13,6 +13,7 @@ use rustix::fs::{Mode, RenameFlags};
 use crate::copy::{copy_tree, remove_tree};
 use crate::driver::Driver;
 use crate::error::{Error, Result};
+use crate::idmap::Remap;
 use crate::locks::LayerLocks;
 use crate::naive;
 use crate::options::{CreateOptions, Options};
@@ -26,28 +27,39 @@ pub struct Vfs {
     root: PathBuf,
     dir: PathBuf,
     scratch: PathBuf,
+    remap: Remap,
     locks: LayerLocks,
     refs: Mutex<HashMap<String, usize>>,
 }
 
 impl Vfs {
     /// Opens (creating if needed) a vfs store at `root`, sweeping layers a crash
-    /// left half-created or half-removed.
+    /// left half-created or half-removed. With [id maps](crate::IdMaps), `root`
+    /// is left traversable (`0701`) and `root/dir` and every layer directory
+    /// belong to the container's root, as in Docker.
     ///
     /// # Errors
     /// [`Error::Io`] when the root cannot be made or read; [`Error::UnknownOption`]
-    /// for any `overlay2.*` option given.
+    /// for any `overlay2.*` option given; [`Error::UnmappedRoot`] for id maps
+    /// without the container's root.
     pub fn open(root: &Path, options: &Options) -> Result<Vfs> {
         if let Some(key) = options.first_overlay2_key() {
             return Err(Error::UnknownOption {
                 key: key.to_owned(),
             });
         }
+        let remap = Remap::new(&options.id_maps)?;
         let root = std::path::absolute(root).map_err(|e| Error::io("resolve", root, e))?;
         let dir = root.join("dir");
         let scratch = root.join("tmp");
         for d in [&root, &dir] {
             mkdir_mode(d, 0o700)?;
+        }
+        if !options.id_maps.is_empty() {
+            // The container's root walks through `root` to its layer.
+            rustix::fs::chmod(&root, Mode::from_raw_mode(0o701))
+                .map_err(|e| Error::io("chmod", &root, e))?;
+            remap.own(&dir)?;
         }
         remove_tree(&scratch)?;
         let entries = std::fs::read_dir(&dir).map_err(|e| Error::io("read", &dir, e))?;
@@ -63,6 +75,7 @@ impl Vfs {
             root,
             dir,
             scratch,
+            remap,
             locks: LayerLocks::default(),
             refs: Mutex::new(HashMap::new()),
         })
@@ -102,7 +115,7 @@ impl Vfs {
         let creating = self.dir.join(format!("{id}{CREATING}"));
         remove_tree(&creating)?;
         mkdir_mode(&creating, 0o755)?;
-        let filled = match parent {
+        let filled = self.remap.own(&creating).and_then(|()| match parent {
             Some(p) => {
                 let _parent_guard = (p != id).then(|| self.locks.lock(p));
                 Self::check_id(p)?;
@@ -113,7 +126,7 @@ impl Vfs {
                 }
             }
             None => Ok(()),
-        };
+        });
         let done = filled.and_then(|()| {
             rustix::fs::renameat_with(
                 rustix::fs::CWD,
@@ -248,7 +261,7 @@ impl Driver for Vfs {
     }
 
     fn diff(&self, id: &str, parent: Option<&str>) -> Result<Box<dyn Read + Send>> {
-        naive::diff(self, id, parent, &self.scratch, true)
+        naive::diff(self, id, parent, &self.scratch, true, self.remap.maps())
     }
 
     fn diff_size(&self, id: &str, parent: Option<&str>) -> Result<u64> {
@@ -256,7 +269,7 @@ impl Driver for Vfs {
     }
 
     fn apply_diff(&self, id: &str, _parent: Option<&str>, diff: &mut dyn Read) -> Result<u64> {
-        naive::apply(self, id, diff)
+        naive::apply(self, id, diff, self.remap.maps())
     }
 
     fn changes(&self, id: &str, parent: Option<&str>) -> Result<Vec<Change>> {

@@ -56,9 +56,14 @@ fn dockerd_bin() -> Option<PathBuf> {
 }
 
 impl Dockerd {
-    /// Starts dockerd under `dir` on `storage_driver`; `Err` with its log when
-    /// it does not answer within a minute.
-    fn start(bin: &Path, dir: &Path, storage_driver: &str) -> Result<Dockerd, String> {
+    /// Starts dockerd under `dir` on `storage_driver` with `extra` arguments;
+    /// `Err` with its log when it does not answer within a minute.
+    fn start(
+        bin: &Path,
+        dir: &Path,
+        storage_driver: &str,
+        extra: &[&str],
+    ) -> Result<Dockerd, String> {
         std::fs::create_dir_all(dir).unwrap();
         std::fs::write(dir.join("daemon.json"), b"{}").unwrap();
         let log = std::fs::File::create(dir.join("dockerd.log")).unwrap();
@@ -76,6 +81,7 @@ impl Dockerd {
             .arg(dir.join("dockerd.pid"))
             .args(["-H", &host])
             .args(["--iptables=false", "--ip6tables=false", "--bridge=none"])
+            .args(extra)
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log)
@@ -305,7 +311,7 @@ fn docker_workflow(test: &str, driver: DriverChoice) {
     let socket = Path::new(PLUGIN_DIR).join(format!("{name}.sock"));
     let server = Running::start(Config::new(&socket).with_driver(driver));
 
-    let mut a = match Dockerd::start(&dockerd, &tmp.path().join("a"), &name) {
+    let mut a = match Dockerd::start(&dockerd, &tmp.path().join("a"), &name, &[]) {
         Ok(d) => d,
         Err(reason) => {
             plies_testkit::require(test, false, &reason);
@@ -390,7 +396,7 @@ fn docker_workflow(test: &str, driver: DriverChoice) {
     // docker save of the commit loads into dockerd's own overlay2: the same tree.
     let saved = tmp.path().join("saved.tar");
     a.docker(&["save", "-o", saved.to_str().unwrap(), "plies-e2e:2"]);
-    let mut b = Dockerd::start(&dockerd, &tmp.path().join("b"), "overlay2")
+    let mut b = Dockerd::start(&dockerd, &tmp.path().join("b"), "overlay2", &[])
         .expect("a second dockerd on overlay2");
     let out = b.docker(&["load", "-i", saved.to_str().unwrap()]);
     assert!(out.contains("Loaded image: plies-e2e:2"), "{out}");
@@ -475,4 +481,205 @@ fn docker_on_plies_overlay2() {
 #[test]
 fn docker_on_plies_vfs() {
     docker_workflow("docker_on_plies_vfs", DriverChoice::Vfs);
+}
+
+/// The subordinate id files and the `dockremap` user as they were before a
+/// test let dockerd's `--userns-remap=default` use them; put back on drop.
+struct SubIds {
+    files: Vec<(PathBuf, Option<Vec<u8>>)>,
+    user_existed: bool,
+}
+
+/// The user `--userns-remap=default` maps containers to.
+const REMAP_USER: &str = "dockremap";
+
+impl SubIds {
+    /// Gives `dockremap` 65536 subordinate uids and gids (from 100000, or past
+    /// the ranges the files hold) when the files have none for it.
+    fn ensure() -> SubIds {
+        let user_existed = Command::new("getent")
+            .args(["passwd", REMAP_USER])
+            .stdout(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        let mut files = Vec::new();
+        for path in ["/etc/subuid", "/etc/subgid"] {
+            let path = PathBuf::from(path);
+            let before = std::fs::read(&path).ok();
+            files.push((path.clone(), before.clone()));
+            let text = String::from_utf8_lossy(before.as_deref().unwrap_or_default()).into_owned();
+            if text
+                .lines()
+                .any(|l| l.starts_with(&format!("{REMAP_USER}:")))
+            {
+                continue;
+            }
+            let start = text
+                .lines()
+                .filter_map(|l| {
+                    let mut f = l.split(':').skip(1).map(|v| v.trim().parse::<u64>());
+                    match (f.next(), f.next()) {
+                        (Some(Ok(s)), Some(Ok(n))) => Some(s + n),
+                        _ => None,
+                    }
+                })
+                .fold(100_000, u64::max);
+            let mut new = text;
+            if !new.is_empty() && !new.ends_with('\n') {
+                new.push('\n');
+            }
+            new.push_str(&format!("{REMAP_USER}:{start}:65536\n"));
+            std::fs::write(&path, new).unwrap();
+        }
+        SubIds {
+            files,
+            user_existed,
+        }
+    }
+
+    /// The first host id of `dockremap`'s range in `file`.
+    fn start(file: &str) -> u32 {
+        std::fs::read_to_string(file)
+            .unwrap()
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("{REMAP_USER}:")))
+            .and_then(|rest| rest.split(':').next()?.trim().parse().ok())
+            .expect("a range for dockremap")
+    }
+}
+
+impl Drop for SubIds {
+    fn drop(&mut self) {
+        if !self.user_existed {
+            let _ = Command::new("userdel")
+                .arg(REMAP_USER)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status();
+        }
+        for (path, before) in &self.files {
+            match before {
+                Some(bytes) => {
+                    let _ = std::fs::write(path, bytes);
+                }
+                None => {
+                    let _ = std::fs::remove_file(path);
+                }
+            }
+        }
+    }
+}
+
+/// dockerd with `--userns-remap=default` on plies' overlay2: layers are stored
+/// under the remapped ids and containers run as the remapped root.
+#[test]
+fn docker_on_plies_userns_remap() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let test = "docker_on_plies_userns_remap";
+    if !plies_testkit::require_overlay(test) {
+        return;
+    }
+    let Some(dockerd) = dockerd_bin() else {
+        plies_testkit::require(test, false, "dockerd is not installed (Debian: docker.io)");
+        return;
+    };
+    let Ok(busybox) = std::fs::read("/bin/busybox") else {
+        plies_testkit::require(
+            test,
+            false,
+            "no static /bin/busybox (Debian: busybox-static)",
+        );
+        return;
+    };
+    let started = Instant::now();
+    let subids = SubIds::ensure();
+    let (uid, gid) = (SubIds::start("/etc/subuid"), SubIds::start("/etc/subgid"));
+    let tmp = tempfile::tempdir().unwrap();
+    // The remapped root walks through the data root's parents to its layers.
+    std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o711)).unwrap();
+    let _unmount = UnmountOnDrop(tmp.path().to_path_buf());
+    let name = format!("pliese2e{}userns", std::process::id());
+    let socket = Path::new(PLUGIN_DIR).join(format!("{name}.sock"));
+    let server = Running::start(Config::new(&socket).with_driver(DriverChoice::Overlay2));
+    let mut d = match Dockerd::start(
+        &dockerd,
+        &tmp.path().join("a"),
+        &name,
+        &["--userns-remap=default"],
+    ) {
+        Ok(d) => d,
+        Err(reason) => {
+            plies_testkit::require(test, false, &reason);
+            return;
+        }
+    };
+    let info = d.docker(&["info", "--format", "{{.Driver}}|{{json .SecurityOptions}}"]);
+    assert!(
+        info.starts_with(&format!("{name}|")) && info.contains("userns"),
+        "{info}"
+    );
+    // dockerd gives the driver a Home under the remapped root's own data root.
+    let home = tmp
+        .path()
+        .join("a/data")
+        .join(format!("{uid}.{gid}"))
+        .join(&name)
+        .join("overlay2");
+
+    let image = tmp.path().join("image.tar");
+    std::fs::write(&image, image_tar(&busybox)).unwrap();
+    let out = d.docker(&["load", "-i", image.to_str().unwrap()]);
+    assert!(out.contains("Loaded image: plies-e2e:1"), "{out}");
+    let run = ["run", "--rm", "--network", "none", "plies-e2e:1"];
+    let out = d.docker(&[&run[..], &["cat", "/etc/a", "/etc/c", "/opt/new"]].concat());
+    assert_eq!(out, "alpha\ngamma\nnew\n");
+    // The container's root owns its files: it writes and deletes as root.
+    let out = d.docker(
+        &[
+            &run[..],
+            &[
+                "sh",
+                "-c",
+                "echo w > /etc/w && rm /etc/a && cat /etc/w && ls /etc",
+            ],
+        ]
+        .concat(),
+    );
+    assert_eq!(out, "w\nc\nhostname\nhosts\nmtab\nresolv.conf\nw\n");
+
+    // On disk, the image's files belong to the remapped root.
+    let mut files = 0;
+    for layer in std::fs::read_dir(&home).unwrap() {
+        let layer = layer.unwrap().path();
+        if layer.ends_with("l") {
+            continue;
+        }
+        for dir in [layer.clone(), layer.join("diff")] {
+            let m = std::fs::metadata(&dir).unwrap();
+            assert_eq!((m.uid(), m.gid()), (uid, gid), "{dir:?}");
+        }
+        for file in ["etc/a", "etc/c", "bin/busybox"] {
+            if let Ok(m) = std::fs::symlink_metadata(layer.join("diff").join(file)) {
+                assert_eq!((m.uid(), m.gid()), (uid, gid), "{layer:?}/diff/{file}");
+                files += 1;
+            }
+        }
+    }
+    assert_eq!(files, 3, "the image's files are in the store");
+
+    d.docker(&["rmi", "plies-e2e:1"]);
+    assert_eq!(d.docker(&["images", "-q"]), "");
+    assert_eq!(
+        stored(DriverChoice::Overlay2, &home),
+        Vec::<String>::new(),
+        "no layer left in the plies store"
+    );
+    d.stop();
+    server.stop().unwrap();
+    assert_eq!(
+        plies_testkit::mounts_under(tmp.path()),
+        Vec::<PathBuf>::new()
+    );
+    drop(subids);
+    eprintln!("{test}: {:.1?}", started.elapsed());
 }

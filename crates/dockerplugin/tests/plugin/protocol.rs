@@ -81,6 +81,65 @@ fn chunks(bytes: &[u8], size: usize) -> impl Iterator<Item = &[u8]> {
     bytes.chunks(size)
 }
 
+/// `path uid:gid` of every entry of a tar, in order.
+fn owners(tar_bytes: &[u8]) -> Vec<String> {
+    let mut a = tar::Archive::new(tar_bytes);
+    a.entries()
+        .unwrap()
+        .map(|e| {
+            let e = e.unwrap();
+            let h = e.header();
+            format!(
+                "{} {}:{}",
+                e.path().unwrap().to_string_lossy().trim_end_matches('/'),
+                h.uid().unwrap(),
+                h.gid().unwrap()
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn userns_remap_with_vfs() {
+    if !plies_testkit::require_root("userns_remap_with_vfs") {
+        return;
+    }
+    use std::os::unix::fs::MetadataExt;
+    let tmp = tempfile::tempdir().unwrap();
+    let home = tmp.path().join("home");
+    let server =
+        Running::start(Config::new(tmp.path().join("p.sock")).with_driver(DriverChoice::Vfs));
+    let s = server.socket.clone();
+    let range = json!([{"container_id": 0, "host_id": 100000, "size": 65536}]);
+    let r = call(
+        &s,
+        "/GraphDriver.Init",
+        json!({"Home": home, "Opts": [], "UIDMaps": range, "GIDMaps": range}),
+    );
+    assert_eq!(ok(&r), json!({}));
+    ok(&call(&s, "/GraphDriver.Create", json!({"ID": "base"})));
+    let base = layer(&[Entry::Dir("etc"), Entry::File("etc/a", b"hello")]);
+    ok(&post_chunked(
+        &s,
+        "/GraphDriver.ApplyDiff?id=base&parent=",
+        chunks(&base, 300),
+    ));
+    let dir = PathBuf::from(
+        ok(&call(&s, "/GraphDriver.Get", json!({"ID": "base"})))["Dir"]
+            .as_str()
+            .unwrap(),
+    );
+    for p in [dir.clone(), dir.join("etc"), dir.join("etc/a")] {
+        let m = std::fs::symlink_metadata(&p).unwrap();
+        assert_eq!((m.uid(), m.gid()), (100_000, 100_000), "{p:?}");
+    }
+    ok(&call(&s, "/GraphDriver.Put", json!({"ID": "base"})));
+    let r = call(&s, "/GraphDriver.Diff", json!({"ID": "base"}));
+    assert_eq!(r.status, 200);
+    assert_eq!(owners(&r.body), ["etc 0:0", "etc/a 0:0"]);
+    server.stop().unwrap();
+}
+
 #[test]
 fn every_endpoint_with_vfs() {
     let tmp = tempfile::tempdir().unwrap();
@@ -107,9 +166,15 @@ fn every_endpoint_with_vfs() {
     let e = err(&call(
         &s,
         "/GraphDriver.Init",
-        json!({"Home": home, "Opts": [], "UIDMaps": [{"ContainerID": 0, "HostID": 100000, "Size": 65536}], "GIDMaps": null}),
+        json!({"Home": home, "Opts": [], "UIDMaps": [{"container_id": 0, "host_id": -1, "size": 65536}], "GIDMaps": null}),
     ));
-    assert!(e.contains("UIDMaps"), "{e}");
+    assert!(e.contains("UIDMaps") && e.contains("0:-1:65536"), "{e}");
+    let e = err(&call(
+        &s,
+        "/GraphDriver.Init",
+        json!({"Home": home, "UIDMaps": null, "GIDMaps": [{"container_id": 1, "host_id": 100001, "size": 10}]}),
+    ));
+    assert!(e.contains("container's root"), "{e}");
     let e = err(&call(
         &s,
         "/GraphDriver.Init",
