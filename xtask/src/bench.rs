@@ -10,6 +10,10 @@
 //! Before every measured run the page cache is dropped and the input read back in,
 //! so each tool starts with its input cached and everything else cold. Medians of
 //! `--runs N` (default 5) are reported with the ratio plies / GNU tar.
+//!
+//! Then `docker load` of the generated tree as a one-layer image, into dockerd with
+//! plies behind the graph-driver plugin and into dockerd on its own overlay2
+//! (`--no-docker` skips it, `--docker-only` runs nothing else; see `bench/docker.rs`).
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -18,15 +22,22 @@ use std::time::{Duration, Instant};
 
 use crate::{Result, cargo, root, run};
 
+mod docker;
+
 struct Options {
     runs: usize,
     debian: bool,
+    /// The comparisons with GNU tar.
+    tar: bool,
+    docker: bool,
 }
 
 fn parse(args: &[String]) -> Result<Options> {
     let mut opts = Options {
         runs: 5,
         debian: true,
+        tar: true,
+        docker: true,
     };
     let mut it = args.iter();
     while let Some(arg) = it.next() {
@@ -38,6 +49,8 @@ fn parse(args: &[String]) -> Result<Options> {
                     .map_err(|_| format!("--runs takes a whole number, not '{v}'"))?;
             }
             "--no-debian" => opts.debian = false,
+            "--no-docker" => opts.docker = false,
+            "--docker-only" => (opts.tar, opts.debian) = (false, false),
             other => return Err(format!("unknown bench option '{other}'")),
         }
     }
@@ -69,16 +82,8 @@ pub fn bench(args: &[String]) -> Result {
     }
 
     let mut rows = Vec::new();
-    for (name, tree) in &inputs {
-        let tar = dir.join(format!("{name}.tar"));
-        if !tar.exists() {
-            run(Command::new("tar")
-                .args(["--xattrs", "--xattrs-include=*", "--numeric-owner", "-cf"])
-                .arg(&tar)
-                .arg("-C")
-                .arg(tree)
-                .arg("."))?;
-        }
+    for (name, tree) in inputs.iter().filter(|_| opts.tar) {
+        let tar = layer_tar(&dir, name, tree)?;
         let out = dir.join("out");
         let gnu_apply = measure(opts.runs, &tar, &out, || {
             timed(
@@ -131,10 +136,23 @@ pub fn bench(args: &[String]) -> Result {
         rows.push((format!("{name} export"), gnu_export, plies_export));
     }
 
-    println!(
-        "\n{:<28} {:>12} {:>12} {:>8}",
-        "work (median)", "GNU tar", "plies", "ratio"
-    );
+    let mut docker_row = None;
+    if opts.docker {
+        let tar = layer_tar(&dir, "generated", &inputs[0].1)?;
+        let image = docker_save_archive(&dir, "generated", &tar)?;
+        let load_before = load_average();
+        match docker::load(opts.runs, &dir, &image, &plies_bin) {
+            Ok(times) => docker_row = Some((times, load_before, load_average())),
+            Err(why) => eprintln!("bench: skipping docker load: {why}"),
+        }
+    }
+
+    if !rows.is_empty() {
+        println!(
+            "\n{:<28} {:>12} {:>12} {:>8}",
+            "work (median)", "GNU tar", "plies", "ratio"
+        );
+    }
     for (work, gnu, plies) in rows {
         println!(
             "{work:<28} {:>10.3} s {:>10.3} s {:>7.2}x",
@@ -143,7 +161,42 @@ pub fn bench(args: &[String]) -> Result {
             plies.as_secs_f64() / gnu.as_secs_f64()
         );
     }
+    if let Some(((overlay2, plies), before, after)) = docker_row {
+        println!(
+            "\n{:<28} {:>12} {:>12} {:>8}",
+            "docker load (median)", "overlay2", "plies", "ratio"
+        );
+        println!(
+            "{:<28} {:>10.3} s {:>10.3} s {:>7.2}x",
+            "generated image",
+            overlay2.as_secs_f64(),
+            plies.as_secs_f64(),
+            plies.as_secs_f64() / overlay2.as_secs_f64()
+        );
+        println!("load average before: {before}; after: {after}");
+    }
     Ok(())
+}
+
+/// The layer tar of `tree`, made with GNU tar once and cached as `dir/<name>.tar`.
+fn layer_tar(dir: &Path, name: &str, tree: &Path) -> Result<PathBuf> {
+    let tar = dir.join(format!("{name}.tar"));
+    if !tar.exists() {
+        run(Command::new("tar")
+            .args(["--xattrs", "--xattrs-include=*", "--numeric-owner", "-cf"])
+            .arg(&tar)
+            .arg("-C")
+            .arg(tree)
+            .arg("."))?;
+    }
+    Ok(tar)
+}
+
+/// The 1, 5 and 15 minute load averages, as `uptime` shows them.
+fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_else(|_| "unknown".to_string())
 }
 
 /// Wraps one uncompressed layer tar as a `docker save` archive (manifest, config

@@ -44,7 +44,8 @@ const USAGE: &str = "usage: cargo xtask <task>\n\
   ci                           fmt, clippy, tests, docs, package, fuzz build\n\
   fuzz [TARGET] [--seconds N]  run cargo-fuzz targets (all in turn when no TARGET)\n\
   package                      cargo package --workspace\n\
-  bench [--runs N] [--no-debian]  plies vs GNU tar on the same input (caches dropped)\n\
+  bench [--runs N] [--no-debian] [--no-docker | --docker-only]\n\
+                               plies vs GNU tar, and docker load on plies vs overlay2\n\
   vm-test [--kernel NAME]... [--filter TEST]  kernel tests under Debian kernels in qemu (xtask/VM.md)\n\
   fmt                          cargo fmt --all";
 

@@ -1,0 +1,260 @@
+//! `docker load` of the generated layer image: dockerd with plies behind the
+//! graph-driver plugin against dockerd's own overlay2, on this machine, in one run.
+//!
+//! Two private dockerds (each with its own data root, exec root, pidfile and
+//! socket, no iptables, no bridge) run side by side, one on
+//! `plies serve docker --driver overlay2`, one on `overlay2`. Each round loads
+//! the image into both, in turns that alternate which goes first; before every
+//! load the image is removed again, the page cache dropped and the image tar read
+//! back in. Daemons, containerd and the plugin server are stopped by pid at the end.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use super::{read_input, sync_and_drop_caches, timed};
+use crate::Result;
+
+/// Where dockerd looks for plugin sockets.
+const PLUGIN_DIR: &str = "/run/docker/plugins";
+/// The tag the generated image carries (see `docker_save_archive`).
+const TAG: &str = "bench:latest";
+
+/// Median `docker load` times of `image`: (dockerd's overlay2, plies behind the plugin).
+pub(super) fn load(
+    runs: usize,
+    dir: &Path,
+    image: &Path,
+    plies_bin: &Path,
+) -> Result<(Duration, Duration)> {
+    let dockerd = [
+        "/usr/sbin/dockerd",
+        "/usr/bin/dockerd",
+        "/usr/local/bin/dockerd",
+    ]
+    .into_iter()
+    .map(PathBuf::from)
+    .find(|p| p.exists())
+    .ok_or("dockerd is not installed (Debian: docker.io)")?;
+    let work = dir.join("docker");
+    remove(&work)?;
+    std::fs::create_dir_all(&work).map_err(|e| format!("creating {}: {e}", work.display()))?;
+
+    let name = format!("pliesbench{}", std::process::id());
+    let socket = Path::new(PLUGIN_DIR).join(format!("{name}.sock"));
+    let _server = Server::start(plies_bin, &socket, &work.join("plies-serve.log"))?;
+    let plies = Dockerd::start(&dockerd, &work.join("plies"), &name)?;
+    let overlay2 = Dockerd::start(&dockerd, &work.join("overlay2"), "overlay2")?;
+    let daemons = [&overlay2, &plies];
+
+    let mut times = [Vec::new(), Vec::new()];
+    for round in 0..runs.max(1) {
+        for k in 0..2 {
+            let which = (round + k) % 2;
+            let d = daemons[which];
+            d.remove_image()?;
+            sync_and_drop_caches();
+            read_input(image)?;
+            let took = timed(d.docker().args(["load", "-q", "-i"]).arg(image))?;
+            eprintln!(
+                "bench: docker load on {}: {:.3} s",
+                d.driver,
+                took.as_secs_f64()
+            );
+            times[which].push(took);
+        }
+    }
+    for d in daemons {
+        d.remove_image()?;
+    }
+    drop(plies);
+    drop(overlay2);
+    let median = |mut v: Vec<Duration>| {
+        v.sort();
+        v[v.len() / 2]
+    };
+    let [o, p] = times;
+    Ok((median(o), median(p)))
+}
+
+fn remove(dir: &Path) -> Result {
+    match std::fs::remove_dir_all(dir) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(format!("removing {}: {e}", dir.display())),
+    }
+}
+
+/// Sends SIGTERM to `pid` and waits up to `grace` for `child` to exit, then kills it.
+fn terminate(child: &mut Child, grace: Duration) {
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let deadline = Instant::now() + grace;
+    while matches!(child.try_wait(), Ok(None)) {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// `plies serve docker` on a socket of its own, stopped by pid on drop.
+struct Server {
+    child: Child,
+    socket: PathBuf,
+}
+
+impl Server {
+    fn start(plies_bin: &Path, socket: &Path, log: &Path) -> Result<Server> {
+        let log = std::fs::File::create(log).map_err(|e| format!("{}: {e}", log.display()))?;
+        let child = Command::new(plies_bin)
+            .args(["--driver", "overlay2", "serve", "docker", "--socket"])
+            .arg(socket)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().map_err(|e| e.to_string())?)
+            .stderr(log)
+            .spawn()
+            .map_err(|e| format!("starting {}: {e}", plies_bin.display()))?;
+        let mut server = Server {
+            child,
+            socket: socket.to_path_buf(),
+        };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !socket.exists() {
+            if Instant::now() > deadline || !matches!(server.child.try_wait(), Ok(None)) {
+                terminate(&mut server.child, Duration::from_secs(5));
+                return Err(format!(
+                    "plies serve docker did not bind {}",
+                    socket.display()
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Ok(server)
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        terminate(&mut self.child, Duration::from_secs(30));
+        let _ = std::fs::remove_file(&self.socket);
+    }
+}
+
+/// A private dockerd under `dir`, stopped by pid (with the containerd it
+/// started) and its directory removed on drop.
+struct Dockerd {
+    child: Child,
+    dir: PathBuf,
+    host: String,
+    driver: String,
+}
+
+impl Dockerd {
+    fn start(bin: &Path, dir: &Path, driver: &str) -> Result<Dockerd> {
+        let io = |e: std::io::Error| format!("{}: {e}", dir.display());
+        std::fs::create_dir_all(dir).map_err(io)?;
+        std::fs::write(dir.join("daemon.json"), "{}").map_err(io)?;
+        let log = std::fs::File::create(dir.join("dockerd.log")).map_err(io)?;
+        let host = format!("unix://{}", dir.join("docker.sock").display());
+        let child = Command::new(bin)
+            .arg("--experimental")
+            .arg(format!("--storage-driver={driver}"))
+            .arg("--config-file")
+            .arg(dir.join("daemon.json"))
+            .arg("--data-root")
+            .arg(dir.join("data"))
+            .arg("--exec-root")
+            .arg(dir.join("exec"))
+            .arg("--pidfile")
+            .arg(dir.join("dockerd.pid"))
+            .args(["-H", &host])
+            .args(["--iptables=false", "--ip6tables=false", "--bridge=none"])
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().map_err(io)?)
+            .stderr(log)
+            .spawn()
+            .map_err(|e| format!("starting {}: {e}", bin.display()))?;
+        let mut d = Dockerd {
+            child,
+            dir: dir.to_path_buf(),
+            host,
+            driver: driver.to_string(),
+        };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let answered = d
+                .docker()
+                .arg("version")
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success());
+            if answered {
+                return Ok(d);
+            }
+            if Instant::now() > deadline || !matches!(d.child.try_wait(), Ok(None)) {
+                let log = std::fs::read_to_string(dir.join("dockerd.log")).unwrap_or_default();
+                let tail: Vec<&str> = log.lines().rev().take(5).collect();
+                return Err(format!(
+                    "dockerd on {driver} did not start: {}",
+                    tail.join(" | ")
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    /// The docker command line talking to this daemon only.
+    fn docker(&self) -> Command {
+        let mut c = Command::new("docker");
+        c.env("DOCKER_CONFIG", &self.dir)
+            .args(["-H", &self.host])
+            .stdin(Stdio::null());
+        c
+    }
+
+    /// Removes the bench image and its layers, if loaded.
+    fn remove_image(&self) -> Result {
+        let out = self
+            .docker()
+            .args(["image", "ls", "-q", TAG])
+            .output()
+            .map_err(|e| format!("docker image ls: {e}"))?;
+        if out.stdout.iter().all(u8::is_ascii_whitespace) {
+            return Ok(());
+        }
+        let status = self
+            .docker()
+            .args(["rmi", TAG])
+            .stdout(Stdio::null())
+            .status()
+            .map_err(|e| format!("docker rmi: {e}"))?;
+        if status.success() {
+            Ok(())
+        } else {
+            Err(format!("docker rmi {TAG} on {} failed", self.driver))
+        }
+    }
+}
+
+impl Drop for Dockerd {
+    fn drop(&mut self) {
+        terminate(&mut self.child, Duration::from_secs(30));
+        let containerd = self.dir.join("exec/containerd/containerd.pid");
+        if let Some(pid) = std::fs::read_to_string(containerd)
+            .ok()
+            .and_then(|p| p.trim().parse::<u32>().ok())
+        {
+            let _ = Command::new("kill")
+                .args(["-KILL", &pid.to_string()])
+                .status();
+        }
+        if let Err(e) = remove(&self.dir) {
+            eprintln!("bench: {e}");
+        }
+    }
+}
