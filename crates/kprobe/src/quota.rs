@@ -255,8 +255,9 @@ impl Control {
         Ok((id != 0 && id != self.base_id).then_some(id))
     }
 
-    /// Limits the tree at `dir` to `bytes` bytes (rounded up to 512-byte blocks;
-    /// 0 removes the limit) and returns its project id.
+    /// Limits the tree at `dir` to `bytes` bytes (rounded up to 512-byte blocks,
+    /// and by the filesystem to its own block size; 0 removes the limit) and
+    /// returns its project id.
     ///
     /// A directory without a project of its own gets the next free id first: on
     /// `dir`, every directory and regular file below it (not following symlinks,
