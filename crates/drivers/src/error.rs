@@ -199,6 +199,15 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    /// Setting a layer's size limit (project quota) failed.
+    #[error("size limit of layer {id:?}: {source}")]
+    Quota {
+        /// The layer.
+        id: String,
+        /// The quota control's error.
+        #[source]
+        source: plies_kprobe::Error,
+    },
 }
 
 /// `Result` with this crate's [`Error`].

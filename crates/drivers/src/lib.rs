@@ -11,6 +11,7 @@ mod mounts;
 pub mod naive;
 mod options;
 mod overlay2;
+mod quota;
 mod vfs;
 
 use std::path::Path;
@@ -19,9 +20,9 @@ pub use aufs::{Aufs, KernelMounter, Mounter, Recorded, RecordingMounter};
 pub use driver::Driver;
 pub use error::{Error, Result};
 pub use idmap::IdMaps;
-pub use plies_archive::IdMap;
 pub use options::{CreateOptions, DriverChoice, Options};
 pub use overlay2::Overlay2;
+pub use plies_archive::IdMap;
 pub use vfs::Vfs;
 
 /// Drivers `auto` tries, in order.

@@ -19,6 +19,7 @@ use crate::locks::LayerLocks;
 use crate::mounts;
 use crate::naive;
 use crate::options::{CreateOptions, Options};
+use crate::quota::LayerQuota;
 
 const NAME: &str = "overlay2";
 
@@ -124,6 +125,7 @@ pub struct Overlay2 {
     features: Features,
     mount_mode: MountMode,
     max_depth: usize,
+    quota: LayerQuota,
     remap: Remap,
     locks: LayerLocks,
     /// Layers held by `get`, with their count and whether a mount was made.
@@ -144,23 +146,14 @@ impl Overlay2 {
     /// # Errors
     /// [`Error::NotSupported`], [`Error::IncompatibleFs`] or
     /// [`Error::PrerequisitesMissing`] with the probe's reason;
-    /// [`Error::InvalidOption`] for `overlay2.size` (no quota support here) or a
-    /// depth the kernel cannot mount; [`Error::Store`] when the store cannot be opened.
+    /// [`Error::InvalidOption`] for `overlay2.size` without project quota (XFS
+    /// mounted with `prjquota`) or a depth the kernel cannot mount;
+    /// [`Error::Store`] when the store cannot be opened.
     pub fn open(home: &Path, options: &Options) -> Result<Overlay2> {
         let remap = Remap::new(&options.id_maps)?;
         let home = std::path::absolute(home).map_err(|e| Error::io("resolve", home, e))?;
         let probe_dir = crate::existing_ancestor(&home);
         let features = probe(&probe_dir)?;
-        if let Some(size) = options.overlay2_size {
-            return Err(Error::InvalidOption {
-                key: "overlay2.size".to_owned(),
-                value: size.to_string(),
-                reason: format!(
-                    "project quotas are not supported over the backing {} filesystem here",
-                    features.backing
-                ),
-            });
-        }
         let fsconfig_needed =
             options.mount_mode == MountMode::Fsconfig || options.max_depth > MAX_DEPTH;
         if fsconfig_needed {
@@ -179,6 +172,7 @@ impl Overlay2 {
             },
         )
         .map_err(|e| Error::store("", e))?;
+        let quota = LayerQuota::open(NAME, &home, &features.backing, options.overlay2_size)?;
         remap.own(&home)?;
         remap.own(&home.join("l"))?;
         let scratch = home
@@ -191,6 +185,7 @@ impl Overlay2 {
             features,
             mount_mode: options.mount_mode,
             max_depth: options.max_depth,
+            quota,
             remap,
             locks: LayerLocks::default(),
             refs: Mutex::new(HashMap::new()),
@@ -225,17 +220,14 @@ impl Overlay2 {
         }
     }
 
-    fn create_layer(&self, id: &str, parent: Option<&str>, opts: &CreateOptions) -> Result<()> {
-        if let Some(key) = opts.storage_opt.keys().next() {
-            return Err(Error::StorageOptUnsupported {
-                driver: NAME,
-                key: key.clone(),
-                reason: format!(
-                    "project quotas are not supported over the backing {} filesystem here",
-                    self.features.backing
-                ),
-            });
-        }
+    fn create_layer(
+        &self,
+        id: &str,
+        parent: Option<&str>,
+        opts: &CreateOptions,
+        read_write: bool,
+    ) -> Result<()> {
+        let size = self.quota.size_for(opts, read_write)?;
         let _guard = self.locks.lock(id);
         self.store
             .create(id, parent)
@@ -255,6 +247,16 @@ impl Overlay2 {
                 tracing::warn!(layer = id, error = %undo, "could not undo a layer creation");
             }
             return Err(e);
+        }
+        if let Some(bytes) = size {
+            // Before anything is written into the layer: its tree joins the
+            // project, and what is created in it later inherits it.
+            if let Err(e) = self.quota.limit(id, &self.home.join(id), bytes) {
+                if let Err(undo) = self.store.remove(id) {
+                    tracing::warn!(layer = id, error = %undo, "could not undo a layer creation");
+                }
+                return Err(e);
+            }
         }
         Ok(())
     }
@@ -347,7 +349,7 @@ impl Driver for Overlay2 {
     }
 
     fn create(&self, id: &str, parent: Option<&str>, opts: &CreateOptions) -> Result<()> {
-        self.create_layer(id, parent, opts)
+        self.create_layer(id, parent, opts, false)
     }
 
     fn create_read_write(
@@ -356,7 +358,7 @@ impl Driver for Overlay2 {
         parent: Option<&str>,
         opts: &CreateOptions,
     ) -> Result<()> {
-        self.create_layer(id, parent, opts)
+        self.create_layer(id, parent, opts, true)
     }
 
     fn remove(&self, id: &str) -> Result<()> {
@@ -367,7 +369,12 @@ impl Driver for Overlay2 {
         let merged = self.home.join(id).join("merged");
         mounts::unmount_retrying(id, &merged)?;
         self.refs().remove(id);
-        self.store.remove(id).map_err(|e| Error::store(id, e))
+        let project = self.quota.project_of(id, &self.home.join(id));
+        self.store.remove(id).map_err(|e| Error::store(id, e))?;
+        if let Some(project) = project {
+            self.quota.release(id, project);
+        }
+        Ok(())
     }
 
     fn get(&self, id: &str, mount_label: Option<&str>) -> Result<PathBuf> {

@@ -343,3 +343,10 @@ pub fn assert_same_tree(a: &BTreeMap<String, Node>, b: &BTreeMap<String, Node>, 
         diffs.join("\n")
     );
 }
+
+/// Whether overlay2 can limit layer sizes under `dir`: XFS with project quota.
+pub fn project_quota_at(dir: &Path) -> bool {
+    plies_kprobe::backing_fs(dir)
+        .value()
+        .is_some_and(|fs| plies_kprobe::xfs_project_quota(dir, fs).is_supported())
+}

@@ -179,12 +179,18 @@ fn status_rows_and_options() {
         "auto (legacy only: no lowerdir+)"
     };
     assert_eq!(d.status()[4].1, expected_mode);
+    // A default size limit needs project quota (XFS mounted with prjquota).
     let opts = Options::parse(["overlay2.size=10G"]).unwrap();
-    let err = plies_drivers::open(dir.path(), DriverChoice::Overlay2, &opts).unwrap_err();
-    assert!(
-        matches!(err, Error::InvalidOption { ref key, .. } if key == "overlay2.size"),
-        "{err}"
-    );
+    let sized = plies_drivers::open(dir.path(), DriverChoice::Overlay2, &opts);
+    if common::project_quota_at(dir.path()) {
+        sized.unwrap();
+    } else {
+        let err = sized.unwrap_err();
+        assert!(
+            matches!(err, Error::InvalidOption { ref key, .. } if key == "overlay2.size"),
+            "{err}"
+        );
+    }
     let opts = Options::parse(["overlay2.max_depth=400"]).unwrap();
     if plies_testkit::require_kernel_feature(
         "status_rows_and_options (max_depth=400)",
@@ -282,4 +288,210 @@ fn failed_apply_leaves_the_layer_empty() {
     );
     assert_eq!(mounted_tree(&d, "bad"), mounted_tree(&d, "base"));
     assert!(!dir.path().join("evil").exists());
+}
+
+/// An XFS image attached to a loop device and mounted with `prjquota`;
+/// unmounted and detached on drop.
+struct XfsLoop {
+    dir: tempfile::TempDir,
+    device: Option<String>,
+    mounted: bool,
+}
+
+impl XfsLoop {
+    fn mount_point(&self) -> std::path::PathBuf {
+        self.dir.path().join("mnt")
+    }
+
+    /// `None` when the kernel refuses `prjquota` (no XFS quota in it).
+    fn new() -> Option<XfsLoop> {
+        let dir = common::tempdir();
+        let image = dir.path().join("image");
+        std::fs::File::create(&image)
+            .and_then(|f| f.set_len(320 << 20))
+            .unwrap();
+        let mkfs = std::process::Command::new("mkfs.xfs")
+            .args(["-q", "-f"])
+            .arg(&image)
+            .status()
+            .unwrap();
+        assert!(mkfs.success(), "mkfs.xfs failed");
+        let out = std::process::Command::new("losetup")
+            .args(["--find", "--show"])
+            .arg(&image)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "losetup failed");
+        let mut fs = XfsLoop {
+            dir,
+            device: Some(String::from_utf8(out.stdout).unwrap().trim().to_owned()),
+            mounted: false,
+        };
+        std::fs::create_dir(fs.mount_point()).unwrap();
+        let mounted = rustix::mount::mount(
+            fs.device.as_deref().unwrap(),
+            fs.mount_point(),
+            "xfs",
+            rustix::mount::MountFlags::empty(),
+            c"prjquota",
+        );
+        match mounted {
+            Ok(()) => fs.mounted = true,
+            Err(rustix::io::Errno::INVAL) => return None,
+            Err(e) => panic!("mount xfs -o prjquota: {e}"),
+        }
+        Some(fs)
+    }
+}
+
+impl Drop for XfsLoop {
+    fn drop(&mut self) {
+        if self.mounted {
+            let _ = rustix::mount::unmount(self.mount_point(), rustix::mount::UnmountFlags::DETACH);
+        }
+        if let Some(dev) = self.device.take() {
+            let _ = std::process::Command::new("losetup")
+                .args(["-d", &dev])
+                .status();
+        }
+    }
+}
+
+const MIB: usize = 1 << 20;
+
+/// Writes `mib` MiB to `path` and syncs it: the first error.
+fn write_mib(path: &Path, mib: usize) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut f = std::fs::File::create(path)?;
+    let chunk = vec![7u8; MIB];
+    for _ in 0..mib {
+        f.write_all(&chunk)?;
+    }
+    f.sync_all()
+}
+
+/// Writes 20 MiB into the mounted layer `id`: whether the write hit the quota.
+/// XFS reports an exceeded project quota as `ENOSPC` (other quotas as
+/// `EDQUOT`), so the filesystem must have room left for it to count.
+fn hits_quota(d: &Overlay2, id: &str) -> bool {
+    use rustix::io::Errno;
+    let root = d.get(id, None).unwrap();
+    let written = write_mib(&root.join("big"), 20);
+    let _ = std::fs::remove_file(root.join("big"));
+    d.put(id).unwrap();
+    let Err(e) = written else {
+        return false;
+    };
+    let free = rustix::fs::statvfs(d.root()).unwrap();
+    let room = free.f_bavail * free.f_frsize > 100 * MIB as u64;
+    let code = e.raw_os_error();
+    if room
+        && (code == Some(Errno::NOSPC.raw_os_error()) || code == Some(Errno::DQUOT.raw_os_error()))
+    {
+        return true;
+    }
+    panic!("writing into {id}: {e}");
+}
+
+fn size_opt(size: &str) -> CreateOptions {
+    let mut opts = CreateOptions::default();
+    opts.storage_opt.insert("size".into(), size.into());
+    opts
+}
+
+#[test]
+fn layer_sizes_are_limited_on_xfs_with_project_quota() {
+    let test = "layer_sizes_are_limited_on_xfs_with_project_quota";
+    let tools = ["mkfs.xfs", "losetup"]
+        .iter()
+        .all(|t| std::process::Command::new(t).arg("-V").output().is_ok());
+    if !plies_testkit::require_overlay(test)
+        || !plies_testkit::require(
+            test,
+            tools && plies_testkit::kernel_has_filesystem("xfs"),
+            "mkfs.xfs, losetup or the xfs filesystem missing",
+        )
+    {
+        return;
+    }
+    let fs = XfsLoop::new();
+    if !plies_testkit::require_kernel_feature(test, fs.is_some(), "XFS quota (CONFIG_XFS_QUOTA)") {
+        return;
+    }
+    let fs = fs.unwrap();
+    let root = fs.mount_point();
+    let home = root.join("overlay2");
+    let project = |id: &str| plies_kprobe::quota::project_id(&home.join(id)).unwrap();
+
+    {
+        let d = Overlay2::open(&home, &Options::default()).unwrap();
+        let _c = Cleanup(&d);
+        assert!(common::project_quota_at(&root));
+        layer(
+            &d,
+            "img",
+            None,
+            &[E::Dir("etc", 0o755), E::File("etc/motd", "hi", 0o644)],
+        );
+
+        // storage-opt size on a read-write layer: writes beyond it fail.
+        d.create_read_write("sized", Some("img"), &size_opt("10M"))
+            .unwrap();
+        let sized = project("sized");
+        assert_ne!(sized, 0);
+        for dir in ["sized/diff", "sized/work"] {
+            assert_eq!(project(dir), sized, "{dir}");
+        }
+        assert!(hits_quota(&d, "sized"));
+        // Without a size, no limit.
+        d.create_read_write("free", Some("img"), &CreateOptions::default())
+            .unwrap();
+        assert!(!hits_quota(&d, "free"));
+        assert_eq!(project("free"), 0);
+        // A size of 0 is none, as in Docker.
+        d.create_read_write("zero", Some("img"), &size_opt("0"))
+            .unwrap();
+        assert!(!hits_quota(&d, "zero"));
+
+        // Only read-write layers take a size; unknown options and bad sizes are refused.
+        assert!(matches!(
+            d.create("ro", Some("img"), &size_opt("10M")),
+            Err(Error::StorageOptUnsupported { ref key, .. }) if key == "size"
+        ));
+        let mut unknown = CreateOptions::default();
+        unknown.storage_opt.insert("inodes".into(), "10".into());
+        assert!(matches!(
+            d.create_read_write("odd", Some("img"), &unknown),
+            Err(Error::StorageOptUnsupported { ref key, .. }) if key == "inodes"
+        ));
+        assert!(matches!(
+            d.create_read_write("odd", Some("img"), &size_opt("ten")),
+            Err(Error::InvalidOption { ref key, .. }) if key == "size"
+        ));
+        assert!(!d.exists("ro") && !d.exists("odd"));
+
+        // Removing a layer releases its limit.
+        d.remove("sized").unwrap();
+        let control = plies_kprobe::quota::Control::open(&home).unwrap();
+        let usage = control.project_usage(sized).unwrap();
+        assert_eq!((usage.hard_limit, usage.used), (0, 0), "{usage:?}");
+    }
+
+    // overlay2.size: the default of read-write layers, which a layer's own size
+    // overrides; image layers stay unlimited. A reopened store gives new
+    // projects ids nobody holds.
+    let d = Overlay2::open(&home, &Options::parse(["overlay2.size=10M"]).unwrap()).unwrap();
+    let _c = Cleanup(&d);
+    d.create_read_write("default", Some("img"), &CreateOptions::default())
+        .unwrap();
+    assert!(hits_quota(&d, "default"));
+    d.create_read_write("bigger", Some("img"), &size_opt("64M"))
+        .unwrap();
+    assert!(!hits_quota(&d, "bigger"));
+    assert_ne!(project("default"), project("bigger"));
+    layer(&d, "img2", Some("img"), &[E::File("x", "x", 0o644)]);
+    assert_eq!(project("img2"), 0);
+    let img2 = d.get("img2", None).unwrap();
+    write_mib(&img2.join("big"), 20).unwrap();
+    d.put("img2").unwrap();
 }
