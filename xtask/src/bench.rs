@@ -8,8 +8,10 @@
 //!   debootstrap cannot run).
 //!
 //! Before every measured run the page cache is dropped and the input read back in,
-//! so each tool starts with its input cached and everything else cold. Medians of
-//! `--runs N` (default 5) are reported with the ratio plies / GNU tar.
+//! so each tool starts with its input cached and everything else cold. The tools
+//! take turns within each round, so load from elsewhere and the file system's own
+//! state fall on both alike. Medians of `--runs N` (default 5) are reported with
+//! the ratio plies / GNU tar.
 //!
 //! Then `docker load` of the generated tree as a one-layer image, into dockerd with
 //! plies behind the graph-driver plugin and into dockerd on its own overlay2
@@ -70,8 +72,12 @@ pub fn bench(args: &[String]) -> Result {
         "layer",
     ]))?;
     run(cargo().args(["build", "--release", "-p", "plies"]))?;
-    let layer_bin = root().join("target/release/examples/layer");
-    let plies_bin = root().join("target/release/plies");
+    // Where cargo put them: CARGO_TARGET_DIR when set (relative to the workspace).
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(|d| root().join(d))
+        .unwrap_or_else(|| root().join("target"));
+    let layer_bin = target.join("release/examples/layer");
+    let plies_bin = target.join("release/plies");
 
     let mut inputs = vec![("generated", generated_tree(&dir)?)];
     if opts.debian {
@@ -84,20 +90,35 @@ pub fn bench(args: &[String]) -> Result {
     let mut rows = Vec::new();
     for (name, tree) in inputs.iter().filter(|_| opts.tar) {
         let tar = layer_tar(&dir, name, tree)?;
-        let out = dir.join("out");
-        let gnu_apply = measure(opts.runs, &tar, &out, || {
+        // `plies import` of the same layer as a `docker save` archive: digest check,
+        // store bookkeeping and apply, against the same `tar -x`.
+        let image = docker_save_archive(&dir, name, &tar)?;
+        let tar_x = |out: &Path| {
             timed(
                 Command::new("tar")
                     .args(["--xattrs", "--xattrs-include=*", "--numeric-owner", "-xf"])
                     .arg(&tar)
                     .arg("-C")
-                    .arg(&out),
+                    .arg(out),
             )
-        })?;
-        let plies_apply = measure(opts.runs, &tar, &out, || {
-            timed(Command::new(&layer_bin).arg("apply").arg(&tar).arg(&out))
-        })?;
-        let gnu_export = measure(opts.runs, tree, &out, || {
+        };
+        let plies_x = |out: &Path| timed(Command::new(&layer_bin).arg("apply").arg(&tar).arg(out));
+        let plies_i = |out: &Path| {
+            timed(
+                Command::new(&plies_bin)
+                    .arg("--root")
+                    .arg(out)
+                    .args(["--driver", "overlay2", "-q", "import"])
+                    .arg(&image),
+            )
+        };
+        let [gnu_apply, plies_apply, plies_import] = measure(
+            opts.runs,
+            &[&tar, &image],
+            &dir.join("out"),
+            [&tar_x, &plies_x, &plies_i],
+        )?;
+        let tar_c = |_: &Path| {
             timed(
                 Command::new("tar")
                     .args([
@@ -111,22 +132,10 @@ pub fn bench(args: &[String]) -> Result {
                     .arg(tree)
                     .arg("."),
             )
-        })?;
-        let plies_export = measure(opts.runs, tree, &out, || {
-            timed(Command::new(&layer_bin).arg("export").arg(tree))
-        })?;
-        // `plies import` of the same layer as a `docker save` archive: digest check,
-        // store bookkeeping and apply, against the same `tar -x`.
-        let image = docker_save_archive(&dir, name, &tar)?;
-        let plies_import = measure(opts.runs, &image, &out, || {
-            timed(
-                Command::new(&plies_bin)
-                    .arg("--root")
-                    .arg(&out)
-                    .args(["--driver", "overlay2", "-q", "import"])
-                    .arg(&image),
-            )
-        })?;
+        };
+        let plies_c = |_: &Path| timed(Command::new(&layer_bin).arg("export").arg(tree));
+        let [gnu_export, plies_export] =
+            measure(opts.runs, &[tree], &dir.join("out"), [&tar_c, &plies_c])?;
         rows.push((format!("{name} apply"), gnu_apply, plies_apply));
         rows.push((
             format!("{name} import (vs tar -x)"),
@@ -247,26 +256,49 @@ fn docker_save_archive(dir: &Path, name: &str, layer: &Path) -> Result<PathBuf> 
     Ok(archive)
 }
 
-/// Runs `f` `runs` times with a cold cache and a freshly read input, emptying `out`
-/// before each run; returns the median time.
-fn measure(
+/// One measured command: given a fresh, empty output directory, returns its wall time.
+type Tool<'a> = &'a dyn Fn(&Path) -> Result<Duration>;
+
+/// Runs every tool `runs` times, in rounds that rotate which tool goes first, and
+/// returns each tool's median time. Before each run the page cache is dropped and
+/// the inputs are read back in. Each run writes into a fresh directory under `out`,
+/// all removed only at the end: ext4 skips inodes freed in the last half minute
+/// when it allocates, so deleting between runs would slow down whichever tool
+/// comes after the most deletions.
+fn measure<const N: usize>(
     runs: usize,
-    input: &Path,
+    inputs: &[&Path],
     out: &Path,
-    mut f: impl FnMut() -> Result<Duration>,
-) -> Result<Duration> {
-    let mut times = Vec::with_capacity(runs);
-    for _ in 0..runs.max(1) {
-        if out.exists() {
-            std::fs::remove_dir_all(out).map_err(|e| format!("emptying {}: {e}", out.display()))?;
+    tools: [Tool<'_>; N],
+) -> Result<[Duration; N]> {
+    let remove = |dir: &Path| {
+        if dir.exists() {
+            std::fs::remove_dir_all(dir).map_err(|e| format!("emptying {}: {e}", dir.display()))
+        } else {
+            Ok(())
         }
-        std::fs::create_dir_all(out).map_err(|e| format!("creating {}: {e}", out.display()))?;
-        sync_and_drop_caches();
-        read_input(input)?;
-        times.push(f()?);
+    };
+    remove(out)?;
+    let mut times = vec![Vec::with_capacity(runs); N];
+    for round in 0..runs.max(1) {
+        for k in 0..N {
+            let tool = (round + k) % N;
+            let dir = out.join(format!("{round}-{tool}"));
+            std::fs::create_dir_all(&dir)
+                .map_err(|e| format!("creating {}: {e}", dir.display()))?;
+            sync_and_drop_caches();
+            for input in inputs {
+                read_input(input)?;
+            }
+            times[tool].push(tools[tool](&dir)?);
+        }
     }
-    times.sort();
-    Ok(times[times.len() / 2])
+    remove(out)?;
+    Ok(std::array::from_fn(|tool| {
+        let t = &mut times[tool];
+        t.sort();
+        t[t.len() / 2]
+    }))
 }
 
 fn sync_and_drop_caches() {
