@@ -11,7 +11,7 @@
 use std::io::{BufWriter, Write};
 use std::path::Path;
 
-use plies_archive::{ApplyOptions, ExportOptions, WhiteoutFormat, apply, export};
+use plies_archive::{ApplyOptions, ExportOptions, WhiteoutFormat, apply_file, export};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -27,7 +27,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 whiteouts: WhiteoutFormat::Merged,
                 ..ApplyOptions::default()
             };
-            let stats = apply(file, Path::new(dir), &opts)?;
+            let stats = apply_file(&file, Path::new(dir), &opts)?;
             eprintln!("{} entries, {} bytes of content", stats.entries, stats.size);
         }
         ["export", dir] => {

@@ -1,8 +1,8 @@
 //! Applying a layer tar to a directory.
 
-use std::cell::Cell;
 use std::collections::{HashMap, HashSet};
 use std::ffi::{OsStr, OsString};
+use std::fs::File;
 use std::io::{self, Read};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::{Path, PathBuf};
@@ -16,6 +16,7 @@ use rustix::io::Errno;
 use crate::error::{EntryError, Error};
 use crate::idmap::{self, IdMap};
 use crate::resolve::{self, Root};
+use crate::stream::{self, Entry, FileInput, Input, MAX_SPARSE_SIZE, NextError, Reader, Stream};
 
 /// How whiteouts are written into the target directory.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -83,12 +84,8 @@ pub struct ApplyStats {
     pub skipped_xattrs: u64,
 }
 
-/// Headers, long names and PAX records of one entry may not exceed this.
-const METADATA_LIMIT: u64 = 8 << 20;
-/// Largest apparent size accepted for a sparse file.
-const MAX_SPARSE_SIZE: u64 = 1 << 40;
-const COPY_BUFFER: usize = 1 << 20;
-const INPUT_BUFFER: usize = 128 << 10;
+/// Parent directories kept open for the entries that follow.
+const PARENT_CACHE: usize = 16;
 
 /// Applies the layer tar read from `reader` to the directory `root`.
 ///
@@ -103,24 +100,16 @@ const INPUT_BUFFER: usize = 128 << 10;
 /// so a caller hashing it sees every byte. On error the directory holds a
 /// partial layer the caller should delete.
 ///
-/// Not supported, each a typed error: GNU sparse formats 0.0 and 0.1 (1.0
-/// and the old GNU `S` entries are), and PAX values holding a newline (the
-/// `tar` parser splits records at newlines).
+/// PAX records are split by their length, so values may hold any byte (a
+/// newline in a name or a binary xattr value). Not supported, each a typed
+/// error: GNU sparse formats 0.0 and 0.1 (1.0 and the old GNU `S` entries are).
 ///
 /// # Errors
 /// [`Error::Root`] if `root` cannot be opened, [`Error::Tar`] for a malformed
 /// archive, [`Error::Entry`] naming the entry that was refused or failed.
 pub fn apply<R: Read>(reader: R, root: &Path, opts: &ApplyOptions) -> Result<ApplyStats, Error> {
-    let fd = rustix::fs::open(
-        root,
-        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
-        Mode::empty(),
-    )
-    .map_err(|e| Error::Root {
-        path: root.to_path_buf(),
-        source: e.into(),
-    })?;
-    apply_at(reader, fd.as_fd(), opts)
+    let fd = open_root(root)?;
+    run(Stream::new(Reader(reader)), fd, opts)
 }
 
 /// [`apply`] into an already open directory.
@@ -132,7 +121,38 @@ pub fn apply_at<R: Read>(
     root: BorrowedFd<'_>,
     opts: &ApplyOptions,
 ) -> Result<ApplyStats, Error> {
-    let fd = rustix::fs::openat(
+    let fd = reopen_root(root)?;
+    run(Stream::new(Reader(reader)), fd, opts)
+}
+
+/// [`apply`] of a layer tar in a file, read from its current position.
+///
+/// Larger file contents are copied from `file` to the files they become by
+/// the kernel (`copy_file_range`), without passing through this process;
+/// where the kernel cannot (another kind of file, or file systems it does not
+/// copy between) they are read and written as by [`apply`].
+///
+/// # Errors
+/// As [`apply`].
+pub fn apply_file(file: &File, root: &Path, opts: &ApplyOptions) -> Result<ApplyStats, Error> {
+    let fd = open_root(root)?;
+    run(Stream::new(FileInput(file)), fd, opts)
+}
+
+fn open_root(root: &Path) -> Result<OwnedFd, Error> {
+    rustix::fs::open(
+        root,
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(|e| Error::Root {
+        path: root.to_path_buf(),
+        source: e.into(),
+    })
+}
+
+fn reopen_root(root: BorrowedFd<'_>) -> Result<OwnedFd, Error> {
+    rustix::fs::openat(
         root,
         ".",
         OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
@@ -141,84 +161,51 @@ pub fn apply_at<R: Read>(
     .map_err(|e| Error::Root {
         path: PathBuf::from("."),
         source: e.into(),
-    })?;
-    let counter = Rc::new(Counter::default());
-    // Headers are read 512 bytes at a time: buffer them; large file data
-    // bypasses the buffer.
-    let mut archive = tar::Archive::new(Counting {
-        inner: io::BufReader::with_capacity(INPUT_BUFFER, reader),
-        counter: Rc::clone(&counter),
-    });
-    let mut ctx = Applier::new(Root::new(fd), opts)?;
-    let mut entries = archive.entries().map_err(|source| Error::Tar {
-        position: 0,
-        after: None,
-        source,
-    })?;
-    let mut last: Option<PathBuf> = None;
+    })
+}
+
+fn run<I: Input>(
+    mut stream: Stream<I>,
+    root: OwnedFd,
+    opts: &ApplyOptions,
+) -> Result<ApplyStats, Error> {
+    let mut ctx = Applier::new(Root::new(root), opts)?;
+    let mut last: Option<Vec<u8>> = None;
+    let shown = |name: Vec<u8>| PathBuf::from(OsString::from_vec(name));
     loop {
-        counter.metadata_from.set(Some(counter.total.get()));
-        let next = entries.next();
-        counter.metadata_from.set(None);
-        let mut entry = match next {
-            None => break,
-            Some(Ok(entry)) => entry,
-            Some(Err(source)) => {
+        let entry = match stream.next_entry() {
+            Ok(Some(entry)) => entry,
+            Ok(None) => break,
+            Err(NextError::Tar(source)) => {
                 return Err(Error::Tar {
-                    position: counter.total.get(),
-                    after: last,
+                    position: stream.position(),
+                    after: last.map(shown),
                     source,
                 });
             }
+            Err(NextError::Entry(name, reason)) => {
+                return Err(Error::Entry {
+                    entry: shown(name),
+                    reason,
+                });
+            }
         };
-        let name = PathBuf::from(OsString::from_vec(entry.path_bytes().into_owned()));
-        ctx.entry(&mut entry).map_err(|reason| Error::Entry {
-            entry: name.clone(),
-            reason,
-        })?;
-        last = Some(name);
+        if let Err(reason) = ctx.entry(&mut stream, &entry) {
+            return Err(Error::Entry {
+                entry: shown(entry.path),
+                reason,
+            });
+        }
+        last = Some(entry.path);
     }
-    // Read what follows the end marker too, so a caller hashing the stream
-    // (a layer digest) sees all of it.
-    let mut rest = archive.into_inner();
-    io::copy(&mut rest, &mut io::sink()).map_err(|source| Error::Tar {
-        position: counter.total.get(),
-        after: last,
+    stream.drain_input().map_err(|source| Error::Tar {
+        position: stream.position(),
+        after: last.map(shown),
         source,
     })?;
     ctx.finish()?;
-    ctx.stats.bytes = counter.total.get();
+    ctx.stats.bytes = stream.position();
     Ok(ctx.stats)
-}
-
-#[derive(Default)]
-struct Counter {
-    total: Cell<u64>,
-    /// Set while the parser reads headers: where that started.
-    metadata_from: Cell<Option<u64>>,
-}
-
-/// Counts archive bytes and bounds what the parser may buffer for one entry.
-struct Counting<R> {
-    inner: R,
-    counter: Rc<Counter>,
-}
-
-impl<R: Read> Read for Counting<R> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let n = self.inner.read(buf)?;
-        let total = self.counter.total.get() + n as u64;
-        self.counter.total.set(total);
-        if let Some(from) = self.counter.metadata_from.get() {
-            if total - from > METADATA_LIMIT {
-                return Err(io::Error::new(
-                    io::ErrorKind::InvalidData,
-                    format!("headers of one entry exceed {METADATA_LIMIT} bytes"),
-                ));
-            }
-        }
-        Ok(n)
-    }
 }
 
 /// Metadata of one entry, parsed before anything is created.
@@ -246,12 +233,22 @@ struct DirMeta {
     times: Timestamps,
 }
 
+/// An open directory entries are made in.
+struct Parent {
+    fd: OwnedFd,
+    /// The group a node made in it gets: the directory's own when it has
+    /// the set-group-ID bit, else this process's.
+    new_gid: u32,
+}
+
 struct Applier<'o> {
     root: Root,
     opts: &'o ApplyOptions,
     stats: ApplyStats,
-    /// The parent directory of the previous entry, kept open.
-    parent_cache: Option<(Vec<u8>, Rc<OwnedFd>)>,
+    /// Recently used parent directories by path, most recent last; emptied
+    /// whenever an entry is removed, so a path always resolves afresh after
+    /// the tree changed shape.
+    parents: Vec<(Vec<u8>, Rc<Parent>)>,
     /// Directory modes and times, set once their children are in place.
     dirs: HashMap<Vec<u8>, DirMeta>,
     /// Paths this tar added (only for [`WhiteoutFormat::Merged`]).
@@ -259,7 +256,6 @@ struct Applier<'o> {
     /// Owner of directories made implicitly.
     implicit_owner: Option<(u32, u32)>,
     my_ids: (u32, u32),
-    buf: Vec<u8>,
 }
 
 fn io_err(op: &'static str) -> impl FnOnce(Errno) -> EntryError {
@@ -300,6 +296,18 @@ fn is_whiteout_like(name: &OsStr) -> bool {
         .starts_with(plies_whiteout::WHITEOUT_PREFIX.as_bytes())
 }
 
+/// Reads and discards what is left of an entry's data, checking it is all there.
+fn drain<I: Input>(stream: &mut Stream<I>, entry: &Entry) -> Result<(), EntryError> {
+    let got = stream.skip_data().map_err(io_err2("read archive"))?;
+    if got < entry.size {
+        return Err(EntryError::Truncated {
+            expected: entry.size,
+            got,
+        });
+    }
+    Ok(())
+}
+
 impl<'o> Applier<'o> {
     fn new(root: Root, opts: &'o ApplyOptions) -> Result<Self, Error> {
         let implicit_owner =
@@ -314,7 +322,7 @@ impl<'o> Applier<'o> {
             root,
             opts,
             stats: ApplyStats::default(),
-            parent_cache: None,
+            parents: Vec::with_capacity(PARENT_CACHE),
             dirs: HashMap::new(),
             unpacked: HashSet::new(),
             implicit_owner,
@@ -322,24 +330,24 @@ impl<'o> Applier<'o> {
                 rustix::process::geteuid().as_raw(),
                 rustix::process::getegid().as_raw(),
             ),
-            buf: Vec::new(),
         })
     }
 
-    fn entry<R: Read>(&mut self, entry: &mut tar::Entry<'_, R>) -> Result<(), EntryError> {
-        let ty = entry.header().entry_type();
+    fn entry<I: Input>(&mut self, stream: &mut Stream<I>, entry: &Entry) -> Result<(), EntryError> {
+        let ty = entry.header.entry_type();
         if ty.is_pax_global_extensions() {
-            return drain(entry);
+            // As Docker: global records are ignored.
+            return drain(stream, entry);
         }
         // Every PAX record is checked before anything is made, whiteouts included.
         let meta = self.meta(entry)?;
         let path = match &meta.sparse {
             Some(PaxSparse {
                 name: Some(name), ..
-            }) => name.clone(),
-            _ => entry.path_bytes().into_owned(),
+            }) => name.as_slice(),
+            _ => entry.path.as_slice(),
         };
-        let comps = resolve::components(&path)?;
+        let comps = resolve::components(path)?;
         for comp in comps.iter().rev().skip(1) {
             if is_whiteout_like(comp) {
                 return Err(EntryError::WhiteoutName(format!(
@@ -367,7 +375,7 @@ impl<'o> Applier<'o> {
                 }
                 self.stats.whiteouts += 1;
                 if self.opts.whiteouts != WhiteoutFormat::Aufs {
-                    drain(entry)?;
+                    drain(stream, entry)?;
                     let (dir_comps, last) = comps.split_at(comps.len() - 1);
                     return self.whiteout(&meta, dir_comps, last[0], kind);
                 }
@@ -389,7 +397,7 @@ impl<'o> Applier<'o> {
                 Mode::empty(),
             )
             .map_err(io_err("open root"))?;
-            self.owner_and_xattrs_fd(&fd, &meta)?;
+            self.owner_and_xattrs_fd(&fd, &meta, None)?;
             self.dirs.insert(
                 Vec::new(),
                 DirMeta {
@@ -397,30 +405,30 @@ impl<'o> Applier<'o> {
                     times: meta.times,
                 },
             );
-            return drain(entry);
+            return drain(stream, entry);
         }
         let (dir_comps, last) = comps.split_at(comps.len() - 1);
         let name = last[0];
         let parent = self.parent(dir_comps)?;
-        let parent = parent.as_fd();
+        let new_owner = (self.my_ids.0, parent.new_gid);
+        let parent = parent.fd.as_fd();
         match ty {
             t if t.is_dir() => {
-                let fd = self.make_dir(parent, name)?;
-                self.owner_and_xattrs_fd(&fd, &meta)?;
+                let (fd, made) = self.make_dir(parent, name)?;
+                self.owner_and_xattrs_fd(&fd, &meta, made.then_some(new_owner))?;
+                let key = resolve::join(&comps);
                 self.dirs.insert(
-                    resolve::join(&comps),
+                    key.clone(),
                     DirMeta {
                         mode: meta.mode,
                         times: meta.times,
                     },
                 );
-                drain(entry)
+                // Entries of this directory usually follow: keep it open for them.
+                self.remember_parent(key, fd)?;
+                drain(stream, entry)
             }
             t if t.is_file() || t.is_contiguous() || t.is_gnu_sparse() => {
-                let sparse = t.is_gnu_sparse();
-                if sparse && entry.size() > MAX_SPARSE_SIZE {
-                    return Err(EntryError::TooLarge(entry.size()));
-                }
                 let fd = self.create_with(parent, name, |p, n| {
                     rustix::fs::openat(
                         p,
@@ -433,42 +441,35 @@ impl<'o> Applier<'o> {
                         Mode::from_raw_mode(0o600),
                     )
                 })?;
-                if meta.sparse.is_some() {
-                    let realsize = meta.sparse.as_ref().map_or(0, |sp| sp.realsize);
-                    self.write_pax_sparse(entry, &fd, realsize)?;
+                if let Some(sp) = &meta.sparse {
+                    self.write_pax_sparse(stream, entry, &fd, sp.realsize)?;
+                } else if let Some(map) = &entry.sparse {
+                    self.write_gnu_sparse(stream, entry, &fd, map)?;
                 } else {
-                    self.write_data(entry, &fd, sparse)?;
+                    self.write_data(stream, entry, &fd)?;
                 }
-                self.owner_and_xattrs_fd(&fd, &meta)?;
+                self.owner_and_xattrs_fd(&fd, &meta, Some(new_owner))?;
                 rustix::fs::fchmod(&fd, Mode::from_raw_mode(meta.mode))
                     .map_err(io_err("fchmod"))?;
                 rustix::fs::futimens(&fd, &meta.times).map_err(io_err("futimens"))?;
                 Ok(())
             }
             t if t.is_symlink() => {
-                let target = entry
-                    .link_name_bytes()
-                    .ok_or(EntryError::MissingLinkTarget)?
-                    .into_owned();
+                let target = entry.link.as_deref().ok_or(EntryError::MissingLinkTarget)?;
                 if target.contains(&0) {
                     return Err(EntryError::InvalidName("NUL byte in symlink target"));
                 }
                 if target.is_empty() {
                     return Err(EntryError::MissingLinkTarget);
                 }
-                self.create_with(parent, name, |p, n| {
-                    rustix::fs::symlinkat(target.as_slice(), p, n)
-                })?;
-                self.node_meta(parent, name, &meta, false)?;
-                drain(entry)
+                self.create_with(parent, name, |p, n| rustix::fs::symlinkat(target, p, n))?;
+                self.node_meta(parent, name, &meta, false, new_owner)?;
+                drain(stream, entry)
             }
             t if t.is_hard_link() => {
-                let target = entry
-                    .link_name_bytes()
-                    .ok_or(EntryError::MissingLinkTarget)?
-                    .into_owned();
-                let tcomps = resolve::components(&target)
-                    .map_err(|e| EntryError::LinkTarget(Box::new(e)))?;
+                let target = entry.link.as_deref().ok_or(EntryError::MissingLinkTarget)?;
+                let tcomps =
+                    resolve::components(target).map_err(|e| EntryError::LinkTarget(Box::new(e)))?;
                 let Some((tname, tdir)) = tcomps.split_last() else {
                     return Err(EntryError::LinkTarget(Box::new(EntryError::ReplacesRoot)));
                 };
@@ -477,12 +478,12 @@ impl<'o> Applier<'o> {
                     .open_dir(tdir, false, None)
                     .map_err(io_err2("open hard link target directory"))?;
                 if tdir == dir_comps && *tname == name {
-                    return drain(entry);
+                    return drain(stream, entry);
                 }
                 self.create_with(parent, name, |p, n| {
                     rustix::fs::linkat(&tparent, *tname, p, n, AtFlags::empty())
                 })?;
-                drain(entry)
+                drain(stream, entry)
             }
             t if t.is_character_special() || t.is_block_special() || t.is_fifo() => {
                 let fifo = t.is_fifo();
@@ -491,16 +492,16 @@ impl<'o> Applier<'o> {
                 } else {
                     if !self.opts.privileged {
                         self.stats.skipped_devices += 1;
-                        tracing::warn!(entry = %Path::new(OsStr::from_bytes(&path)).display(), "skipping device node in an unprivileged apply");
-                        return drain(entry);
+                        tracing::warn!(entry = %Path::new(OsStr::from_bytes(path)).display(), "skipping device node in an unprivileged apply");
+                        return drain(stream, entry);
                     }
                     let major = entry
-                        .header()
+                        .header
                         .device_major()
                         .map_err(header_err("devmajor"))?
                         .unwrap_or(0);
                     let minor = entry
-                        .header()
+                        .header
                         .device_minor()
                         .map_err(header_err("devminor"))?
                         .unwrap_or(0);
@@ -514,28 +515,43 @@ impl<'o> Applier<'o> {
                 self.create_with(parent, name, |p, n| {
                     rustix::fs::mknodat(p, n, file_type, Mode::from_raw_mode(0o600), dev)
                 })?;
-                self.node_meta(parent, name, &meta, true)?;
-                drain(entry)
+                self.node_meta(parent, name, &meta, true, new_owner)?;
+                drain(stream, entry)
             }
             other => Err(EntryError::UnsupportedType(other.as_byte() as char)),
         }
     }
 
-    /// The directory `comps` names, made if missing; kept open for the next entry.
-    fn parent(&mut self, comps: &[&OsStr]) -> Result<Rc<OwnedFd>, EntryError> {
+    /// The directory `comps` names, made if missing; kept open for the entries that follow.
+    fn parent(&mut self, comps: &[&OsStr]) -> Result<Rc<Parent>, EntryError> {
         let key = resolve::join(comps);
-        if let Some((k, fd)) = &self.parent_cache {
-            if *k == key {
-                return Ok(Rc::clone(fd));
-            }
+        if let Some(i) = self.parents.iter().rposition(|(k, _)| *k == key) {
+            let hit = self.parents.remove(i);
+            let parent = Rc::clone(&hit.1);
+            self.parents.push(hit);
+            return Ok(parent);
         }
-        let fd = Rc::new(
-            self.root
-                .open_dir(comps, true, self.implicit_owner)
-                .map_err(io_err2("open parent directory"))?,
-        );
-        self.parent_cache = Some((key, Rc::clone(&fd)));
-        Ok(fd)
+        let fd = self
+            .root
+            .open_dir(comps, true, self.implicit_owner)
+            .map_err(io_err2("open parent directory"))?;
+        self.remember_parent(key, fd)
+    }
+
+    fn remember_parent(&mut self, key: Vec<u8>, fd: OwnedFd) -> Result<Rc<Parent>, EntryError> {
+        let st = rustix::fs::fstat(&fd).map_err(io_err("stat parent directory"))?;
+        let new_gid = if st.st_mode & 0o2000 != 0 {
+            st.st_gid
+        } else {
+            self.my_ids.1
+        };
+        let parent = Rc::new(Parent { fd, new_gid });
+        self.parents.retain(|(k, _)| *k != key);
+        if self.parents.len() == PARENT_CACHE {
+            self.parents.remove(0);
+        }
+        self.parents.push((key, Rc::clone(&parent)));
+        Ok(parent)
     }
 
     /// Runs `create`; if the name exists, removes it (a later entry replaces
@@ -556,31 +572,40 @@ impl<'o> Applier<'o> {
     }
 
     fn remove(&mut self, parent: BorrowedFd<'_>, name: &OsStr) -> Result<(), EntryError> {
-        self.parent_cache = None;
+        self.parents.clear();
         remove_any(parent, name).map_err(io_err2("remove existing entry"))
     }
 
-    fn make_dir(&mut self, parent: BorrowedFd<'_>, name: &OsStr) -> Result<OwnedFd, EntryError> {
-        match rustix::fs::mkdirat(parent, name, Mode::from_raw_mode(0o700)) {
-            Ok(()) => {}
+    /// Makes (or keeps) the directory `name` and opens it; whether it was made.
+    fn make_dir(
+        &mut self,
+        parent: BorrowedFd<'_>,
+        name: &OsStr,
+    ) -> Result<(OwnedFd, bool), EntryError> {
+        let made = match rustix::fs::mkdirat(parent, name, Mode::from_raw_mode(0o700)) {
+            Ok(()) => true,
             Err(Errno::EXIST) => {
                 let st = rustix::fs::statat(parent, name, AtFlags::SYMLINK_NOFOLLOW)
                     .map_err(io_err("stat"))?;
-                if FileType::from_raw_mode(st.st_mode) != FileType::Directory {
+                if FileType::from_raw_mode(st.st_mode) == FileType::Directory {
+                    false
+                } else {
                     self.remove(parent, name)?;
                     rustix::fs::mkdirat(parent, name, Mode::from_raw_mode(0o700))
                         .map_err(io_err("mkdir"))?;
+                    true
                 }
             }
             Err(e) => return Err(io_err("mkdir")(e)),
-        }
-        rustix::fs::openat(
+        };
+        let fd = rustix::fs::openat(
             parent,
             name,
             OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
             Mode::empty(),
         )
-        .map_err(io_err("open directory"))
+        .map_err(io_err("open directory"))?;
+        Ok((fd, made))
     }
 
     fn whiteout(
@@ -591,14 +616,16 @@ impl<'o> Applier<'o> {
         kind: NameKind<'_>,
     ) -> Result<(), EntryError> {
         let parent = self.parent(dir_comps)?;
+        let new_owner = (self.my_ids.0, parent.new_gid);
+        let parent = &parent.fd;
         match (self.opts.whiteouts, kind) {
             (WhiteoutFormat::Overlay(_), NameKind::Whiteout(target)) => {
                 self.remove(parent.as_fd(), target)?;
-                plies_whiteout::create_overlay_whiteout(&parent, target)?;
-                if meta.uid != u32::MAX {
+                plies_whiteout::create_overlay_whiteout(parent, target)?;
+                if meta.uid != u32::MAX && (meta.uid, meta.gid) != new_owner {
                     let (uid, gid) = (meta.uid, meta.gid);
                     rustix::fs::chownat(
-                        &parent,
+                        parent,
                         target,
                         Some(rustix::fs::Uid::from_raw(uid)),
                         Some(rustix::fs::Gid::from_raw(gid)),
@@ -608,15 +635,15 @@ impl<'o> Applier<'o> {
                 }
             }
             (WhiteoutFormat::Overlay(ns), NameKind::Opaque) => {
-                plies_whiteout::set_opaque(&parent, ns)?;
+                plies_whiteout::set_opaque(parent, ns)?;
             }
             (WhiteoutFormat::Merged, NameKind::Whiteout(target)) => {
                 self.remove(parent.as_fd(), target)?;
             }
             (WhiteoutFormat::Merged, NameKind::Opaque) => {
-                self.parent_cache = None;
+                self.parents.clear();
                 let mut prefix = resolve::join(dir_comps);
-                empty_except(&parent, &mut prefix, &self.unpacked)
+                empty_except(parent, &mut prefix, &self.unpacked)
                     .map_err(io_err2("empty opaque directory"))?;
             }
             _ => {
@@ -627,13 +654,16 @@ impl<'o> Applier<'o> {
     }
 
     /// The mapped owner to set, or `None` when not privileged.
-    fn owner<R: Read>(
-        &mut self,
-        entry: &tar::Entry<'_, R>,
-    ) -> Result<Option<(u32, u32)>, EntryError> {
-        let h = entry.header();
-        let uid = field(&h.as_old().uid, h.uid(), "uid")?;
-        let gid = field(&h.as_old().gid, h.gid(), "gid")?;
+    fn owner(&mut self, entry: &Entry) -> Result<Option<(u32, u32)>, EntryError> {
+        let h = &entry.header;
+        let uid = match entry.pax.get(b"uid") {
+            Some(v) => stream::pax_number(v)?,
+            None => field(&h.as_old().uid, h.uid(), "uid")?,
+        };
+        let gid = match entry.pax.get(b"gid") {
+            Some(v) => stream::pax_number(v)?,
+            None => field(&h.as_old().gid, h.gid(), "gid")?,
+        };
         let uid = idmap::to_host(&self.opts.uid_map, uid, "uid").map_err(unmapped)?;
         let gid = idmap::to_host(&self.opts.gid_map, gid, "gid").map_err(unmapped)?;
         let uid = u32::try_from(uid).map_err(|_| EntryError::Unmapped {
@@ -654,8 +684,8 @@ impl<'o> Applier<'o> {
         }
     }
 
-    fn meta<R: Read>(&mut self, entry: &mut tar::Entry<'_, R>) -> Result<Meta, EntryError> {
-        let h = entry.header();
+    fn meta(&mut self, entry: &Entry) -> Result<Meta, EntryError> {
+        let h = &entry.header;
         let mode = field(&h.as_old().mode, h.mode().map(u64::from), "mode")? as u32 & 0o7777;
         let mut mtime = Timespec {
             tv_sec: i64::try_from(field(&h.as_old().mtime, h.mtime(), "mtime")?)
@@ -675,55 +705,46 @@ impl<'o> Applier<'o> {
         }
         let mut xattrs = Vec::new();
         let mut sparse: Option<PaxSparse> = None;
-        if let Some(pax) = entry
-            .pax_extensions()
-            .map_err(io_err2("read PAX records"))?
-        {
-            for ext in pax {
-                let ext = ext.map_err(|e| EntryError::Pax(e.to_string()))?;
-                let key = ext.key_bytes();
-                match key {
-                    b"mtime" => mtime = pax_time(ext.value_bytes())?,
-                    b"GNU.sparse.major" | b"GNU.sparse.minor" => {
-                        let v = pax_number(ext.value_bytes())?;
-                        let sp = sparse.get_or_insert_with(PaxSparse::default);
-                        if key == b"GNU.sparse.major" {
-                            sp.major = Some(v);
-                        } else {
-                            sp.minor = Some(v);
-                        }
+        for (key, value) in entry.pax.iter() {
+            match key {
+                b"mtime" => mtime = pax_time(value)?,
+                b"GNU.sparse.major" | b"GNU.sparse.minor" => {
+                    let v = stream::pax_number(value)?;
+                    let sp = sparse.get_or_insert_with(PaxSparse::default);
+                    if key == b"GNU.sparse.major" {
+                        sp.major = Some(v);
+                    } else {
+                        sp.minor = Some(v);
                     }
-                    b"GNU.sparse.name" => {
-                        sparse.get_or_insert_with(PaxSparse::default).name =
-                            Some(ext.value_bytes().to_vec());
-                    }
-                    b"GNU.sparse.realsize" | b"GNU.sparse.size" => {
-                        sparse.get_or_insert_with(PaxSparse::default).realsize =
-                            pax_number(ext.value_bytes())?;
-                    }
-                    b"GNU.sparse.map" | b"GNU.sparse.offset" | b"GNU.sparse.numbytes" => {
-                        return Err(EntryError::Pax(
-                            "GNU sparse format 0.x (only 1.0 is supported)".into(),
-                        ));
-                    }
-                    b"atime" => atime = Some(pax_time(ext.value_bytes())?),
-                    _ => {
-                        if let Some(name) = key.strip_prefix(b"SCHILY.xattr.") {
-                            if name.starts_with(b"trusted.overlay.")
-                                || name.starts_with(b"user.overlay.")
-                            {
-                                return Err(EntryError::OverlayXattr(
-                                    String::from_utf8_lossy(name).into_owned(),
-                                ));
-                            }
-                            if name.is_empty() || name.contains(&0) {
-                                return Err(EntryError::Pax("xattr name".into()));
-                            }
-                            xattrs.push((
-                                OsStr::from_bytes(name).to_os_string(),
-                                ext.value_bytes().to_vec(),
+                }
+                b"GNU.sparse.name" => {
+                    sparse.get_or_insert_with(PaxSparse::default).name = Some(value.to_vec());
+                }
+                b"GNU.sparse.realsize" | b"GNU.sparse.size" => {
+                    sparse.get_or_insert_with(PaxSparse::default).realsize =
+                        stream::pax_number(value)?;
+                }
+                b"GNU.sparse.map" | b"GNU.sparse.offset" | b"GNU.sparse.numbytes" => {
+                    return Err(EntryError::Pax(
+                        "GNU sparse format 0.x (only 1.0 is supported)".into(),
+                    ));
+                }
+                b"atime" => atime = Some(pax_time(value)?),
+                _ => {
+                    if let Some(name) = key.strip_prefix(b"SCHILY.xattr.") {
+                        if name.starts_with(b"trusted.overlay.")
+                            || name.starts_with(b"user.overlay.")
+                        {
+                            return Err(EntryError::OverlayXattr(
+                                String::from_utf8_lossy(name).into_owned(),
                             ));
                         }
+                        if name.is_empty() || name.contains(&0) {
+                            return Err(EntryError::Pax("xattr name".into()));
+                        }
+                        // A later record of the same name replaces an earlier one.
+                        xattrs.retain(|(n, _): &(OsString, Vec<u8>)| n.as_bytes() != name);
+                        xattrs.push((OsStr::from_bytes(name).to_os_string(), value.to_vec()));
                     }
                 }
             }
@@ -754,8 +775,15 @@ impl<'o> Applier<'o> {
         })
     }
 
-    fn owner_and_xattrs_fd(&mut self, fd: &OwnedFd, meta: &Meta) -> Result<(), EntryError> {
-        if meta.uid != u32::MAX {
+    /// Owner and xattrs of an open node; the owner is left alone when it is
+    /// already `current` (what the node got when it was made).
+    fn owner_and_xattrs_fd(
+        &mut self,
+        fd: &OwnedFd,
+        meta: &Meta,
+        current: Option<(u32, u32)>,
+    ) -> Result<(), EntryError> {
+        if meta.uid != u32::MAX && current != Some((meta.uid, meta.gid)) {
             rustix::fs::fchown(
                 fd,
                 Some(rustix::fs::Uid::from_raw(meta.uid)),
@@ -783,16 +811,17 @@ impl<'o> Applier<'o> {
         }
     }
 
-    /// Owner, mode, xattrs and times of a node that is not opened
-    /// (symlink, device, fifo).
+    /// Owner, mode, xattrs and times of a node just made that is not opened
+    /// (symlink, device, fifo); it was made owned by `current`.
     fn node_meta(
         &mut self,
         parent: BorrowedFd<'_>,
         name: &OsStr,
         meta: &Meta,
         chmod: bool,
+        current: (u32, u32),
     ) -> Result<(), EntryError> {
-        if meta.uid != u32::MAX {
+        if meta.uid != u32::MAX && (meta.uid, meta.gid) != current {
             rustix::fs::chownat(
                 parent,
                 name,
@@ -834,66 +863,66 @@ impl<'o> Applier<'o> {
         Ok(())
     }
 
-    fn write_data<R: Read>(
+    fn write_data<I: Input>(
         &mut self,
-        entry: &mut tar::Entry<'_, R>,
+        stream: &mut Stream<I>,
+        entry: &Entry,
         fd: &OwnedFd,
-        sparse: bool,
     ) -> Result<(), EntryError> {
-        let expected = entry.size();
-        if self.buf.len() < COPY_BUFFER {
-            self.buf.resize(COPY_BUFFER, 0);
+        let got = stream.copy_data(entry.size, fd.as_fd())?;
+        self.stats.size += got;
+        if got < entry.size {
+            return Err(EntryError::Truncated {
+                expected: entry.size,
+                got,
+            });
         }
-        let mut got: u64 = 0;
-        let mut hole = false;
-        loop {
-            let want =
-                usize::try_from((expected - got).min(COPY_BUFFER as u64)).unwrap_or(COPY_BUFFER);
-            if want == 0 {
-                break;
+        Ok(())
+    }
+
+    /// Writes an old GNU sparse file: the stored chunks at their offsets,
+    /// holes between them.
+    fn write_gnu_sparse<I: Input>(
+        &mut self,
+        stream: &mut Stream<I>,
+        entry: &Entry,
+        fd: &OwnedFd,
+        map: &stream::SparseMap,
+    ) -> Result<(), EntryError> {
+        let mut got = 0;
+        for &(offset, len) in &map.chunks {
+            rustix::fs::seek(fd, rustix::fs::SeekFrom::Start(offset)).map_err(io_err("seek"))?;
+            let n = stream.copy_data(len, fd.as_fd())?;
+            self.stats.size += n;
+            got += n;
+            if n < len {
+                return Err(EntryError::Truncated {
+                    expected: entry.size,
+                    got,
+                });
             }
-            let n = match entry.read(&mut self.buf[..want]) {
-                Ok(0) => break,
-                Ok(n) => n,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(io_err2("read archive")(e)),
-            };
-            let data = &self.buf[..n];
-            if sparse && data.iter().all(|b| *b == 0) {
-                rustix::fs::seek(fd, rustix::fs::SeekFrom::Current(n as i64))
-                    .map_err(io_err("seek"))?;
-                hole = true;
-            } else {
-                write_all(fd, data)?;
-                self.stats.size += n as u64;
-            }
-            got += n as u64;
         }
-        if got < expected {
-            return Err(EntryError::Truncated { expected, got });
-        }
-        if hole {
-            rustix::fs::ftruncate(fd, got).map_err(io_err("ftruncate"))?;
-        }
+        rustix::fs::ftruncate(fd, map.real_size).map_err(io_err("ftruncate"))?;
         Ok(())
     }
 
     /// Writes a GNU 1.0 sparse file: a map of decimal lines (count, then
     /// offset and length pairs) padded to a block, then the chunks.
-    fn write_pax_sparse<R: Read>(
+    fn write_pax_sparse<I: Input>(
         &mut self,
-        entry: &mut tar::Entry<'_, R>,
+        stream: &mut Stream<I>,
+        entry: &Entry,
         fd: &OwnedFd,
         realsize: u64,
     ) -> Result<(), EntryError> {
-        let expected = entry.size();
+        let expected = entry.size;
         let mut consumed: u64 = 0;
-        let mut next_number = |consumed: &mut u64| -> Result<u64, EntryError> {
+        let next_number = |stream: &mut Stream<I>, consumed: &mut u64| -> Result<u64, EntryError> {
             let mut v: u64 = 0;
             let mut digits = 0;
             loop {
                 let mut b = [0u8; 1];
-                let n = entry.read(&mut b).map_err(io_err2("read archive"))?;
+                let n = stream.read_data(&mut b).map_err(io_err2("read archive"))?;
                 if n == 0 {
                     return Err(EntryError::Truncated {
                         expected,
@@ -914,12 +943,12 @@ impl<'o> Applier<'o> {
                 }
             }
         };
-        let count = next_number(&mut consumed)?;
+        let count = next_number(stream, &mut consumed)?;
         let mut chunks = Vec::new();
         let mut end = 0u64;
         for _ in 0..count {
-            let offset = next_number(&mut consumed)?;
-            let len = next_number(&mut consumed)?;
+            let offset = next_number(stream, &mut consumed)?;
+            let len = next_number(stream, &mut consumed)?;
             let chunk_end = offset
                 .checked_add(len)
                 .filter(|e| offset >= end && *e <= realsize);
@@ -927,8 +956,16 @@ impl<'o> Applier<'o> {
             chunks.push((offset, len));
         }
         let pad = (512 - consumed % 512) % 512;
-        let skipped = io::copy(&mut entry.by_ref().take(pad), &mut io::sink())
-            .map_err(io_err2("read archive"))?;
+        let mut skipped = 0;
+        let mut scratch = [0u8; 512];
+        while skipped < pad {
+            let want = usize::try_from(pad - skipped).unwrap_or(512);
+            match stream.read_data(&mut scratch[..want]) {
+                Ok(0) => break,
+                Ok(n) => skipped += n as u64,
+                Err(e) => return Err(io_err2("read archive")(e)),
+            }
+        }
         consumed += skipped;
         if skipped < pad {
             return Err(EntryError::Truncated {
@@ -936,33 +973,20 @@ impl<'o> Applier<'o> {
                 got: consumed,
             });
         }
-        if self.buf.len() < COPY_BUFFER {
-            self.buf.resize(COPY_BUFFER, 0);
-        }
         for (offset, len) in chunks {
             rustix::fs::seek(fd, rustix::fs::SeekFrom::Start(offset)).map_err(io_err("seek"))?;
-            let mut left = len;
-            while left > 0 {
-                let want = usize::try_from(left.min(COPY_BUFFER as u64)).unwrap_or(COPY_BUFFER);
-                let n = match entry.read(&mut self.buf[..want]) {
-                    Ok(0) => {
-                        return Err(EntryError::Truncated {
-                            expected,
-                            got: consumed,
-                        });
-                    }
-                    Ok(n) => n,
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                    Err(e) => return Err(io_err2("read archive")(e)),
-                };
-                write_all(fd, &self.buf[..n])?;
-                self.stats.size += n as u64;
-                consumed += n as u64;
-                left -= n as u64;
+            let n = stream.copy_data(len, fd.as_fd())?;
+            self.stats.size += n;
+            consumed += n;
+            if n < len {
+                return Err(EntryError::Truncated {
+                    expected,
+                    got: consumed,
+                });
             }
         }
         rustix::fs::ftruncate(fd, realsize).map_err(io_err("ftruncate"))?;
-        let rest = io::copy(entry, &mut io::sink()).map_err(io_err2("read archive"))?;
+        let rest = stream.skip_data().map_err(io_err2("read archive"))?;
         if consumed + rest < expected {
             return Err(EntryError::Truncated {
                 expected,
@@ -984,24 +1008,16 @@ impl<'o> Applier<'o> {
                 reason,
             };
             let comps = resolve::components(&key).map_err(err)?;
-            let fd = match comps.split_last() {
-                None => rustix::fs::openat(
+            let fd = if comps.is_empty() {
+                rustix::fs::openat(
                     self.root.fd(),
                     ".",
                     OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
                     Mode::empty(),
-                ),
-                Some((last, dir)) => {
-                    let Ok(parent) = self.root.open_dir(dir, false, None) else {
-                        continue;
-                    };
-                    rustix::fs::openat(
-                        &parent,
-                        *last,
-                        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-                        Mode::empty(),
-                    )
-                }
+                )
+                .map_err(io::Error::from)
+            } else {
+                self.root.open_dir_nofollow(&comps)
             };
             // A later entry replaced the directory (by a file or symlink) or
             // a whiteout removed it: nothing left to set.
@@ -1012,39 +1028,6 @@ impl<'o> Applier<'o> {
         }
         Ok(())
     }
-}
-
-fn write_all(fd: &OwnedFd, mut data: &[u8]) -> Result<(), EntryError> {
-    while !data.is_empty() {
-        match rustix::io::write(fd, data) {
-            Ok(0) => return Err(io_err("write")(Errno::NOSPC)),
-            Ok(n) => data = &data[n..],
-            Err(Errno::INTR) => {}
-            Err(e) => return Err(io_err("write")(e)),
-        }
-    }
-    Ok(())
-}
-
-/// Reads and discards what is left of an entry, checking it is all there.
-fn drain<R: Read>(entry: &mut tar::Entry<'_, R>) -> Result<(), EntryError> {
-    let expected = entry.size();
-    let got = io::copy(entry, &mut io::sink()).map_err(io_err2("read archive"))?;
-    if got < expected {
-        // Whatever the caller already consumed is not counted here; callers
-        // drain only entries whose data they did not read.
-        return Err(EntryError::Truncated { expected, got });
-    }
-    Ok(())
-}
-
-/// Parses a PAX decimal number.
-fn pax_number(value: &[u8]) -> Result<u64, EntryError> {
-    std::str::from_utf8(value)
-        .ok()
-        .filter(|v| !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()))
-        .and_then(|v| v.parse().ok())
-        .ok_or_else(|| EntryError::Pax(format!("number {:?}", String::from_utf8_lossy(value))))
 }
 
 /// Parses a PAX time: `[-]seconds[.fraction]`.

@@ -7,8 +7,9 @@ mod export;
 mod idmap;
 mod resolve;
 pub mod size;
+mod stream;
 
-pub use apply::{ApplyOptions, ApplyStats, WhiteoutFormat, apply, apply_at};
+pub use apply::{ApplyOptions, ApplyStats, WhiteoutFormat, apply, apply_at, apply_file};
 pub use error::{EntryError, Error};
 pub use export::{Export, ExportOptions, export, export_at};
 pub use idmap::IdMap;

@@ -129,20 +129,30 @@ impl Root {
         Ok(parent)
     }
 
+    /// Opens the existing directory `comps` names; a symlink as its last
+    /// component is an error, not followed.
+    pub(crate) fn open_dir_nofollow(&self, comps: &[&OsStr]) -> io::Result<OwnedFd> {
+        self.open_with(comps, dir_flags() | OFlags::NOFOLLOW)
+    }
+
     fn open_existing(&self, comps: &[&OsStr]) -> io::Result<OwnedFd> {
+        self.open_with(comps, dir_flags())
+    }
+
+    fn open_with(&self, comps: &[&OsStr], flags: OFlags) -> io::Result<OwnedFd> {
         if self.use_openat2.get() {
             let path = join(comps);
             match rustix::fs::openat2(
                 &self.fd,
                 path.as_slice(),
-                dir_flags(),
+                flags,
                 Mode::empty(),
                 ResolveFlags::IN_ROOT | ResolveFlags::NO_MAGICLINKS,
             ) {
                 Err(rustix::io::Errno::NOSYS) => self.use_openat2.set(false),
                 Err(rustix::io::Errno::AGAIN) => {
                     // The kernel saw a rename race; resolve again.
-                    return self.open_existing(comps);
+                    return self.open_with(comps, flags);
                 }
                 other => return Ok(other?),
             }
@@ -216,5 +226,22 @@ mod tests {
         assert!(root.join("x/y").is_dir());
         assert!(root.join("z").is_dir());
         assert!(!std::path::Path::new("/z").exists());
+    }
+
+    #[test]
+    fn nofollow_refuses_a_symlink_as_last_component() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path().join("root");
+        std::fs::create_dir_all(root.join("d/e")).unwrap();
+        std::os::unix::fs::symlink("d", root.join("l")).unwrap();
+        for r in [Root::new(open(&root)), Root::without_openat2(open(&root))] {
+            assert!(r.open_dir_nofollow(&[OsStr::new("l")]).is_err());
+            r.open_dir_nofollow(&[OsStr::new("d"), OsStr::new("e")])
+                .unwrap();
+        }
+        // Inside the path, openat2 follows symlinks within the root.
+        Root::new(open(&root))
+            .open_dir_nofollow(&[OsStr::new("l"), OsStr::new("e")])
+            .unwrap();
     }
 }

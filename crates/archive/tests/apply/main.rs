@@ -280,3 +280,178 @@ fn root_entry_sets_root_metadata() {
     let m = std::fs::metadata(&root).unwrap();
     assert_eq!((m.mode() & 0o7777, m.mtime()), (0o711, 1_600_000_000));
 }
+
+#[test]
+fn pax_xattr_value_may_hold_newlines() {
+    let tmp = tempfile::tempdir().unwrap();
+    let value = b"line\nbreak\0and\xffbinary\n";
+    let tar = RawTar::new()
+        .pax(&[
+            ("SCHILY.xattr.user.blob", value),
+            ("mtime", b"1700000000.25"),
+        ])
+        .file("f", b"data")
+        .finish();
+    let stats = apply(tar.as_slice(), tmp.path(), &overlay()).unwrap();
+    assert_eq!((stats.entries, stats.skipped_xattrs), (1, 0));
+    let f = tmp.path().join("f");
+    assert_eq!(xattr::get(&f, "user.blob").unwrap().unwrap(), value);
+    let m = std::fs::metadata(&f).unwrap();
+    assert_eq!((m.mtime(), m.mtime_nsec()), (1_700_000_000, 250_000_000));
+    assert_eq!(std::fs::read(&f).unwrap(), b"data");
+}
+
+#[test]
+fn pax_path_may_hold_a_newline() {
+    let tmp = tempfile::tempdir().unwrap();
+    let tar = RawTar::new()
+        .dir("d/")
+        .pax(&[("path", b"d/two\nlines"), ("linkpath", b"../x\ny")])
+        .symlink("ignored", "ignored")
+        .pax(&[("path", b"d/new\nline")])
+        .file("ignored-too", b"x")
+        .finish();
+    apply(tar.as_slice(), tmp.path(), &overlay()).unwrap();
+    let names: Vec<Vec<u8>> = {
+        let mut v: Vec<_> = std::fs::read_dir(tmp.path().join("d"))
+            .unwrap()
+            .map(|e| {
+                std::os::unix::ffi::OsStrExt::as_bytes(e.unwrap().file_name().as_os_str()).to_vec()
+            })
+            .collect();
+        v.sort();
+        v
+    };
+    assert_eq!(names, [b"new\nline".to_vec(), b"two\nlines".to_vec()]);
+    assert_eq!(std::fs::read(tmp.path().join("d/new\nline")).unwrap(), b"x");
+    assert_eq!(
+        std::fs::read_link(tmp.path().join("d/two\nlines")).unwrap(),
+        Path::new("../x\ny")
+    );
+}
+
+#[test]
+fn pax_size_and_owner_override_the_header() {
+    if !plies_testkit::require_root("pax_size_and_owner_override_the_header") {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let mut t = RawTar::new();
+    t.pax(&[("size", b"11"), ("uid", b"3000000000"), ("gid", b"7")]);
+    // The header says 0 bytes; the PAX size is what the data holds.
+    let mut h = common::header(&Raw::new(b"f", b'0'));
+    h.set_size(0);
+    h.set_cksum();
+    t.header(&h).data(b"hello world");
+    let tar = t.file("g", b"next").finish();
+    apply(tar.as_slice(), tmp.path(), &overlay()).unwrap();
+    let f = tmp.path().join("f");
+    assert_eq!(std::fs::read(&f).unwrap(), b"hello world");
+    let m = std::fs::metadata(&f).unwrap();
+    assert_eq!((m.uid(), m.gid()), (3_000_000_000, 7));
+    assert_eq!(std::fs::read(tmp.path().join("g")).unwrap(), b"next");
+}
+
+/// A layer with files of every size class, some larger than any buffer.
+fn mixed_layer() -> Vec<u8> {
+    let mut t = RawTar::new();
+    t.dir("d/");
+    let mut seed = 7u64;
+    let mut bytes = |n: usize| -> Vec<u8> {
+        (0..n)
+            .map(|_| {
+                seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1);
+                (seed >> 56) as u8
+            })
+            .collect()
+    };
+    for (i, size) in [0, 1, 511, 512, 513, 40_000, 65_536, 200_001, 3 << 20]
+        .into_iter()
+        .enumerate()
+    {
+        let data = bytes(size);
+        t.file(&format!("d/f{i}"), &data);
+        t.dir(&format!("d/sub{i}/"));
+        t.file(&format!("d/sub{i}/g"), &data[..size / 3]);
+    }
+    t.finish()
+}
+
+#[test]
+fn apply_file_gives_the_same_tree() {
+    let tmp = tempfile::tempdir().unwrap();
+    let layer = mixed_layer();
+    let by_reader = tmp.path().join("reader");
+    let by_file = tmp.path().join("file");
+    std::fs::create_dir(&by_reader).unwrap();
+    std::fs::create_dir(&by_file).unwrap();
+    let a = apply(layer.as_slice(), &by_reader, &overlay()).unwrap();
+    // The tar starts partway into the file: apply_file reads from the file's position.
+    let path = tmp.path().join("layer.bin");
+    let mut content = b"not part of the layer".to_vec();
+    content.extend_from_slice(&layer);
+    std::fs::write(&path, &content).unwrap();
+    let mut file = std::fs::File::open(&path).unwrap();
+    std::io::Seek::seek(&mut file, std::io::SeekFrom::Start(21)).unwrap();
+    let b = plies_archive::apply_file(&file, &by_file, &overlay()).unwrap();
+    assert_eq!(a, b);
+    assert_eq!(b.bytes, layer.len() as u64);
+    assert_eq!(common::snapshot(&by_reader), common::snapshot(&by_file));
+    // Read to the end, as apply does.
+    assert_eq!(
+        std::io::Seek::stream_position(&mut file).unwrap(),
+        content.len() as u64
+    );
+}
+
+#[test]
+fn apply_file_reports_truncation_inside_large_data() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut layer = mixed_layer();
+    // The layer ends with the 3 MiB file, a directory, its 1 MiB file and the
+    // end marker: cut the last 1 MiB of the large file's data too.
+    layer.truncate(layer.len() - 1024 - 512 - 512 - (1 << 20) - (1 << 20));
+    let path = tmp.path().join("layer.tar");
+    std::fs::write(&path, &layer).unwrap();
+    let root = tmp.path().join("root");
+    std::fs::create_dir(&root).unwrap();
+    let file = std::fs::File::open(&path).unwrap();
+    let r = plies_archive::apply_file(&file, &root, &overlay());
+    match r {
+        Err(plies_archive::Error::Entry {
+            entry,
+            reason: plies_archive::EntryError::Truncated { expected, got },
+        }) => {
+            assert_eq!(entry, Path::new("d/f8"));
+            assert_eq!((expected, got), (3 << 20, 2 << 20));
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn owners_are_set_under_a_setgid_directory() {
+    if !plies_testkit::require_root("owners_are_set_under_a_setgid_directory") {
+        return;
+    }
+    // Files made in a set-group-ID directory take its group: an entry owned
+    // by root:root must still end up root:root.
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path().join("d");
+    std::fs::create_dir(&d).unwrap();
+    std::os::unix::fs::chown(&d, Some(0), Some(4242)).unwrap();
+    std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o2775)).unwrap();
+    let mut t = RawTar::new();
+    t.file("d/f", b"x");
+    t.symlink("d/l", "f");
+    t.dir("d/sub/");
+    let mut mine = Raw::new(b"d/g", b'0').data(b"y");
+    mine.gid = 4242;
+    t.entry(mine);
+    let tar = t.finish();
+    apply(tar.as_slice(), tmp.path(), &overlay()).unwrap();
+    for (name, gid) in [("d/f", 0), ("d/l", 0), ("d/sub", 0), ("d/g", 4242)] {
+        let m = std::fs::symlink_metadata(tmp.path().join(name)).unwrap();
+        assert_eq!((m.uid(), m.gid()), (0, gid), "{name}");
+    }
+}

@@ -710,3 +710,192 @@ fn pax_sparse_name_with_dotdot() {
         EntryError::DotDot
     ));
 }
+
+/// A PAX header holding `body` as is, then a file `name`.
+fn raw_pax(body: &[u8], name: &str) -> Vec<u8> {
+    let mut t = RawTar::new();
+    t.entry(Raw::new(b"././@PaxHeader", b'x').data(body));
+    t.file(name, b"content").finish()
+}
+
+#[test]
+fn pax_record_length_past_the_end() {
+    let s = Sandbox::new();
+    let tar = raw_pax(b"99 path=../canary/secret\n", "a");
+    assert!(matches!(
+        entry_error(s.apply(&tar), "a"),
+        EntryError::Pax(_)
+    ));
+    assert!(!s.root().join("a").exists());
+}
+
+#[test]
+fn pax_record_length_too_short() {
+    // 10 would end the record inside the value: it must end with a newline.
+    let s = Sandbox::new();
+    let tar = raw_pax(b"10 path=../x\n", "a");
+    assert!(matches!(
+        entry_error(s.apply(&tar), "a"),
+        EntryError::Pax(_)
+    ));
+}
+
+#[test]
+fn pax_record_length_not_a_number() {
+    for body in [
+        &b"x2 path=b\n"[..],
+        b" 11 path=b\n",
+        b"011 path=b\n",
+        b"0 =\n",
+        b"4 =\n",
+        b"99999999999999999999999 path=b\n",
+        b"11path=bcd\n",
+    ] {
+        let s = Sandbox::new();
+        let tar = raw_pax(body, "a");
+        assert!(
+            matches!(entry_error(s.apply(&tar), "a"), EntryError::Pax(_)),
+            "{:?}",
+            String::from_utf8_lossy(body)
+        );
+    }
+}
+
+#[test]
+fn pax_record_without_key() {
+    for body in [&b"7 =abc\n"[..], b"7 abcd\n"] {
+        let s = Sandbox::new();
+        let tar = raw_pax(body, "a");
+        assert!(matches!(
+            entry_error(s.apply(&tar), "a"),
+            EntryError::Pax(_)
+        ));
+    }
+}
+
+#[test]
+fn pax_trailing_bytes_after_records() {
+    let s = Sandbox::new();
+    let tar = raw_pax(b"10 path=b\n\0\0", "a");
+    assert!(matches!(
+        entry_error(s.apply(&tar), "a"),
+        EntryError::Pax(_)
+    ));
+}
+
+#[test]
+fn pax_value_cannot_smuggle_records() {
+    // A value holding what looks like a `size` and a `path` record stays one
+    // value: split at newlines it would move the data boundary and the name.
+    let s = Sandbox::new();
+    let value = b"x\n10 size=0\n24 path=../canary/secret\n";
+    let tar = RawTar::new()
+        .pax(&[("SCHILY.xattr.user.v", value)])
+        .file("a", b"content")
+        .file("b", b"more")
+        .finish();
+    s.apply(&tar).unwrap();
+    assert_eq!(std::fs::read(s.root().join("a")).unwrap(), b"content");
+    assert_eq!(std::fs::read(s.root().join("b")).unwrap(), b"more");
+    assert_eq!(
+        xattr::get(s.root().join("a"), "user.v").unwrap().unwrap(),
+        value
+    );
+}
+
+#[test]
+fn pax_size_not_a_number() {
+    let s = Sandbox::new();
+    let tar = RawTar::new()
+        .pax(&[("size", b"12abc")])
+        .file("a", b"")
+        .finish();
+    assert!(matches!(
+        entry_error(s.apply(&tar), "a"),
+        EntryError::Pax(_)
+    ));
+}
+
+#[test]
+fn pax_size_past_the_end() {
+    let s = Sandbox::new();
+    let tar = RawTar::new()
+        .pax(&[("size", b"1000000")])
+        .file("a", b"short")
+        .finish();
+    assert!(matches!(
+        entry_error(s.apply(&tar), "a"),
+        EntryError::Truncated {
+            expected: 1_000_000,
+            got: 1536
+        }
+    ));
+}
+
+#[test]
+fn pax_header_cut_short() {
+    let s = Sandbox::new();
+    let mut e = Raw::new(b"././@PaxHeader", b'x').data(b"12 path=abc\n");
+    e.size = Some(5000);
+    let tar = RawTar::new().entry(e).bytes.clone();
+    assert!(matches!(s.apply(&tar), Err(Error::Tar { after: None, .. })));
+}
+
+#[test]
+fn pax_header_without_an_entry() {
+    let s = Sandbox::new();
+    let tar = RawTar::new()
+        .file("a", b"x")
+        .pax(&[("path", b"b")])
+        .finish();
+    match s.apply(&tar) {
+        Err(Error::Tar { after: Some(p), .. }) => assert_eq!(p, Path::new("a")),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn gnu_sparse_chunks_out_of_order() {
+    let s = Sandbox::new();
+    let mut h = common::header(&Raw::new(b"sparse", b'S'));
+    {
+        let gnu = h.as_gnu_mut().unwrap();
+        gnu.set_real_size(4096);
+        gnu.sparse[0].set_offset(2048);
+        gnu.sparse[0].set_length(512);
+        gnu.sparse[1].set_offset(0);
+        gnu.sparse[1].set_length(512);
+    }
+    h.set_size(1024);
+    h.set_cksum();
+    let tar = RawTar::new().header(&h).data(&[1u8; 1024]).finish();
+    assert!(matches!(
+        entry_error(s.apply(&tar), "sparse"),
+        EntryError::Header {
+            field: "sparse map",
+            ..
+        }
+    ));
+}
+
+#[test]
+fn gnu_sparse_chunks_past_the_end() {
+    let s = Sandbox::new();
+    let mut h = common::header(&Raw::new(b"sparse", b'S'));
+    {
+        let gnu = h.as_gnu_mut().unwrap();
+        gnu.set_real_size(1000);
+        gnu.sparse[0].set_offset(900);
+        gnu.sparse[0].set_length(512);
+    }
+    h.set_size(512);
+    h.set_cksum();
+    let tar = RawTar::new().header(&h).data(&[1u8; 512]).finish();
+    assert!(matches!(
+        entry_error(s.apply(&tar), "sparse"),
+        EntryError::Header {
+            field: "sparse map",
+            ..
+        }
+    ));
+}
