@@ -36,13 +36,14 @@ pub(super) fn load(
     .map(PathBuf::from)
     .find(|p| p.exists())
     .ok_or("dockerd is not installed (Debian: docker.io)")?;
-    let work = dir.join("docker");
+    // Per process: another bench's daemons may be running beside these.
+    let work = dir.join(format!("docker-{}", std::process::id()));
     remove(&work)?;
     std::fs::create_dir_all(&work).map_err(|e| format!("creating {}: {e}", work.display()))?;
 
     let name = format!("pliesbench{}", std::process::id());
     let socket = Path::new(PLUGIN_DIR).join(format!("{name}.sock"));
-    let _server = Server::start(plies_bin, &socket, &work.join("plies-serve.log"))?;
+    let server = Server::start(plies_bin, &socket, &work.join("plies-serve.log"))?;
     let plies = Dockerd::start(&dockerd, &work.join("plies"), &name)?;
     let overlay2 = Dockerd::start(&dockerd, &work.join("overlay2"), "overlay2")?;
     let daemons = [&overlay2, &plies];
@@ -69,6 +70,8 @@ pub(super) fn load(
     }
     drop(plies);
     drop(overlay2);
+    drop(server);
+    remove(&work)?;
     let median = |mut v: Vec<Duration>| {
         v.sort();
         v[v.len() / 2]
