@@ -92,7 +92,7 @@ const SUITES_UNDER_TEST: &[Suite] = &[
         tests: &["conformance", "overlay2", "aufs", "fixture", "differential"],
         scratch: &["ext4"],
     },
-    // overlay2's own behaviour (quota refusals, d_type, status rows) on xfs too.
+    // overlay2's own behaviour (project quota, d_type, status rows) on xfs too.
     Suite {
         dir: "drivers",
         package: "plies-drivers",
