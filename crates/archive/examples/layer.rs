@@ -8,7 +8,6 @@
 //! Plain trees (no whiteouts) are treated as merged trees; `cargo xtask bench` times
 //! this against GNU tar on the same input.
 
-use std::io::{BufWriter, Write};
 use std::path::Path;
 
 use plies_archive::{ApplyOptions, ExportOptions, WhiteoutFormat, apply_file, export};
@@ -35,10 +34,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 whiteouts: WhiteoutFormat::Merged,
                 ..ExportOptions::default()
             };
-            let mut reader = export(Path::new(dir), &opts)?;
-            let mut out = BufWriter::with_capacity(1 << 20, std::io::stdout().lock());
-            std::io::copy(&mut reader, &mut out)?;
-            out.flush()?;
+            export(Path::new(dir), &opts)?.write_to(std::io::stdout().lock())?;
         }
         _ => {
             eprintln!("usage: layer apply LAYER.tar DIR | layer export DIR > LAYER.tar");

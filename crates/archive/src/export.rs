@@ -51,6 +51,8 @@ pub struct Export {
     done: bool,
     failed: Option<String>,
     pending: Option<io::Error>,
+    /// Whether the kernel can send file contents to the output of [`Export::write_to`].
+    sendfile: bool,
 }
 
 impl std::fmt::Debug for Export {
@@ -81,6 +83,10 @@ struct Body {
 type Xattrs = Vec<(Vec<u8>, Vec<u8>)>;
 
 const BLOCK: usize = 512;
+/// Output gathered by [`Export::write_to`] before each write.
+const WRITE_BUFFER: usize = 1 << 20;
+/// File contents at least this long are sent by the kernel in [`Export::write_to`].
+const SEND_MIN: u64 = 32 << 10;
 const OCTAL_8: u64 = 0o7777777;
 const OCTAL_12: u64 = 0o77777777777;
 
@@ -141,6 +147,7 @@ fn export_fd(fd: OwnedFd, opts: &ExportOptions, shown: &Path) -> Result<Export, 
         done: false,
         failed: None,
         pending: None,
+        sendfile: true,
     };
     let st = rustix::fs::fstat(&fd).map_err(|e| Error::Root {
         path: shown.to_path_buf(),
@@ -647,6 +654,109 @@ impl Read for Export {
         }
         Ok(filled)
     }
+}
+
+impl Export {
+    /// Writes the rest of the tar to `out` (a file, pipe or socket); the
+    /// number of bytes written.
+    ///
+    /// The same bytes as [`Read::read`] gives, with fewer copies: headers and
+    /// small files are gathered into large writes, and larger file contents
+    /// go from the file to `out` in the kernel (`sendfile`; into a pipe
+    /// without being copied at all). Where the kernel cannot send to `out`,
+    /// they are read and written.
+    ///
+    /// # Errors
+    /// As [`Read::read`]: an [`io::Error`] wrapping this crate's [`Error`],
+    /// or the error writing to `out`. What was ready before the error has
+    /// been written.
+    pub fn write_to(&mut self, out: impl AsFd) -> io::Result<u64> {
+        let out = out.as_fd();
+        let mut buf = vec![0u8; WRITE_BUFFER];
+        let mut filled = 0;
+        let mut total = 0u64;
+        let flush = |buf: &[u8], total: &mut u64| -> io::Result<()> {
+            write_all(out, buf)?;
+            *total += buf.len() as u64;
+            Ok(())
+        };
+        if let Some(e) = self.pending.take() {
+            return Err(e);
+        }
+        if let Some(msg) = &self.failed {
+            return Err(io::Error::other(format!("export already failed: {msg}")));
+        }
+        loop {
+            let large = self.out_pos == self.out.len()
+                && self.body.as_ref().is_some_and(|b| b.remaining >= SEND_MIN);
+            if large && self.sendfile {
+                flush(&buf[..filled], &mut total)?;
+                filled = 0;
+                total += self.send_body(out)?;
+                continue;
+            }
+            if filled == buf.len() {
+                flush(&buf, &mut total)?;
+                filled = 0;
+            }
+            match self.read_piece(&mut buf[filled..]) {
+                Ok(0) => break,
+                Ok(n) => filled += n,
+                Err(e) => {
+                    flush(&buf[..filled], &mut total)?;
+                    return Err(e);
+                }
+            }
+        }
+        flush(&buf[..filled], &mut total)?;
+        Ok(total)
+    }
+
+    /// Sends what is left of the current file's contents to `out` in the
+    /// kernel; the bytes sent (0 when the kernel cannot, and `sendfile` is
+    /// then off).
+    fn send_body(&mut self, out: BorrowedFd<'_>) -> io::Result<u64> {
+        let Some(body) = &mut self.body else {
+            return Ok(0);
+        };
+        let mut sent = 0u64;
+        while body.remaining > 0 {
+            let want = usize::try_from(body.remaining.min(1 << 30)).unwrap_or(1 << 30);
+            match rustix::fs::sendfile(out, &body.file, None, want) {
+                Ok(0) => {
+                    let e = Error::Export {
+                        path: PathBuf::from(OsString::from_vec(body.path.clone())),
+                        op: "read file (it shrank while being exported)",
+                        source: io::ErrorKind::UnexpectedEof.into(),
+                    };
+                    return Err(self.fail(e));
+                }
+                Ok(n) => {
+                    body.remaining -= n as u64;
+                    sent += n as u64;
+                }
+                Err(Errno::INTR) => {}
+                Err(Errno::INVAL | Errno::NOSYS | Errno::OPNOTSUPP) if sent == 0 => {
+                    self.sendfile = false;
+                    break;
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(sent)
+    }
+}
+
+fn write_all(fd: BorrowedFd<'_>, mut data: &[u8]) -> io::Result<()> {
+    while !data.is_empty() {
+        match rustix::io::write(fd, data) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => data = &data[n..],
+            Err(Errno::INTR) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(())
 }
 
 impl Export {

@@ -445,3 +445,55 @@ fn export_refuses_redirects() {
         "{inner:?}"
     );
 }
+
+#[test]
+fn write_to_gives_the_same_bytes_to_files_and_pipes() {
+    let src = tempfile::tempdir().unwrap();
+    let r = src.path();
+    std::fs::create_dir(r.join("d")).unwrap();
+    for (i, size) in [0usize, 100, 32 << 10, (32 << 10) + 1, 300_000, 3 << 20]
+        .into_iter()
+        .enumerate()
+    {
+        let data: Vec<u8> = (0..size).map(|j| (j * 7 + i) as u8).collect();
+        std::fs::write(r.join(format!("d/f{i}")), data).unwrap();
+    }
+    std::fs::hard_link(r.join("d/f4"), r.join("hard")).unwrap();
+    std::os::unix::fs::symlink("d/f1", r.join("link")).unwrap();
+    let opts = ExportOptions {
+        whiteouts: WhiteoutFormat::Merged,
+        ..ExportOptions::default()
+    };
+    let mut expected = Vec::new();
+    export(r, &opts)
+        .unwrap()
+        .read_to_end(&mut expected)
+        .unwrap();
+
+    let out = tempfile::tempdir().unwrap();
+    // A plain file, and one opened for appending (where the kernel will not
+    // send file contents, so they are read and written).
+    for append in [false, true] {
+        let path = out.path().join(format!("layer-{append}.tar"));
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .write(true)
+            .append(append)
+            .open(&path)
+            .unwrap();
+        let n = export(r, &opts).unwrap().write_to(&file).unwrap();
+        assert_eq!(n, expected.len() as u64);
+        assert!(std::fs::read(&path).unwrap() == expected, "append {append}");
+    }
+
+    let (mut rx, tx) = std::io::pipe().unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut got = Vec::new();
+        rx.read_to_end(&mut got).unwrap();
+        got
+    });
+    let n = export(r, &opts).unwrap().write_to(&tx).unwrap();
+    drop(tx);
+    assert_eq!(n, expected.len() as u64);
+    assert!(reader.join().unwrap() == expected);
+}
