@@ -101,7 +101,10 @@ const PARENT_CACHE: usize = 16;
 /// partial layer the caller should delete.
 ///
 /// PAX records are split by their length, so values may hold any byte (a
-/// newline in a name or a binary xattr value). Not supported, each a typed
+/// newline in a name or a binary xattr value). Xattrs are set on every kind
+/// of node; those the kernel refuses (`user.*` on a symlink or device) or the
+/// file system does not support are skipped and counted in
+/// [`ApplyStats::skipped_xattrs`]. Not supported, each a typed
 /// error: GNU sparse formats 0.0 and 0.1 (1.0 and the old GNU `S` entries are).
 ///
 /// # Errors

@@ -95,9 +95,9 @@ const OCTAL_12: u64 = 0o77777777777;
 /// Entries come in sorted order with fixed header fields (no user or group
 /// names, no access times), so the same tree always gives the same bytes. PAX
 /// records carry long names, nanosecond mtimes, large ids and sizes, and
-/// xattrs (`user.*`, `trusted.*`, `security.capability`; overlay's own never).
-/// The root directory itself is not an entry; xattrs of symlinks and device
-/// nodes are not carried; sockets are skipped with a warning. A `.wh.` name
+/// xattrs (`user.*`, `trusted.*`, `security.capability`; overlay's own never)
+/// of every kind of node, symlinks and devices included. The root directory
+/// itself is not an entry; sockets are skipped with a warning. A `.wh.` name
 /// the source format cannot mean, or an overlay redirect or metacopy xattr,
 /// is an [`Error::Inexpressible`].
 ///
@@ -298,7 +298,7 @@ impl Export {
                         Mode::empty(),
                     )
                     .map_err(export_err(&path, "open directory"))?;
-                    let xattrs = self.xattrs(&fd, &path)?;
+                    let xattrs = self.xattrs(XattrsOf::Fd(&fd), &path)?;
                     path.push(b'/');
                     self.push_header(
                         &path,
@@ -333,7 +333,7 @@ impl Export {
                         self.links.insert(key, path.clone());
                     }
                     let fd = open_file(&mut self.noatime, dir, &name, &path)?;
-                    let xattrs = self.xattrs(&fd, &path)?;
+                    let xattrs = self.xattrs(XattrsOf::Fd(&fd), &path)?;
                     let size = st.st_size as u64;
                     self.push_header(
                         &path,
@@ -357,6 +357,7 @@ impl Export {
                     let target = rustix::fs::readlinkat(dir, &name, Vec::new())
                         .map_err(export_err(&path, "readlink"))?;
                     let target = target.into_bytes();
+                    let xattrs = self.xattrs(XattrsOf::Name(dir, &name), &path)?;
                     self.push_header(
                         &path,
                         tar::EntryType::Symlink,
@@ -364,7 +365,7 @@ impl Export {
                         0o777,
                         0,
                         Some(&target),
-                        &[],
+                        &xattrs,
                         &path,
                     )?;
                     return Ok(true);
@@ -397,7 +398,9 @@ impl Export {
                         FileType::BlockDevice => tar::EntryType::Block,
                         _ => tar::EntryType::Fifo,
                     };
-                    self.push_header(&path, ty, &st, st.st_mode & 0o7777, 0, None, &[], &path)?;
+                    let dir = self.stack[self.stack.len() - 1].fd.as_fd();
+                    let xattrs = self.xattrs(XattrsOf::Name(dir, &name), &path)?;
+                    self.push_header(&path, ty, &st, st.st_mode & 0o7777, 0, None, &xattrs, &path)?;
                     return Ok(true);
                 }
                 _ => {
@@ -409,10 +412,10 @@ impl Export {
     }
 
     /// The xattrs to carry, sorted; refuses layers with overlay redirects or metacopy.
-    fn xattrs(&self, fd: &OwnedFd, path: &[u8]) -> Result<Xattrs, Error> {
+    fn xattrs(&self, node: XattrsOf<'_>, path: &[u8]) -> Result<Xattrs, Error> {
         let mut list = vec![0u8; 4096];
         let n = loop {
-            match rustix::fs::flistxattr(fd, &mut list[..]) {
+            match node.list(&mut list[..]) {
                 Ok(n) => break n,
                 Err(Errno::RANGE) if list.len() < 1 << 20 => list.resize(list.len() * 4, 0),
                 Err(Errno::NOTSUP) => return Ok(Vec::new()),
@@ -442,7 +445,7 @@ impl Export {
                 continue;
             }
             let mut value = vec![0u8; 65536];
-            let len = match rustix::fs::fgetxattr(fd, OsStr::from_bytes(key), &mut value[..]) {
+            let len = match node.get(OsStr::from_bytes(key), &mut value[..]) {
                 Ok(len) => len,
                 Err(Errno::NODATA) => continue,
                 Err(e) => return Err(export_err(path, "read xattr")(e)),
@@ -588,6 +591,43 @@ impl Export {
         self.failed = Some(e.to_string());
         self.done = true;
         io::Error::other(e)
+    }
+}
+
+/// A node whose xattrs are read: open, or (a symlink or device, which are
+/// not opened) by name in its directory.
+#[derive(Clone, Copy)]
+enum XattrsOf<'a> {
+    Fd(&'a OwnedFd),
+    Name(BorrowedFd<'a>, &'a OsStr),
+}
+
+impl XattrsOf<'_> {
+    /// There is no fd-relative `llistxattr`: a name is reached through this
+    /// process's fd of its directory, the name itself not followed.
+    fn proc_path(dir: BorrowedFd<'_>, name: &OsStr) -> Vec<u8> {
+        let mut path =
+            format!("/proc/self/fd/{}/", std::os::fd::AsRawFd::as_raw_fd(&dir)).into_bytes();
+        path.extend_from_slice(name.as_bytes());
+        path
+    }
+
+    fn list(self, buf: &mut [u8]) -> rustix::io::Result<usize> {
+        match self {
+            XattrsOf::Fd(fd) => rustix::fs::flistxattr(fd, buf),
+            XattrsOf::Name(dir, name) => {
+                rustix::fs::llistxattr(Self::proc_path(dir, name).as_slice(), buf)
+            }
+        }
+    }
+
+    fn get(self, key: &OsStr, buf: &mut [u8]) -> rustix::io::Result<usize> {
+        match self {
+            XattrsOf::Fd(fd) => rustix::fs::fgetxattr(fd, key, buf),
+            XattrsOf::Name(dir, name) => {
+                rustix::fs::lgetxattr(Self::proc_path(dir, name).as_slice(), key, buf)
+            }
+        }
     }
 }
 

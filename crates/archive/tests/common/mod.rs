@@ -153,6 +153,7 @@ pub enum Node {
         uid: u32,
         gid: u32,
         target: PathBuf,
+        xattrs: Vec<(String, Vec<u8>)>,
     },
     Device {
         kind: char,
@@ -160,11 +161,13 @@ pub enum Node {
         uid: u32,
         gid: u32,
         rdev: u64,
+        xattrs: Vec<(String, Vec<u8>)>,
     },
     Fifo {
         mode: u32,
         uid: u32,
         gid: u32,
+        xattrs: Vec<(String, Vec<u8>)>,
     },
 }
 
@@ -243,6 +246,7 @@ pub fn snapshot_with(root: &Path, o: &SnapOpts) -> BTreeMap<PathBuf, Node> {
                 uid: m.uid(),
                 gid: m.gid(),
                 target: std::fs::read_link(p).unwrap(),
+                xattrs: x(p),
             }
         } else if ft.is_char_device() || ft.is_block_device() {
             Node::Device {
@@ -251,12 +255,14 @@ pub fn snapshot_with(root: &Path, o: &SnapOpts) -> BTreeMap<PathBuf, Node> {
                 uid: m.uid(),
                 gid: m.gid(),
                 rdev: m.rdev(),
+                xattrs: x(p),
             }
         } else {
             Node::Fifo {
                 mode,
                 uid: m.uid(),
                 gid: m.gid(),
+                xattrs: x(p),
             }
         };
         out.insert(rel, node);

@@ -162,6 +162,10 @@ fn build(root: &Path, items: &[Item], format: WhiteoutFormat) {
             Kind::Symlink(target) => {
                 std::os::unix::fs::symlink(target, &p).unwrap();
                 std::os::unix::fs::lchown(&p, Some(it.owner), Some(it.owner)).unwrap();
+                // The kernel allows no `user.` xattrs on symlinks; `trusted.` it does.
+                if let Some(v) = &it.xattr {
+                    xattr::set(&p, "trusted.test", v).unwrap();
+                }
             }
             Kind::Hardlink(i) => {
                 if let Some(f) = files.get(*i) {
@@ -196,6 +200,9 @@ fn build(root: &Path, items: &[Item], format: WhiteoutFormat) {
                 )
                 .unwrap();
                 set_meta(&p, false);
+                if let Some(v) = &it.xattr {
+                    xattr::set(&p, "trusted.test", v).unwrap();
+                }
             }
         }
     }
@@ -443,6 +450,119 @@ fn export_refuses_redirects() {
     assert!(
         matches!(*inner, plies_archive::Error::Inexpressible { ref path, .. } if path == Path::new("moved")),
         "{inner:?}"
+    );
+}
+
+#[test]
+fn xattrs_of_symlinks_and_devices_round_trip() {
+    if !plies_testkit::require_root("xattrs_of_symlinks_and_devices_round_trip") {
+        return;
+    }
+    let src = tempfile::tempdir().unwrap();
+    let r = src.path();
+    std::os::unix::fs::symlink("target", r.join("link")).unwrap();
+    xattr::set(r.join("link"), "trusted.link", b"on the link").unwrap();
+    rustix::fs::mknodat(
+        rustix::fs::CWD,
+        r.join("null"),
+        rustix::fs::FileType::CharacterDevice,
+        rustix::fs::Mode::from_raw_mode(0o666),
+        rustix::fs::makedev(1, 3),
+    )
+    .unwrap();
+    xattr::set(r.join("null"), "trusted.dev", b"1").unwrap();
+    rustix::fs::mknodat(
+        rustix::fs::CWD,
+        r.join("fifo"),
+        rustix::fs::FileType::Fifo,
+        rustix::fs::Mode::from_raw_mode(0o600),
+        0,
+    )
+    .unwrap();
+    xattr::set(r.join("fifo"), "trusted.fifo", b"f").unwrap();
+    // The target of the link has xattrs of its own, which stay its own.
+    std::fs::write(r.join("target"), b"t").unwrap();
+    xattr::set(r.join("target"), "user.target", b"t").unwrap();
+    let format = WhiteoutFormat::Overlay(XattrNamespace::Trusted);
+    let tar = export_bytes(r, format);
+    type Records = Vec<(String, Vec<u8>)>;
+    let pax: Vec<(String, Records)> = entries(&tar)
+        .into_iter()
+        .map(|(name, _, _, _, pax)| {
+            let xattrs = pax
+                .into_iter()
+                .filter(|(k, _)| k.starts_with("SCHILY.xattr."))
+                .collect();
+            (name, xattrs)
+        })
+        .collect();
+    assert_eq!(
+        pax,
+        [
+            (
+                "fifo".to_string(),
+                vec![("SCHILY.xattr.trusted.fifo".to_string(), b"f".to_vec())]
+            ),
+            (
+                "link".to_string(),
+                vec![(
+                    "SCHILY.xattr.trusted.link".to_string(),
+                    b"on the link".to_vec()
+                )]
+            ),
+            (
+                "null".to_string(),
+                vec![("SCHILY.xattr.trusted.dev".to_string(), b"1".to_vec())]
+            ),
+            (
+                "target".to_string(),
+                vec![("SCHILY.xattr.user.target".to_string(), b"t".to_vec())]
+            ),
+        ]
+    );
+    let dst = tempfile::tempdir().unwrap();
+    let stats = apply(
+        tar.as_slice(),
+        dst.path(),
+        &ApplyOptions {
+            whiteouts: format,
+            privileged: true,
+            ..ApplyOptions::default()
+        },
+    )
+    .unwrap();
+    assert_eq!(stats.skipped_xattrs, 0);
+    assert_eq!(common::snapshot(r), common::snapshot(dst.path()));
+}
+
+#[test]
+fn user_xattrs_on_a_symlink_are_skipped_and_counted() {
+    // The kernel refuses `user.` xattrs on symlinks (EPERM): as Docker, the
+    // entry is applied without them and the refusal counted.
+    let mut b = tar::Builder::new(Vec::new());
+    let mut h = tar::Header::new_ustar();
+    h.set_entry_type(tar::EntryType::Symlink);
+    h.set_size(0);
+    h.set_mode(0o777);
+    h.set_link_name("target").unwrap();
+    b.append_pax_extensions([("SCHILY.xattr.user.no", &b"x"[..])])
+        .unwrap();
+    b.append_data(&mut h, "link", std::io::empty()).unwrap();
+    let tar = b.into_inner().unwrap();
+    let dst = tempfile::tempdir().unwrap();
+    let stats = apply(
+        tar.as_slice(),
+        dst.path(),
+        &ApplyOptions {
+            whiteouts: WhiteoutFormat::Overlay(XattrNamespace::Trusted),
+            ..ApplyOptions::default()
+        },
+    )
+    .unwrap();
+    assert_eq!((stats.entries, stats.skipped_xattrs), (1, 1));
+    assert_eq!(
+        std::fs::read_link(dst.path().join("link")).unwrap(),
+        Path::new("target")
     );
 }
 
