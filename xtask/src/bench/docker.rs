@@ -1,12 +1,14 @@
 //! `docker load` of the generated layer image: dockerd with plies behind the
 //! graph-driver plugin against dockerd's own overlay2, on this machine, in one run.
 //!
-//! Two private dockerds (each with its own data root, exec root, pidfile and
-//! socket, no iptables, no bridge) run side by side, one on
-//! `plies serve docker --driver overlay2`, one on `overlay2`. Each round loads
-//! the image into both, in turns that alternate which goes first; before every
-//! load the image is removed again, the page cache dropped and the image tar read
-//! back in. Daemons, containerd and the plugin server are stopped by pid at the end.
+//! Every load goes to a private dockerd started for it on a fresh data root
+//! (with its own exec root, pidfile and socket, no iptables, no bridge): on
+//! `plies serve docker --driver overlay2` or on `overlay2`. Each round loads the
+//! image once on each, in turns that alternate which goes first; before every
+//! load the page cache is dropped and the image tar read back in. Nothing is
+//! deleted until the end (ext4 avoids inodes freed in the last half minute, so
+//! deleting between loads would slow down the next one). Daemons, containerd and
+//! the plugin server are stopped by pid.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -17,8 +19,6 @@ use crate::Result;
 
 /// Where dockerd looks for plugin sockets.
 const PLUGIN_DIR: &str = "/run/docker/plugins";
-/// The tag the generated image carries (see `docker_save_archive`).
-const TAG: &str = "bench:latest";
 
 /// Median `docker load` times of `image`: (dockerd's overlay2, plies behind the plugin).
 pub(super) fn load(
@@ -44,32 +44,24 @@ pub(super) fn load(
     let name = format!("pliesbench{}", std::process::id());
     let socket = Path::new(PLUGIN_DIR).join(format!("{name}.sock"));
     let server = Server::start(plies_bin, &socket, &work.join("plies-serve.log"))?;
-    let plies = Dockerd::start(&dockerd, &work.join("plies"), &name)?;
-    let overlay2 = Dockerd::start(&dockerd, &work.join("overlay2"), "overlay2")?;
-    let daemons = [&overlay2, &plies];
+    let drivers = ["overlay2", name.as_str()];
 
     let mut times = [Vec::new(), Vec::new()];
     for round in 0..runs.max(1) {
         for k in 0..2 {
             let which = (round + k) % 2;
-            let d = daemons[which];
-            d.remove_image()?;
+            let driver = drivers[which];
+            let d = Dockerd::start(&dockerd, &work.join(format!("{round}-{which}")), driver)?;
             sync_and_drop_caches();
             read_input(image)?;
             let took = timed(d.docker().args(["load", "-q", "-i"]).arg(image))?;
             eprintln!(
-                "bench: docker load on {}: {:.3} s",
-                d.driver,
+                "bench: docker load on {driver}: {:.3} s",
                 took.as_secs_f64()
             );
             times[which].push(took);
         }
     }
-    for d in daemons {
-        d.remove_image()?;
-    }
-    drop(plies);
-    drop(overlay2);
     drop(server);
     remove(&work)?;
     let median = |mut v: Vec<Duration>| {
@@ -148,12 +140,11 @@ impl Drop for Server {
 }
 
 /// A private dockerd under `dir`, stopped by pid (with the containerd it
-/// started) and its directory removed on drop.
+/// started) on drop.
 struct Dockerd {
     child: Child,
     dir: PathBuf,
     host: String,
-    driver: String,
 }
 
 impl Dockerd {
@@ -185,7 +176,6 @@ impl Dockerd {
             child,
             dir: dir.to_path_buf(),
             host,
-            driver: driver.to_string(),
         };
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
@@ -219,29 +209,6 @@ impl Dockerd {
             .stdin(Stdio::null());
         c
     }
-
-    /// Removes the bench image and its layers, if loaded.
-    fn remove_image(&self) -> Result {
-        let out = self
-            .docker()
-            .args(["image", "ls", "-q", TAG])
-            .output()
-            .map_err(|e| format!("docker image ls: {e}"))?;
-        if out.stdout.iter().all(u8::is_ascii_whitespace) {
-            return Ok(());
-        }
-        let status = self
-            .docker()
-            .args(["rmi", TAG])
-            .stdout(Stdio::null())
-            .status()
-            .map_err(|e| format!("docker rmi: {e}"))?;
-        if status.success() {
-            Ok(())
-        } else {
-            Err(format!("docker rmi {TAG} on {} failed", self.driver))
-        }
-    }
 }
 
 impl Drop for Dockerd {
@@ -255,9 +222,6 @@ impl Drop for Dockerd {
             let _ = Command::new("kill")
                 .args(["-KILL", &pid.to_string()])
                 .status();
-        }
-        if let Err(e) = remove(&self.dir) {
-            eprintln!("bench: {e}");
         }
     }
 }
