@@ -251,7 +251,11 @@ mod tests {
             let err = stream.read_to_end(&mut all).unwrap_err();
             assert_eq!(err.to_string(), "disk on fire");
             // Every byte the source gave before failing arrives, then the error.
-            assert!((fail_at..fail_at + 7919).contains(&all.len()), "{}", all.len());
+            assert!(
+                (fail_at..fail_at + 7919).contains(&all.len()),
+                "{}",
+                all.len()
+            );
             assert_eq!(all, data[..all.len()]);
         });
     }
