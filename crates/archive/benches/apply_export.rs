@@ -5,7 +5,7 @@ use std::io::Read;
 use std::path::Path;
 
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
-use plies_archive::{ApplyOptions, ExportOptions, WhiteoutFormat, apply, export};
+use plies_archive::{ApplyOptions, ExportOptions, WhiteoutFormat, apply, apply_file, export};
 
 /// A small deterministic generator (64-bit LCG), so every run sees the same tree.
 struct Lcg(u64);
@@ -74,6 +74,21 @@ fn layer(c: &mut Criterion) {
             || tempfile::tempdir().unwrap(),
             |dst| {
                 apply(tar.as_slice(), dst.path(), &apply_opts).unwrap();
+                dst
+            },
+            BatchSize::PerIteration,
+        )
+    });
+    let tar_file = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(tar_file.path(), &tar).unwrap();
+    group.bench_function("apply_file", |b| {
+        b.iter_batched(
+            || {
+                let file = std::fs::File::open(tar_file.path()).unwrap();
+                (file, tempfile::tempdir().unwrap())
+            },
+            |(file, dst)| {
+                apply_file(&file, dst.path(), &apply_opts).unwrap();
                 dst
             },
             BatchSize::PerIteration,
