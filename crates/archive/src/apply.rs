@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::rc::Rc;
 
 use plies_whiteout::{NameKind, XattrNamespace};
-use rustix::fd::{AsFd, BorrowedFd, OwnedFd};
+use rustix::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use rustix::fs::{AtFlags, FileType, Mode, OFlags, Timespec, Timestamps};
 use rustix::io::Errno;
 
@@ -82,6 +82,9 @@ pub struct ApplyStats {
     pub skipped_chowns: u64,
     /// Xattrs the filesystem or the kernel refused (`ENOTSUP`, `EPERM`).
     pub skipped_xattrs: u64,
+    /// aufs private entries (`.wh..wh.*` at the root) left out, as Docker does;
+    /// regular files of `.wh..wh.plnk` are kept aside for hard links to them.
+    pub skipped_aufs_meta: u64,
 }
 
 /// Parent directories kept open for the entries that follow.
@@ -106,6 +109,13 @@ const PARENT_CACHE: usize = 16;
 /// file system does not support are skipped and counted in
 /// [`ApplyStats::skipped_xattrs`]. Not supported, each a typed
 /// error: GNU sparse formats 0.0 and 0.1 (1.0 and the old GNU `S` entries are).
+///
+/// aufs private metadata at the root (`.wh..wh.plnk/…`, `.wh..wh.aufs`, …) is
+/// left out and counted in [`ApplyStats::skipped_aufs_meta`], as Docker does;
+/// below the root it is refused. A hard link to a regular file of
+/// `.wh..wh.plnk` (aufs's store of hard-linked files, found in layers made on
+/// aufs) links to that file, kept meanwhile in an unnamed `O_TMPFILE` in the
+/// root's filesystem, so nothing of the metadata stays behind.
 ///
 /// # Errors
 /// [`Error::Root`] if `root` cannot be opened, [`Error::Tar`] for a malformed
@@ -259,6 +269,30 @@ struct Applier<'o> {
     /// Owner of directories made implicitly.
     implicit_owner: Option<(u32, u32)>,
     my_ids: (u32, u32),
+    /// Regular files of `.wh..wh.plnk`, by name: unnamed files (`O_TMPFILE`)
+    /// in the root's filesystem, given a name only by a hard link to them.
+    aufs_links: HashMap<Vec<u8>, OwnedFd>,
+}
+
+/// aufs's directory of hard-linked files at the root of a branch.
+const AUFS_LINK_DIR: &[u8] = b".wh..wh.plnk";
+
+/// Gives the unnamed file `fd` the name `name` in `dir`: through its
+/// `/proc/self/fd` link, or with `AT_EMPTY_PATH` where `/proc` is missing.
+fn link_unnamed(fd: BorrowedFd<'_>, dir: BorrowedFd<'_>, name: &OsStr) -> Result<(), Errno> {
+    let proc_path = format!("/proc/self/fd/{}", fd.as_raw_fd());
+    match rustix::fs::linkat(
+        rustix::fs::CWD,
+        proc_path.as_str(),
+        dir,
+        name,
+        AtFlags::SYMLINK_FOLLOW,
+    ) {
+        Err(Errno::NOENT) if !Path::new("/proc/self/fd").exists() => {
+            rustix::fs::linkat(fd, "", dir, name, AtFlags::EMPTY_PATH)
+        }
+        other => other,
+    }
 }
 
 fn io_err(op: &'static str) -> impl FnOnce(Errno) -> EntryError {
@@ -333,6 +367,7 @@ impl<'o> Applier<'o> {
                 rustix::process::geteuid().as_raw(),
                 rustix::process::getegid().as_raw(),
             ),
+            aufs_links: HashMap::new(),
         })
     }
 
@@ -351,6 +386,11 @@ impl<'o> Applier<'o> {
             _ => entry.path.as_slice(),
         };
         let comps = resolve::components(path)?;
+        if let Some(first) = comps.first()
+            && matches!(plies_whiteout::classify(first), Ok(NameKind::AufsMeta(_)))
+        {
+            return self.aufs_meta(stream, entry, &meta, &comps);
+        }
         for comp in comps.iter().rev().skip(1) {
             if is_whiteout_like(comp) {
                 return Err(EntryError::WhiteoutName(format!(
@@ -444,18 +484,7 @@ impl<'o> Applier<'o> {
                         Mode::from_raw_mode(0o600),
                     )
                 })?;
-                if let Some(sp) = &meta.sparse {
-                    self.write_pax_sparse(stream, entry, &fd, sp.realsize)?;
-                } else if let Some(map) = &entry.sparse {
-                    self.write_gnu_sparse(stream, entry, &fd, map)?;
-                } else {
-                    self.write_data(stream, entry, &fd)?;
-                }
-                self.owner_and_xattrs_fd(&fd, &meta, Some(new_owner))?;
-                rustix::fs::fchmod(&fd, Mode::from_raw_mode(meta.mode))
-                    .map_err(io_err("fchmod"))?;
-                rustix::fs::futimens(&fd, &meta.times).map_err(io_err("futimens"))?;
-                Ok(())
+                self.fill_file(stream, entry, &meta, &fd, new_owner)
             }
             t if t.is_symlink() => {
                 let target = entry.link.as_deref().ok_or(EntryError::MissingLinkTarget)?;
@@ -476,6 +505,22 @@ impl<'o> Applier<'o> {
                 let Some((tname, tdir)) = tcomps.split_last() else {
                     return Err(EntryError::LinkTarget(Box::new(EntryError::ReplacesRoot)));
                 };
+                if let [meta_dir, base] = tcomps.as_slice()
+                    && meta_dir.as_bytes() == AUFS_LINK_DIR
+                {
+                    let key = base.as_bytes().to_vec();
+                    let stashed = self.aufs_links.remove(&key).ok_or_else(|| {
+                        EntryError::LinkTarget(Box::new(EntryError::WhiteoutName(format!(
+                            "no regular file {} came before it in the archive",
+                            Path::new(OsStr::from_bytes(target)).display()
+                        ))))
+                    })?;
+                    let linked =
+                        self.create_with(parent, name, |p, n| link_unnamed(stashed.as_fd(), p, n));
+                    self.aufs_links.insert(key, stashed);
+                    linked?;
+                    return drain(stream, entry);
+                }
                 let tparent = self
                     .root
                     .open_dir(tdir, false, None)
@@ -523,6 +568,61 @@ impl<'o> Applier<'o> {
             }
             other => Err(EntryError::UnsupportedType(other.as_byte() as char)),
         }
+    }
+
+    /// Writes a regular file's data into `fd`, then its owner, xattrs, mode and times.
+    fn fill_file<I: Input>(
+        &mut self,
+        stream: &mut Stream<I>,
+        entry: &Entry,
+        meta: &Meta,
+        fd: &OwnedFd,
+        new_owner: (u32, u32),
+    ) -> Result<(), EntryError> {
+        if let Some(sp) = &meta.sparse {
+            self.write_pax_sparse(stream, entry, fd, sp.realsize)?;
+        } else if let Some(map) = &entry.sparse {
+            self.write_gnu_sparse(stream, entry, fd, map)?;
+        } else {
+            self.write_data(stream, entry, fd)?;
+        }
+        self.owner_and_xattrs_fd(fd, meta, Some(new_owner))?;
+        rustix::fs::fchmod(fd, Mode::from_raw_mode(meta.mode)).map_err(io_err("fchmod"))?;
+        rustix::fs::futimens(fd, &meta.times).map_err(io_err("futimens"))?;
+        Ok(())
+    }
+
+    /// An entry under aufs private metadata at the root (`.wh..wh.plnk/…`,
+    /// `.wh..wh.aufs`): left out, as Docker does, except that a regular file
+    /// directly in `.wh..wh.plnk` (aufs's store of hard-linked files) is kept in an
+    /// unnamed file until a hard link to it names it.
+    fn aufs_meta<I: Input>(
+        &mut self,
+        stream: &mut Stream<I>,
+        entry: &Entry,
+        meta: &Meta,
+        comps: &[&OsStr],
+    ) -> Result<(), EntryError> {
+        self.stats.entries += 1;
+        self.stats.skipped_aufs_meta += 1;
+        let ty = entry.header.entry_type();
+        let [meta_dir, base] = comps else {
+            return drain(stream, entry);
+        };
+        if meta_dir.as_bytes() != AUFS_LINK_DIR || !(ty.is_file() || ty.is_contiguous()) {
+            return drain(stream, entry);
+        }
+        let fd = rustix::fs::openat(
+            self.root.fd(),
+            ".",
+            OFlags::RDWR | OFlags::TMPFILE | OFlags::CLOEXEC,
+            Mode::from_raw_mode(0o600),
+        )
+        .map_err(io_err("open an unnamed file for a .wh..wh.plnk entry"))?;
+        let new_owner = (self.my_ids.0, self.my_ids.1);
+        self.fill_file(stream, entry, meta, &fd, new_owner)?;
+        self.aufs_links.insert(base.as_bytes().to_vec(), fd);
+        Ok(())
     }
 
     /// The directory `comps` names, made if missing; kept open for the entries that follow.

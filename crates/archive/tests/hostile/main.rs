@@ -348,12 +348,72 @@ fn merged_opaque_through_outside_symlink() {
 }
 
 #[test]
-fn aufs_private_metadata() {
+fn aufs_private_metadata_at_the_root_is_left_out() {
     let s = Sandbox::new();
-    let tar = RawTar::new().dir(".wh..wh.plnk/").finish();
+    let tar = RawTar::new()
+        .dir(".wh..wh.plnk/")
+        .file(".wh..wh.plnk/unreferenced", b"gone")
+        .dir(".wh..wh.plnk/sub/")
+        .file(".wh..wh.aufs", b"")
+        .dir(".wh..wh.orph/")
+        .file(".wh..wh.orph/x", b"")
+        .finish();
+    let stats = s.apply(&tar).unwrap();
+    assert_eq!(stats.skipped_aufs_meta, 6);
+    // Nothing of it in the root, and the unreferenced unnamed file is gone with it.
+    assert_eq!(std::fs::read_dir(s.root()).unwrap().count(), 0);
+}
+
+#[test]
+fn aufs_private_metadata_below_the_root_is_refused() {
+    let s = Sandbox::new();
+    let tar = RawTar::new().dir("d/").file("d/.wh..wh.aufs", b"").finish();
     assert!(matches!(
-        entry_error(s.apply(&tar), ".wh..wh.plnk/"),
+        entry_error(s.apply(&tar), "d/.wh..wh.aufs"),
         EntryError::WhiteoutName(_)
+    ));
+}
+
+/// Hard links into aufs's `.wh..wh.plnk` (layers made on aufs hosts hold them)
+/// point at the file kept aside, which stays out of the root.
+#[test]
+fn hard_links_into_aufs_plnk_are_resolved() {
+    use std::os::unix::fs::MetadataExt;
+    let s = Sandbox::new();
+    let tar = RawTar::new()
+        .dir(".wh..wh.plnk/")
+        .entry(
+            Raw::new(b".wh..wh.plnk/1234.5678", b'0')
+                .data(b"shared")
+                .mode(0o640),
+        )
+        .hardlink("a", ".wh..wh.plnk/1234.5678")
+        .dir("b/")
+        .hardlink("b/c", "./.wh..wh.plnk/1234.5678")
+        .finish();
+    let stats = s.apply(&tar).unwrap();
+    assert_eq!(stats.skipped_aufs_meta, 2);
+    let a = std::fs::metadata(s.root().join("a")).unwrap();
+    let c = std::fs::metadata(s.root().join("b/c")).unwrap();
+    assert_eq!(std::fs::read(s.root().join("b/c")).unwrap(), b"shared");
+    assert_eq!((a.ino(), a.nlink(), a.mode() & 0o7777), (c.ino(), 2, 0o640));
+    let mut names: Vec<_> = std::fs::read_dir(s.root())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    names.sort();
+    assert_eq!(names, ["a", "b"]);
+}
+
+#[test]
+fn hard_link_into_aufs_plnk_without_the_file() {
+    let s = Sandbox::new();
+    let tar = RawTar::new()
+        .hardlink("a", ".wh..wh.plnk/1234.5678")
+        .finish();
+    assert!(matches!(
+        entry_error(s.apply(&tar), "a"),
+        EntryError::LinkTarget(_)
     ));
 }
 
