@@ -152,7 +152,8 @@ pub fn apply_file(file: &File, root: &Path, opts: &ApplyOptions) -> Result<Apply
     run(Stream::new(FileInput(file)), fd, opts)
 }
 
-fn open_root(root: &Path) -> Result<OwnedFd, Error> {
+/// Opens the root directory of an apply or an export.
+pub(crate) fn open_root(root: &Path) -> Result<OwnedFd, Error> {
     rustix::fs::open(
         root,
         OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,

@@ -12,7 +12,7 @@ use rustix::fd::{AsFd, BorrowedFd, OwnedFd};
 use rustix::fs::{AtFlags, FileType, Mode, OFlags, Stat};
 use rustix::io::Errno;
 
-use crate::apply::{WhiteoutFormat, list_dir};
+use crate::apply::{WhiteoutFormat, list_dir, open_root};
 use crate::error::Error;
 use crate::idmap::{self, IdMap};
 
@@ -105,16 +105,7 @@ const OCTAL_12: u64 = 0o77777777777;
 /// [`Error::Root`] if `root` cannot be opened or listed; errors met later come
 /// from [`Read::read`] on the returned reader.
 pub fn export(root: &Path, opts: &ExportOptions) -> Result<Export, Error> {
-    let fd = rustix::fs::open(
-        root,
-        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
-        Mode::empty(),
-    )
-    .map_err(|e| Error::Root {
-        path: root.to_path_buf(),
-        source: e.into(),
-    })?;
-    export_fd(fd, opts, root)
+    export_fd(open_root(root)?, opts, root)
 }
 
 /// [`export`] of an already open directory.
@@ -764,11 +755,7 @@ impl Export {
             let want = usize::try_from(body.remaining.min(1 << 30)).unwrap_or(1 << 30);
             match rustix::fs::sendfile(out, &body.file, None, want) {
                 Ok(0) => {
-                    let e = Error::Export {
-                        path: PathBuf::from(OsString::from_vec(body.path.clone())),
-                        op: "read file (it shrank while being exported)",
-                        source: io::ErrorKind::UnexpectedEof.into(),
-                    };
+                    let e = shrank(&body.path);
                     return Err(self.fail(e));
                 }
                 Ok(n) => {
@@ -784,6 +771,15 @@ impl Export {
             }
         }
         Ok(sent)
+    }
+}
+
+/// A file that ended before the size its header announced.
+fn shrank(path: &[u8]) -> Error {
+    Error::Export {
+        path: PathBuf::from(OsString::from_vec(path.to_vec())),
+        op: "read file (it shrank while being exported)",
+        source: io::ErrorKind::UnexpectedEof.into(),
     }
 }
 
@@ -816,11 +812,7 @@ impl Export {
                         .min(usize::try_from(body.remaining).unwrap_or(usize::MAX));
                     let n = match body.file.read(&mut buf[..want]) {
                         Ok(0) => {
-                            let e = Error::Export {
-                                path: PathBuf::from(OsString::from_vec(body.path.clone())),
-                                op: "read file (it shrank while being exported)",
-                                source: io::ErrorKind::UnexpectedEof.into(),
-                            };
+                            let e = shrank(&body.path);
                             return Err(self.fail(e));
                         }
                         Ok(n) => n,

@@ -44,6 +44,27 @@ fn docker_cli() -> &'static str {
     }
 }
 
+/// What every dockerd test needs: root, dockerd and a static busybox (its
+/// image's only program); `None`, with the skip reason said, when one is missing.
+fn prerequisites(test: &str) -> Option<(PathBuf, Vec<u8>)> {
+    if !plies_testkit::require_root(test) {
+        return None;
+    }
+    let Some(dockerd) = dockerd_bin() else {
+        plies_testkit::require(test, false, "dockerd is not installed (Debian: docker.io)");
+        return None;
+    };
+    let Ok(busybox) = std::fs::read("/bin/busybox") else {
+        plies_testkit::require(
+            test,
+            false,
+            "no static /bin/busybox (Debian: busybox-static)",
+        );
+        return None;
+    };
+    Some((dockerd, busybox))
+}
+
 fn dockerd_bin() -> Option<PathBuf> {
     [
         "/usr/sbin/dockerd",
@@ -289,19 +310,7 @@ fn sorted_lines(s: &str) -> Vec<&str> {
 
 /// The whole Docker workflow on `driver` behind the plugin.
 fn docker_workflow(test: &str, driver: DriverChoice) {
-    if !plies_testkit::require_root(test) {
-        return;
-    }
-    let Some(dockerd) = dockerd_bin() else {
-        plies_testkit::require(test, false, "dockerd is not installed (Debian: docker.io)");
-        return;
-    };
-    let Ok(busybox) = std::fs::read("/bin/busybox") else {
-        plies_testkit::require(
-            test,
-            false,
-            "no static /bin/busybox (Debian: busybox-static)",
-        );
+    let Some((dockerd, busybox)) = prerequisites(test) else {
         return;
     };
     let started = Instant::now();
@@ -583,19 +592,7 @@ static SUBIDS: std::sync::Mutex<()> = std::sync::Mutex::new(());
 /// under the remapped ids and containers run as the remapped root.
 fn userns_remap(test: &str, driver: DriverChoice) {
     use std::os::unix::fs::{MetadataExt, PermissionsExt};
-    if !plies_testkit::require_root(test) {
-        return;
-    }
-    let Some(dockerd) = dockerd_bin() else {
-        plies_testkit::require(test, false, "dockerd is not installed (Debian: docker.io)");
-        return;
-    };
-    let Ok(busybox) = std::fs::read("/bin/busybox") else {
-        plies_testkit::require(
-            test,
-            false,
-            "no static /bin/busybox (Debian: busybox-static)",
-        );
+    let Some((dockerd, busybox)) = prerequisites(test) else {
         return;
     };
     let started = Instant::now();
