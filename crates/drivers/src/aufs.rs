@@ -565,7 +565,7 @@ impl Driver for Aufs {
         // aufs's own `.wh..wh.*` entries are left out by the export.
         let export = plies_archive::export(
             &self.store.diff_dir(id),
-            &self.remap.export_options(WhiteoutFormat::Aufs),
+            &self.remap.maps().export_options(WhiteoutFormat::Aufs),
         )
         .map_err(|source| Error::Archive {
             id: id.to_owned(),
@@ -592,7 +592,7 @@ impl Driver for Aufs {
             id,
             &self.store.diff_dir(id),
             diff,
-            &self.remap.apply_options(WhiteoutFormat::Aufs),
+            &self.remap.maps().apply_options(WhiteoutFormat::Aufs),
         )?;
         self.diff_size(id, parent)
     }

@@ -96,19 +96,10 @@ impl Remap {
         )
         .map_err(|e| Error::io("chown", path, e))
     }
-
-    /// Apply options writing `whiteouts`, owners mapped container to host.
-    pub(crate) fn apply_options(&self, whiteouts: WhiteoutFormat) -> ApplyOptions {
-        self.maps.apply_options(whiteouts)
-    }
-
-    /// Export options reading `whiteouts`, owners mapped host to container.
-    pub(crate) fn export_options(&self, whiteouts: WhiteoutFormat) -> ExportOptions {
-        self.maps.export_options(whiteouts)
-    }
 }
 
 impl IdMaps {
+    /// Apply options writing `whiteouts`, owners mapped container to host.
     pub(crate) fn apply_options(&self, whiteouts: WhiteoutFormat) -> ApplyOptions {
         ApplyOptions {
             whiteouts,
@@ -118,6 +109,7 @@ impl IdMaps {
         }
     }
 
+    /// Export options reading `whiteouts`, owners mapped host to container.
     pub(crate) fn export_options(&self, whiteouts: WhiteoutFormat) -> ExportOptions {
         ExportOptions {
             whiteouts,

@@ -511,6 +511,7 @@ impl Driver for Overlay2 {
             &self.store.diff_dir(id),
             &self
                 .remap
+                .maps()
                 .export_options(WhiteoutFormat::Overlay(self.ns())),
         )
         .map_err(|source| Error::Archive {
@@ -538,7 +539,10 @@ impl Driver for Overlay2 {
             id,
             &self.store.diff_dir(id),
             diff,
-            &self.remap.apply_options(WhiteoutFormat::Overlay(self.ns())),
+            &self
+                .remap
+                .maps()
+                .apply_options(WhiteoutFormat::Overlay(self.ns())),
         )?;
         self.diff_size(id, parent)
     }
