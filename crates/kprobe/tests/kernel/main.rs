@@ -334,7 +334,14 @@ fn unprivileged_probes_are_unsupported_not_errors() {
     if !plies_testkit::require_root("unprivileged_probes_are_unsupported_not_errors") {
         return;
     }
-    let dir = scratch_parent();
+    // In the temp dir, not the build tree: nobody must be able to walk down to
+    // it, and a checkout may sit in a private directory.
+    let dir = tempfile::tempdir().expect("temp dir");
+    std::fs::set_permissions(
+        dir.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .expect("chmod");
     let open = dir.path().join("open");
     std::fs::create_dir(&open).expect("mkdir");
     std::fs::set_permissions(&open, std::os::unix::fs::PermissionsExt::from_mode(0o777))
