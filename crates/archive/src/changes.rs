@@ -15,7 +15,10 @@ use std::os::fd::AsRawFd;
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::{Path, PathBuf};
 
-use plies_whiteout::{NameKind, XattrNamespace, classify, is_opaque, is_overlay_whiteout};
+use plies_whiteout::{
+    NameKind, OPAQUE_MARKER, WHITEOUT_PREFIX, XattrNamespace, classify, is_opaque,
+    is_overlay_whiteout,
+};
 use rustix::fd::{AsFd, BorrowedFd, OwnedFd};
 use rustix::fs::{AtFlags, FileType, Mode, OFlags, Stat};
 use rustix::io::Errno;
@@ -573,6 +576,135 @@ fn read_full(fd: &OwnedFd, buf: &mut [u8]) -> Result<usize, Errno> {
     Ok(filled)
 }
 
+/// How a layer directory marks deletions and opaque directories.
+#[derive(Clone, Copy)]
+enum Marks {
+    /// Overlay: 0/0 character devices and the `opaque` xattr of `ns`.
+    Overlay(XattrNamespace),
+    /// aufs: `.wh.<name>` entries and a `.wh..wh..opq` entry in the directory.
+    Aufs,
+}
+
+/// What one name of an upper directory stands for.
+enum UpperEntry {
+    /// An entry of the layer.
+    Node(Stat),
+    /// A whiteout deleting the entry of this name.
+    Whiteout(Vec<u8>),
+    /// Nothing of the layer's own: private marks, or gone since listed.
+    Skip,
+}
+
+impl Marks {
+    fn is_opaque(self, tree: &Tree<'_>, dir: &OwnedFd, rel: &[u8]) -> Result<bool, ChangesError> {
+        match self {
+            Marks::Overlay(ns) => is_opaque(dir, ns).map_err(|e| whiteout_err(tree, rel, e)),
+            Marks::Aufs => Ok(tree.stat(dir.as_fd(), AUFS_OPAQUE, rel)?.is_some()),
+        }
+    }
+
+    /// What `name` in the upper directory `dir` (at `path`, below `parent`) is.
+    fn upper_entry(
+        self,
+        tree: &Tree<'_>,
+        dir: BorrowedFd<'_>,
+        parent: &[u8],
+        name: &[u8],
+        path: &[u8],
+    ) -> Result<UpperEntry, ChangesError> {
+        let kind = classify(OsStr::from_bytes(name));
+        match self {
+            Marks::Overlay(_) => {
+                if parent.is_empty() && matches!(kind, Ok(NameKind::AufsMeta(_))) {
+                    return Ok(UpperEntry::Skip);
+                }
+                Ok(match tree.stat(dir, name, path)? {
+                    Some(stat) if is_overlay_whiteout(&stat) => UpperEntry::Whiteout(name.to_vec()),
+                    Some(stat) => UpperEntry::Node(stat),
+                    None => UpperEntry::Skip,
+                })
+            }
+            Marks::Aufs => match kind {
+                Ok(NameKind::Opaque | NameKind::AufsMeta(_)) => Ok(UpperEntry::Skip),
+                Ok(NameKind::Whiteout(target)) => {
+                    let target = target.as_bytes();
+                    // A whiteout beside an entry of its name hides nothing the
+                    // union shows.
+                    if tree.stat(dir, target, &join(parent, target))?.is_some() {
+                        Ok(UpperEntry::Skip)
+                    } else {
+                        Ok(UpperEntry::Whiteout(target.to_vec()))
+                    }
+                }
+                _ => Ok(tree
+                    .stat(dir, name, path)?
+                    .map_or(UpperEntry::Skip, UpperEntry::Node)),
+            },
+        }
+    }
+
+    /// `lstat` of `name` in the lower directory `dir`: `Some(None)` when a
+    /// whiteout there hides it (and everything below), `None` when the directory
+    /// has nothing of that name.
+    fn lower_entry(
+        self,
+        tree: &Tree<'_>,
+        dir: BorrowedFd<'_>,
+        name: &[u8],
+        path: &[u8],
+    ) -> Result<Option<Option<Stat>>, ChangesError> {
+        match self {
+            Marks::Overlay(_) => Ok(tree
+                .stat(dir, name, path)?
+                .map(|stat| (!is_overlay_whiteout(&stat)).then_some(stat))),
+            Marks::Aufs => {
+                if is_aufs_special(name) {
+                    return Ok(None);
+                }
+                if let Some(stat) = tree.stat(dir, name, path)? {
+                    return Ok(Some(Some(stat)));
+                }
+                let mut whiteout = AUFS_WHITEOUT.to_vec();
+                whiteout.extend_from_slice(name);
+                Ok(tree.stat(dir, &whiteout, path)?.map(|_| None))
+            }
+        }
+    }
+
+    /// What a name in a lower directory shows: `Some(name)` for an entry of that
+    /// name, `Some(target)` with `hidden` for a whiteout of `target`, `None` for
+    /// a private mark.
+    fn lower_name<'n>(
+        self,
+        tree: &Tree<'_>,
+        dir: BorrowedFd<'_>,
+        name: &'n [u8],
+        path: &[u8],
+    ) -> Result<Option<(&'n [u8], bool)>, ChangesError> {
+        match self {
+            Marks::Overlay(_) => {
+                let whiteout = tree
+                    .stat(dir, name, path)?
+                    .is_some_and(|stat| is_overlay_whiteout(&stat));
+                Ok(Some((name, whiteout)))
+            }
+            Marks::Aufs => Ok(match classify(OsStr::from_bytes(name)) {
+                Ok(NameKind::Plain) => Some((name, false)),
+                Ok(NameKind::Whiteout(target)) => Some((target.as_bytes(), true)),
+                _ => None,
+            }),
+        }
+    }
+}
+
+const AUFS_OPAQUE: &[u8] = OPAQUE_MARKER.as_bytes();
+const AUFS_WHITEOUT: &[u8] = WHITEOUT_PREFIX.as_bytes();
+
+/// Whether a name is one of aufs's marks rather than an entry.
+fn is_aufs_special(name: &[u8]) -> bool {
+    name.starts_with(AUFS_WHITEOUT)
+}
+
 /// What the upper's directory is compared against: the lower layers' view of
 /// the same path.
 struct Lowers {
@@ -613,6 +745,30 @@ pub fn from_overlay_upper(
     lowers: &[PathBuf],
     ns: XattrNamespace,
 ) -> Result<Vec<Change>, ChangesError> {
+    from_upper(upper, lowers, Marks::Overlay(ns))
+}
+
+/// The changes an aufs writable branch makes to the read-only branches below it
+/// (given uppermost first), walking only the branch: Docker's aufs `Changes`,
+/// with the lowers' own whiteouts honoured.
+///
+/// The same list as [`from_overlay_upper`] gives for the same change, read in
+/// aufs's format: `.wh.<name>` is a deletion of `<name>`, a directory holding
+/// `.wh..wh..opq` is opaque, and the other `.wh..wh.*` entries (the pseudo-link
+/// directory `.wh..wh.plnk`, `.wh..wh.aufs`, `.wh..wh.orph`) are aufs's own and
+/// not changes. The lower branches are read with their `.wh.` whiteouts and
+/// opaque markers, so a path deleted by a lower branch and made again here is
+/// added, where Docker, which only asks whether any branch holds the path, calls
+/// it modified.
+///
+/// # Errors
+///
+/// [`ChangesError::Io`] naming the path when a branch cannot be read.
+pub fn from_aufs_branch(branch: &Path, lowers: &[PathBuf]) -> Result<Vec<Change>, ChangesError> {
+    from_upper(branch, lowers, Marks::Aufs)
+}
+
+fn from_upper(upper: &Path, lowers: &[PathBuf], marks: Marks) -> Result<Vec<Change>, ChangesError> {
     let upper_tree = Tree { root: upper };
     let upper_fd = upper_tree.open_root()?;
     let lower_trees: Vec<Tree<'_>> = lowers.iter().map(|root| Tree { root }).collect();
@@ -620,27 +776,24 @@ pub fn from_overlay_upper(
     let mut root_lowers = Vec::new();
     for (index, tree) in lower_trees.iter().enumerate() {
         let fd = tree.open_root()?;
-        let opaque = is_opaque(&fd, ns).map_err(|e| whiteout_err(tree, b"", e))?;
+        let opaque = marks.is_opaque(tree, &fd, b"")?;
         root_lowers.push((index, fd));
         if opaque {
             break;
         }
     }
-    let upper_opaque = is_opaque(&upper_fd, ns).map_err(|e| whiteout_err(&upper_tree, b"", e))?;
+    let upper_opaque = marks.is_opaque(&upper_tree, &upper_fd, b"")?;
     let mut out = Collected::default();
     let root = Lowers {
         dirs: root_lowers,
         merged: !upper_opaque,
     };
-    let mut stack = vec![upper_level(
-        &upper_tree,
-        lower_tree,
-        upper_fd,
-        root,
-        Vec::new(),
-        &mut out,
-        true,
-    )?];
+    let walk = Walk {
+        upper: &upper_tree,
+        lowers: lower_tree,
+        marks,
+    };
+    let mut stack = vec![walk.level(upper_fd, root, Vec::new(), &mut out, true)?];
     while let Some(top) = stack.last_mut() {
         let Some(name) = top.pending.pop() else {
             if let Some(done) = stack.pop() {
@@ -649,22 +802,15 @@ pub fn from_overlay_upper(
             continue;
         };
         let path = join(&top.path, &name);
-        if top.path.is_empty()
-            && matches!(
-                classify(OsStr::from_bytes(&name)),
-                Ok(NameKind::AufsMeta(_))
-            )
-        {
-            continue;
-        }
-        let Some(stat) = upper_tree.stat(top.new.as_fd(), &name, &path)? else {
-            continue;
+        let stat = match marks.upper_entry(&upper_tree, top.new.as_fd(), &top.path, &name, &path)? {
+            UpperEntry::Skip => continue,
+            UpperEntry::Whiteout(target) => {
+                out.push(join(&top.path, &target), ChangeKind::Deleted);
+                continue;
+            }
+            UpperEntry::Node(stat) => stat,
         };
-        if is_overlay_whiteout(&stat) {
-            out.push(path, ChangeKind::Deleted);
-            continue;
-        }
-        let old = lookup_lower(lower_tree, &top.old.dirs, &name, &path)?;
+        let old = walk.lookup_lower(&top.old.dirs, &name, &path)?;
         if !is_dir(&stat) {
             let kind = if old.is_some() {
                 ChangeKind::Modified
@@ -675,19 +821,21 @@ pub fn from_overlay_upper(
             continue;
         }
         let dir = upper_tree.open_dir(top.new.as_fd(), &name, &path)?;
-        if rustix::fs::fgetxattr_query(&dir, ns.redirect_key()).is_ok() {
-            return Err(ChangesError::RedirectedDir {
-                path: upper_tree.full(&path),
-            });
+        if let Marks::Overlay(ns) = marks {
+            if rustix::fs::fgetxattr_query(&dir, ns.redirect_key()).is_ok() {
+                return Err(ChangesError::RedirectedDir {
+                    path: upper_tree.full(&path),
+                });
+            }
         }
-        let opaque = is_opaque(&dir, ns).map_err(|e| whiteout_err(&upper_tree, &path, e))?;
+        let opaque = marks.is_opaque(&upper_tree, &dir, &path)?;
         let (reported, dirs) = match old {
             None => {
                 out.push(path.clone(), ChangeKind::Added);
                 (true, Vec::new())
             }
             Some((old_stat, index)) if is_dir(&old_stat) => {
-                let dirs = lower_dirs(lower_tree, &top.old.dirs[index..], &name, &path, ns)?;
+                let dirs = walk.lower_dirs(&top.old.dirs[index..], &name, &path)?;
                 let changed = match dirs.first() {
                     Some((layer, lower_dir)) => {
                         stat_differs(&old_stat, &stat)
@@ -710,15 +858,7 @@ pub fn from_overlay_upper(
             dirs,
             merged: top.old.merged && !opaque,
         };
-        let next = upper_level(
-            &upper_tree,
-            lower_tree,
-            dir,
-            lowers,
-            path,
-            &mut out,
-            reported,
-        )?;
+        let next = walk.level(dir, lowers, path, &mut out, reported)?;
         stack.push(next);
     }
     Ok(out.into_sorted())
@@ -736,111 +876,134 @@ fn whiteout_err(tree: &Tree<'_>, rel: &[u8], e: plies_whiteout::Error) -> Change
     }
 }
 
-/// Opens the level of an upper directory; where the mounted view does not merge
-/// the lowers, reports what they have and the upper lacks as deleted.
-fn upper_level(
-    upper_tree: &Tree<'_>,
-    lower_tree: &[Tree<'_>],
-    dir: OwnedFd,
-    lowers: Lowers,
-    path: Vec<u8>,
-    out: &mut Collected,
-    reported: bool,
-) -> Result<Level<Lowers>, ChangesError> {
-    let mut pending = upper_tree.names(dir.as_fd(), &path)?;
-    let start = out.0.len();
-    if !lowers.merged && !lowers.dirs.is_empty() {
-        let upper_names: HashSet<&[u8]> = pending.iter().map(Vec::as_slice).collect();
-        for name in lower_names(lower_tree, &lowers.dirs, &path)? {
-            if !upper_names.contains(name.as_slice()) {
-                out.push(join(&path, &name), ChangeKind::Deleted);
-            }
-        }
-    }
-    pending.reverse();
-    Ok(Level {
-        path,
-        new: dir,
-        old: lowers,
-        pending,
-        start,
-        reported,
-    })
+/// The trees of an upper walk and how they mark deletions.
+struct Walk<'a> {
+    upper: &'a Tree<'a>,
+    lowers: &'a [Tree<'a>],
+    marks: Marks,
 }
 
-/// The entry the lowers show for `name`, and the position in `dirs` of the
-/// directory it is in.
-fn lookup_lower(
-    trees: &[Tree<'_>],
-    dirs: &[(usize, OwnedFd)],
-    name: &[u8],
-    path: &[u8],
-) -> Result<Option<(Stat, usize)>, ChangesError> {
-    for (position, (layer, dir)) in dirs.iter().enumerate() {
-        if let Some(stat) = trees[*layer].stat(dir.as_fd(), name, path)? {
-            if is_overlay_whiteout(&stat) {
-                return Ok(None);
+impl Walk<'_> {
+    /// Opens the level of an upper directory; where the mounted view does not
+    /// merge the lowers, reports what they have and the upper lacks as deleted.
+    fn level(
+        &self,
+        dir: OwnedFd,
+        lowers: Lowers,
+        path: Vec<u8>,
+        out: &mut Collected,
+        reported: bool,
+    ) -> Result<Level<Lowers>, ChangesError> {
+        let mut pending = self.upper.names(dir.as_fd(), &path)?;
+        let start = out.0.len();
+        if !lowers.merged && !lowers.dirs.is_empty() {
+            // A whiteout in the upper stands for its target: that deletion is
+            // reported when the walk reaches it.
+            let mut upper_names: HashSet<&[u8]> = HashSet::new();
+            for name in &pending {
+                upper_names.insert(name.as_slice());
+                if let (Marks::Aufs, Some(target)) = (self.marks, name.strip_prefix(AUFS_WHITEOUT))
+                {
+                    upper_names.insert(target);
+                }
             }
-            return Ok(Some((stat, position)));
+            for name in self.lower_names(&lowers.dirs, &path)? {
+                if !upper_names.contains(name.as_slice()) {
+                    out.push(join(&path, &name), ChangeKind::Deleted);
+                }
+            }
         }
+        pending.reverse();
+        Ok(Level {
+            path,
+            new: dir,
+            old: lowers,
+            pending,
+            start,
+            reported,
+        })
     }
-    Ok(None)
-}
 
-/// The lower directories named `name` under `dirs` that the lowers' view merges,
-/// uppermost first, down to the first opaque one, whiteout or non-directory.
-fn lower_dirs(
-    trees: &[Tree<'_>],
-    dirs: &[(usize, OwnedFd)],
-    name: &[u8],
-    path: &[u8],
-    ns: XattrNamespace,
-) -> Result<Vec<(usize, OwnedFd)>, ChangesError> {
-    let mut out = Vec::new();
-    for (layer, dir) in dirs {
-        let tree = &trees[*layer];
-        let Some(stat) = tree.stat(dir.as_fd(), name, path)? else {
-            continue;
-        };
-        if !is_dir(&stat) {
-            break;
+    /// The entry the lowers show for `name`, and the position in `dirs` of the
+    /// directory it is in.
+    fn lookup_lower(
+        &self,
+        dirs: &[(usize, OwnedFd)],
+        name: &[u8],
+        path: &[u8],
+    ) -> Result<Option<(Stat, usize)>, ChangesError> {
+        for (position, (layer, dir)) in dirs.iter().enumerate() {
+            match self
+                .marks
+                .lower_entry(&self.lowers[*layer], dir.as_fd(), name, path)?
+            {
+                Some(Some(stat)) => return Ok(Some((stat, position))),
+                Some(None) => return Ok(None),
+                None => {}
+            }
         }
-        let child = tree.open_dir(dir.as_fd(), name, path)?;
-        let opaque = is_opaque(&child, ns).map_err(|e| whiteout_err(tree, path, e))?;
-        out.push((*layer, child));
-        if opaque {
-            break;
-        }
+        Ok(None)
     }
-    Ok(out)
-}
 
-/// The names the lowers' view shows in a directory made of `dirs`.
-fn lower_names(
-    trees: &[Tree<'_>],
-    dirs: &[(usize, OwnedFd)],
-    path: &[u8],
-) -> Result<Vec<Vec<u8>>, ChangesError> {
-    let mut shown: Vec<Vec<u8>> = Vec::new();
-    let mut decided: HashSet<Vec<u8>> = HashSet::new();
-    for (layer, dir) in dirs {
-        let tree = &trees[*layer];
-        for name in tree.names(dir.as_fd(), path)? {
-            if decided.contains(&name) {
-                continue;
+    /// The lower directories named `name` under `dirs` that the lowers' view
+    /// merges, uppermost first, down to the first opaque one, whiteout or
+    /// non-directory.
+    fn lower_dirs(
+        &self,
+        dirs: &[(usize, OwnedFd)],
+        name: &[u8],
+        path: &[u8],
+    ) -> Result<Vec<(usize, OwnedFd)>, ChangesError> {
+        let mut out = Vec::new();
+        for (layer, dir) in dirs {
+            let tree = &self.lowers[*layer];
+            let stat = match self.marks.lower_entry(tree, dir.as_fd(), name, path)? {
+                None => continue,
+                Some(None) => break,
+                Some(Some(stat)) => stat,
+            };
+            if !is_dir(&stat) {
+                break;
             }
-            let child = join(path, &name);
-            let whiteout = tree
-                .stat(dir.as_fd(), &name, &child)?
-                .is_some_and(|stat| is_overlay_whiteout(&stat));
-            if !whiteout {
-                shown.push(name.clone());
+            let child = tree.open_dir(dir.as_fd(), name, path)?;
+            let opaque = self.marks.is_opaque(tree, &child, path)?;
+            out.push((*layer, child));
+            if opaque {
+                break;
             }
-            decided.insert(name);
         }
+        Ok(out)
     }
-    shown.sort_unstable();
-    Ok(shown)
+
+    /// The names the lowers' view shows in a directory made of `dirs`.
+    fn lower_names(
+        &self,
+        dirs: &[(usize, OwnedFd)],
+        path: &[u8],
+    ) -> Result<Vec<Vec<u8>>, ChangesError> {
+        let mut shown: Vec<Vec<u8>> = Vec::new();
+        let mut decided: HashSet<Vec<u8>> = HashSet::new();
+        for (layer, dir) in dirs {
+            let tree = &self.lowers[*layer];
+            for name in tree.names(dir.as_fd(), path)? {
+                let child = join(path, &name);
+                let Some((shows, hidden)) =
+                    self.marks.lower_name(tree, dir.as_fd(), &name, &child)?
+                else {
+                    continue;
+                };
+                if decided.contains(shows) {
+                    continue;
+                }
+                if !hidden {
+                    shown.push(shows.to_vec());
+                }
+                decided.insert(shows.to_vec());
+            }
+        }
+        shown.sort_unstable();
+        Ok(shown)
+    }
 }
 
 /// The xattrs of an open directory.

@@ -1,8 +1,9 @@
 //! Driver benchmarks on the real kernel (root and overlayfs needed; skipped
 //! otherwise): `get`+`put` of a read-write layer over 1, 16, 128 and (new mount
 //! API) 400 lower layers; `changes` of a 10 000-file image with 10 changed files,
-//! native (upper walk) against naive (both trees); `apply_diff` and `diff` of a
-//! generated tree through overlay2.
+//! native (upper walk) against naive (both trees), through overlay2 and through
+//! aufs (recorded mounts: its branch walk against the comparison of the two
+//! unions); `apply_diff` and `diff` of a generated tree through overlay2.
 
 use std::hint::black_box;
 use std::io::Read;
@@ -133,6 +134,49 @@ fn changes(c: &mut Criterion) {
     d.cleanup().unwrap();
 }
 
+fn aufs_changes(c: &mut Criterion) {
+    if !rustix::process::geteuid().is_root() {
+        eprintln!("skipping aufs_changes: needs root");
+        return;
+    }
+    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let d = plies_drivers::Aufs::open_with(
+        &dir.path().join("aufs"),
+        &Options::default(),
+        std::sync::Arc::new(plies_drivers::RecordingMounter::new()),
+    )
+    .unwrap();
+    let image = tar_of((0..10_000).map(|i| (format!("d{}/f{i}", i / 100), vec![b'x'; 64])));
+    d.create("base", None, &CreateOptions::default()).unwrap();
+    d.apply_diff("base", None, &mut image.as_slice()).unwrap();
+    let change = tar_of((0..10).map(|i| (format!("d{}/f{}", i * 7, i * 700 + 3), vec![b'y'; 80])));
+    d.create("top", Some("base"), &CreateOptions::default())
+        .unwrap();
+    d.apply_diff("top", Some("base"), &mut change.as_slice())
+        .unwrap();
+    // The two unions, held for the whole run: what a naive diff compares once
+    // it has mounted them.
+    let old = d.get("base", None).unwrap();
+    let new = d.get("top", None).unwrap();
+    let native = d.changes("top", Some("base")).unwrap();
+    assert_eq!(native, plies_archive::changes::between(&old, &new).unwrap());
+    assert_eq!(native.len(), 20);
+
+    let mut group = c.benchmark_group("aufs_changes_10k_files_10_changed");
+    group
+        .sample_size(20)
+        .measurement_time(Duration::from_secs(8));
+    group.bench_function("native", |b| {
+        b.iter(|| black_box(d.changes("top", Some("base")).unwrap()))
+    });
+    group.bench_function("union_comparison", |b| {
+        b.iter(|| black_box(plies_archive::changes::between(&old, &new).unwrap()))
+    });
+    group.finish();
+    d.put("top").unwrap();
+    d.put("base").unwrap();
+}
+
 fn apply_and_diff(c: &mut Criterion) {
     if !can_run() {
         eprintln!("skipping apply_and_diff: needs root and overlayfs");
@@ -180,5 +224,5 @@ fn apply_and_diff(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, get_put, changes, apply_and_diff);
+criterion_group!(benches, get_put, changes, aufs_changes, apply_and_diff);
 criterion_main!(benches);

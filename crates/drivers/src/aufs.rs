@@ -29,6 +29,8 @@ use crate::naive;
 use crate::options::{CreateOptions, Options};
 
 const NAME: &str = "aufs";
+/// aufs's pseudo-link directory at the root of a branch.
+const PSEUDO_LINKS: &str = ".wh..wh.plnk";
 
 /// Carries out aufs mounts: the kernel's, or a recording for tests.
 pub trait Mounter: Send + Sync + Debug {
@@ -255,6 +257,21 @@ impl Mounter for RecordingMounter {
     }
 }
 
+/// Removes the copies of branches that applies a crash interrupted.
+fn sweep_applying(diff: &Path) -> Result<()> {
+    for entry in std::fs::read_dir(diff).map_err(|e| Error::io("read", diff, e))? {
+        let entry = entry.map_err(|e| Error::io("read", diff, e))?;
+        if entry
+            .file_name()
+            .as_encoded_bytes()
+            .ends_with(naive::APPLYING.as_bytes())
+        {
+            crate::copy::remove_tree(&entry.path())?;
+        }
+    }
+    Ok(())
+}
+
 fn empty_dir(dir: &Path) -> std::io::Result<()> {
     let fd = open_dir(dir).map_err(std::io::Error::other)?;
     for name in list(fd.as_fd())? {
@@ -339,6 +356,7 @@ impl Aufs {
         }
         let store =
             AufsStore::open(&root, StoreOptions::default()).map_err(|e| Error::store("", e))?;
+        sweep_applying(&root.join("diff"))?;
         for dir in ["", "mnt", "diff", "layers"] {
             remap.own(&root.join(dir))?;
         }
@@ -374,6 +392,50 @@ impl Aufs {
 
     fn refs(&self) -> std::sync::MutexGuard<'_, HashMap<String, (usize, bool)>> {
         self.refs.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The pseudo-links in layer `id`'s branch: the entries of its
+    /// `.wh..wh.plnk` directory, sorted.
+    ///
+    /// aufs keeps a file with other hard links in the lower branches there when
+    /// it copies the file up, and makes the other links in the branch only when
+    /// the pseudo-links are flushed (`auplink`, at unmount). Until then the
+    /// branch lacks those links, and so do its diff and changes, which warn
+    /// (through `tracing`) when this list is not empty.
+    ///
+    /// # Errors
+    /// [`Error::NoSuchLayer`]; [`Error::Io`] when the directory cannot be read.
+    pub fn pseudo_links(&self, id: &str) -> Result<Vec<PathBuf>> {
+        if !self.store.exists(id) {
+            return Err(Error::NoSuchLayer { id: id.to_owned() });
+        }
+        let dir = self.store.diff_dir(id).join(PSEUDO_LINKS);
+        let entries = match std::fs::read_dir(&dir) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(Error::io("read", &dir, e)),
+        };
+        let mut out = Vec::new();
+        for entry in entries {
+            out.push(entry.map_err(|e| Error::io("read", &dir, e))?.path());
+        }
+        out.sort();
+        Ok(out)
+    }
+
+    fn report_pseudo_links(&self, id: &str) {
+        match self.pseudo_links(id) {
+            Ok(links) if links.is_empty() => {}
+            Ok(links) => tracing::warn!(
+                layer = id,
+                count = links.len(),
+                first = %links[0].display(),
+                "aufs pseudo-links not flushed: hard links to these files are missing from the branch and its diff"
+            ),
+            Err(e) => {
+                tracing::warn!(layer = id, error = %e, "could not read the aufs pseudo-links")
+            }
+        }
     }
 
     fn is_direct_parent(&self, id: &str, parent: Option<&str>) -> Result<bool> {
@@ -563,6 +625,7 @@ impl Driver for Aufs {
             return naive::diff(self, id, parent, &self.scratch, false, self.remap.maps());
         }
         // aufs's own `.wh..wh.*` entries are left out by the export.
+        self.report_pseudo_links(id);
         let export = plies_archive::export(
             &self.store.diff_dir(id),
             &self.remap.maps().export_options(WhiteoutFormat::Aufs),
@@ -585,21 +648,36 @@ impl Driver for Aufs {
     }
 
     fn apply_diff(&self, id: &str, parent: Option<&str>, diff: &mut dyn Read) -> Result<u64> {
-        if !self.is_direct_parent(id, parent)? {
-            return naive::apply(self, id, diff, self.remap.maps());
+        let own = self.store.diff_dir(id);
+        let stats = if self.is_direct_parent(id, parent)? {
+            let _guard = self.locks.lock(id);
+            let opts = self.remap.maps().apply_options(WhiteoutFormat::Aufs);
+            naive::apply_into(id, &own, diff, &opts, self.refcount(id) == 0)?
+        } else {
+            naive::apply(self, id, diff, self.remap.maps(), Some(&own))?
+        };
+        if stats.skipped_aufs_meta > 0 {
+            // Older Docker only warned that such links were not supported.
+            tracing::info!(
+                layer = id,
+                entries = stats.skipped_aufs_meta,
+                "the diff held aufs private entries (.wh..wh.*): left out, hard links to pseudo-links resolved"
+            );
         }
-        naive::apply_into(
-            id,
-            &self.store.diff_dir(id),
-            diff,
-            &self.remap.maps().apply_options(WhiteoutFormat::Aufs),
-        )?;
         self.diff_size(id, parent)
     }
 
     fn changes(&self, id: &str, parent: Option<&str>) -> Result<Vec<Change>> {
-        // plies-archive lists changes from overlay upper dirs only; for aufs the
-        // union and its parent are compared in full.
-        naive::changes(self, id, parent, &self.scratch)
+        if !self.is_direct_parent(id, parent)? {
+            return naive::changes(self, id, parent, &self.scratch);
+        }
+        self.report_pseudo_links(id);
+        let lowers = self.store.lowers(id).map_err(|e| Error::store(id, e))?;
+        plies_archive::changes::from_aufs_branch(&self.store.diff_dir(id), &lowers).map_err(
+            |source| Error::Changes {
+                id: id.to_owned(),
+                source,
+            },
+        )
     }
 }

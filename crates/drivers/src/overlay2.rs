@@ -532,18 +532,18 @@ impl Driver for Overlay2 {
     }
 
     fn apply_diff(&self, id: &str, parent: Option<&str>, diff: &mut dyn Read) -> Result<u64> {
+        let own = self.store.diff_dir(id);
         if !self.is_direct_parent(id, parent)? {
-            return naive::apply(self, id, diff, self.remap.maps());
+            return naive::apply(self, id, diff, self.remap.maps(), Some(&own)).map(|s| s.size);
         }
-        naive::apply_into(
-            id,
-            &self.store.diff_dir(id),
-            diff,
-            &self
+        {
+            let _guard = self.locks.lock(id);
+            let opts = self
                 .remap
                 .maps()
-                .apply_options(WhiteoutFormat::Overlay(self.ns())),
-        )?;
+                .apply_options(WhiteoutFormat::Overlay(self.ns()));
+            naive::apply_into(id, &own, diff, &opts, self.refcount(id) == 0)?;
+        }
         self.diff_size(id, parent)
     }
 

@@ -8,6 +8,9 @@ use std::path::{Path, PathBuf};
 use std::sync::{Mutex, PoisonError};
 
 use plies_archive::changes::Change;
+use plies_layerstore::{
+    APPLYING_SUFFIX as APPLYING, CREATING_SUFFIX as CREATING, REMOVING_SUFFIX as REMOVING,
+};
 use rustix::fs::{Mode, RenameFlags};
 
 use crate::copy::{copy_tree, remove_tree};
@@ -18,9 +21,6 @@ use crate::locks::LayerLocks;
 use crate::naive;
 use crate::options::{CreateOptions, Options};
 
-const CREATING: &str = "-creating";
-const REMOVING: &str = "-removing";
-
 /// The copy-based driver.
 #[derive(Debug)]
 pub struct Vfs {
@@ -30,6 +30,9 @@ pub struct Vfs {
     remap: Remap,
     locks: LayerLocks,
     refs: Mutex<HashMap<String, usize>>,
+    /// Layers known to hold exactly their parent's tree, with that parent: made
+    /// by this handle and since neither handed out by `get` nor applied to.
+    pristine: Mutex<HashMap<String, Option<String>>>,
 }
 
 impl Vfs {
@@ -67,7 +70,10 @@ impl Vfs {
             let entry = entry.map_err(|e| Error::io("read", &dir, e))?;
             let name = entry.file_name();
             let name = name.to_string_lossy();
-            if name.ends_with(CREATING) || name.ends_with(REMOVING) {
+            if [CREATING, REMOVING, APPLYING]
+                .iter()
+                .any(|suffix| name.ends_with(suffix))
+            {
                 remove_tree(&entry.path())?;
             }
         }
@@ -78,6 +84,7 @@ impl Vfs {
             remap,
             locks: LayerLocks::default(),
             refs: Mutex::new(HashMap::new()),
+            pristine: Mutex::new(HashMap::new()),
         })
     }
 
@@ -89,14 +96,7 @@ impl Vfs {
         plies_layerstore::validate_id(id).map_err(|reason| Error::InvalidId {
             id: id.to_owned(),
             reason: reason.to_string(),
-        })?;
-        if id.ends_with(CREATING) || id.ends_with(REMOVING) {
-            return Err(Error::InvalidId {
-                id: id.to_owned(),
-                reason: "ends with a reserved suffix".to_owned(),
-            });
-        }
-        Ok(())
+        })
     }
 
     fn create_layer(&self, id: &str, parent: Option<&str>, opts: &CreateOptions) -> Result<()> {
@@ -113,21 +113,7 @@ impl Vfs {
             return Err(Error::LayerExists { id: id.to_owned() });
         }
         let creating = self.dir.join(format!("{id}{CREATING}"));
-        remove_tree(&creating)?;
-        mkdir_mode(&creating, 0o755)?;
-        let filled = self.remap.own(&creating).and_then(|()| match parent {
-            Some(p) => {
-                let _parent_guard = (p != id).then(|| self.locks.lock(p));
-                Self::check_id(p)?;
-                if !self.exists(p) {
-                    Err(Error::NoSuchLayer { id: p.to_owned() })
-                } else {
-                    copy_tree(&self.layer(p), &creating)
-                }
-            }
-            None => Ok(()),
-        });
-        let done = filled.and_then(|()| {
+        let done = self.fill(&creating, id, parent).and_then(|()| {
             rustix::fs::renameat_with(
                 rustix::fs::CWD,
                 &creating,
@@ -141,8 +127,45 @@ impl Vfs {
             if let Err(e) = remove_tree(&creating) {
                 tracing::warn!(layer = id, error = %e, "half-created layer left behind");
             }
+        } else {
+            self.pristine()
+                .insert(id.to_owned(), parent.map(str::to_owned));
         }
         done
+    }
+
+    /// Makes `dir` afresh as the new layer `id` on `parent`: owned by the
+    /// container's root, holding a copy of the parent's tree.
+    fn fill(&self, dir: &Path, id: &str, parent: Option<&str>) -> Result<()> {
+        remove_tree(dir)?;
+        mkdir_mode(dir, 0o755)?;
+        self.remap.own(dir)?;
+        match parent {
+            Some(p) => {
+                let _parent_guard = (p != id).then(|| self.locks.lock(p));
+                Self::check_id(p)?;
+                if !self.exists(p) {
+                    Err(Error::NoSuchLayer { id: p.to_owned() })
+                } else {
+                    copy_tree(&self.layer(p), dir)
+                }
+            }
+            None => Ok(()),
+        }
+    }
+
+    fn pristine(&self) -> std::sync::MutexGuard<'_, HashMap<String, Option<String>>> {
+        self.pristine.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Puts a layer that a failed apply wrote into back to its parent's tree.
+    fn rebuild(&self, id: &str, parent: Option<&str>) -> Result<()> {
+        let fresh = self.dir.join(format!("{id}{CREATING}"));
+        let made = self
+            .fill(&fresh, id, parent)
+            .and_then(|()| naive::exchange(&fresh, &self.layer(id)));
+        let removed = remove_tree(&fresh);
+        made.and(removed)
     }
 }
 
@@ -190,6 +213,7 @@ impl Driver for Vfs {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .remove(id);
+        self.pristine().remove(id);
         remove_tree(&removing)
     }
 
@@ -199,6 +223,7 @@ impl Driver for Vfs {
         if !self.exists(id) {
             return Err(Error::NoSuchLayer { id: id.to_owned() });
         }
+        self.pristine().remove(id);
         *self
             .refs
             .lock()
@@ -269,7 +294,40 @@ impl Driver for Vfs {
     }
 
     fn apply_diff(&self, id: &str, _parent: Option<&str>, diff: &mut dyn Read) -> Result<u64> {
-        naive::apply(self, id, diff, self.remap.maps())
+        Self::check_id(id)?;
+        let _guard = self.locks.lock(id);
+        if !self.exists(id) {
+            return Err(Error::NoSuchLayer { id: id.to_owned() });
+        }
+        let path = self.layer(id);
+        let opts = self
+            .remap
+            .maps()
+            .apply_options(plies_archive::WhiteoutFormat::Merged);
+        let pristine = self.pristine().remove(id);
+        let rebuildable = pristine.filter(|p| p.as_deref().is_none_or(|p| self.exists(p)));
+        let stats = match rebuildable {
+            // Still a plain copy of its parent: applied in place and, should the
+            // apply fail, copied afresh.
+            Some(parent) => plies_archive::apply(diff, &path, &opts).map_err(|source| {
+                if let Err(e) = self.rebuild(id, parent.as_deref()) {
+                    tracing::warn!(layer = id, error = %e, "a failed apply left files behind");
+                }
+                Error::Archive {
+                    id: id.to_owned(),
+                    source,
+                }
+            })?,
+            None => {
+                let held = self
+                    .refs
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .contains_key(id);
+                naive::apply_into(id, &path, diff, &opts, !held)?
+            }
+        };
+        Ok(stats.size)
     }
 
     fn changes(&self, id: &str, parent: Option<&str>) -> Result<Vec<Change>> {

@@ -1,7 +1,7 @@
 //! Layer id rules.
 
 /// The longest layer id, in bytes: a file name (255 bytes) less the 9 bytes of the
-/// `-removing` / `-creating` suffixes the store renames layers to while it works.
+/// `-removing` / `-creating` / `-applying` suffixes of work in progress.
 pub const MAX_ID_LEN: usize = 255 - REMOVING_SUFFIX.len();
 
 /// Suffix of a layer (or aufs entry) being removed; swept at open.
@@ -9,6 +9,11 @@ pub const REMOVING_SUFFIX: &str = "-removing";
 
 /// Suffix of a layer being built; it becomes visible by a rename to its id.
 pub const CREATING_SUFFIX: &str = "-creating";
+
+/// Suffix of the copy of a layer directory that a diff is applied to before it
+/// replaces the directory (used by `plies-drivers`); reserved so that no layer's
+/// directory can be taken for one.
+pub const APPLYING_SUFFIX: &str = "-applying";
 
 /// Why an id is refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -35,8 +40,8 @@ pub enum IdError {
     /// The id is `l`, the overlay2 link directory.
     #[error("is 'l', the link directory")]
     LinkDir,
-    /// The id ends in `-removing` or `-creating`, names the store uses for its
-    /// own half-done work.
+    /// The id ends in `-removing`, `-creating` or `-applying`, names kept for
+    /// half-done work.
     #[error("ends in a suffix reserved for work in progress")]
     ReservedSuffix,
 }
@@ -70,7 +75,10 @@ pub fn validate_id(id: &str) -> Result<(), IdError> {
     if id == "l" {
         return Err(IdError::LinkDir);
     }
-    if id.ends_with(REMOVING_SUFFIX) || id.ends_with(CREATING_SUFFIX) {
+    if [REMOVING_SUFFIX, CREATING_SUFFIX, APPLYING_SUFFIX]
+        .iter()
+        .any(|suffix| id.ends_with(suffix))
+    {
         return Err(IdError::ReservedSuffix);
     }
     Ok(())

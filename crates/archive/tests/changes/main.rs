@@ -1,5 +1,6 @@
-//! Changes between trees and from an overlay upper, and layer sizes: exact
-//! change lists, and a real overlay mount where both ways of listing agree.
+//! Changes between trees, from an overlay upper and from an aufs branch, and
+//! layer sizes: exact change lists, and a real overlay mount where every way of
+//! listing agrees.
 
 use std::ffi::CString;
 use std::fs;
@@ -8,7 +9,9 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use plies_archive::XattrNamespace;
-use plies_archive::changes::{Change, ChangeKind, ChangesError, between, from_overlay_upper};
+use plies_archive::changes::{
+    Change, ChangeKind, ChangesError, between, from_aufs_branch, from_overlay_upper,
+};
 use plies_archive::size::{changes_size, dir_size};
 use rustix::fs::{Timespec, Timestamps, XattrFlags};
 
@@ -282,6 +285,91 @@ fn from_upper_reads_lower_whiteouts_and_opaque_dirs() {
     match from_overlay_upper(&upper, &lowers, XattrNamespace::Trusted) {
         Err(ChangesError::RedirectedDir { path }) => assert_eq!(path, upper.join("renamed")),
         other => panic!("expected RedirectedDir, got {other:?}"),
+    }
+}
+
+/// A writable branch and two read-only ones written by hand in the aufs format,
+/// aufs's own entries included.
+#[test]
+fn from_aufs_branch_reads_aufs_whiteouts_and_private_entries() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (rw, top, bottom) = (
+        tmp.path().join("rw"),
+        tmp.path().join("top"),
+        tmp.path().join("bottom"),
+    );
+    write(&bottom, "etc/passwd", "root");
+    write(&bottom, "etc/group", "root");
+    write(&bottom, "old/a", "a");
+    write(&bottom, "masked/inner/deep", "d");
+    write(&bottom, "masked/file", "f");
+    write(&bottom, "gone/x", "x");
+    // top: deletes /old, makes /masked opaque with its own content.
+    write(&top, ".wh.old", "");
+    write(&top, "masked/mine", "m");
+    write(&top, "masked/.wh..wh..opq", "");
+    write(&top, "etc/hostname", "box");
+    write(&top, ".wh..wh.plnk/123.4", "pseudo-link of top");
+    // rw: the container, with aufs's private entries.
+    write(&rw, "old", "recreated");
+    write(&rw, "etc/.wh.hostname", "");
+    write(&rw, "etc/passwd", "root:x");
+    write(&rw, "masked/.wh..wh..opq", "");
+    write(&rw, "masked/fresh", "new");
+    write(&rw, "brand/new", "n");
+    write(&rw, ".wh.gone", "");
+    // A whiteout of a name no branch has is a deletion all the same.
+    write(&rw, ".wh.never-there", "");
+    // A whiteout beside an entry of its name hides nothing the union shows.
+    write(&rw, "etc/.wh.group", "");
+    write(&rw, "etc/group", "staff");
+    write(&rw, ".wh..wh.plnk/567.0", "pseudo-link");
+    write(&rw, ".wh..wh.aufs", "");
+    mkdir(&rw, ".wh..wh.orph");
+
+    let changes = from_aufs_branch(&rw, &[top.clone(), bottom.clone()]).unwrap();
+    assert_eq!(
+        listed(&changes),
+        [
+            "A /brand",
+            "A /brand/new",
+            "C /etc",
+            "C /etc/group",
+            "D /etc/hostname",
+            "C /etc/passwd",
+            "D /gone",
+            "C /masked",
+            "A /masked/fresh",
+            "D /masked/mine",
+            "D /never-there",
+            // Deleted by `top` and made again here: added, not modified.
+            "A /old",
+        ]
+    );
+
+    // The same branches with overlay whiteouts list the same changes.
+    if plies_testkit::require_root("from_aufs_branch_reads_aufs_whiteouts_and_private_entries") {
+        let overlay: Vec<PathBuf> = [&rw, &top, &bottom]
+            .iter()
+            .map(|dir| {
+                let to = tmp.path().join(format!(
+                    "overlay-{}",
+                    dir.file_name().unwrap().to_str().unwrap()
+                ));
+                copy_tree(dir, &to);
+                // The overlay format has no whiteout beside its target.
+                let _ = fs::remove_file(to.join("etc/.wh.group"));
+                plies_whiteout::convert::aufs_to_overlay(
+                    fs::File::open(&to).unwrap(),
+                    XattrNamespace::Trusted,
+                )
+                .unwrap();
+                to
+            })
+            .collect();
+        let from_upper =
+            from_overlay_upper(&overlay[0], &overlay[1..], XattrNamespace::Trusted).unwrap();
+        assert_eq!(from_upper, changes);
     }
 }
 
@@ -588,6 +676,24 @@ proptest::proptest! {
         drop(old_guard);
         drop(guard);
         proptest::prop_assert_eq!(listed(&from_upper), listed(&full));
+
+        // The same layers in the aufs format list the same changes.
+        let aufs: Vec<PathBuf> = [&upper, &lower1, &lower2]
+            .iter()
+            .map(|dir| {
+                let name = format!("aufs-{}", dir.file_name().unwrap().to_str().unwrap());
+                copy_tree(dir, &p(&name));
+                let converted = p(&name);
+                plies_whiteout::convert::overlay_to_aufs(
+                    fs::File::open(&converted).unwrap(),
+                    XattrNamespace::Trusted,
+                )
+                .unwrap();
+                converted
+            })
+            .collect();
+        let from_branch = from_aufs_branch(&aufs[0], &aufs[1..]).unwrap();
+        proptest::prop_assert_eq!(listed(&from_branch), listed(&full));
     }
 }
 

@@ -8,7 +8,7 @@ use std::ffi::OsString;
 use std::io::Read;
 
 use common::{E, layer};
-use plies_drivers::{CreateOptions, DriverChoice, Error, Options, Recorded};
+use plies_drivers::{CreateOptions, Driver, DriverChoice, Error, Options, Recorded};
 use plies_mountopts::AufsCall;
 
 #[test]
@@ -175,4 +175,164 @@ fn kernel_aufs_is_probed() {
         !dir.path().join("aufs").exists(),
         "nothing is made for a refused driver"
     );
+}
+
+/// Against its direct parent, `changes` walks the writable branch alone; it lists
+/// what comparing the two unions in full lists, aufs whiteouts, opaque
+/// directories and private entries included.
+#[test]
+fn branch_changes_match_the_full_comparison() {
+    let Some((rig, _mounter)) = common::aufs_recorded() else {
+        return;
+    };
+    let d = &*rig.driver;
+    layer(
+        d,
+        "base",
+        None,
+        &[
+            E::Dir("etc", 0o755),
+            E::File("etc/passwd", "root", 0o644),
+            E::File("etc/group", "root", 0o644),
+            E::Dir("var/cache", 0o755),
+            E::File("var/cache/a", "a", 0o644),
+            E::File("var/cache/b", "b", 0o644),
+            E::File("old", "old", 0o644),
+        ],
+    );
+    layer(
+        d,
+        "mid",
+        Some("base"),
+        &[
+            E::Whiteout("old"),
+            E::Opaque("var/cache"),
+            E::File("var/cache/c", "c", 0o644),
+        ],
+    );
+    d.create_read_write("top", Some("mid"), &CreateOptions::default())
+        .unwrap();
+    // What aufs writes into the branch of a running container.
+    let branch = d.root().join("diff/top");
+    let write = |rel: &str, data: &str| {
+        let path = branch.join(rel);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, data).unwrap();
+    };
+    write("etc/passwd", "root:x:0:0");
+    write("etc/.wh.group", "");
+    write("old", "made again");
+    write("var/cache/.wh..wh..opq", "");
+    write("var/cache/d", "d");
+    write("run/pid", "1");
+    write(".wh..wh.plnk/9.1", "pseudo-link");
+    write(".wh..wh.aufs", "");
+
+    let native = common::changes(d, "top", Some("mid"));
+    assert_eq!(
+        native,
+        [
+            "C /etc",
+            "D /etc/group",
+            "C /etc/passwd",
+            "A /old",
+            "A /run",
+            "A /run/pid",
+            "C /var",
+            "C /var/cache",
+            "D /var/cache/c",
+            "A /var/cache/d",
+        ]
+    );
+    let scratch = common::tempdir();
+    let full: Vec<String> = plies_drivers::naive::changes(d, "top", Some("mid"), scratch.path())
+        .unwrap()
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    assert_eq!(native, full);
+    // Against another layer than its parent, the unions are compared.
+    let against_base = common::changes(d, "top", Some("base"));
+    assert!(
+        against_base.contains(&"D /var/cache/a".to_owned()),
+        "{against_base:?}"
+    );
+}
+
+/// A tracing subscriber that keeps the messages of warnings.
+#[derive(Default)]
+struct Warnings(std::sync::Mutex<Vec<String>>);
+
+impl tracing::Subscriber for Warnings {
+    fn enabled(&self, _: &tracing::Metadata<'_>) -> bool {
+        true
+    }
+    fn new_span(&self, _: &tracing::span::Attributes<'_>) -> tracing::span::Id {
+        tracing::span::Id::from_u64(1)
+    }
+    fn record(&self, _: &tracing::span::Id, _: &tracing::span::Record<'_>) {}
+    fn record_follows_from(&self, _: &tracing::span::Id, _: &tracing::span::Id) {}
+    fn event(&self, event: &tracing::Event<'_>) {
+        struct Message<'a>(&'a mut String);
+        impl tracing::field::Visit for Message<'_> {
+            fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+                if field.name() == "message" {
+                    *self.0 = format!("{value:?}");
+                }
+            }
+        }
+        if *event.metadata().level() == tracing::Level::WARN {
+            let mut text = String::new();
+            event.record(&mut Message(&mut text));
+            self.0.lock().unwrap().push(text);
+        }
+    }
+    fn enter(&self, _: &tracing::span::Id) {}
+    fn exit(&self, _: &tracing::span::Id) {}
+}
+
+/// Pseudo-links aufs has not flushed into the branch are listed, and a diff or
+/// a change list of the branch warns of them.
+#[test]
+fn pseudo_links_are_reported() {
+    if !plies_testkit::require_root("pseudo_links_are_reported") {
+        return;
+    }
+    let dir = common::tempdir();
+    let mounter = std::sync::Arc::new(plies_drivers::RecordingMounter::new());
+    let aufs =
+        plies_drivers::Aufs::open_with(&dir.path().join("aufs"), &Options::default(), mounter)
+            .unwrap();
+    layer(&aufs, "base", None, &[E::File("a", "a", 0o644)]);
+    assert!(aufs.pseudo_links("base").unwrap().is_empty());
+    assert!(matches!(
+        aufs.pseudo_links("missing"),
+        Err(Error::NoSuchLayer { .. })
+    ));
+    let plnk = dir.path().join("aufs/diff/base/.wh..wh.plnk");
+    std::fs::create_dir(&plnk).unwrap();
+    let quiet = std::sync::Arc::new(Warnings::default());
+    tracing::subscriber::with_default(quiet.clone(), || {
+        aufs.changes("base", None).unwrap();
+    });
+    assert!(quiet.0.lock().unwrap().is_empty(), "an empty plnk is fine");
+
+    // `a` was copied up with a link in a lower branch that aufs has not made yet.
+    std::fs::hard_link(dir.path().join("aufs/diff/base/a"), plnk.join("1234.0")).unwrap();
+    assert_eq!(aufs.pseudo_links("base").unwrap(), [plnk.join("1234.0")]);
+    let warnings = std::sync::Arc::new(Warnings::default());
+    let mut tar = Vec::new();
+    tracing::subscriber::with_default(warnings.clone(), || {
+        assert_eq!(common::changes(&aufs, "base", None), ["A /a"]);
+        aufs.diff("base", None)
+            .unwrap()
+            .read_to_end(&mut tar)
+            .unwrap();
+    });
+    let seen = warnings.0.lock().unwrap().clone();
+    assert_eq!(seen.len(), 2, "{seen:?}");
+    assert!(seen.iter().all(|w| w.contains("pseudo-links")), "{seen:?}");
+    // The diff holds the file once, as a file, and nothing of plnk.
+    assert_eq!(common::tar_listing(&tar).len(), 1);
+    aufs.cleanup().unwrap();
 }

@@ -366,6 +366,60 @@ fn container_writes(d: &dyn Driver) {
     );
 }
 
+/// A layer tar that adds `new/one`, then breaks at the header of `new/two`.
+fn broken_tar() -> Vec<u8> {
+    let mut tar = common::layer_tar(&[
+        E::Dir("new", 0o755),
+        E::File("new/one", "1", 0o644),
+        E::File("new/two", "2", 0o644),
+    ]);
+    let header = (0..tar.len())
+        .step_by(512)
+        .find(|at| tar[*at..].starts_with(b"new/two"))
+        .unwrap();
+    // A wrong checksum: the entry before it is applied, this one is refused.
+    tar[header + 148..header + 156].copy_from_slice(b"0000000\0");
+    tar
+}
+
+/// A failed apply leaves the layer as it was: a new layer (against its direct
+/// parent or another one), and a layer that already holds a diff.
+fn failed_apply_leaves_layer_as_it_was(d: &dyn Driver) {
+    image(d);
+    let leftovers = || {
+        walkdir::WalkDir::new(d.root())
+            .into_iter()
+            .filter_map(|e| e.ok())
+            .filter(|e| e.file_name().to_string_lossy().ends_with("-applying"))
+            .count()
+    };
+    // New, against the direct parent.
+    d.create("C", Some("A"), &none()).unwrap();
+    let err = d.apply_diff("C", Some("A"), &mut broken_tar().as_slice());
+    assert!(matches!(err, Err(Error::Archive { .. })), "{err:?}");
+    assert_eq!(mounted_tree(d, "C"), mounted_tree(d, "A"));
+    assert!(changes(d, "C", Some("A")).is_empty());
+    // New, against another layer than its parent (naive apply).
+    d.create("D", Some("B"), &none()).unwrap();
+    let err = d.apply_diff("D", Some("A"), &mut broken_tar().as_slice());
+    assert!(matches!(err, Err(Error::Archive { .. })), "{err:?}");
+    assert_eq!(mounted_tree(d, "D"), mounted_tree(d, "B"));
+    assert!(changes(d, "D", Some("B")).is_empty());
+    // Holding a diff already: applied to a copy that replaces it only whole.
+    let good = common::layer_tar(&[E::File("kept", "k", 0o644)]);
+    d.apply_diff("C", Some("A"), &mut good.as_slice()).unwrap();
+    let before = mounted_tree(d, "C");
+    let err = d.apply_diff("C", Some("A"), &mut broken_tar().as_slice());
+    assert!(matches!(err, Err(Error::Archive { .. })), "{err:?}");
+    assert_eq!(mounted_tree(d, "C"), before);
+    assert_eq!(changes(d, "C", Some("A")), ["A /kept"]);
+    // And a good diff still applies over it.
+    let more = common::layer_tar(&[E::File("more", "m", 0o644)]);
+    d.apply_diff("C", Some("A"), &mut more.as_slice()).unwrap();
+    assert_eq!(changes(d, "C", Some("A")), ["A /kept", "A /more"]);
+    assert_eq!(leftovers(), 0, "copies of layers left behind");
+}
+
 use std::io::Read;
 
 macro_rules! conformance {
@@ -417,6 +471,12 @@ macro_rules! conformance {
             fn remove_while_mounted() {
                 let Some(r) = rig() else { return };
                 super::remove_while_mounted(&*r.driver);
+            }
+
+            #[test]
+            fn failed_apply_leaves_layer_as_it_was() {
+                let Some(r) = rig() else { return };
+                super::failed_apply_leaves_layer_as_it_was(&*r.driver);
             }
 
             #[test]

@@ -156,7 +156,7 @@ fn remove_keeps_a_link_it_does_not_own() {
 fn ids_are_checked_before_any_write() {
     let (_tmp, s) = store();
     let long = "x".repeat(plies_layerstore::MAX_ID_LEN + 1);
-    let cases: [(&str, IdError); 9] = [
+    let cases: [(&str, IdError); 10] = [
         ("", IdError::Empty),
         ("a/b", IdError::Slash),
         (".", IdError::Dot),
@@ -166,6 +166,7 @@ fn ids_are_checked_before_any_write() {
         ("a\0b", IdError::Nul),
         (&long, IdError::TooLong),
         ("a-removing", IdError::ReservedSuffix),
+        ("a-applying", IdError::ReservedSuffix),
     ];
     for (id, reason) in cases {
         match s.create(id, None) {
