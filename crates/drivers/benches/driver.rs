@@ -95,13 +95,9 @@ fn get_put(c: &mut Criterion) {
     group.finish();
 }
 
-fn changes(c: &mut Criterion) {
-    if !can_run() {
-        eprintln!("skipping changes: needs root and overlayfs");
-        return;
-    }
-    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
-    let d = open(dir.path(), &[]);
+/// `base`, an image of 10 000 files in 100 directories, and `top` on it,
+/// changing 10 of them.
+fn image_and_change(d: &dyn Driver) {
     let image = tar_of((0..10_000).map(|i| (format!("d{}/f{i}", i / 100), vec![b'x'; 64])));
     d.create("base", None, &CreateOptions::default()).unwrap();
     d.apply_diff("base", None, &mut image.as_slice()).unwrap();
@@ -110,6 +106,16 @@ fn changes(c: &mut Criterion) {
         .unwrap();
     d.apply_diff("top", Some("base"), &mut change.as_slice())
         .unwrap();
+}
+
+fn changes(c: &mut Criterion) {
+    if !can_run() {
+        eprintln!("skipping changes: needs root and overlayfs");
+        return;
+    }
+    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let d = open(dir.path(), &[]);
+    image_and_change(&d);
     let scratch = dir.path().join("tmp");
     let native = d.changes("top", Some("base")).unwrap();
     assert_eq!(
@@ -146,14 +152,7 @@ fn aufs_changes(c: &mut Criterion) {
         std::sync::Arc::new(plies_drivers::RecordingMounter::new()),
     )
     .unwrap();
-    let image = tar_of((0..10_000).map(|i| (format!("d{}/f{i}", i / 100), vec![b'x'; 64])));
-    d.create("base", None, &CreateOptions::default()).unwrap();
-    d.apply_diff("base", None, &mut image.as_slice()).unwrap();
-    let change = tar_of((0..10).map(|i| (format!("d{}/f{}", i * 7, i * 700 + 3), vec![b'y'; 80])));
-    d.create("top", Some("base"), &CreateOptions::default())
-        .unwrap();
-    d.apply_diff("top", Some("base"), &mut change.as_slice())
-        .unwrap();
+    image_and_change(&d);
     // The two unions, held for the whole run: what a naive diff compares once
     // it has mounted them.
     let old = d.get("base", None).unwrap();
