@@ -26,6 +26,7 @@ use crate::idmap::Remap;
 use crate::locks::LayerLocks;
 use crate::mounts::BUSY_ATTEMPTS;
 use crate::naive;
+use crate::native;
 use crate::options::{CreateOptions, Options};
 
 const NAME: &str = "aufs";
@@ -264,7 +265,7 @@ fn sweep_applying(diff: &Path) -> Result<()> {
         if entry
             .file_name()
             .as_encoded_bytes()
-            .ends_with(naive::APPLYING.as_bytes())
+            .ends_with(native::APPLYING.as_bytes())
         {
             crate::copy::remove_tree(&entry.path())?;
         }
@@ -626,25 +627,18 @@ impl Driver for Aufs {
         }
         // aufs's own `.wh..wh.*` entries are left out by the export.
         self.report_pseudo_links(id);
-        let export = plies_archive::export(
+        native::export(
+            id,
             &self.store.diff_dir(id),
             &self.remap.maps().export_options(WhiteoutFormat::Aufs),
         )
-        .map_err(|source| Error::Archive {
-            id: id.to_owned(),
-            source,
-        })?;
-        Ok(Box::new(export))
     }
 
     fn diff_size(&self, id: &str, parent: Option<&str>) -> Result<u64> {
         if !self.is_direct_parent(id, parent)? {
             return naive::diff_size(self, id, parent, &self.scratch);
         }
-        plies_archive::size::dir_size(&self.store.diff_dir(id)).map_err(|source| Error::Size {
-            id: id.to_owned(),
-            source,
-        })
+        native::size(id, &self.store.diff_dir(id))
     }
 
     fn apply_diff(&self, id: &str, parent: Option<&str>, diff: &mut dyn Read) -> Result<u64> {
@@ -652,7 +646,7 @@ impl Driver for Aufs {
         let stats = if self.is_direct_parent(id, parent)? {
             let _guard = self.locks.lock(id);
             let opts = self.remap.maps().apply_options(WhiteoutFormat::Aufs);
-            naive::apply_into(id, &own, diff, &opts, self.refcount(id) == 0)?
+            native::apply_into(id, &own, diff, &opts, self.refcount(id) == 0)?
         } else {
             naive::apply(self, id, diff, self.remap.maps(), Some(&own))?
         };

@@ -9,6 +9,7 @@ mod idmap;
 mod locks;
 mod mounts;
 pub mod naive;
+mod native;
 mod options;
 mod overlay2;
 mod quota;

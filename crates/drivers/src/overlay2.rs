@@ -18,6 +18,7 @@ use crate::idmap::Remap;
 use crate::locks::LayerLocks;
 use crate::mounts;
 use crate::naive;
+use crate::native;
 use crate::options::{CreateOptions, Options};
 use crate::quota::LayerQuota;
 
@@ -507,28 +508,21 @@ impl Driver for Overlay2 {
         if !self.native_ok(id, parent)? {
             return naive::diff(self, id, parent, &self.scratch, false, self.remap.maps());
         }
-        let export = plies_archive::export(
+        native::export(
+            id,
             &self.store.diff_dir(id),
             &self
                 .remap
                 .maps()
                 .export_options(WhiteoutFormat::Overlay(self.ns())),
         )
-        .map_err(|source| Error::Archive {
-            id: id.to_owned(),
-            source,
-        })?;
-        Ok(Box::new(export))
     }
 
     fn diff_size(&self, id: &str, parent: Option<&str>) -> Result<u64> {
         if !self.native_ok(id, parent)? {
             return naive::diff_size(self, id, parent, &self.scratch);
         }
-        plies_archive::size::dir_size(&self.store.diff_dir(id)).map_err(|source| Error::Size {
-            id: id.to_owned(),
-            source,
-        })
+        native::size(id, &self.store.diff_dir(id))
     }
 
     fn apply_diff(&self, id: &str, parent: Option<&str>, diff: &mut dyn Read) -> Result<u64> {
@@ -542,7 +536,7 @@ impl Driver for Overlay2 {
                 .remap
                 .maps()
                 .apply_options(WhiteoutFormat::Overlay(self.ns()));
-            naive::apply_into(id, &own, diff, &opts, self.refcount(id) == 0)?;
+            native::apply_into(id, &own, diff, &opts, self.refcount(id) == 0)?;
         }
         self.diff_size(id, parent)
     }

@@ -19,6 +19,7 @@ use crate::error::{Error, Result};
 use crate::idmap::Remap;
 use crate::locks::LayerLocks;
 use crate::naive;
+use crate::native;
 use crate::options::{CreateOptions, Options};
 
 /// The copy-based driver.
@@ -163,7 +164,7 @@ impl Vfs {
         let fresh = self.dir.join(format!("{id}{CREATING}"));
         let made = self
             .fill(&fresh, id, parent)
-            .and_then(|()| naive::exchange(&fresh, &self.layer(id)));
+            .and_then(|()| native::exchange(&fresh, &self.layer(id)));
         let removed = remove_tree(&fresh);
         made.and(removed)
     }
@@ -324,7 +325,7 @@ impl Driver for Vfs {
                     .lock()
                     .unwrap_or_else(PoisonError::into_inner)
                     .contains_key(id);
-                naive::apply_into(id, &path, diff, &opts, !held)?
+                native::apply_into(id, &path, diff, &opts, !held)?
             }
         };
         Ok(stats.size)
