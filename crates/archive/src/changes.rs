@@ -1,7 +1,8 @@
 //! The list of paths a layer adds, modifies and deletes, with Docker's
-//! `archive.Change` semantics: from an overlay upper directory and its lowers
-//! ([`from_overlay_upper`], cost grows with the change, not the image), or
-//! between two full trees ([`between`], for copy-based drivers and naive diff).
+//! `archive.Change` semantics: from an overlay upper directory or an aufs
+//! writable branch and the layers below ([`from_overlay_upper`],
+//! [`from_aufs_branch`]: cost grows with the change, not the image), or between
+//! two full trees ([`between`], for copy-based drivers and naive diff).
 //!
 //! Both give the same list for the same change: paths absolute-style (`/etc/passwd`),
 //! sorted by their bytes (Docker's order), a deleted directory without its contents,
