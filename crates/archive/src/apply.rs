@@ -1,7 +1,7 @@
 //! Applying a layer tar to a directory.
 
 use std::collections::{HashMap, HashSet};
-use std::ffi::{OsStr, OsString};
+use std::ffi::{CStr, CString, OsStr, OsString};
 use std::fs::File;
 use std::io::{self, Read};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
@@ -219,7 +219,7 @@ fn run<I: Input>(
     })?;
     ctx.finish()?;
     ctx.stats.bytes = stream.position();
-    Ok(ctx.stats)
+    Ok(std::mem::take(&mut ctx.stats))
 }
 
 /// Metadata of one entry, parsed before anything is created.
@@ -270,10 +270,36 @@ struct Applier<'o> {
     /// Owner of directories made implicitly.
     implicit_owner: Option<(u32, u32)>,
     my_ids: (u32, u32),
-    /// Regular files of `.wh..wh.plnk`, by name: unnamed files (`O_TMPFILE`)
-    /// in the root's filesystem, given a name only by a hard link to them.
-    aufs_links: HashMap<Vec<u8>, OwnedFd>,
+    /// Regular files of `.wh..wh.plnk`, by name, kept for hard links to them.
+    aufs_links: HashMap<Vec<u8>, Stashed>,
 }
+
+/// A regular file of `.wh..wh.plnk`, kept in the root's filesystem until the
+/// apply ends.
+enum Stashed {
+    /// An unnamed file (`O_TMPFILE`), given a name only by a hard link to it.
+    Unnamed(OwnedFd),
+    /// Where the filesystem has no unnamed files (overlayfs before Linux 6.6,
+    /// NFS): a hidden file of this name in the root (the directory), removed
+    /// when the apply ends.
+    Named(OwnedFd, CString),
+}
+
+impl Stashed {
+    /// Links the file as `name` in `dir`.
+    fn link(&self, dir: BorrowedFd<'_>, name: &OsStr) -> Result<(), Errno> {
+        match self {
+            Stashed::Unnamed(fd) => link_unnamed(fd.as_fd(), dir, name),
+            Stashed::Named(root, stash) => {
+                rustix::fs::linkat(root, stash.as_c_str(), dir, name, AtFlags::empty())
+            }
+        }
+    }
+}
+
+/// Prefix of the hidden files that stand in for unnamed ones.
+const STASH_PREFIX: &str = ".plies-plnk-";
+static STASH_SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
 /// aufs's directory of hard-linked files at the root of a branch.
 const AUFS_LINK_DIR: &[u8] = b".wh..wh.plnk";
@@ -516,8 +542,7 @@ impl<'o> Applier<'o> {
                             Path::new(OsStr::from_bytes(target)).display()
                         ))))
                     })?;
-                    let linked =
-                        self.create_with(parent, name, |p, n| link_unnamed(stashed.as_fd(), p, n));
+                    let linked = self.create_with(parent, name, |p, n| stashed.link(p, n));
                     self.aufs_links.insert(key, stashed);
                     linked?;
                     return drain(stream, entry);
@@ -613,17 +638,86 @@ impl<'o> Applier<'o> {
         if meta_dir.as_bytes() != AUFS_LINK_DIR || !(ty.is_file() || ty.is_contiguous()) {
             return drain(stream, entry);
         }
-        let fd = rustix::fs::openat(
+        let new_owner = (self.my_ids.0, self.my_ids.1);
+        let key = base.as_bytes().to_vec();
+        match rustix::fs::openat(
             self.root.fd(),
             ".",
             OFlags::RDWR | OFlags::TMPFILE | OFlags::CLOEXEC,
             Mode::from_raw_mode(0o600),
-        )
-        .map_err(io_err("open an unnamed file for a .wh..wh.plnk entry"))?;
-        let new_owner = (self.my_ids.0, self.my_ids.1);
-        self.fill_file(stream, entry, meta, &fd, new_owner)?;
-        self.aufs_links.insert(base.as_bytes().to_vec(), fd);
+        ) {
+            Ok(fd) => {
+                self.fill_file(stream, entry, meta, &fd, new_owner)?;
+                self.stash(key, Stashed::Unnamed(fd));
+            }
+            Err(Errno::OPNOTSUPP | Errno::ISDIR | Errno::INVAL) => {
+                let (fd, stashed) = self.named_stash()?;
+                // Kept before it is filled, so that a failure removes it.
+                self.stash(key, stashed);
+                self.fill_file(stream, entry, meta, &fd, new_owner)?;
+            }
+            Err(e) => return Err(io_err("open an unnamed file for a .wh..wh.plnk entry")(e)),
+        }
         Ok(())
+    }
+
+    fn stash(&mut self, key: Vec<u8>, stashed: Stashed) {
+        if let Some(Stashed::Named(_, old)) = self.aufs_links.insert(key, stashed) {
+            self.remove_stash(&old);
+        }
+    }
+
+    /// A new hidden file at the root, for a filesystem without unnamed files.
+    fn named_stash(&mut self) -> Result<(OwnedFd, Stashed), EntryError> {
+        loop {
+            let seq = STASH_SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let name = CString::new(format!("{STASH_PREFIX}{}-{seq}", std::process::id()))
+                .map_err(|_| EntryError::Io {
+                    op: "name a .wh..wh.plnk stand-in",
+                    source: io::ErrorKind::InvalidInput.into(),
+                })?;
+            match rustix::fs::openat(
+                self.root.fd(),
+                name.as_c_str(),
+                OFlags::RDWR | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                Mode::from_raw_mode(0o600),
+            ) {
+                Ok(fd) => {
+                    let root = self
+                        .root
+                        .fd()
+                        .try_clone_to_owned()
+                        .map_err(|e| EntryError::Io {
+                            op: "dup",
+                            source: e,
+                        })?;
+                    return Ok((fd, Stashed::Named(root, name)));
+                }
+                Err(Errno::EXIST) => {}
+                Err(e) => return Err(io_err("create a .wh..wh.plnk stand-in")(e)),
+            }
+        }
+    }
+
+    fn remove_stash(&self, name: &CStr) {
+        if let Err(e) = rustix::fs::unlinkat(self.root.fd(), name, AtFlags::empty()) {
+            tracing::warn!(name = ?name, error = %e, "a .wh..wh.plnk stand-in was left at the root");
+        }
+    }
+
+    /// Removes the hidden files that stood in for unnamed ones.
+    fn release_stashes(&mut self) {
+        let named: Vec<CString> = self
+            .aufs_links
+            .drain()
+            .filter_map(|(_, stashed)| match stashed {
+                Stashed::Named(_, name) => Some(name),
+                Stashed::Unnamed(_) => None,
+            })
+            .collect();
+        for name in named {
+            self.remove_stash(&name);
+        }
     }
 
     /// The directory `comps` names, made if missing; kept open for the entries that follow.
@@ -1102,6 +1196,8 @@ impl<'o> Applier<'o> {
 
     /// Sets directory modes and times, deepest first, once all entries are in.
     fn finish(&mut self) -> Result<(), Error> {
+        // Before the root's times are set.
+        self.release_stashes();
         let mut dirs: Vec<(Vec<u8>, DirMeta)> = self.dirs.drain().collect();
         dirs.sort_by_key(|(k, _)| {
             std::cmp::Reverse(k.iter().filter(|b| **b == b'/').count() + usize::from(!k.is_empty()))
@@ -1131,6 +1227,13 @@ impl<'o> Applier<'o> {
             rustix::fs::futimens(&fd, &meta.times).map_err(|e| err(io_err("futimens")(e)))?;
         }
         Ok(())
+    }
+}
+
+impl Drop for Applier<'_> {
+    /// A failed apply leaves no stand-in behind either.
+    fn drop(&mut self) {
+        self.release_stashes();
     }
 }
 

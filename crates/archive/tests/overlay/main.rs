@@ -159,3 +159,51 @@ fn upper_deletions_export_as_whiteouts() {
         .collect();
     assert_eq!(got, expect);
 }
+
+/// Hard links into aufs's `.wh..wh.plnk`, applied onto a mounted overlay (a
+/// naive apply): overlayfs before Linux 6.6 has no unnamed files, so the kept
+/// file is a hidden stand-in at the root there, gone once the apply ends; later
+/// kernels use an unnamed file. Either way the links are one inode and nothing
+/// is left behind, in the view or in the upper.
+#[test]
+fn aufs_plnk_links_apply_onto_a_mounted_overlay() {
+    use std::os::unix::fs::MetadataExt;
+    if !plies_testkit::require_overlay("aufs_plnk_links_apply_onto_a_mounted_overlay") {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let p = |d: &str| tmp.path().join(d);
+    let (lower, upper, work, merged) = (p("lower"), p("upper"), p("work"), p("merged"));
+    for d in [&lower, &upper, &work, &merged] {
+        std::fs::create_dir_all(d).unwrap();
+    }
+    std::fs::write(lower.join("base"), b"base").unwrap();
+    let tar = RawTar::new()
+        .dir(".wh..wh.plnk/")
+        .entry(
+            common::Raw::new(b".wh..wh.plnk/1234.5678", b'0')
+                .data(b"shared")
+                .mode(0o640),
+        )
+        .hardlink("a", ".wh..wh.plnk/1234.5678")
+        .dir("b/")
+        .hardlink("b/c", ".wh..wh.plnk/1234.5678")
+        .finish();
+    let opts = ApplyOptions {
+        whiteouts: WhiteoutFormat::Merged,
+        privileged: true,
+        ..ApplyOptions::default()
+    };
+    {
+        let _m = Mount::new(&merged, &[&lower], Some((&upper, &work)));
+        let stats = apply(tar.as_slice(), &merged, &opts).unwrap();
+        assert_eq!(stats.skipped_aufs_meta, 2);
+        assert_eq!(names(&merged), ["a", "b", "base"]);
+        let a = std::fs::metadata(merged.join("a")).unwrap();
+        let c = std::fs::metadata(merged.join("b/c")).unwrap();
+        assert_eq!(std::fs::read(merged.join("b/c")).unwrap(), b"shared");
+        assert_eq!((a.ino(), a.nlink(), a.mode() & 0o7777), (c.ino(), 2, 0o640));
+    }
+    assert_eq!(names(&upper), ["a", "b"]);
+    assert!(plies_testkit::mounts_under(tmp.path()).is_empty());
+}
