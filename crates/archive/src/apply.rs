@@ -115,7 +115,9 @@ const PARENT_CACHE: usize = 16;
 /// below the root it is refused. A hard link to a regular file of
 /// `.wh..wh.plnk` (aufs's store of hard-linked files, found in layers made on
 /// aufs) links to that file, kept meanwhile in an unnamed `O_TMPFILE` in the
-/// root's filesystem, so nothing of the metadata stays behind.
+/// root's filesystem, or where the filesystem has none (overlayfs before Linux
+/// 6.6, NFS) in a hidden `.plies-plnk-*` file at the root that the apply
+/// removes when it ends, failed or not; so nothing of the metadata stays behind.
 ///
 /// # Errors
 /// [`Error::Root`] if `root` cannot be opened, [`Error::Tar`] for a malformed
