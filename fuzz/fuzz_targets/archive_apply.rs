@@ -71,6 +71,11 @@ enum PaxKey {
     SparseMinor,
     SparseName,
     SparseRealSize,
+    SparseSize,
+    SparseNumBlocks,
+    SparseMap,
+    SparseOffset,
+    SparseNumBytes,
     Other(Vec<u8>),
 }
 
@@ -88,6 +93,11 @@ impl PaxKey {
             PaxKey::SparseMinor => b"GNU.sparse.minor".to_vec(),
             PaxKey::SparseName => b"GNU.sparse.name".to_vec(),
             PaxKey::SparseRealSize => b"GNU.sparse.realsize".to_vec(),
+            PaxKey::SparseSize => b"GNU.sparse.size".to_vec(),
+            PaxKey::SparseNumBlocks => b"GNU.sparse.numblocks".to_vec(),
+            PaxKey::SparseMap => b"GNU.sparse.map".to_vec(),
+            PaxKey::SparseOffset => b"GNU.sparse.offset".to_vec(),
+            PaxKey::SparseNumBytes => b"GNU.sparse.numbytes".to_vec(),
             PaxKey::Other(k) => k.clone(),
         }
     }

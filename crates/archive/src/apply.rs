@@ -107,8 +107,8 @@ const PARENT_CACHE: usize = 16;
 /// newline in a name or a binary xattr value). Xattrs are set on every kind
 /// of node; those the kernel refuses (`user.*` on a symlink or device) or the
 /// file system does not support are skipped and counted in
-/// [`ApplyStats::skipped_xattrs`]. Not supported, each a typed
-/// error: GNU sparse formats 0.0 and 0.1 (1.0 and the old GNU `S` entries are).
+/// [`ApplyStats::skipped_xattrs`]. Sparse files keep their holes: GNU's
+/// PAX formats 0.0, 0.1 and 1.0 and old GNU `S` entries.
 ///
 /// aufs private metadata at the root (`.wh..wh.plnk/…`, `.wh..wh.aufs`, …) is
 /// left out and counted in [`ApplyStats::skipped_aufs_meta`], as Docker does;
@@ -235,13 +235,78 @@ struct Meta {
     sparse: Option<PaxSparse>,
 }
 
-/// A GNU 1.0 sparse file: the data starts with the map of its chunks.
+/// A PAX sparse file. In GNU format 1.0 the data starts with the map of its
+/// chunks; in 0.1 the map is the record `GNU.sparse.map`, and in 0.0 it is
+/// repeated `GNU.sparse.offset` / `GNU.sparse.numbytes` records; in both the
+/// data is the chunks alone.
 #[derive(Default)]
 struct PaxSparse {
     major: Option<u64>,
     minor: Option<u64>,
     name: Option<Vec<u8>>,
     realsize: u64,
+    /// `GNU.sparse.numblocks`: how many chunks the 0.x map has.
+    numblocks: Option<u64>,
+    /// The 0.x map, `(offset, length)` pairs in order.
+    map: Option<Vec<(u64, u64)>>,
+    /// A 0.0 `GNU.sparse.offset` waiting for its `GNU.sparse.numbytes`.
+    pending_offset: Option<u64>,
+}
+
+impl PaxSparse {
+    /// Checks the description once all records are read: format 1.0 or a
+    /// 0.x map that fits the file and the stored data (`stored` bytes).
+    fn check(&self, stored: u64) -> Result<(), EntryError> {
+        if self.realsize > MAX_SPARSE_SIZE {
+            return Err(EntryError::TooLarge(self.realsize));
+        }
+        let bad = |what: &str| Err(EntryError::Pax(format!("GNU sparse map: {what}")));
+        let Some(map) = &self.map else {
+            if (self.major, self.minor) != (Some(1), Some(0)) {
+                return Err(EntryError::Pax(format!(
+                    "GNU sparse format {:?}.{:?} without a map",
+                    self.major, self.minor
+                )));
+            }
+            return Ok(());
+        };
+        if !matches!(
+            (self.major, self.minor),
+            (None | Some(0), None | Some(0 | 1))
+        ) {
+            return bad("a 0.x map in another format's entry");
+        }
+        if self.pending_offset.is_some() {
+            return bad("an offset without its length");
+        }
+        if self.numblocks.is_some_and(|n| n != map.len() as u64) {
+            return bad("numblocks does not match the map");
+        }
+        let mut end = 0u64;
+        let mut total = 0u64;
+        for &(offset, len) in map {
+            match offset.checked_add(len) {
+                Some(chunk_end) if offset >= end && chunk_end <= self.realsize => end = chunk_end,
+                _ => return bad("chunks out of order, overlapping or past the size"),
+            }
+            total += len;
+        }
+        if total != stored {
+            return bad("chunks do not add up to the stored data");
+        }
+        Ok(())
+    }
+}
+
+/// Parses a decimal number of a 0.x sparse map.
+fn sparse_number(value: &[u8]) -> Result<u64, EntryError> {
+    if value.is_empty() || value.len() > 20 || !value.iter().all(u8::is_ascii_digit) {
+        return Err(EntryError::Pax("GNU sparse map number".into()));
+    }
+    std::str::from_utf8(value)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .ok_or_else(|| EntryError::Pax("GNU sparse map number".into()))
 }
 
 struct DirMeta {
@@ -607,7 +672,18 @@ impl<'o> Applier<'o> {
         fd: &OwnedFd,
         new_owner: (u32, u32),
     ) -> Result<(), EntryError> {
-        if let Some(sp) = &meta.sparse {
+        if let Some(PaxSparse {
+            map: Some(chunks),
+            realsize,
+            ..
+        }) = &meta.sparse
+        {
+            let map = stream::SparseMap {
+                real_size: *realsize,
+                chunks: chunks.clone(),
+            };
+            self.write_gnu_sparse(stream, entry, fd, &map)?;
+        } else if let Some(sp) = &meta.sparse {
             self.write_pax_sparse(stream, entry, fd, sp.realsize)?;
         } else if let Some(map) = &entry.sparse {
             self.write_gnu_sparse(stream, entry, fd, map)?;
@@ -924,10 +1000,40 @@ impl<'o> Applier<'o> {
                     sparse.get_or_insert_with(PaxSparse::default).realsize =
                         stream::pax_number(value)?;
                 }
-                b"GNU.sparse.map" | b"GNU.sparse.offset" | b"GNU.sparse.numbytes" => {
-                    return Err(EntryError::Pax(
-                        "GNU sparse format 0.x (only 1.0 is supported)".into(),
-                    ));
+                b"GNU.sparse.numblocks" => {
+                    sparse.get_or_insert_with(PaxSparse::default).numblocks =
+                        Some(stream::pax_number(value)?);
+                }
+                b"GNU.sparse.map" => {
+                    let numbers = if value.is_empty() {
+                        Vec::new()
+                    } else {
+                        value
+                            .split(|b| *b == b',')
+                            .map(sparse_number)
+                            .collect::<Result<Vec<u64>, _>>()?
+                    };
+                    if numbers.len() % 2 != 0 {
+                        return Err(EntryError::Pax("GNU sparse map: an odd count".into()));
+                    }
+                    sparse.get_or_insert_with(PaxSparse::default).map =
+                        Some(numbers.chunks(2).map(|p| (p[0], p[1])).collect());
+                }
+                b"GNU.sparse.offset" => {
+                    let sp = sparse.get_or_insert_with(PaxSparse::default);
+                    if sp.pending_offset.replace(sparse_number(value)?).is_some() {
+                        return Err(EntryError::Pax(
+                            "GNU sparse map: an offset without its length".into(),
+                        ));
+                    }
+                }
+                b"GNU.sparse.numbytes" => {
+                    let sp = sparse.get_or_insert_with(PaxSparse::default);
+                    let offset = sp.pending_offset.take().ok_or_else(|| {
+                        EntryError::Pax("GNU sparse map: a length without its offset".into())
+                    })?;
+                    let len = sparse_number(value)?;
+                    sp.map.get_or_insert_with(Vec::new).push((offset, len));
                 }
                 b"atime" => atime = Some(pax_time(value)?),
                 _ => {
@@ -950,15 +1056,7 @@ impl<'o> Applier<'o> {
             }
         }
         if let Some(sp) = &sparse {
-            if (sp.major, sp.minor) != (Some(1), Some(0)) {
-                return Err(EntryError::Pax(format!(
-                    "GNU sparse format {:?}.{:?} (only 1.0 is supported)",
-                    sp.major, sp.minor
-                )));
-            }
-            if sp.realsize > MAX_SPARSE_SIZE {
-                return Err(EntryError::TooLarge(sp.realsize));
-            }
+            sp.check(entry.size)?;
         }
         let owner = self.owner(entry)?;
         let (uid, gid) = owner.unwrap_or((u32::MAX, u32::MAX));

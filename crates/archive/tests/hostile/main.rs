@@ -740,17 +740,130 @@ fn pax_sparse_chunk_past_the_end() {
     ));
 }
 
+/// GNU's PAX sparse formats 0.0 (repeated offset/numbytes records) and 0.1
+/// (one map record): the chunks land at their offsets, holes between them.
 #[test]
-fn pax_sparse_old_format() {
-    let s = Sandbox::new();
-    let tar = RawTar::new()
-        .pax(&[("GNU.sparse.map", b"0,1")])
-        .file("s", b"x")
-        .finish();
-    assert!(matches!(
-        entry_error(s.apply(&tar), "s"),
-        EntryError::Pax(_)
-    ));
+fn pax_sparse_0x_formats_keep_holes() {
+    let want = b"\0\0abc\0\0\0de\0\0";
+    for (name, records) in [
+        (
+            "zero-zero",
+            vec![
+                ("GNU.sparse.size", &b"12"[..]),
+                ("GNU.sparse.numblocks", b"2"),
+                ("GNU.sparse.offset", b"2"),
+                ("GNU.sparse.numbytes", b"3"),
+                ("GNU.sparse.offset", b"8"),
+                ("GNU.sparse.numbytes", b"2"),
+            ],
+        ),
+        (
+            "zero-one",
+            vec![
+                ("GNU.sparse.size", &b"12"[..]),
+                ("GNU.sparse.numblocks", b"2"),
+                ("GNU.sparse.map", b"2,3,8,2"),
+            ],
+        ),
+        (
+            "zero-one-named",
+            vec![
+                ("GNU.sparse.major", &b"0"[..]),
+                ("GNU.sparse.minor", b"1"),
+                ("GNU.sparse.name", b"zero-one-named"),
+                ("GNU.sparse.size", b"12"),
+                ("GNU.sparse.map", b"2,3,8,2"),
+            ],
+        ),
+    ] {
+        let s = Sandbox::new();
+        let tar = RawTar::new()
+            .pax(&records)
+            .file("GNUSparseFile.1/stored-as", b"abcde")
+            .finish();
+        let stats = s.apply(&tar).unwrap();
+        assert_eq!(stats.size, 5, "{name}");
+        let at = if name.ends_with("named") {
+            name
+        } else {
+            "GNUSparseFile.1/stored-as"
+        };
+        assert_eq!(std::fs::read(s.root().join(at)).unwrap(), want, "{name}");
+    }
+}
+
+/// Malformed 0.x sparse maps are refused before anything is written.
+#[test]
+fn pax_sparse_0x_maps_are_checked() {
+    let cases: &[(&str, &[(&str, &[u8])])] = &[
+        (
+            "odd count",
+            &[("GNU.sparse.size", b"9"), ("GNU.sparse.map", b"0,1,4")],
+        ),
+        (
+            "past the size",
+            &[("GNU.sparse.size", b"3"), ("GNU.sparse.map", b"2,3")],
+        ),
+        (
+            "overlapping",
+            &[("GNU.sparse.size", b"9"), ("GNU.sparse.map", b"0,3,2,2")],
+        ),
+        (
+            "numblocks",
+            &[
+                ("GNU.sparse.size", b"9"),
+                ("GNU.sparse.numblocks", b"2"),
+                ("GNU.sparse.map", b"0,5"),
+            ],
+        ),
+        (
+            "more data than chunks",
+            &[("GNU.sparse.size", b"9"), ("GNU.sparse.map", b"0,4")],
+        ),
+        (
+            "not a number",
+            &[("GNU.sparse.size", b"9"), ("GNU.sparse.map", b"0,+5")],
+        ),
+        (
+            "offset alone",
+            &[("GNU.sparse.size", b"9"), ("GNU.sparse.offset", b"0")],
+        ),
+        (
+            "two offsets",
+            &[
+                ("GNU.sparse.size", b"9"),
+                ("GNU.sparse.offset", b"0"),
+                ("GNU.sparse.offset", b"1"),
+                ("GNU.sparse.numbytes", b"5"),
+            ],
+        ),
+        (
+            "length alone",
+            &[("GNU.sparse.size", b"9"), ("GNU.sparse.numbytes", b"5")],
+        ),
+        (
+            "a map in a 1.0 entry",
+            &[
+                ("GNU.sparse.major", b"1"),
+                ("GNU.sparse.minor", b"0"),
+                ("GNU.sparse.size", b"9"),
+                ("GNU.sparse.map", b"0,5"),
+            ],
+        ),
+        (
+            "no map",
+            &[("GNU.sparse.major", b"0"), ("GNU.sparse.minor", b"1")],
+        ),
+    ];
+    for (what, records) in cases {
+        let s = Sandbox::new();
+        let tar = RawTar::new().pax(records).file("s", b"12345").finish();
+        assert!(
+            matches!(entry_error(s.apply(&tar), "s"), EntryError::Pax(_)),
+            "{what}"
+        );
+        assert!(!s.root().join("s").exists(), "{what}");
+    }
 }
 
 #[test]

@@ -105,7 +105,9 @@ fn build_tree(r: &Path) {
     }
 }
 
-fn gnu_tar_archive(format: &str) {
+/// A tree archived by GNU tar in `format` (with `--sparse-version` for posix
+/// when given) applies as GNU tar extracts it.
+fn gnu_tar_archive(format: &str, sparse_version: Option<&str>) {
     let tmp = tempfile::tempdir().unwrap();
     let (src, ours, theirs) = (
         tmp.path().join("src"),
@@ -130,6 +132,9 @@ fn gnu_tar_archive(format: &str) {
         .arg(&archive);
     if format == "posix" {
         create.arg("--xattrs");
+    }
+    if let Some(version) = sparse_version {
+        create.arg(format!("--sparse-version={version}"));
     }
     run(create.arg("."));
     let mut extract = Command::new("tar");
@@ -172,14 +177,23 @@ fn gnu_tar_archive(format: &str) {
 #[test]
 fn gnu_tar_posix_archive_applies_like_gnu_tar_extracts() {
     if have_gnu_tar("gnu_tar_posix_archive_applies_like_gnu_tar_extracts") {
-        gnu_tar_archive("posix");
+        gnu_tar_archive("posix", None);
+    }
+}
+
+#[test]
+fn gnu_tar_sparse_formats_apply_like_gnu_tar_extracts() {
+    if have_gnu_tar("gnu_tar_sparse_formats_apply_like_gnu_tar_extracts") {
+        for version in ["0.0", "0.1", "1.0"] {
+            gnu_tar_archive("posix", Some(version));
+        }
     }
 }
 
 #[test]
 fn gnu_tar_gnu_archive_applies_like_gnu_tar_extracts() {
     if have_gnu_tar("gnu_tar_gnu_archive_applies_like_gnu_tar_extracts") {
-        gnu_tar_archive("gnu");
+        gnu_tar_archive("gnu", None);
     }
 }
 
