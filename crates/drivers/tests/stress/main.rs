@@ -1,5 +1,5 @@
-//! Stress: 8 threads × 1000 random get/put/create/remove on shared chains of one
-//! overlay2 driver. Afterwards no mount is left and every refcount is zero.
+//! Stress: 8 threads × 1000 random get/put/create/apply/remove on shared chains
+//! of one overlay2 driver. Afterwards no mount is left and every refcount is zero.
 
 #[path = "../common/mod.rs"]
 mod common;
@@ -15,6 +15,15 @@ use rand::{RngExt, SeedableRng};
 const THREADS: usize = 8;
 const OPS: usize = 1000;
 const CHAIN: [&str; 4] = ["c0", "c1", "c2", "c3"];
+
+/// A layer tar that adds one file, then breaks at the next header.
+fn broken_tar() -> Vec<u8> {
+    let mut tar =
+        common::layer_tar(&[E::File("partial", "p", 0o644), E::File("never", "n", 0o644)]);
+    // The second header's checksum field.
+    tar[1024 + 148..1024 + 156].copy_from_slice(b"0000000\0");
+    tar
+}
 
 #[test]
 fn random_get_put_create_remove() {
@@ -39,7 +48,7 @@ fn random_get_put_create_remove() {
                 let mut own: Vec<String> = Vec::new();
                 let mut made = 0;
                 for _ in 0..OPS {
-                    match rng.random_range(0..20) {
+                    match rng.random_range(0..21) {
                         0..=7 => {
                             let candidates: Vec<String> = CHAIN
                                 .iter()
@@ -63,6 +72,30 @@ fn random_get_put_create_remove() {
                             d.create_read_write(&id, Some(parent), &CreateOptions::default())
                                 .unwrap();
                             own.push(id);
+                        }
+                        18 => {
+                            // A diff into one of this thread's layers that is not
+                            // mounted; half of them break halfway and change nothing.
+                            let free: Vec<&String> =
+                                own.iter().filter(|id| !held.contains(id)).collect();
+                            if free.is_empty() {
+                                continue;
+                            }
+                            let id = free[rng.random_range(0..free.len())].clone();
+                            let parent = d.store().parent(&id).unwrap();
+                            let before = d.changes(&id, parent.as_deref()).unwrap();
+                            if rng.random_bool(0.5) {
+                                let tar = common::layer_tar(&[E::File("applied", "a", 0o644)]);
+                                d.apply_diff(&id, parent.as_deref(), &mut tar.as_slice())
+                                    .unwrap();
+                            } else {
+                                let tar = broken_tar();
+                                assert!(
+                                    d.apply_diff(&id, parent.as_deref(), &mut tar.as_slice())
+                                        .is_err()
+                                );
+                                assert_eq!(d.changes(&id, parent.as_deref()).unwrap(), before);
+                            }
                         }
                         _ if !own.is_empty() => {
                             let id = own.swap_remove(rng.random_range(0..own.len()));
