@@ -133,3 +133,22 @@ fn unescape_mountinfo(field: &str) -> String {
     }
     String::from_utf8_lossy(&out).into_owned()
 }
+
+/// Sets the access and modification times of `path` (not following a symlink
+/// at its end) to `sec` seconds and `nsec` nanoseconds; panics on failure.
+pub fn set_times(path: &Path, sec: i64, nsec: i64) {
+    let t = rustix::fs::Timespec {
+        tv_sec: sec,
+        tv_nsec: nsec as _,
+    };
+    rustix::fs::utimensat(
+        rustix::fs::CWD,
+        path,
+        &rustix::fs::Timestamps {
+            last_access: t,
+            last_modification: t,
+        },
+        rustix::fs::AtFlags::SYMLINK_NOFOLLOW,
+    )
+    .unwrap_or_else(|e| panic!("set times of {}: {e}", path.display()));
+}

@@ -13,7 +13,7 @@ use plies_archive::changes::{
     Change, ChangeKind, ChangesError, between, from_aufs_branch, from_overlay_upper,
 };
 use plies_archive::size::{changes_size, dir_size};
-use rustix::fs::{Timespec, Timestamps, XattrFlags};
+use rustix::fs::XattrFlags;
 
 fn write(root: &Path, rel: &str, content: &str) {
     let path = root.join(rel);
@@ -25,23 +25,6 @@ fn write(root: &Path, rel: &str, content: &str) {
 
 fn mkdir(root: &Path, rel: &str) {
     fs::create_dir_all(root.join(rel)).unwrap();
-}
-
-fn set_mtime(path: &Path, sec: i64, nsec: i64) {
-    let t = Timespec {
-        tv_sec: sec,
-        tv_nsec: nsec as _,
-    };
-    rustix::fs::utimensat(
-        rustix::fs::CWD,
-        path,
-        &Timestamps {
-            last_access: t,
-            last_modification: t,
-        },
-        rustix::fs::AtFlags::SYMLINK_NOFOLLOW,
-    )
-    .unwrap();
 }
 
 /// `cp -a`: same modes, owners, times, xattrs, hardlinks, new inodes.
@@ -132,9 +115,9 @@ fn between_follows_dockers_rules() {
     write(&old, "tar/same-content", "bbbb");
     write(&old, "xattr/file", "x");
     symlink("target-a", old.join("link")).unwrap();
-    set_mtime(&old.join("link"), 1_600_000_000, 0);
-    set_mtime(&old.join("tar/whole-second"), 1_600_000_000, 0);
-    set_mtime(&old.join("tar/same-content"), 1_600_000_000, 0);
+    plies_testkit::set_times(&old.join("link"), 1_600_000_000, 0);
+    plies_testkit::set_times(&old.join("tar/whole-second"), 1_600_000_000, 0);
+    plies_testkit::set_times(&old.join("tar/same-content"), 1_600_000_000, 0);
     let new = tmp.path().join("new");
     copy_tree(&old, &new);
 
@@ -152,16 +135,16 @@ fn between_follows_dockers_rules() {
     fs::remove_dir_all(new.join("srv")).unwrap();
     write(&new, "srv", "now a file");
     // A directory whose only change is its time: unchanged.
-    set_mtime(&new.join("home"), 1_000_000_000, 5);
+    plies_testkit::set_times(&new.join("home"), 1_000_000_000, 5);
     // Same size, same second, one side with no nanoseconds (as after a tar round
     // trip): the contents decide.
     write(&new, "tar/whole-second", "zzzz");
-    set_mtime(&new.join("tar/whole-second"), 1_600_000_000, 123);
-    set_mtime(&new.join("tar/same-content"), 1_600_000_000, 123);
+    plies_testkit::set_times(&new.join("tar/whole-second"), 1_600_000_000, 123);
+    plies_testkit::set_times(&new.join("tar/same-content"), 1_600_000_000, 123);
     // A new symlink target with the same time and length.
     fs::remove_file(new.join("link")).unwrap();
     symlink("target-b", new.join("link")).unwrap();
-    set_mtime(&new.join("link"), 1_600_000_000, 0);
+    plies_testkit::set_times(&new.join("link"), 1_600_000_000, 0);
     // An xattr, nothing else.
     rustix::fs::lsetxattr(
         new.join("xattr/file"),

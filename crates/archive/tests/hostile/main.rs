@@ -792,10 +792,13 @@ fn pax_sparse_0x_formats_keep_holes() {
     }
 }
 
+/// PAX records, key and value.
+type Records<'a> = &'a [(&'a str, &'a [u8])];
+
 /// Malformed 0.x sparse maps are refused before anything is written.
 #[test]
 fn pax_sparse_0x_maps_are_checked() {
-    let cases: &[(&str, &[(&str, &[u8])])] = &[
+    let cases: &[(&str, Records<'_>)] = &[
         (
             "odd count",
             &[("GNU.sparse.size", b"9"), ("GNU.sparse.map", b"0,1,4")],

@@ -10,7 +10,7 @@ use std::path::Path;
 use std::process::Command;
 
 use plies_archive::{ApplyOptions, ExportOptions, WhiteoutFormat, XattrNamespace, apply, export};
-use rustix::fs::{AtFlags, CWD, FileType, Mode, Timespec, Timestamps};
+use rustix::fs::{CWD, FileType, Mode};
 
 fn have_gnu_tar(test: &str) -> bool {
     let ok = Command::new("tar")
@@ -28,23 +28,6 @@ fn run(cmd: &mut Command) {
         "{cmd:?}: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-}
-
-fn touch(p: &Path, s: i64, ns: i64) {
-    let t = Timespec {
-        tv_sec: s,
-        tv_nsec: ns as _,
-    };
-    rustix::fs::utimensat(
-        CWD,
-        p,
-        &Timestamps {
-            last_access: t,
-            last_modification: t,
-        },
-        AtFlags::SYMLINK_NOFOLLOW,
-    )
-    .unwrap();
 }
 
 /// A tree with one of everything a layer holds.
@@ -97,7 +80,7 @@ fn build_tree(r: &Path) {
     .iter()
     .enumerate()
     {
-        touch(
+        plies_testkit::set_times(
             &r.join(p),
             1_600_000_000 + i as i64,
             123_456_789 * (i as i64 % 3),

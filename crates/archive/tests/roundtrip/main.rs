@@ -11,7 +11,6 @@ use std::path::{Path, PathBuf};
 
 use plies_archive::{ApplyOptions, ExportOptions, WhiteoutFormat, XattrNamespace, apply, export};
 use proptest::prelude::*;
-use rustix::fs::{Timespec, Timestamps};
 
 #[derive(Debug, Clone)]
 enum Kind {
@@ -81,23 +80,6 @@ fn item() -> impl Strategy<Value = Item> {
             mtime,
             xattr,
         })
-}
-
-fn set_times(path: &Path, (s, ns): (i64, i64)) {
-    let t = Timespec {
-        tv_sec: s,
-        tv_nsec: ns as _,
-    };
-    rustix::fs::utimensat(
-        rustix::fs::CWD,
-        path,
-        &Timestamps {
-            last_access: t,
-            last_modification: t,
-        },
-        rustix::fs::AtFlags::SYMLINK_NOFOLLOW,
-    )
-    .unwrap();
 }
 
 /// Builds the tree in `format`; returns nothing, skips items that clash.
@@ -210,7 +192,7 @@ fn build(root: &Path, items: &[Item], format: WhiteoutFormat) {
     times.sort();
     for (p, t) in times.iter().rev() {
         if std::fs::symlink_metadata(p).is_ok() {
-            set_times(p, *t);
+            plies_testkit::set_times(p, t.0, t.1);
         }
     }
 }
@@ -333,7 +315,7 @@ fn export_details() {
     std::os::unix::fs::lchown(r.join("second"), Some(100_123), Some(100_000)).unwrap();
     xattr::set(r.join("second"), "user.keep", b"1").unwrap();
     xattr::set(r.join("second"), "trusted.overlay.origin", b"drop").unwrap();
-    set_times(&r.join("second"), (1_600_000_000, 5));
+    plies_testkit::set_times(&r.join("second"), 1_600_000_000, 5);
     std::fs::create_dir_all(r.join(".wh..wh.plnk")).unwrap();
     std::fs::write(r.join(".wh..wh.aufs"), b"").unwrap();
     let map = vec![plies_archive::IdMap {

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 
 use plies_whiteout::convert::{ConvertReport, aufs_to_overlay, overlay_to_aufs};
 use plies_whiteout::{Error, XattrNamespace};
-use rustix::fs::{Timespec, Timestamps, XattrFlags};
+use rustix::fs::XattrFlags;
 
 const TRUSTED: XattrNamespace = XattrNamespace::Trusted;
 
@@ -27,23 +27,6 @@ fn dir(root: &Path, rel: &str, mode: u32, owner: (u32, u32)) {
     fs::create_dir(&path).unwrap();
     fs::set_permissions(&path, fs::Permissions::from_mode(mode)).unwrap();
     chown(&path, Some(owner.0), Some(owner.1)).unwrap();
-}
-
-fn set_mtime(path: &Path, sec: i64, nsec: i64) {
-    let t = Timespec {
-        tv_sec: sec,
-        tv_nsec: nsec as _,
-    };
-    rustix::fs::utimensat(
-        rustix::fs::CWD,
-        path,
-        &Timestamps {
-            last_access: t,
-            last_modification: t,
-        },
-        rustix::fs::AtFlags::SYMLINK_NOFOLLOW,
-    )
-    .unwrap();
 }
 
 fn mtime(path: &Path) -> (i64, i64) {
@@ -132,7 +115,7 @@ fn aufs_layer(root: &Path) {
     dir(root, "etc", 0o755, (0, 0));
     file(root, "etc/passwd", "root:x:0:0", 0o644, (0, 0));
     file(root, "etc/.wh.shadow", "", 0o600, (42, 43));
-    set_mtime(&root.join("etc/.wh.shadow"), 1_000_000_000, 123_456_789);
+    plies_testkit::set_times(&root.join("etc/.wh.shadow"), 1_000_000_000, 123_456_789);
     dir(root, "home", 0o755, (0, 0));
     file(root, "home/.wh.user", "", 0o444, (0, 0));
     file(root, "home/user2", "b", 0o644, (0, 0));
@@ -145,9 +128,9 @@ fn aufs_layer(root: &Path) {
     file(root, "var/.wh..wh..opq", "", 0o750, (1, 2));
     file(root, "var/log", "new", 0o640, (0, 0));
     for (i, d) in ["etc", "home", "usr", "usr/bin", "var"].iter().enumerate() {
-        set_mtime(&root.join(d), 1_500_000_000 + i as i64, 7);
+        plies_testkit::set_times(&root.join(d), 1_500_000_000 + i as i64, 7);
     }
-    set_mtime(root, 1_600_000_000, 9);
+    plies_testkit::set_times(root, 1_600_000_000, 9);
 }
 
 /// The same layer in the overlay format.
