@@ -258,21 +258,6 @@ impl Mounter for RecordingMounter {
     }
 }
 
-/// Removes the copies of branches that applies a crash interrupted.
-fn sweep_applying(diff: &Path) -> Result<()> {
-    for entry in std::fs::read_dir(diff).map_err(|e| Error::io("read", diff, e))? {
-        let entry = entry.map_err(|e| Error::io("read", diff, e))?;
-        if entry
-            .file_name()
-            .as_encoded_bytes()
-            .ends_with(native::APPLYING.as_bytes())
-        {
-            crate::copy::remove_tree(&entry.path())?;
-        }
-    }
-    Ok(())
-}
-
 fn empty_dir(dir: &Path) -> std::io::Result<()> {
     let fd = open_dir(dir).map_err(std::io::Error::other)?;
     for name in list(fd.as_fd())? {
@@ -357,7 +342,6 @@ impl Aufs {
         }
         let store =
             AufsStore::open(&root, StoreOptions::default()).map_err(|e| Error::store("", e))?;
-        sweep_applying(&root.join("diff"))?;
         for dir in ["", "mnt", "diff", "layers"] {
             remap.own(&root.join(dir))?;
         }

@@ -14,7 +14,7 @@ use crate::disk::{
 };
 use crate::error::{Error, Result, io_err};
 use crate::fsck::{Finding, FsckReport, Outcome};
-use crate::id::{CREATING_SUFFIX, REMOVING_SUFFIX, check_id, validate_id};
+use crate::id::{APPLYING_SUFFIX, CREATING_SUFFIX, REMOVING_SUFFIX, check_id, validate_id};
 use crate::locks::IdLocks;
 use crate::options::StoreOptions;
 
@@ -312,14 +312,15 @@ impl AufsStore {
                 self.finish_remove(id)?;
             }
         }
-        // Docker's own leftovers, and ours from a remove that lost its marker.
+        // Docker's own leftovers, ours from a remove that lost its marker, and
+        // copies of branches an interrupted apply left.
         for (fd, dir) in [(&self.diff_fd, "diff"), (&self.mnt_fd, "mnt")] {
             let base = self.root.join(dir);
             for (name, _) in list_names(fd).map_err(|e| io_err("read", &base, e))? {
                 let Some(name) = utf8_name(&name) else {
                     continue;
                 };
-                if name.ends_with(REMOVING_SUFFIX) {
+                if name.ends_with(REMOVING_SUFFIX) || name.ends_with(APPLYING_SUFFIX) {
                     remove_tree(fd, name).map_err(|e| io_err("remove", base.join(name), e))?;
                     sync(fd, self.opts.durable).map_err(|e| io_err("fsync", &base, e))?;
                 }
@@ -413,6 +414,24 @@ impl AufsStore {
                     },
                     repair,
                     || self.finish_remove(id),
+                )?;
+            }
+        }
+        let diff_base = self.root.join("diff");
+        for (name, _) in list_names(&self.diff_fd).map_err(|e| io_err("read", &diff_base, e))? {
+            let Some(name) = utf8_name(&name) else {
+                continue;
+            };
+            if name.ends_with(APPLYING_SUFFIX) {
+                report.handle(
+                    Finding::Leftover {
+                        path: PathBuf::from("diff").join(name),
+                    },
+                    repair,
+                    || {
+                        remove_tree(&self.diff_fd, name)
+                            .map_err(|e| io_err("remove", diff_base.join(name), e))
+                    },
                 )?;
             }
         }

@@ -8,9 +8,9 @@ use std::os::fd::OwnedFd;
 use rustix::fs::{AtFlags, FileType, renameat, symlinkat, unlinkat};
 use rustix::io::Errno;
 
-use crate::disk::{file_type, list_names, sync, utf8_name, write_new_file};
+use crate::disk::{file_type, list_names, remove_tree, sync, utf8_name, write_new_file};
 use crate::error::{Error, Result, io_err};
-use crate::id::{CREATING_SUFFIX, REMOVING_SUFFIX};
+use crate::id::{APPLYING_SUFFIX, CREATING_SUFFIX, REMOVING_SUFFIX};
 use crate::link::LinkId;
 use crate::lower::{LowerError, format_lower};
 use crate::overlay2::{LINK_DIR, Overlay2Store};
@@ -20,7 +20,9 @@ use crate::overlay2::{LINK_DIR, Overlay2Store};
 #[non_exhaustive]
 pub enum Finding {
     /// A `-creating` or `-removing` entry an interrupted operation left
-    /// (repair: finish the removal or roll the create back).
+    /// (repair: finish the removal or roll the create back), or a copy of a
+    /// layer's diff that an interrupted apply left, `-applying` (repair: delete
+    /// the copy; the layer's own diff is whole).
     Leftover {
         /// The entry, relative to the store root.
         path: PathBuf,
@@ -335,6 +337,17 @@ impl Overlay2Store {
             let has_diff = file_type(&dir, "diff")
                 .map_err(|e| io_err("stat", self.diff_dir(layer), e))?
                 == Some(FileType::Directory);
+            let applying = format!("diff{APPLYING_SUFFIX}");
+            if file_type(&dir, &applying)
+                .map_err(|e| io_err("stat", self.layer_dir(layer).join(&applying), e))?
+                .is_some()
+            {
+                let path = PathBuf::from(layer).join(&applying);
+                report.handle(Finding::Leftover { path }, repair, || {
+                    remove_tree(&dir, &applying)
+                        .map_err(|e| io_err("remove", self.layer_dir(layer).join(&applying), e))
+                })?;
+            }
             let has_link = file_type(&dir, "link")
                 .map_err(|e| io_err("stat", self.layer_dir(layer).join("link"), e))?
                 .is_some();

@@ -57,6 +57,7 @@ fn remove_and_recovery() {
     std::fs::create_dir(root.join("diff/n")).unwrap();
     std::fs::create_dir(root.join("mnt/n-creating")).unwrap();
     std::fs::create_dir(root.join("diff/old-removing")).unwrap();
+    std::fs::create_dir_all(root.join("diff/n-applying/partial")).unwrap();
     let s = AufsStore::open(&root, StoreOptions::default()).unwrap();
     for d in ["diff", "layers", "mnt"] {
         assert_eq!(names(&root.join(d)), Vec::<String>::new(), "{d}");

@@ -152,11 +152,20 @@ fn leftovers_and_unexpected_entries() {
     let (_tmp, s) = store();
     std::fs::create_dir(s.home().join("x-creating")).unwrap();
     std::fs::write(s.home().join("l/not-a-link"), b"").unwrap();
+    // A copy of a diff an interrupted apply left beside it.
+    s.create("a", None).unwrap();
+    std::fs::write(s.diff_dir("a").join("kept"), b"k").unwrap();
+    std::fs::create_dir_all(s.layer_dir("a").join("diff-applying/partial")).unwrap();
     let r = s.fsck(true).unwrap();
     let f = findings(&r);
     assert!(f.contains(&Finding::Leftover {
         path: "x-creating".into()
     }));
+    assert!(f.contains(&Finding::Leftover {
+        path: "a/diff-applying".into()
+    }));
+    assert!(!s.layer_dir("a").join("diff-applying").exists());
+    assert!(s.diff_dir("a").join("kept").exists());
     assert!(f.contains(&Finding::UnexpectedEntry {
         path: "l/not-a-link".into()
     }));
