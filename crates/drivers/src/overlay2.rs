@@ -280,25 +280,40 @@ impl Overlay2 {
             .store
             .is_committed(id)
             .map_err(|e| Error::store(id, e))?;
-        let mut layers: Vec<LayerPath> = Vec::with_capacity(lowers.len() + 1);
-        let upper = if committed {
-            layers.push(LayerPath::in_home(&self.home, format!("{id}/diff")));
-            None
+        let (own, upper) = if committed {
+            (Some(format!("{id}/diff")), None)
         } else {
-            Some(UpperDirs {
-                upper: LayerPath::in_home(&self.home, format!("{id}/diff")),
-                work: LayerPath::in_home(&self.home, format!("{id}/work")),
-            })
+            (None, Some(("diff", "work")))
         };
-        layers.extend(
-            lowers
-                .into_iter()
-                .map(|l| LayerPath::in_home(&self.home, l)),
-        );
+        let merged = self.home.join(id).join("merged");
+        self.mount_at(id, label, own, lowers, upper, &merged)?;
+        Ok(merged)
+    }
+
+    /// Mounts the stack of `id` at `target` (made if missing): `own_lower` (a
+    /// path in home) over `lowers`, with `upper` and work directories of the
+    /// layer's directory when given. A failure leaves no mount and no `target`.
+    fn mount_at(
+        &self,
+        id: &str,
+        label: Option<&str>,
+        own_lower: Option<String>,
+        lowers: Vec<String>,
+        upper: Option<(&str, &str)>,
+        target: &Path,
+    ) -> Result<()> {
+        let layers: Vec<LayerPath> = own_lower
+            .into_iter()
+            .chain(lowers)
+            .map(|l| LayerPath::in_home(&self.home, l))
+            .collect();
         let stack = OverlayStack {
             home: self.home.clone(),
             lowers: layers,
-            upper,
+            upper: upper.map(|(upper, work)| UpperDirs {
+                upper: LayerPath::in_home(&self.home, format!("{id}/{upper}")),
+                work: LayerPath::in_home(&self.home, format!("{id}/{work}")),
+            }),
         };
         let mut opts = OverlayOptions::default();
         opts.index_off = self.features.index_off;
@@ -311,23 +326,109 @@ impl Overlay2 {
                 source,
             }
         })?;
-        let merged = self.home.join(id).join("merged");
-        match rustix::fs::mkdir(&merged, rustix::fs::Mode::from_raw_mode(0o700)) {
+        match rustix::fs::mkdir(target, rustix::fs::Mode::from_raw_mode(0o700)) {
             Ok(()) | Err(rustix::io::Errno::EXIST) => {}
-            Err(e) => return Err(Error::io("mkdir", &merged, e)),
+            Err(e) => return Err(Error::io("mkdir", target, e)),
         }
-        if let Err(e) = self.remap.own(&merged) {
-            let _ = std::fs::remove_dir(&merged);
+        if let Err(e) = self.remap.own(target) {
+            let _ = std::fs::remove_dir(target);
             return Err(e);
         }
-        if let Err(source) = plies_mountopts::mount::mount_overlay(&plan, &merged) {
-            let _ = std::fs::remove_dir(&merged);
+        if let Err(source) = plies_mountopts::mount::mount_overlay(&plan, target) {
+            let _ = std::fs::remove_dir(target);
             return Err(Error::Mount {
                 id: id.to_owned(),
                 source,
             });
         }
-        Ok(merged)
+        Ok(())
+    }
+
+    /// A diff against another layer than the direct parent, applied onto the
+    /// mounted view of `id`. When the layer's upper holds a diff already and the
+    /// layer is not in use, the view is mounted over a copy of the upper that
+    /// replaces it only once the apply succeeded; otherwise the naive apply runs
+    /// on the layer's own mount (its upper emptied again on failure when it was
+    /// empty).
+    fn apply_naive(&self, id: &str, diff: &mut dyn Read) -> Result<plies_archive::ApplyStats> {
+        let own = self.store.diff_dir(id);
+        let maps = self.remap.maps();
+        let committed = self
+            .store
+            .is_committed(id)
+            .map_err(|e| Error::store(id, e))?;
+        if committed || self.refcount(id) > 0 || native::is_empty(&own)? {
+            return naive::apply(self, id, diff, maps, Some(&own));
+        }
+        let guard = self.locks.lock(id);
+        if self.refcount(id) > 0 {
+            drop(guard);
+            return naive::apply(self, id, diff, maps, Some(&own));
+        }
+        let opts = maps.apply_options(WhiteoutFormat::Merged);
+        let lowers = self
+            .store
+            .lower_entries(id)
+            .map_err(|e| Error::store(id, e))?;
+        if lowers.is_empty() {
+            // Nothing below: the view is the upper itself.
+            return native::apply_into(id, &own, diff, &opts, true);
+        }
+        let dir = self.home.join(id);
+        let staging = native::applying_path(&own);
+        let work_name = format!("work{}", native::APPLYING);
+        let target_name = format!("merged{}", native::APPLYING);
+        let (work, target) = (dir.join(&work_name), dir.join(&target_name));
+        for d in [&staging, &work, &target] {
+            crate::copy::remove_tree(d)?;
+        }
+        let staged_name = format!("diff{}", native::APPLYING);
+        let mut still_mounted = false;
+        let result = (|| {
+            rustix::fs::mkdir(&staging, rustix::fs::Mode::from_raw_mode(0o700))
+                .map_err(|e| Error::io("mkdir", &staging, e))?;
+            crate::copy::copy_tree(&own, &staging)?;
+            rustix::fs::mkdir(&work, rustix::fs::Mode::from_raw_mode(0o700))
+                .map_err(|e| Error::io("mkdir", &work, e))?;
+            self.remap.own(&work)?;
+            self.mount_at(
+                id,
+                None,
+                None,
+                lowers,
+                Some((&staged_name, &work_name)),
+                &target,
+            )?;
+            let applied = plies_archive::apply(diff, &target, &opts);
+            if let Err(e) = mounts::detach(id, &target) {
+                still_mounted = true;
+                return Err(e);
+            }
+            let stats = applied.map_err(|source| Error::Archive {
+                id: id.to_owned(),
+                source,
+            })?;
+            native::exchange(&staging, &own)?;
+            Ok(stats)
+        })();
+        if still_mounted {
+            // Nothing under a live mount is deleted; the copies go with the
+            // layer, or with fsck.
+            return result;
+        }
+        // `staging` holds the replaced upper after a success, the failed copy
+        // otherwise.
+        for d in [&staging, &work] {
+            if let Err(e) = crate::copy::remove_tree(d) {
+                tracing::warn!(layer = id, error = %e, "a copy made for an apply was left behind");
+            }
+        }
+        match std::fs::remove_dir(&target) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => tracing::warn!(layer = id, error = %e, "could not remove a mount point"),
+        }
+        result
     }
 
     fn is_direct_parent(&self, id: &str, parent: Option<&str>) -> Result<bool> {
@@ -528,7 +629,7 @@ impl Driver for Overlay2 {
     fn apply_diff(&self, id: &str, parent: Option<&str>, diff: &mut dyn Read) -> Result<u64> {
         let own = self.store.diff_dir(id);
         if !self.is_direct_parent(id, parent)? {
-            return naive::apply(self, id, diff, self.remap.maps(), Some(&own)).map(|s| s.size);
+            return self.apply_naive(id, diff).map(|s| s.size);
         }
         {
             let _guard = self.locks.lock(id);

@@ -337,15 +337,17 @@ impl Overlay2Store {
             let has_diff = file_type(&dir, "diff")
                 .map_err(|e| io_err("stat", self.diff_dir(layer), e))?
                 == Some(FileType::Directory);
-            let applying = format!("diff{APPLYING_SUFFIX}");
-            if file_type(&dir, &applying)
-                .map_err(|e| io_err("stat", self.layer_dir(layer).join(&applying), e))?
-                .is_some()
-            {
-                let path = PathBuf::from(layer).join(&applying);
+            // Copies an interrupted apply left (`diff-applying` and the work and
+            // mount directories beside it).
+            let entries = list_names(&dir).map_err(|e| io_err("read", self.layer_dir(layer), e))?;
+            for (name, _) in entries {
+                let Some(name) = utf8_name(&name).filter(|n| n.ends_with(APPLYING_SUFFIX)) else {
+                    continue;
+                };
+                let path = PathBuf::from(layer).join(name);
                 report.handle(Finding::Leftover { path }, repair, || {
-                    remove_tree(&dir, &applying)
-                        .map_err(|e| io_err("remove", self.layer_dir(layer).join(&applying), e))
+                    remove_tree(&dir, name)
+                        .map_err(|e| io_err("remove", self.layer_dir(layer).join(name), e))
                 })?;
             }
             let has_link = file_type(&dir, "link")

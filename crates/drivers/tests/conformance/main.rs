@@ -435,6 +435,22 @@ fn failed_apply_leaves_layer_as_it_was(d: &dyn Driver) {
     let mut after = changes(d, "C", Some("A"));
     after.sort();
     assert_eq!(after, with_more);
+    // Holding a diff, against another layer than its parent: a naive apply,
+    // onto a view over a copy of the layer's own directory.
+    let before = mounted_tree(d, "C");
+    let err = d.apply_diff("C", Some("B"), &mut broken_tar().as_slice());
+    assert!(matches!(err, Err(Error::Archive { .. })), "{err:?}");
+    assert_eq!(mounted_tree(d, "C"), before);
+    // (The recording aufs mounter's views are snapshots: what is written
+    // through them never reaches the branch.)
+    if d.name() != "aufs" {
+        let delete = common::layer_tar(&[E::Whiteout("kept"), E::File("naive", "n", 0o644)]);
+        d.apply_diff("C", Some("B"), &mut delete.as_slice())
+            .unwrap();
+        let tree = mounted_tree(d, "C");
+        assert!(!tree.contains_key("kept") && tree.contains_key("naive"));
+        assert!(tree.contains_key("kept-link") && tree.contains_key("more"));
+    }
     assert_eq!(leftovers(), 0, "copies of layers left behind");
 }
 

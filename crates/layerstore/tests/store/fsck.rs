@@ -156,6 +156,7 @@ fn leftovers_and_unexpected_entries() {
     s.create("a", None).unwrap();
     std::fs::write(s.diff_dir("a").join("kept"), b"k").unwrap();
     std::fs::create_dir_all(s.layer_dir("a").join("diff-applying/partial")).unwrap();
+    std::fs::create_dir_all(s.layer_dir("a").join("work-applying/work")).unwrap();
     let r = s.fsck(true).unwrap();
     let f = findings(&r);
     assert!(f.contains(&Finding::Leftover {
@@ -164,7 +165,11 @@ fn leftovers_and_unexpected_entries() {
     assert!(f.contains(&Finding::Leftover {
         path: "a/diff-applying".into()
     }));
+    assert!(f.contains(&Finding::Leftover {
+        path: "a/work-applying".into()
+    }));
     assert!(!s.layer_dir("a").join("diff-applying").exists());
+    assert!(!s.layer_dir("a").join("work-applying").exists());
     assert!(s.diff_dir("a").join("kept").exists());
     assert!(f.contains(&Finding::UnexpectedEntry {
         path: "l/not-a-link".into()
