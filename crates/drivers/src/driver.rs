@@ -95,6 +95,12 @@ pub trait Driver: Send + Sync + std::fmt::Debug {
     /// Applies the layer tar read from `diff` to the layer `id` (whose parent is
     /// `parent`), returning the size of the applied layer in bytes.
     ///
+    /// A failed apply leaves the layer as it was: a new layer is emptied again,
+    /// and a layer that holds a diff already is applied to a copy that replaces
+    /// it only once the apply succeeded. Exceptions: a layer that is mounted (in
+    /// use) is applied to in place, and so is an aufs branch that holds a diff
+    /// when `parent` is not its direct parent.
+    ///
     /// # Errors
     /// [`Error::Archive`](crate::Error::Archive) naming the tar entry.
     fn apply_diff(&self, id: &str, parent: Option<&str>, diff: &mut dyn Read) -> Result<u64>;
