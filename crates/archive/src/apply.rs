@@ -298,17 +298,6 @@ impl PaxSparse {
     }
 }
 
-/// Parses a decimal number of a 0.x sparse map.
-fn sparse_number(value: &[u8]) -> Result<u64, EntryError> {
-    if value.is_empty() || value.len() > 20 || !value.iter().all(u8::is_ascii_digit) {
-        return Err(EntryError::Pax("GNU sparse map number".into()));
-    }
-    std::str::from_utf8(value)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .ok_or_else(|| EntryError::Pax("GNU sparse map number".into()))
-}
-
 struct DirMeta {
     mode: u32,
     times: Timestamps,
@@ -678,15 +667,11 @@ impl<'o> Applier<'o> {
             ..
         }) = &meta.sparse
         {
-            let map = stream::SparseMap {
-                real_size: *realsize,
-                chunks: chunks.clone(),
-            };
-            self.write_gnu_sparse(stream, entry, fd, &map)?;
+            self.write_gnu_sparse(stream, entry, fd, chunks, *realsize)?;
         } else if let Some(sp) = &meta.sparse {
             self.write_pax_sparse(stream, entry, fd, sp.realsize)?;
         } else if let Some(map) = &entry.sparse {
-            self.write_gnu_sparse(stream, entry, fd, map)?;
+            self.write_gnu_sparse(stream, entry, fd, &map.chunks, map.real_size)?;
         } else {
             self.write_data(stream, entry, fd)?;
         }
@@ -1010,7 +995,7 @@ impl<'o> Applier<'o> {
                     } else {
                         value
                             .split(|b| *b == b',')
-                            .map(sparse_number)
+                            .map(stream::pax_number)
                             .collect::<Result<Vec<u64>, _>>()?
                     };
                     if numbers.len() % 2 != 0 {
@@ -1021,7 +1006,11 @@ impl<'o> Applier<'o> {
                 }
                 b"GNU.sparse.offset" => {
                     let sp = sparse.get_or_insert_with(PaxSparse::default);
-                    if sp.pending_offset.replace(sparse_number(value)?).is_some() {
+                    if sp
+                        .pending_offset
+                        .replace(stream::pax_number(value)?)
+                        .is_some()
+                    {
                         return Err(EntryError::Pax(
                             "GNU sparse map: an offset without its length".into(),
                         ));
@@ -1032,7 +1021,7 @@ impl<'o> Applier<'o> {
                     let offset = sp.pending_offset.take().ok_or_else(|| {
                         EntryError::Pax("GNU sparse map: a length without its offset".into())
                     })?;
-                    let len = sparse_number(value)?;
+                    let len = stream::pax_number(value)?;
                     sp.map.get_or_insert_with(Vec::new).push((offset, len));
                 }
                 b"atime" => atime = Some(pax_time(value)?),
@@ -1139,16 +1128,10 @@ impl<'o> Applier<'o> {
             .map_err(io_err("chmod"))?;
         }
         if !meta.xattrs.is_empty() {
-            // No fd-relative lsetxattr: go through this process's fd of the parent.
-            let mut path = format!(
-                "/proc/self/fd/{}/",
-                std::os::fd::AsRawFd::as_raw_fd(&parent)
-            )
-            .into_bytes();
-            path.extend_from_slice(name.as_bytes());
+            let path = crate::xattrs::proc_path(parent, name);
             for (xname, value) in &meta.xattrs {
                 let r = rustix::fs::lsetxattr(
-                    path.as_slice(),
+                    path.as_os_str(),
                     xname.as_os_str(),
                     value,
                     rustix::fs::XattrFlags::empty(),
@@ -1178,17 +1161,18 @@ impl<'o> Applier<'o> {
         Ok(())
     }
 
-    /// Writes an old GNU sparse file: the stored chunks at their offsets,
-    /// holes between them.
+    /// Writes a sparse file whose map came before its data (old GNU headers,
+    /// PAX 0.x records): the stored chunks at their offsets, holes between them.
     fn write_gnu_sparse<I: Input>(
         &mut self,
         stream: &mut Stream<I>,
         entry: &Entry,
         fd: &OwnedFd,
-        map: &stream::SparseMap,
+        chunks: &[(u64, u64)],
+        real_size: u64,
     ) -> Result<(), EntryError> {
         let mut got = 0;
-        for &(offset, len) in &map.chunks {
+        for &(offset, len) in chunks {
             rustix::fs::seek(fd, rustix::fs::SeekFrom::Start(offset)).map_err(io_err("seek"))?;
             let n = stream.copy_data(len, fd.as_fd())?;
             self.stats.size += n;
@@ -1200,7 +1184,7 @@ impl<'o> Applier<'o> {
                 });
             }
         }
-        rustix::fs::ftruncate(fd, map.real_size).map_err(io_err("ftruncate"))?;
+        rustix::fs::ftruncate(fd, real_size).map_err(io_err("ftruncate"))?;
         Ok(())
     }
 

@@ -12,7 +12,6 @@
 use std::collections::HashSet;
 use std::ffi::{OsStr, OsString};
 use std::fmt;
-use std::os::fd::AsRawFd;
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::{Path, PathBuf};
 
@@ -23,6 +22,8 @@ use plies_whiteout::{
 use rustix::fd::{AsFd, BorrowedFd, OwnedFd};
 use rustix::fs::{AtFlags, FileType, Mode, OFlags, Stat};
 use rustix::io::Errno;
+
+use crate::xattrs::{XattrSource, proc_path};
 
 /// One changed path.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, serde::Serialize)]
@@ -185,8 +186,7 @@ impl Tree<'_> {
     /// symlink at the end is not followed. Where `/proc` is not mounted, through
     /// the full path.
     fn xattrs(&self, dir: BorrowedFd<'_>, name: &[u8], rel: &[u8]) -> Result<Xattrs, ChangesError> {
-        let mut path = OsString::from(format!("/proc/self/fd/{}/", dir.as_raw_fd()));
-        path.push(OsStr::from_bytes(name));
+        let path = proc_path(dir, OsStr::from_bytes(name));
         match read_xattrs(XattrSource::Path(&path)) {
             Err(Errno::NOENT | Errno::NOTDIR) if !Path::new("/proc/self/fd").exists() => {
                 read_xattrs(XattrSource::Path(self.full(rel).as_os_str()))
@@ -214,45 +214,6 @@ fn is_private_xattr(key: &[u8]) -> bool {
     [XattrNamespace::Trusted, XattrNamespace::User]
         .iter()
         .any(|ns| ns.is_overlay_xattr(key))
-}
-
-/// Where xattrs are read from.
-#[derive(Clone, Copy)]
-enum XattrSource<'a> {
-    /// An open file or directory.
-    Fd(BorrowedFd<'a>),
-    /// A path whose last component is not followed.
-    Path(&'a OsStr),
-}
-
-impl XattrSource<'_> {
-    fn list_len(self) -> Result<usize, Errno> {
-        match self {
-            XattrSource::Fd(fd) => rustix::fs::flistxattr_query(fd),
-            XattrSource::Path(path) => rustix::fs::llistxattr_query(path),
-        }
-    }
-
-    fn list(self, buf: &mut [u8]) -> Result<usize, Errno> {
-        match self {
-            XattrSource::Fd(fd) => rustix::fs::flistxattr(fd, buf),
-            XattrSource::Path(path) => rustix::fs::llistxattr(path, buf),
-        }
-    }
-
-    fn value_len(self, key: &OsStr) -> Result<usize, Errno> {
-        match self {
-            XattrSource::Fd(fd) => rustix::fs::fgetxattr_query(fd, key),
-            XattrSource::Path(path) => rustix::fs::lgetxattr_query(path, key),
-        }
-    }
-
-    fn value(self, key: &OsStr, buf: &mut [u8]) -> Result<usize, Errno> {
-        match self {
-            XattrSource::Fd(fd) => rustix::fs::fgetxattr(fd, key, buf),
-            XattrSource::Path(path) => rustix::fs::lgetxattr(path, key, buf),
-        }
-    }
 }
 
 fn read_xattrs(source: XattrSource<'_>) -> Result<Xattrs, Errno> {

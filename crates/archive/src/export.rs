@@ -15,6 +15,7 @@ use rustix::io::Errno;
 use crate::apply::{WhiteoutFormat, list_dir, open_root};
 use crate::error::Error;
 use crate::idmap::{self, IdMap};
+use crate::xattrs::{XattrSource, proc_path};
 
 /// Options of [`export`].
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -289,7 +290,7 @@ impl Export {
                         Mode::empty(),
                     )
                     .map_err(export_err(&path, "open directory"))?;
-                    let xattrs = self.xattrs(XattrsOf::Fd(&fd), &path)?;
+                    let xattrs = self.xattrs(XattrSource::Fd(fd.as_fd()), &path)?;
                     path.push(b'/');
                     self.push_header(
                         &path,
@@ -324,7 +325,7 @@ impl Export {
                         self.links.insert(key, path.clone());
                     }
                     let fd = open_file(&mut self.noatime, dir, &name, &path)?;
-                    let xattrs = self.xattrs(XattrsOf::Fd(&fd), &path)?;
+                    let xattrs = self.xattrs(XattrSource::Fd(fd.as_fd()), &path)?;
                     let size = st.st_size as u64;
                     self.push_header(
                         &path,
@@ -348,7 +349,8 @@ impl Export {
                     let target = rustix::fs::readlinkat(dir, &name, Vec::new())
                         .map_err(export_err(&path, "readlink"))?;
                     let target = target.into_bytes();
-                    let xattrs = self.xattrs(XattrsOf::Name(dir, &name), &path)?;
+                    let node = proc_path(dir, &name);
+                    let xattrs = self.xattrs(XattrSource::Path(&node), &path)?;
                     self.push_header(
                         &path,
                         tar::EntryType::Symlink,
@@ -390,7 +392,8 @@ impl Export {
                         _ => tar::EntryType::Fifo,
                     };
                     let dir = self.stack[self.stack.len() - 1].fd.as_fd();
-                    let xattrs = self.xattrs(XattrsOf::Name(dir, &name), &path)?;
+                    let node = proc_path(dir, &name);
+                    let xattrs = self.xattrs(XattrSource::Path(&node), &path)?;
                     self.push_header(&path, ty, &st, st.st_mode & 0o7777, 0, None, &xattrs, &path)?;
                     return Ok(true);
                 }
@@ -403,7 +406,7 @@ impl Export {
     }
 
     /// The xattrs to carry, sorted; refuses layers with overlay redirects or metacopy.
-    fn xattrs(&self, node: XattrsOf<'_>, path: &[u8]) -> Result<Xattrs, Error> {
+    fn xattrs(&self, node: XattrSource<'_>, path: &[u8]) -> Result<Xattrs, Error> {
         let mut list = vec![0u8; 4096];
         let n = loop {
             match node.list(&mut list[..]) {
@@ -436,7 +439,7 @@ impl Export {
                 continue;
             }
             let mut value = vec![0u8; 65536];
-            let len = match node.get(OsStr::from_bytes(key), &mut value[..]) {
+            let len = match node.value(OsStr::from_bytes(key), &mut value[..]) {
                 Ok(len) => len,
                 Err(Errno::NODATA) => continue,
                 Err(e) => return Err(export_err(path, "read xattr")(e)),
@@ -582,43 +585,6 @@ impl Export {
         self.failed = Some(e.to_string());
         self.done = true;
         io::Error::other(e)
-    }
-}
-
-/// A node whose xattrs are read: open, or (a symlink or device, which are
-/// not opened) by name in its directory.
-#[derive(Clone, Copy)]
-enum XattrsOf<'a> {
-    Fd(&'a OwnedFd),
-    Name(BorrowedFd<'a>, &'a OsStr),
-}
-
-impl XattrsOf<'_> {
-    /// There is no fd-relative `llistxattr`: a name is reached through this
-    /// process's fd of its directory, the name itself not followed.
-    fn proc_path(dir: BorrowedFd<'_>, name: &OsStr) -> Vec<u8> {
-        let mut path =
-            format!("/proc/self/fd/{}/", std::os::fd::AsRawFd::as_raw_fd(&dir)).into_bytes();
-        path.extend_from_slice(name.as_bytes());
-        path
-    }
-
-    fn list(self, buf: &mut [u8]) -> rustix::io::Result<usize> {
-        match self {
-            XattrsOf::Fd(fd) => rustix::fs::flistxattr(fd, buf),
-            XattrsOf::Name(dir, name) => {
-                rustix::fs::llistxattr(Self::proc_path(dir, name).as_slice(), buf)
-            }
-        }
-    }
-
-    fn get(self, key: &OsStr, buf: &mut [u8]) -> rustix::io::Result<usize> {
-        match self {
-            XattrsOf::Fd(fd) => rustix::fs::fgetxattr(fd, key, buf),
-            XattrsOf::Name(dir, name) => {
-                rustix::fs::lgetxattr(Self::proc_path(dir, name).as_slice(), key, buf)
-            }
-        }
     }
 }
 

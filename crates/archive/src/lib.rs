@@ -8,6 +8,7 @@ mod idmap;
 mod resolve;
 pub mod size;
 mod stream;
+mod xattrs;
 
 pub use apply::{ApplyOptions, ApplyStats, WhiteoutFormat, apply, apply_at, apply_file};
 pub use error::{EntryError, Error};
