@@ -15,7 +15,7 @@ use crate::disk::{
 use crate::error::{Error, Result, io_err};
 use crate::fsck::{Finding, FsckReport, Outcome};
 use crate::id::{APPLYING_SUFFIX, CREATING_SUFFIX, REMOVING_SUFFIX, check_id, validate_id};
-use crate::locks::IdLocks;
+use crate::locks::LayerLocks;
 use crate::options::StoreOptions;
 
 /// Mode of the root and of `layers/`, `diff/`, `mnt/`.
@@ -36,7 +36,7 @@ pub struct AufsStore {
     diff_fd: OwnedFd,
     mnt_fd: OwnedFd,
     opts: StoreOptions,
-    locks: IdLocks,
+    locks: LayerLocks,
 }
 
 /// Where a new aufs layer lives, as returned by [`AufsStore::create`].
@@ -82,13 +82,14 @@ impl AufsStore {
         opts.check()?;
         let (root, root_fd) = open_store_root(root.as_ref(), ROOT_MODE)?;
         let dir = |name| open_or_make_dir(&root_fd, &root, name, ROOT_MODE, opts.durable);
+        let locks = LayerLocks::open(&root)?;
         let store = Self {
             layers_fd: dir("layers")?,
             diff_fd: dir("diff")?,
             mnt_fd: dir("mnt")?,
             root,
             opts,
-            locks: IdLocks::default(),
+            locks,
         };
         store.recover()?;
         Ok(store)
@@ -127,8 +128,8 @@ impl AufsStore {
             check_id(p)?;
         }
         let _guard = match parent {
-            Some(p) => self.locks.lock(&[id, p]),
-            None => self.locks.lock(&[id]),
+            Some(p) => self.locks.lock(&[id, p])?,
+            None => self.locks.lock(&[id])?,
         };
         if self.exists(id) {
             return Err(Error::Exists { id: id.to_owned() });
@@ -244,11 +245,12 @@ impl AufsStore {
     /// error. A mounted `mnt/<id>` makes it fail with `EBUSY` (unmount first).
     pub fn remove(&self, id: &str) -> Result<()> {
         check_id(id)?;
-        let _guard = self.locks.lock(&[id]);
+        let guard = self.locks.lock(&[id])?;
         self.finish_remove(id)?;
         if !self.exists(id) {
             return Ok(());
         }
+        guard.forget(id);
         if is_mount_point(&self.mnt_fd, id).map_err(|e| io_err("stat", self.mnt_dir(id), e))? {
             return Err(io_err(
                 "remove while mounted",
@@ -297,6 +299,12 @@ impl AufsStore {
         sync(&self.layers_fd, durable).map_err(|e| io_err("fsync", self.root.join("layers"), e))
     }
 
+    /// The layer locks of this store, shared with every process that opens it
+    /// (see [`LayerLocks`]); drivers hold them across their own work on a layer.
+    pub fn locks(&self) -> &LayerLocks {
+        &self.locks
+    }
+
     fn recover(&self) -> Result<()> {
         let names =
             list_names(&self.layers_fd).map_err(|e| io_err("read", self.root.join("layers"), e))?;
@@ -304,10 +312,25 @@ impl AufsStore {
             let Some(name) = utf8_name(&name) else {
                 continue;
             };
-            if let Some(id) = name.strip_suffix(CREATING_SUFFIX) {
+            let (id, creating) = match (
+                name.strip_suffix(CREATING_SUFFIX),
+                name.strip_suffix(REMOVING_SUFFIX),
+            ) {
+                (Some(id), _) => (id, true),
+                (None, Some(id)) => (id, false),
+                (None, None) => continue,
+            };
+            if validate_id(id).is_err() {
+                continue;
+            }
+            // Work in progress holds the layer's lock: only a dead owner's is swept.
+            let Some(_guard) = self.locks.try_lock(&[id])? else {
+                continue;
+            };
+            if creating {
                 tracing::info!(entry = name, "rolling back an interrupted create");
                 self.rollback_create(id)?;
-            } else if let Some(id) = name.strip_suffix(REMOVING_SUFFIX) {
+            } else {
                 tracing::info!(entry = name, "finishing an interrupted remove");
                 self.finish_remove(id)?;
             }
@@ -320,7 +343,17 @@ impl AufsStore {
                 let Some(name) = utf8_name(&name) else {
                     continue;
                 };
-                if name.ends_with(REMOVING_SUFFIX) || name.ends_with(APPLYING_SUFFIX) {
+                let Some(id) = name
+                    .strip_suffix(REMOVING_SUFFIX)
+                    .or_else(|| name.strip_suffix(APPLYING_SUFFIX))
+                    .filter(|id| validate_id(id).is_ok())
+                else {
+                    continue;
+                };
+                let Some(_guard) = self.locks.try_lock(&[id])? else {
+                    continue;
+                };
+                if self.stat(fd, name, dir)?.is_some() {
                     remove_tree(fd, name).map_err(|e| io_err("remove", base.join(name), e))?;
                     sync(fd, self.opts.durable).map_err(|e| io_err("fsync", &base, e))?;
                 }
@@ -399,6 +432,20 @@ impl AufsStore {
             let Some(name) = utf8_name(&name) else {
                 continue;
             };
+            let owner = name
+                .strip_suffix(CREATING_SUFFIX)
+                .or_else(|| name.strip_suffix(REMOVING_SUFFIX))
+                .filter(|id| validate_id(id).is_ok());
+            let Some(owner) = owner else {
+                continue;
+            };
+            // Work in progress holds its layer's lock and is no damage.
+            let Some(_guard) = self.locks.try_lock(&[owner])? else {
+                continue;
+            };
+            if self.stat(&self.layers_fd, name, "layers")?.is_none() {
+                continue;
+            }
             if let Some(id) = name.strip_suffix(CREATING_SUFFIX) {
                 report.handle(
                     Finding::Leftover {
@@ -422,7 +469,16 @@ impl AufsStore {
             let Some(name) = utf8_name(&name) else {
                 continue;
             };
-            if name.ends_with(APPLYING_SUFFIX) {
+            if let Some(id) = name
+                .strip_suffix(APPLYING_SUFFIX)
+                .filter(|id| validate_id(id).is_ok())
+            {
+                let Some(_guard) = self.locks.try_lock(&[id])? else {
+                    continue;
+                };
+                if self.stat(&self.diff_fd, name, "diff")?.is_none() {
+                    continue;
+                }
                 report.handle(
                     Finding::Leftover {
                         path: PathBuf::from("diff").join(name),
@@ -438,6 +494,9 @@ impl AufsStore {
         let layers = self.list()?;
         let live: BTreeSet<&str> = layers.iter().map(String::as_str).collect();
         for layer in &layers {
+            let Some(_guard) = self.locks.try_lock(&[layer.as_str()])? else {
+                continue;
+            };
             match self.ancestors(layer) {
                 Ok(ancestors) => {
                     for (i, a) in ancestors.iter().enumerate() {

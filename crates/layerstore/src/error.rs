@@ -143,6 +143,17 @@ pub enum Error {
         /// What is wrong with it.
         reason: String,
     },
+    /// Another thread or process holds the layer's lock (see
+    /// [`LayerLocks`](crate::LayerLocks)) and did not let it go in time.
+    #[error("layer {id} is busy{}", holder.map_or_else(String::new, |p| format!(" (held by process {p})")))]
+    Busy {
+        /// The layer.
+        id: String,
+        /// The pid of the process holding it, when it could be read.
+        holder: Option<u32>,
+        /// How long the caller waited.
+        waited: std::time::Duration,
+    },
     /// No unused link id was found after many draws.
     #[error("no free link id in {path} after {attempts} attempts")]
     LinkIdsExhausted {

@@ -11,6 +11,7 @@ use rustix::io::Errno;
 use crate::disk::{file_type, list_names, remove_tree, sync, utf8_name, write_new_file};
 use crate::error::{Error, Result, io_err};
 use crate::id::{APPLYING_SUFFIX, CREATING_SUFFIX, REMOVING_SUFFIX};
+use crate::locks::STORE_DIR;
 use crate::link::LinkId;
 use crate::lower::{LowerError, format_lower};
 use crate::overlay2::{LINK_DIR, Overlay2Store};
@@ -226,11 +227,34 @@ impl FsckReport {
     }
 }
 
+/// Prefix of the scratch directories `plies-kprobe` makes for a probe.
+pub(crate) const PROBE_SCRATCH_PREFIX: &str = ".kprobe-";
+
+/// Removes probe scratch `name` under `dir` (at `path`): first the mounts a killed
+/// probe left in it (one level down, where probes mount), then the tree.
+pub(crate) fn remove_scratch(dir: &OwnedFd, path: &std::path::Path, name: &str) -> Result<()> {
+    let at = path.join(name);
+    if let Ok(scratch) = crate::disk::open_dir(dir, name) {
+        let subdirs = list_names(&scratch).map_err(|e| io_err("read", &at, e))?;
+        for (sub, _) in subdirs {
+            let Some(sub) = utf8_name(&sub) else { continue };
+            // Stacked mounts come off one by one.
+            while crate::disk::is_mount_point(&scratch, sub).unwrap_or(false) {
+                rustix::mount::unmount(&at.join(sub), rustix::mount::UnmountFlags::DETACH)
+                    .map_err(|e| io_err("unmount", at.join(sub), e))?;
+            }
+        }
+    }
+    remove_tree(dir, name).map_err(|e| io_err("remove", at, e))
+}
+
 impl Overlay2Store {
     /// Checks the whole store and, with `repair`, fixes what it safely can: see
     /// [`Finding`]. A layer's `diff` is never deleted.
     ///
-    /// Run it while no other operation is in progress on the store (at startup).
+    /// Other processes may work on the store meanwhile: what they hold the lock
+    /// of (a create, a remove, an apply in progress) is skipped, neither reported
+    /// nor repaired.
     pub fn fsck(&self, repair: bool) -> Result<FsckReport> {
         let mut report = FsckReport::default();
         let durable = self.opts.durable;
@@ -247,10 +271,32 @@ impl Overlay2Store {
                 );
                 continue;
             };
+            if name == STORE_DIR {
+                continue;
+            }
+            if name.starts_with(PROBE_SCRATCH_PREFIX) {
+                // Scratch of a probe that ran in the home and was killed (older
+                // versions probed there); the store's own probes run under `.plies`.
+                report.handle(Finding::Leftover { path: name.into() }, repair, || {
+                    remove_scratch(&self.home_fd, &self.home, name)
+                })?;
+                continue;
+            }
             let id = name
                 .strip_suffix(CREATING_SUFFIX)
-                .or_else(|| name.strip_suffix(REMOVING_SUFFIX));
+                .or_else(|| name.strip_suffix(REMOVING_SUFFIX))
+                .filter(|id| crate::validate_id(id).is_ok());
             if let Some(id) = id {
+                // Work in progress holds its layer's lock and is no damage.
+                let Some(_guard) = self.locks.try_lock(&[id])? else {
+                    continue;
+                };
+                if file_type(&self.home_fd, name)
+                    .map_err(|e| io_err("stat", self.home.join(name), e))?
+                    .is_none()
+                {
+                    continue;
+                }
                 report.handle(Finding::Leftover { path: name.into() }, repair, || {
                     self.drop_half_layer(name, id)
                 })?;
@@ -299,6 +345,14 @@ impl Overlay2Store {
                     links.insert(link, layer);
                 }
                 Ok(Some(layer)) => {
+                    // A create makes its link before the layer appears, and a
+                    // remove deletes it after: both hold the layer's lock.
+                    let Some(_guard) = self.locks.try_lock(&[layer.as_str()])? else {
+                        continue;
+                    };
+                    if self.layer_exists(&layer)? {
+                        continue;
+                    }
                     let finding = Finding::DanglingLink {
                         link: link.as_str().to_owned(),
                         layer,
@@ -329,6 +383,10 @@ impl Overlay2Store {
         // Layers whose old link id is lost: lowers naming it are found by shape.
         let mut linkless: BTreeSet<String> = BTreeSet::new();
         for layer in &layers {
+            // A layer someone is working on is checked another time.
+            let Some(_guard) = self.locks.try_lock(&[layer.as_str()])? else {
+                continue;
+            };
             let dir = match self.open_layer(layer) {
                 Ok(d) => d,
                 Err(Error::NotFound { .. }) => continue,

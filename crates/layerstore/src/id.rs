@@ -37,6 +37,10 @@ pub enum IdError {
     /// The id is `.` or `..`.
     #[error("is '.' or '..'")]
     Dot,
+    /// The id starts with `.`: such names belong to the store itself
+    /// ([`STORE_DIR`](crate::STORE_DIR), probe scratch).
+    #[error("starts with '.', which names the store keeps for itself")]
+    Hidden,
     /// The id is `l`, the overlay2 link directory.
     #[error("is 'l', the link directory")]
     LinkDir,
@@ -71,6 +75,9 @@ pub fn validate_id(id: &str) -> Result<(), IdError> {
     }
     if id == "." || id == ".." {
         return Err(IdError::Dot);
+    }
+    if id.starts_with('.') {
+        return Err(IdError::Hidden);
     }
     if id == "l" {
         return Err(IdError::LinkDir);

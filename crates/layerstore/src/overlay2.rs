@@ -15,7 +15,7 @@ use crate::disk::{
 use crate::error::{Error, Result, io_err};
 use crate::id::{CREATING_SUFFIX, REMOVING_SUFFIX, check_id, validate_id};
 use crate::link::{LinkId, parse_link_target};
-use crate::locks::IdLocks;
+use crate::locks::LayerLocks;
 use crate::lower::{format_lower, parse_lower};
 use crate::options::StoreOptions;
 
@@ -47,7 +47,7 @@ pub struct Overlay2Store {
     pub(crate) home_fd: OwnedFd,
     pub(crate) link_fd: OwnedFd,
     pub(crate) opts: StoreOptions,
-    pub(crate) locks: IdLocks,
+    pub(crate) locks: LayerLocks,
 }
 
 /// Where a new overlay2 layer lives, as returned by [`Overlay2Store::create`].
@@ -102,12 +102,13 @@ impl Overlay2Store {
         opts.check()?;
         let (home, home_fd) = open_store_root(home.as_ref(), LAYER_DIR_MODE)?;
         let link_fd = open_or_make_dir(&home_fd, &home, LINK_DIR, PRIVATE_DIR_MODE, opts.durable)?;
+        let locks = LayerLocks::open(&home)?;
         let store = Self {
             home,
             home_fd,
             link_fd,
             opts,
-            locks: IdLocks::default(),
+            locks,
         };
         store.recover()?;
         Ok(store)
@@ -149,8 +150,8 @@ impl Overlay2Store {
             check_id(p)?;
         }
         let _guard = match parent {
-            Some(p) => self.locks.lock(&[id, p]),
-            None => self.locks.lock(&[id]),
+            Some(p) => self.locks.lock(&[id, p])?,
+            None => self.locks.lock(&[id])?,
         };
         if self.layer_exists(id)? {
             return Err(Error::Exists { id: id.to_owned() });
@@ -292,7 +293,7 @@ impl Overlay2Store {
     /// (`fsck` reports their [`Finding::ParentGone`](crate::Finding::ParentGone)).
     pub fn remove(&self, id: &str) -> Result<()> {
         check_id(id)?;
-        let _guard = self.locks.lock(&[id]);
+        let guard = self.locks.lock(&[id])?;
         let removing = format!("{id}{REMOVING_SUFFIX}");
         let leftover = file_type(&self.home_fd, &removing)
             .map_err(|e| io_err("stat", self.home.join(&removing), e))?
@@ -312,7 +313,9 @@ impl Overlay2Store {
         rename_noreplace(&self.home_fd, id, &removing)
             .map_err(|e| io_err("rename", self.layer_dir(id), e))?;
         sync(&self.home_fd, self.opts.durable).map_err(|e| io_err("fsync", &self.home, e))?;
-        self.drop_half_layer(&removing, id)
+        self.drop_half_layer(&removing, id)?;
+        guard.forget(id);
+        Ok(())
     }
 
     /// Deletes `<home>/<name>`, the half-created or half-removed layer `id`, and
@@ -352,7 +355,8 @@ impl Overlay2Store {
         LinkId::parse(&bytes).ok()
     }
 
-    /// Sweeps `<id>-creating` and `<id>-removing` entries.
+    /// Sweeps the `<id>-creating` and `<id>-removing` entries whose owner is
+    /// gone (the layer's lock can be taken); work in progress is left alone.
     fn recover(&self) -> Result<()> {
         for (name, _) in list_names(&self.home_fd).map_err(|e| io_err("read", &self.home, e))? {
             let Some(name) = utf8_name(&name) else {
@@ -361,12 +365,28 @@ impl Overlay2Store {
             let id = name
                 .strip_suffix(CREATING_SUFFIX)
                 .or_else(|| name.strip_suffix(REMOVING_SUFFIX));
-            if let Some(id) = id {
+            let Some(id) = id.filter(|id| validate_id(id).is_ok()) else {
+                continue;
+            };
+            let Some(_guard) = self.locks.try_lock(&[id])? else {
+                continue;
+            };
+            // Checked again under the lock: the owner may have finished meanwhile.
+            if file_type(&self.home_fd, name)
+                .map_err(|e| io_err("stat", self.home.join(name), e))?
+                .is_some()
+            {
                 tracing::info!(entry = name, "sweeping an interrupted create or remove");
                 self.drop_half_layer(name, id)?;
             }
         }
         Ok(())
+    }
+
+    /// The layer locks of this store, shared with every process that opens it
+    /// (see [`LayerLocks`]); drivers hold them across their own work on a layer.
+    pub fn locks(&self) -> &LayerLocks {
+        &self.locks
     }
 
     /// Whether layer `id` exists. An invalid id never exists.
@@ -596,7 +616,7 @@ impl Overlay2Store {
     /// Marks the layer committed, as Docker 20.10 does once a layer becomes a
     /// parent: an empty `committed` file (0600). Such a layer is mounted read-only.
     pub fn mark_committed(&self, id: &str) -> Result<()> {
-        let _guard = self.locks.lock(&[id]);
+        let _guard = self.locks.lock(&[id])?;
         let dir = self.open_layer(id)?;
         match write_new_file(&dir, "committed", b"", COMMITTED_MODE, self.opts.durable) {
             Ok(()) => {}

@@ -34,6 +34,8 @@ pub fn names(p: &Path) -> Vec<String> {
     let mut v: Vec<String> = std::fs::read_dir(p)
         .expect("read_dir")
         .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+        // The store's own directory (locks), which Docker never looks at.
+        .filter(|n| n != plies_layerstore::STORE_DIR)
         .collect();
     v.sort();
     v
