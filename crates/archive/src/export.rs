@@ -1,5 +1,7 @@
 //! Exporting a layer directory as a layer tar.
 
+mod sparse;
+
 use std::collections::HashMap;
 use std::ffi::{OsStr, OsString};
 use std::fs::File;
@@ -9,7 +11,7 @@ use std::path::{Path, PathBuf};
 
 use plies_whiteout::{NameKind, OPAQUE_MARKER, WHITEOUT_PREFIX, XattrNamespace};
 use rustix::fd::{AsFd, BorrowedFd, OwnedFd};
-use rustix::fs::{AtFlags, FileType, Mode, OFlags, Stat};
+use rustix::fs::{AtFlags, FileType, Mode, OFlags, SeekFrom, Stat};
 use rustix::io::Errno;
 
 use crate::apply::{WhiteoutFormat, list_dir, open_root};
@@ -37,10 +39,12 @@ pub struct ExportOptions {
 /// Reads a layer directory as a tar stream, entry by entry.
 ///
 /// Returned by [`export`]. Memory stays small whatever the layer size: one
-/// directory listing per level of the walk, and the paths of multiply linked
-/// files. An error while reading is an [`io::Error`] wrapping this crate's
-/// [`Error`] (get it back with `io::Error::into_inner` and `downcast`); after
-/// an error every further read fails too.
+/// directory listing per level of the walk, the paths of multiply linked
+/// files, and the map of the sparse file being read (at most 16384 data
+/// segments: past that, the shortest holes are stored as zeros). An error
+/// while reading is an [`io::Error`] wrapping this crate's [`Error`] (get it
+/// back with `io::Error::into_inner` and `downcast`); after an error every
+/// further read fails too.
 pub struct Export {
     opts: ExportOptions,
     stack: Vec<Level>,
@@ -76,8 +80,21 @@ struct Level {
 struct Body {
     file: File,
     path: Vec<u8>,
+    /// Bytes left of the data segment being read (the whole file unless it
+    /// is sparse).
     remaining: u64,
+    /// A sparse file's data segments `(offset, length)` after the one being
+    /// read, in order.
+    segments: std::vec::IntoIter<(u64, u64)>,
     pad: usize,
+}
+
+/// A sparse file's entry names the file in PAX records: its real path, and
+/// its length, which the stored data no longer is.
+#[derive(Clone, Copy)]
+struct SparseName<'a> {
+    path: &'a [u8],
+    realsize: u64,
 }
 
 /// Xattr names and values, sorted by name.
@@ -101,6 +118,13 @@ const OCTAL_12: u64 = 0o77777777777;
 /// itself is not an entry; sockets are skipped with a warning. A `.wh.` name
 /// the source format cannot mean, or an overlay redirect or metacopy xattr,
 /// is an [`Error::Inexpressible`].
+///
+/// A regular file with more than one block of its length unallocated is
+/// searched for holes (`lseek` `SEEK_DATA`/`SEEK_HOLE`) and, where they save
+/// space, written as a GNU PAX 1.0 sparse entry holding only its data, as
+/// GNU tar writes it and GNU tar, Go's `archive/tar` and
+/// [`apply`](crate::apply) read it. Every other file, and any file on a
+/// filesystem that cannot tell its holes, is written whole.
 ///
 /// # Errors
 /// [`Error::Root`] if `root` cannot be opened or listed; errors met later come
@@ -212,6 +236,7 @@ impl Export {
                 None,
                 &[],
                 &path,
+                None,
             )?;
         }
         self.stack.push(Level {
@@ -270,6 +295,7 @@ impl Export {
                         None,
                         &[],
                         &path,
+                        None,
                     )?;
                     return Ok(true);
                 }
@@ -301,6 +327,7 @@ impl Export {
                         None,
                         &xattrs,
                         &path,
+                        None,
                     )?;
                     self.enter_dir(fd, path, &st)?;
                     return Ok(true);
@@ -319,6 +346,7 @@ impl Export {
                                 Some(&first),
                                 &[],
                                 &path,
+                                None,
                             )?;
                             return Ok(true);
                         }
@@ -327,21 +355,54 @@ impl Export {
                     let fd = open_file(&mut self.noatime, dir, &name, &path)?;
                     let xattrs = self.xattrs(XattrSource::Fd(fd.as_fd()), &path)?;
                     let size = st.st_size as u64;
+                    let layout = if sparse::may_have_holes(&st) {
+                        sparse_layout(&fd, size, &path)?
+                    } else {
+                        None
+                    };
+                    let Some(layout) = layout else {
+                        self.push_header(
+                            &path,
+                            tar::EntryType::Regular,
+                            &st,
+                            st.st_mode & 0o7777,
+                            size,
+                            None,
+                            &xattrs,
+                            &path,
+                            None,
+                        )?;
+                        self.body = Some(Body {
+                            file: File::from(fd),
+                            path,
+                            remaining: size,
+                            segments: Vec::new().into_iter(),
+                            pad: pad(size),
+                        });
+                        return Ok(true);
+                    };
+                    let stored = layout.stored();
                     self.push_header(
-                        &path,
+                        &sparse::placeholder(&path),
                         tar::EntryType::Regular,
                         &st,
                         st.st_mode & 0o7777,
-                        size,
+                        stored,
                         None,
                         &xattrs,
                         &path,
+                        Some(SparseName {
+                            path: &path,
+                            realsize: size,
+                        }),
                     )?;
+                    self.out.extend_from_slice(&layout.map);
                     self.body = Some(Body {
                         file: File::from(fd),
                         path,
-                        remaining: size,
-                        pad: (BLOCK - (size % BLOCK as u64) as usize) % BLOCK,
+                        remaining: 0,
+                        segments: layout.segments.into_iter(),
+                        pad: pad(stored),
                     });
                     return Ok(true);
                 }
@@ -360,6 +421,7 @@ impl Export {
                         Some(&target),
                         &xattrs,
                         &path,
+                        None,
                     )?;
                     return Ok(true);
                 }
@@ -382,6 +444,7 @@ impl Export {
                                 None,
                                 &[],
                                 &path,
+                                None,
                             )?;
                             return Ok(true);
                         }
@@ -394,7 +457,17 @@ impl Export {
                     let dir = self.stack[self.stack.len() - 1].fd.as_fd();
                     let node = proc_path(dir, &name);
                     let xattrs = self.xattrs(XattrSource::Path(&node), &path)?;
-                    self.push_header(&path, ty, &st, st.st_mode & 0o7777, 0, None, &xattrs, &path)?;
+                    self.push_header(
+                        &path,
+                        ty,
+                        &st,
+                        st.st_mode & 0o7777,
+                        0,
+                        None,
+                        &xattrs,
+                        &path,
+                        None,
+                    )?;
                     return Ok(true);
                 }
                 _ => {
@@ -451,7 +524,8 @@ impl Export {
         Ok(out)
     }
 
-    /// Appends a PAX header (when needed) and the entry's header to `out`.
+    /// Appends a PAX header (when needed) and the entry's header to `out`;
+    /// `sparse` names a sparse file whose entry is `name`.
     #[allow(clippy::too_many_arguments)]
     fn push_header(
         &mut self,
@@ -463,6 +537,7 @@ impl Export {
         link: Option<&[u8]>,
         xattrs: &[(Vec<u8>, Vec<u8>)],
         shown: &[u8],
+        sparse: Option<SparseName<'_>>,
     ) -> Result<(), Error> {
         let unmapped = |e: Error| match e {
             Error::Unmapped { kind, id } => Error::Export {
@@ -494,6 +569,14 @@ impl Export {
         };
         let (secs, nsec) = (st.st_mtime, st.st_mtime_nsec as i64);
         let mut pax = Vec::new();
+        if let Some(sparse) = sparse {
+            // In the order GNU tar writes them.
+            pax_record(&mut pax, b"GNU.sparse.major", b"1");
+            pax_record(&mut pax, b"GNU.sparse.minor", b"0");
+            pax_record(&mut pax, b"GNU.sparse.name", sparse.path);
+            let realsize = sparse.realsize.to_string();
+            pax_record(&mut pax, b"GNU.sparse.realsize", realsize.as_bytes());
+        }
         if name.len() > 100 {
             pax_record(&mut pax, b"path", name);
         }
@@ -586,6 +669,25 @@ impl Export {
         self.done = true;
         io::Error::other(e)
     }
+}
+
+/// Zeros that fill the last block of `size` bytes of data.
+fn pad(size: u64) -> usize {
+    (BLOCK - (size % BLOCK as u64) as usize) % BLOCK
+}
+
+/// Where the data of the open file `fd` lies, if it is better exported as a
+/// sparse file (`size` bytes long when it was listed).
+fn sparse_layout(fd: &OwnedFd, size: u64, path: &[u8]) -> Result<Option<sparse::Layout>, Error> {
+    let Some(layout) = sparse::scan(fd, size).map_err(export_err(path, "find holes"))? else {
+        return Ok(None);
+    };
+    // A file cut short before the search would pass for one with a hole at its end.
+    let now = rustix::fs::fstat(fd).map_err(export_err(path, "stat"))?;
+    if (now.st_size as u64) < size {
+        return Err(shrank(path));
+    }
+    Ok(Some(layout))
 }
 
 /// Opens a file to export, without touching its atime where allowed.
@@ -684,6 +786,10 @@ impl Export {
             return Err(io::Error::other(format!("export already failed: {msg}")));
         }
         loop {
+            if let Err(e) = self.next_segment() {
+                flush(&buf[..filled], &mut total)?;
+                return Err(e);
+            }
             let large = self.out_pos == self.out.len()
                 && self.body.as_ref().is_some_and(|b| b.remaining >= SEND_MIN);
             if large && self.sendfile {
@@ -709,7 +815,29 @@ impl Export {
         Ok(total)
     }
 
-    /// Sends what is left of the current file's contents to `out` in the
+    /// Once the data segment being read is done, moves to the next one of a
+    /// sparse file (no-op otherwise).
+    fn next_segment(&mut self) -> io::Result<()> {
+        let Some(body) = &mut self.body else {
+            return Ok(());
+        };
+        while body.remaining == 0 {
+            let Some((offset, len)) = body.segments.next() else {
+                return Ok(());
+            };
+            if len == 0 {
+                continue;
+            }
+            if let Err(e) = rustix::fs::seek(&body.file, SeekFrom::Start(offset)) {
+                let e = export_err(&body.path, "seek to data")(e);
+                return Err(self.fail(e));
+            }
+            body.remaining = len;
+        }
+        Ok(())
+    }
+
+    /// Sends what is left of the current data segment to `out` in the
     /// kernel; the bytes sent (0 when the kernel cannot, and `sendfile` is
     /// then off).
     fn send_body(&mut self, out: BorrowedFd<'_>) -> io::Result<u64> {
@@ -771,6 +899,7 @@ impl Export {
                 self.out_pos += n;
                 return Ok(n);
             }
+            self.next_segment()?;
             if let Some(body) = &mut self.body {
                 if body.remaining > 0 {
                     let want = buf

@@ -1,8 +1,9 @@
-//! Helpers shared by the integration tests: raw tar writing and tree snapshots.
+//! Helpers shared by the integration tests: raw tar writing, tree snapshots
+//! and sparse files.
 #![allow(dead_code)]
 
 use std::collections::BTreeMap;
-use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::os::unix::fs::{FileExt, FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 
 /// A tar written header by header, so tests can say things `tar::Builder` refuses.
@@ -280,4 +281,72 @@ pub fn snapshot(root: &Path) -> BTreeMap<PathBuf, Node> {
             xattrs: true,
         },
     )
+}
+
+/// `len` bytes that differ from those of another `seed`.
+pub fn pattern(len: usize, seed: u8) -> Vec<u8> {
+    (0..len)
+        .map(|i| (i % 251) as u8 ^ seed.wrapping_mul(37))
+        .collect()
+}
+
+/// Makes `path` a file `len` bytes long, holes but for each `(offset, bytes)`.
+pub fn sparse_file(path: &Path, len: u64, data: &[(u64, &[u8])]) {
+    let f = std::fs::File::create(path).unwrap();
+    for (offset, bytes) in data {
+        f.write_all_at(bytes, *offset).unwrap();
+    }
+    f.set_len(len).unwrap();
+}
+
+/// Bytes the filesystem holds for the file at `path`.
+pub fn allocated(path: &Path) -> u64 {
+    std::fs::metadata(path).unwrap().blocks() * 512
+}
+
+/// Where the file at `path` holds data, `(offset, length)` in order, as
+/// `lseek(SEEK_DATA)` / `lseek(SEEK_HOLE)` tell.
+pub fn data_extents(path: &Path) -> Vec<(u64, u64)> {
+    use rustix::fs::SeekFrom;
+    let f = std::fs::File::open(path).unwrap();
+    let len = f.metadata().unwrap().len();
+    let mut out = Vec::new();
+    let mut pos = 0;
+    while pos < len {
+        let data = match rustix::fs::seek(&f, SeekFrom::Data(pos)) {
+            Ok(data) => data,
+            Err(rustix::io::Errno::NXIO) => break,
+            Err(e) => panic!("SEEK_DATA on {}: {e}", path.display()),
+        };
+        let hole = rustix::fs::seek(&f, SeekFrom::Hole(data)).unwrap();
+        out.push((data, hole - data));
+        pos = hole;
+    }
+    out
+}
+
+/// Asserts that two files have the same length and bytes, reading only
+/// where either holds data (holes read as zeros), so that sparse files a
+/// terabyte long compare in a moment.
+pub fn assert_same_content(a: &Path, b: &Path) {
+    let (fa, fb) = (
+        std::fs::File::open(a).unwrap(),
+        std::fs::File::open(b).unwrap(),
+    );
+    let len = fa.metadata().unwrap().len();
+    assert_eq!(len, fb.metadata().unwrap().len(), "{}", b.display());
+    let mut extents = data_extents(a);
+    extents.extend(data_extents(b));
+    let (mut x, mut y) = (vec![0u8; 1 << 20], vec![0u8; 1 << 20]);
+    for (offset, extent) in extents {
+        let mut done = 0;
+        while done < extent {
+            let n = (extent - done).min(1 << 20) as usize;
+            let at = offset + done;
+            fa.read_exact_at(&mut x[..n], at).unwrap();
+            fb.read_exact_at(&mut y[..n], at).unwrap();
+            assert!(x[..n] == y[..n], "{} differs near byte {at}", b.display());
+            done += n as u64;
+        }
+    }
 }

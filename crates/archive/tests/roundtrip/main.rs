@@ -548,6 +548,41 @@ fn user_xattrs_on_a_symlink_are_skipped_and_counted() {
     );
 }
 
+/// Asserts that [`Export::write_to`] gives the bytes the reader gives, to a
+/// file, to a file opened for appending and to a pipe; returns them.
+fn assert_write_to_matches_read(r: &Path, opts: &ExportOptions) -> Vec<u8> {
+    let mut expected = Vec::new();
+    export(r, opts).unwrap().read_to_end(&mut expected).unwrap();
+
+    let out = tempfile::tempdir().unwrap();
+    // A plain file, and one opened for appending (where the kernel will not
+    // send file contents, so they are read and written).
+    for append in [false, true] {
+        let path = out.path().join(format!("layer-{append}.tar"));
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .write(true)
+            .append(append)
+            .open(&path)
+            .unwrap();
+        let n = export(r, opts).unwrap().write_to(&file).unwrap();
+        assert_eq!(n, expected.len() as u64);
+        assert!(std::fs::read(&path).unwrap() == expected, "append {append}");
+    }
+
+    let (rx, tx) = rustix::pipe::pipe().unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut got = Vec::new();
+        std::fs::File::from(rx).read_to_end(&mut got).unwrap();
+        got
+    });
+    let n = export(r, opts).unwrap().write_to(&tx).unwrap();
+    drop(tx);
+    assert_eq!(n, expected.len() as u64);
+    assert!(reader.join().unwrap() == expected);
+    expected
+}
+
 #[test]
 fn write_to_gives_the_same_bytes_to_files_and_pipes() {
     let src = tempfile::tempdir().unwrap();
@@ -566,36 +601,258 @@ fn write_to_gives_the_same_bytes_to_files_and_pipes() {
         whiteouts: WhiteoutFormat::Merged,
         ..ExportOptions::default()
     };
-    let mut expected = Vec::new();
-    export(r, &opts)
+    assert_write_to_matches_read(r, &opts);
+}
+
+const TIB: u64 = 1 << 40;
+
+/// One tar entry: name, PAX records, stored data.
+type Stored = (String, Vec<(String, Vec<u8>)>, Vec<u8>);
+
+/// Name, PAX records and stored data of each entry of a tar.
+fn contents(tar: &[u8]) -> Vec<Stored> {
+    let mut archive = tar::Archive::new(tar);
+    archive
+        .entries()
         .unwrap()
-        .read_to_end(&mut expected)
-        .unwrap();
+        .map(|e| {
+            let mut e = e.unwrap();
+            let pax = match e.pax_extensions().unwrap() {
+                Some(p) => p
+                    .map(|x| {
+                        let x = x.unwrap();
+                        (x.key().unwrap().to_string(), x.value_bytes().to_vec())
+                    })
+                    .collect(),
+                None => Vec::new(),
+            };
+            let name = e.path().unwrap().display().to_string();
+            let mut data = Vec::new();
+            e.read_to_end(&mut data).unwrap();
+            (name, pax, data)
+        })
+        .collect()
+}
 
-    let out = tempfile::tempdir().unwrap();
-    // A plain file, and one opened for appending (where the kernel will not
-    // send file contents, so they are read and written).
-    for append in [false, true] {
-        let path = out.path().join(format!("layer-{append}.tar"));
-        let file = std::fs::OpenOptions::new()
-            .create(true)
-            .write(true)
-            .append(append)
-            .open(&path)
-            .unwrap();
-        let n = export(r, &opts).unwrap().write_to(&file).unwrap();
-        assert_eq!(n, expected.len() as u64);
-        assert!(std::fs::read(&path).unwrap() == expected, "append {append}");
+/// The GNU PAX 1.0 sparse records of an entry, in order.
+fn sparse_records(pax: &[(String, Vec<u8>)]) -> Vec<(&str, &[u8])> {
+    pax.iter()
+        .filter(|(k, _)| k.starts_with("GNU.sparse."))
+        .map(|(k, v)| (k.as_str(), v.as_slice()))
+        .collect()
+}
+
+/// A sparse entry's data: the map text, zeros to a block, then `segments`.
+fn sparse_data(map: &str, segments: &[&[u8]]) -> Vec<u8> {
+    let mut out = map.as_bytes().to_vec();
+    out.resize(out.len().div_ceil(512) * 512, 0);
+    for s in segments {
+        out.extend_from_slice(s);
     }
+    out
+}
 
-    let (mut rx, tx) = std::io::pipe().unwrap();
-    let reader = std::thread::spawn(move || {
-        let mut got = Vec::new();
-        rx.read_to_end(&mut got).unwrap();
-        got
-    });
-    let n = export(r, &opts).unwrap().write_to(&tx).unwrap();
-    drop(tx);
-    assert_eq!(n, expected.len() as u64);
-    assert!(reader.join().unwrap() == expected);
+#[test]
+fn sparse_files_export_as_gnu_sparse_entries_and_apply_back_sparse() {
+    let src = tempfile::tempdir().unwrap();
+    let r = src.path();
+    let (a, b, dense) = (
+        common::pattern(8192, 1),
+        common::pattern(4096, 2),
+        common::pattern(20_000, 3),
+    );
+    // A terabyte with a little data at its start and in its middle.
+    common::sparse_file(&r.join("big"), TIB, &[(0, &a), (TIB / 2, &b)]);
+    std::fs::create_dir(r.join("d")).unwrap();
+    std::fs::write(r.join("d/dense"), &dense).unwrap();
+    common::sparse_file(&r.join("d/head-hole"), 8 << 20, &[((8 << 20) - 4096, &b)]);
+    common::sparse_file(&r.join("d/holes-only"), 1 << 20, &[]);
+    common::sparse_file(&r.join("d/tail-hole"), 8 << 20, &[(0, &a)]);
+    let tar = export_bytes(r, WhiteoutFormat::Merged);
+    assert!(tar.len() < 64 << 10, "{} bytes", tar.len());
+    assert!(
+        tar == export_bytes(r, WhiteoutFormat::Merged),
+        "export is not deterministic"
+    );
+
+    let got = contents(&tar);
+    let names: Vec<&str> = got.iter().map(|(n, _, _)| n.as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            "./GNUSparseFile.0/big",
+            "d/",
+            "d/dense",
+            "d/GNUSparseFile.0/head-hole",
+            "d/GNUSparseFile.0/holes-only",
+            "d/GNUSparseFile.0/tail-hole",
+        ]
+    );
+    let expect = |i: usize, name: &str, size: u64, data: Vec<u8>| {
+        let (_, pax, stored) = &got[i];
+        let size = size.to_string();
+        assert_eq!(
+            sparse_records(pax),
+            [
+                ("GNU.sparse.major", &b"1"[..]),
+                ("GNU.sparse.minor", b"0"),
+                ("GNU.sparse.name", name.as_bytes()),
+                ("GNU.sparse.realsize", size.as_bytes()),
+            ]
+        );
+        assert!(*stored == data, "{name}");
+    };
+    expect(
+        0,
+        "big",
+        TIB,
+        sparse_data(
+            "3\n0\n8192\n549755813888\n4096\n1099511627776\n0\n",
+            &[&a, &b],
+        ),
+    );
+    // A dense file is written whole, as a plain entry.
+    let (_, pax, stored) = &got[2];
+    assert_eq!(sparse_records(pax), []);
+    assert!(*stored == dense);
+    expect(
+        3,
+        "d/head-hole",
+        8 << 20,
+        sparse_data("2\n8384512\n4096\n8388608\n0\n", &[&b]),
+    );
+    expect(
+        4,
+        "d/holes-only",
+        1 << 20,
+        sparse_data("1\n1048576\n0\n", &[]),
+    );
+    expect(
+        5,
+        "d/tail-hole",
+        8 << 20,
+        sparse_data("2\n0\n8192\n8388608\n0\n", &[&a]),
+    );
+
+    let dst = tempfile::tempdir().unwrap();
+    let opts = ApplyOptions {
+        whiteouts: WhiteoutFormat::Merged,
+        ..ApplyOptions::default()
+    };
+    apply(tar.as_slice(), dst.path(), &opts).unwrap();
+    for name in [
+        "big",
+        "d/dense",
+        "d/head-hole",
+        "d/holes-only",
+        "d/tail-hole",
+    ] {
+        common::assert_same_content(&r.join(name), &dst.path().join(name));
+    }
+    for name in ["big", "d/head-hole", "d/holes-only", "d/tail-hole"] {
+        let held = common::allocated(&dst.path().join(name));
+        assert!(held < 1 << 20, "{name}: {held} bytes allocated");
+    }
+    let big = std::fs::File::open(dst.path().join("big")).unwrap();
+    let mut at = vec![0u8; b.len()];
+    std::os::unix::fs::FileExt::read_exact_at(&big, &mut at, TIB / 2).unwrap();
+    assert!(at == b);
+}
+
+#[test]
+fn write_to_gives_the_same_bytes_for_sparse_files() {
+    let src = tempfile::tempdir().unwrap();
+    let r = src.path();
+    let (small, large, larger) = (
+        common::pattern(4096, 1),
+        common::pattern(64 << 10, 2),
+        common::pattern(100 << 10, 3),
+    );
+    common::sparse_file(&r.join("big"), TIB, &[(1 << 30, &large), (TIB / 2, &small)]);
+    // Segments long enough for the kernel to send, and one too short.
+    common::sparse_file(
+        &r.join("mixed"),
+        16 << 20,
+        &[(0, &large), (1 << 20, &small), (4 << 20, &larger)],
+    );
+    common::sparse_file(
+        &r.join("ends-in-data"),
+        8 << 20,
+        &[((8 << 20) - (64 << 10), &large)],
+    );
+    std::fs::write(r.join("plain"), common::pattern(300_000, 4)).unwrap();
+    std::fs::hard_link(r.join("mixed"), r.join("second")).unwrap();
+    let opts = ExportOptions {
+        whiteouts: WhiteoutFormat::Merged,
+        ..ExportOptions::default()
+    };
+    let tar = assert_write_to_matches_read(r, &opts);
+    let sparse: Vec<String> = contents(&tar)
+        .into_iter()
+        .filter(|(_, pax, _)| !sparse_records(pax).is_empty())
+        .map(|(name, _, _)| name)
+        .collect();
+    assert_eq!(
+        sparse,
+        [
+            "./GNUSparseFile.0/big",
+            "./GNUSparseFile.0/ends-in-data",
+            "./GNUSparseFile.0/mixed"
+        ]
+    );
+    let dst = tempfile::tempdir().unwrap();
+    let aopts = ApplyOptions {
+        whiteouts: WhiteoutFormat::Merged,
+        ..ApplyOptions::default()
+    };
+    apply(tar.as_slice(), dst.path(), &aopts).unwrap();
+    for name in ["big", "ends-in-data", "mixed", "plain", "second"] {
+        common::assert_same_content(&r.join(name), &dst.path().join(name));
+    }
+}
+
+#[test]
+fn a_sparse_file_cut_short_while_exported_is_an_error() {
+    let src = tempfile::tempdir().unwrap();
+    let r = src.path();
+    let opts = ExportOptions {
+        whiteouts: WhiteoutFormat::Merged,
+        ..ExportOptions::default()
+    };
+    let data = common::pattern(64 << 10, 1);
+    for to_pipe in [false, true] {
+        common::sparse_file(&r.join("f"), 64 << 20, &[(0, &data), (32 << 20, &data)]);
+        let mut ex = export(r, &opts).unwrap();
+        // The first read finds the file's holes and writes its header.
+        let mut first = [0u8; 1];
+        assert_eq!(ex.read(&mut first).unwrap(), 1);
+        std::fs::File::options()
+            .write(true)
+            .open(r.join("f"))
+            .unwrap()
+            .set_len(1 << 20)
+            .unwrap();
+        let err = if to_pipe {
+            let (rx, tx) = rustix::pipe::pipe().unwrap();
+            let reader = std::thread::spawn(move || {
+                let mut got = Vec::new();
+                std::fs::File::from(rx).read_to_end(&mut got).unwrap();
+            });
+            let err = ex.write_to(&tx).unwrap_err();
+            drop(tx);
+            reader.join().unwrap();
+            err
+        } else {
+            ex.read_to_end(&mut Vec::new()).unwrap_err()
+        };
+        let inner = err
+            .into_inner()
+            .unwrap()
+            .downcast::<plies_archive::Error>()
+            .unwrap();
+        assert!(
+            matches!(*inner, plies_archive::Error::Export { ref path, op, .. } if path == Path::new("f") && op.contains("shrank")),
+            "{inner:?}"
+        );
+    }
 }
