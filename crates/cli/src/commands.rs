@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::{self, IsTerminal, Read, Write};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use anyhow::{Context, Result, bail};
 use plies_archive::changes::{Change, ChangeKind};
@@ -188,7 +188,8 @@ pub fn ls(store: &Store, out: &Out) -> Result<()> {
     Ok(())
 }
 
-/// `plies apply`: on failure the layer, partly written, is removed.
+/// `plies apply`: a failed or killed apply leaves the layer as it was (the
+/// driver applies to a copy that replaces the layer only on success).
 pub fn apply(store: &Store, id: &str, file: &str, out: &Out) -> Result<()> {
     let mut record = store.layer(id)?;
     let id = &record.id.clone();
@@ -197,31 +198,16 @@ pub fn apply(store: &Store, id: &str, file: &str, out: &Out) -> Result<()> {
     } else {
         Box::new(File::open(file).with_context(|| file.to_owned())?)
     };
-    // Incomplete from here: a crash leaves a layer the next command removes.
-    record.complete = false;
+    let (_, mut tar) =
+        crate::compression::decompress(input).with_context(|| format!("layer {id}: {file}"))?;
+    let n = store
+        .driver
+        .apply_diff(id, record.parent.as_deref(), &mut tar)
+        .with_context(|| format!("layer {id}: applying {file} (the layer is as it was)"))?;
+    store.sync_data()?;
+    record.size = n;
     store.write_record(&record)?;
-    let applied = (|| -> Result<u64> {
-        let (_, mut tar) =
-            crate::compression::decompress(input).with_context(|| format!("layer {id}: {file}"))?;
-        let n = store
-            .driver
-            .apply_diff(id, record.parent.as_deref(), &mut tar)?;
-        Ok(n)
-    })();
-    match applied {
-        Ok(n) => {
-            record.complete = true;
-            record.size += n;
-            store.write_record(&record)?;
-            out.note(format!("{id}: applied {n} bytes"))
-        }
-        Err(e) => {
-            if let Err(undo) = store.remove_layer(id) {
-                tracing::warn!(layer = id, error = %format!("{undo:#}"), "removing the partial layer");
-            }
-            Err(e.context(format!("layer {id} removed after a failed apply")))
-        }
-    }
+    out.note(format!("{id}: applied {n} bytes"))
 }
 
 /// `plies diff`.
@@ -332,45 +318,18 @@ pub fn mount(store: &Store, id: &str, label: Option<&str>, out: &Out) -> Result<
 /// `plies umount`.
 ///
 /// The mount outlives the `plies mount` process, and with it the driver's
-/// in-memory reference count, so the mount `plies mount` recorded is undone here:
-/// detached when it is a mount point, its `merged` directory removed as the
-/// driver's `put` does.
+/// in-memory reference count, so the mount `plies mount` recorded is undone here
+/// by the driver's `detach`, under the layer's lock.
 pub fn umount(store: &Store, id: &str, out: &Out) -> Result<()> {
     let mut record = store.layer(id)?;
     let id = &record.id.clone();
     let Some(path) = record.mounted.take() else {
         bail!("layer {id}: not mounted (by plies mount)");
     };
-    if is_mount_point(&path)? {
-        rustix::mount::unmount(&path, rustix::mount::UnmountFlags::DETACH)
-            .with_context(|| format!("layer {id}: unmounting {}", path.display()))?;
-        if path.file_name().is_some_and(|n| n == "merged") {
-            if let Err(e) = std::fs::remove_dir(&path) {
-                tracing::warn!(layer = id, error = %e, "could not remove {}", path.display());
-            }
-        }
-    }
+    store
+        .driver
+        .detach(id)
+        .with_context(|| format!("layer {id}: unmounting {}", path.display()))?;
     store.write_record(&record)?;
     out.note(format!("{id}: unmounted {}", path.display()))
-}
-
-/// Whether `path` is a mount point, from `/proc/self/mountinfo`.
-pub fn is_mount_point(path: &Path) -> Result<bool> {
-    let path = std::path::absolute(path)?;
-    Ok(mount_points()?.contains(&path))
-}
-
-/// Every mount point of this process's mount namespace.
-pub fn mount_points() -> Result<Vec<PathBuf>> {
-    plies_kprobe::mount_points().context("reading /proc/self/mountinfo")
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn root_is_a_mount_point() {
-        assert!(is_mount_point(Path::new("/")).unwrap());
-    }
 }

@@ -3,7 +3,7 @@
 use std::collections::BTreeSet;
 
 use anyhow::{Context, Result};
-use plies_layerstore::{Outcome, Overlay2Store, StoreOptions};
+use plies_layerstore::{AufsStore, Outcome, Overlay2Store, StoreOptions};
 use serde::Serialize;
 
 use crate::output::Out;
@@ -34,35 +34,53 @@ pub fn run(store: &Store, repair: bool, out: &Out) -> Result<bool> {
     let driver_dir = store.root.join(store.driver.name());
 
     // The driver's own layout.
-    let on_disk: Option<BTreeSet<String>> = match store.driver.name() {
+    let opts = StoreOptions {
+        max_depth: store.options.max_depth,
+        ..StoreOptions::default()
+    };
+    let layout = match store.driver.name() {
         "overlay2" => {
-            let opts = StoreOptions {
-                max_depth: store.options.max_depth,
-                ..StoreOptions::default()
-            };
             let layout = Overlay2Store::open(&driver_dir, opts)
                 .with_context(|| format!("opening {}", driver_dir.display()))?;
             let report = layout
                 .fsck(repair)
                 .with_context(|| format!("checking {}", driver_dir.display()))?;
+            Some((report, layout.list()?))
+        }
+        "aufs" => {
+            let layout = AufsStore::open(&driver_dir, opts)
+                .with_context(|| format!("opening {}", driver_dir.display()))?;
+            let report = layout
+                .fsck(repair)
+                .with_context(|| format!("checking {}", driver_dir.display()))?;
+            Some((report, layout.list()?))
+        }
+        _ => None,
+    };
+    let on_disk: BTreeSet<String> = match layout {
+        Some((report, list)) => {
             for e in report.entries {
                 findings.push(Finding {
                     area: "store",
-                    finding: format!("{:?}", e.finding),
+                    finding: e.finding.to_string(),
                     outcome: outcome(e.outcome),
                 });
             }
-            Some(layout.list()?.into_iter().collect())
+            list.into_iter().collect()
         }
-        "vfs" => {
+        None => {
+            // vfs: a directory per layer under `dir/`; what an interrupted
+            // operation left carries a reserved suffix and is no layer.
             let dir = driver_dir.join("dir");
             let mut ids = BTreeSet::new();
             for entry in std::fs::read_dir(&dir).with_context(|| format!("{}", dir.display()))? {
-                ids.insert(entry?.file_name().to_string_lossy().into_owned());
+                let name = entry?.file_name().to_string_lossy().into_owned();
+                if plies_layerstore::validate_id(&name).is_ok() {
+                    ids.insert(name);
+                }
             }
-            Some(ids)
+            ids
         }
-        _ => None,
     };
 
     // plies's records against the driver's layers.
@@ -100,7 +118,7 @@ pub fn run(store: &Store, repair: bool, out: &Out) -> Result<bool> {
             }
         }
     }
-    if let Some(on_disk) = on_disk {
+    {
         for id in on_disk.iter().filter(|id| !known.contains(id.as_str())) {
             findings.push(Finding {
                 area: "records",

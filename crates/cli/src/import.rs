@@ -260,6 +260,11 @@ fn import_layer(
         }
         Ok(size)
     })();
+    let filled = filled.and_then(|size| {
+        // Durable before it is called complete: a power cut keeps it whole.
+        store.sync_data()?;
+        Ok(size)
+    });
     match filled {
         Ok(size) => {
             record.size = size;

@@ -89,7 +89,11 @@ fn run(cli: Cli, out: &Out) -> Result<ExitCode, Failure> {
             }
         }
         Command::Fsck { repair } => {
-            let access = if repair { Access::Check } else { Access::Read };
+            let access = if repair {
+                Access::Check
+            } else {
+                Access::Inspect
+            };
             if fsck::run(&open(access)?, repair, out)? {
                 return Ok(ExitCode::from(output::EXIT_DAMAGED));
             }

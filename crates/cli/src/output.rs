@@ -83,22 +83,26 @@ pub fn one_line(error: &anyhow::Error) -> String {
         .join(": ")
 }
 
-/// A message part fit for one line of a terminal: control characters and the
-/// replacement character (what a parser quoting raw bytes leaves) become `?`,
-/// and a part longer than 300 characters is cut.
-fn printable(part: &str) -> String {
+/// A message part fit for one line of a terminal: control characters are
+/// escaped (`\x1b`, `\n`, `\u{9b}`), the replacement character (what a parser
+/// quoting raw bytes leaves) becomes `?`, and a part longer than 300 characters
+/// is cut.
+pub fn printable(part: &str) -> String {
     const MAX: usize = 300;
-    let mut out: String = part
-        .chars()
-        .take(MAX)
-        .map(|c| {
-            if c.is_control() || c == char::REPLACEMENT_CHARACTER {
-                '?'
-            } else {
-                c
+    let mut out = String::with_capacity(part.len().min(MAX));
+    for c in part.chars().take(MAX) {
+        match c {
+            char::REPLACEMENT_CHARACTER => out.push('?'),
+            '\n' => out.push_str("\\n"),
+            '\t' => out.push_str("\\t"),
+            '\r' => out.push_str("\\r"),
+            c if c.is_control() && (c as u32) < 0x80 => {
+                out.push_str(&format!("\\x{:02x}", c as u32));
             }
-        })
-        .collect();
+            c if c.is_control() => out.push_str(&format!("\\u{{{:x}}}", c as u32)),
+            c => out.push(c),
+        }
+    }
     if part.chars().count() > MAX {
         out.push('…');
     }
@@ -165,9 +169,9 @@ mod tests {
 
     #[test]
     fn causes_are_joined_once_and_printable() {
-        let inner = std::io::Error::other("bad\u{fffd}\nbytes");
+        let inner = std::io::Error::other("bad\u{fffd}\nbytes\u{1b}[2J\u{9b}");
         let e = anyhow::Error::new(inner).context("reading x");
-        assert_eq!(one_line(&e), "reading x: bad??bytes");
+        assert_eq!(one_line(&e), "reading x: bad?\\nbytes\\x1b[2J\\u{9b}");
         let long = anyhow::anyhow!("{}", "a".repeat(400));
         assert_eq!(one_line(&long).chars().count(), 301);
     }

@@ -24,6 +24,9 @@ pub fn probe_dir(root: &Path) -> PathBuf {
 /// Runs every probe on the root's directory and prints the report.
 pub fn run(g: &Global, out: &Out) -> anyhow::Result<()> {
     let dir = probe_dir(&g.root);
+    // A fresh run: the drivers' cached answers go too, so the next open probes.
+    plies_drivers::forget_probes(&g.root.join("overlay2"))
+        .context("forgetting the cached probe answers")?;
     let report =
         plies_kprobe::probe_all(&dir).with_context(|| format!("probing {}", dir.display()))?;
     if out.json {

@@ -4,13 +4,23 @@
 //! Drivers keep files, not lineage (Docker keeps lineage in its `layerdb`): vfs
 //! has no notion of a parent, and the parent a diff is taken against is the
 //! caller's to give. So `plies` keeps one small JSON record per layer in
-//! `<root>/plies/<driver>/layers/<id>.json`. A record is written, `complete:
-//! false`, before its layer is created and marked complete (by an atomic
-//! rename) only once the layer's contents are in; every command that changes the
-//! store first removes the layers whose records are still incomplete, so an
-//! import killed half-way leaves nothing behind after the next command (and
-//! `fsck` reports it until then). Commands that change the store hold an
-//! exclusive `flock` on `<root>/plies/<driver>/lock`.
+//! `<root>/plies/<driver>/layers/<id>.json`.
+//!
+//! Who may change what:
+//! - Commands that change layers hold an exclusive `flock` on
+//!   `<root>/plies/<driver>/lock` while they run; the driver underneath also
+//!   holds each layer's own lock (see `plies_layerstore::LayerLocks`), which
+//!   other front ends on the same root (`plies serve`, library users) share.
+//! - A new layer's record is written `complete: false` before the layer is made
+//!   and marked complete (by an atomic rename) only once its contents are in and
+//!   durable. Only such a layer, made by the same command, is removed when the
+//!   command fails; and since the next writer holds the exclusive lock, it knows
+//!   an incomplete record's writer is dead and removes that layer.
+//! - An apply onto an existing layer never marks it incomplete: the driver
+//!   applies to a copy that replaces the layer only on success.
+//! - `fsck` without `--repair` takes the lock shared (waiting, within a bound,
+//!   for the writer of the moment), so it never reports work in progress as
+//!   damage; `ls` and the other readers take no lock and show complete layers.
 
 use std::collections::BTreeMap;
 use std::fs::File;
@@ -61,13 +71,18 @@ pub struct Store {
 /// Whether a command changes the store (and so takes the lock and sweeps).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Access {
-    /// Reads only.
+    /// Reads only, beside any writer.
     Read,
+    /// Reads a state no writer is in the middle of: the lock, shared.
+    Inspect,
     /// Changes layers.
     Write,
     /// Takes the lock but leaves what an interrupted command left, for `fsck` to report.
     Check,
 }
+
+/// How long a command waits for the store's lock before it gives up.
+const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(120);
 
 /// The driver choice `--driver` names.
 pub fn choice(d: DriverArg) -> DriverChoice {
@@ -102,7 +117,8 @@ impl Store {
             .with_context(|| format!("creating {}", records.display()))?;
         let lock = match access {
             Access::Read => None,
-            Access::Write | Access::Check => Some(lock(&dir.join("lock"))?),
+            Access::Inspect => Some(lock(&dir.join("lock"), false)?),
+            Access::Write | Access::Check => Some(lock(&dir.join("lock"), true)?),
         };
         let store = Store {
             driver,
@@ -183,6 +199,16 @@ impl Store {
             File::open(&self.records)?.sync_all()
         };
         write().with_context(|| format!("writing {}", path.display()))
+    }
+
+    /// Makes everything written to the store's filesystem durable (one `syncfs`):
+    /// called before a layer is marked complete, so a complete layer survives a
+    /// power cut.
+    pub fn sync_data(&self) -> Result<()> {
+        let root = File::open(self.driver.root())
+            .with_context(|| format!("opening {}", self.driver.root().display()))?;
+        rustix::fs::syncfs(&root)
+            .with_context(|| format!("syncing {}", self.driver.root().display()))
     }
 
     /// Deletes a record.
@@ -270,14 +296,48 @@ pub fn check_id(id: &str) -> Result<()> {
     Ok(())
 }
 
-fn lock(path: &Path) -> Result<File> {
-    let file = File::options()
+/// Takes the store's lock, exclusive or shared, waiting up to [`LOCK_WAIT`].
+fn lock(path: &Path, exclusive: bool) -> Result<File> {
+    use rustix::fs::FlockOperation;
+    let mut file = File::options()
         .create(true)
         .truncate(false)
+        .read(true)
         .write(true)
         .open(path)
         .with_context(|| format!("opening {}", path.display()))?;
-    rustix::fs::flock(&file, rustix::fs::FlockOperation::LockExclusive)
-        .with_context(|| format!("locking {}", path.display()))?;
+    let op = if exclusive {
+        FlockOperation::NonBlockingLockExclusive
+    } else {
+        FlockOperation::NonBlockingLockShared
+    };
+    let deadline = std::time::Instant::now() + LOCK_WAIT;
+    let mut pause = std::time::Duration::from_micros(500);
+    loop {
+        match rustix::fs::flock(&file, op) {
+            Ok(()) => break,
+            Err(rustix::io::Errno::WOULDBLOCK) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(pause);
+                pause = (pause * 2).min(std::time::Duration::from_millis(20));
+            }
+            Err(rustix::io::Errno::WOULDBLOCK) => {
+                let holder = std::fs::read_to_string(path).unwrap_or_default();
+                bail!(
+                    "store busy: another plies command (pid {}) has held {} for {} s",
+                    holder.trim(),
+                    path.display(),
+                    LOCK_WAIT.as_secs()
+                );
+            }
+            Err(e) => return Err(anyhow!(e).context(format!("locking {}", path.display()))),
+        }
+    }
+    if exclusive {
+        // Who holds it, for the message a waiter gives up with.
+        use std::io::Seek;
+        file.set_len(0)?;
+        file.seek(std::io::SeekFrom::Start(0))?;
+        write!(file, "{}", std::process::id())?;
+    }
     Ok(file)
 }

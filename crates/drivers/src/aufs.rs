@@ -23,7 +23,6 @@ use crate::copy::{Copier, list, open_dir, open_dir_at};
 use crate::driver::Driver;
 use crate::error::{Error, Result};
 use crate::idmap::Remap;
-use crate::locks::LayerLocks;
 use crate::mounts::BUSY_ATTEMPTS;
 use crate::naive;
 use crate::native;
@@ -276,7 +275,6 @@ pub struct Aufs {
     backing: String,
     dirperm1: bool,
     remap: Remap,
-    locks: LayerLocks,
     refs: Mutex<HashMap<String, (usize, bool)>>,
 }
 
@@ -348,7 +346,16 @@ impl Aufs {
         let has_aufs = plies_kprobe::filesystems()
             .value()
             .is_some_and(|fs| fs.has("aufs"));
-        let dirperm1 = has_aufs && plies_kprobe::dirperm1(&root).is_supported();
+        let dirperm1 = has_aufs && {
+            // Probe scratch goes to the store's probe directory, never the layout.
+            let dir = root
+                .join(plies_layerstore::STORE_DIR)
+                .join(plies_layerstore::PROBE_DIR);
+            std::fs::create_dir_all(&dir).map_err(|e| Error::io("mkdir", &dir, e))?;
+            let _probing = crate::locks::lock(store.locks(), &[plies_layerstore::PROBE_LOCK])?;
+            plies_layerstore::sweep_probe_scratch(&dir).map_err(|e| Error::store("", e))?;
+            plies_kprobe::dirperm1(&dir).is_supported()
+        };
         let scratch = root
             .parent()
             .map_or_else(|| root.join("..tmp"), |p| p.join("tmp"));
@@ -360,7 +367,6 @@ impl Aufs {
             backing: backing.to_string(),
             dirperm1,
             remap,
-            locks: LayerLocks::default(),
             refs: Mutex::new(HashMap::new()),
         })
     }
@@ -475,7 +481,7 @@ impl Driver for Aufs {
                 reason: "aufs has no storage options".to_owned(),
             });
         }
-        let _guard = self.locks.lock(id);
+        let _guard = crate::locks::lock(self.store.locks(), &[id])?;
         self.store
             .create(id, parent)
             .map_err(|e| Error::store(id, e))?;
@@ -501,7 +507,7 @@ impl Driver for Aufs {
     }
 
     fn remove(&self, id: &str) -> Result<()> {
-        let _guard = self.locks.lock(id);
+        let _guard = crate::locks::lock(self.store.locks(), &[id])?;
         if !self.store.exists(id) {
             return Err(Error::NoSuchLayer { id: id.to_owned() });
         }
@@ -513,7 +519,7 @@ impl Driver for Aufs {
     }
 
     fn get(&self, id: &str, mount_label: Option<&str>) -> Result<PathBuf> {
-        let _guard = self.locks.lock(id);
+        let _guard = crate::locks::lock(self.store.locks(), &[id])?;
         if let Some(held) = self.refs().get_mut(id) {
             held.0 += 1;
             return Ok(if held.1 {
@@ -545,7 +551,7 @@ impl Driver for Aufs {
     }
 
     fn put(&self, id: &str) -> Result<()> {
-        let _guard = self.locks.lock(id);
+        let _guard = crate::locks::lock(self.store.locks(), &[id])?;
         let mounted = {
             let mut refs = self.refs();
             let Some(held) = refs.get_mut(id) else {
@@ -564,6 +570,40 @@ impl Driver for Aufs {
             }
         }
         Ok(())
+    }
+
+    fn detach(&self, id: &str) -> Result<bool> {
+        let _guard = crate::locks::lock(self.store.locks(), &[id])?;
+        if !self.store.exists(id) {
+            return Err(Error::NoSuchLayer { id: id.to_owned() });
+        }
+        let counted = self.refs().get(id).is_some_and(|h| h.1);
+        let undone = if counted {
+            self.unmount(id, true)?;
+            true
+        } else {
+            // Another process's mount: the kernel knows whether there is one.
+            let target = self.store.mnt_dir(id);
+            match self.mounter.unmount(&target) {
+                Ok(()) => true,
+                Err(e)
+                    if [Errno::INVAL, Errno::NOENT]
+                        .iter()
+                        .any(|n| e.raw_os_error() == Some(n.raw_os_error())) =>
+                {
+                    false
+                }
+                Err(source) => {
+                    return Err(Error::Unmount {
+                        id: id.to_owned(),
+                        path: target,
+                        source,
+                    });
+                }
+            }
+        };
+        self.refs().remove(id);
+        Ok(undone)
     }
 
     fn exists(&self, id: &str) -> bool {
@@ -596,7 +636,18 @@ impl Driver for Aufs {
             .collect();
         let mut first = None;
         for id in held {
-            let _guard = self.locks.lock(&id);
+            // A mount outside any layer's directory is detached without a lock.
+            let _guard = if plies_layerstore::validate_id(&id).is_ok() {
+                match crate::locks::lock(self.store.locks(), &[&id]) {
+                    Ok(g) => Some(g),
+                    Err(e) => {
+                        first.get_or_insert(e);
+                        continue;
+                    }
+                }
+            } else {
+                None
+            };
             if let Err(e) = self.unmount(&id, false) {
                 first.get_or_insert(e);
             }
@@ -628,7 +679,7 @@ impl Driver for Aufs {
     fn apply_diff(&self, id: &str, parent: Option<&str>, diff: &mut dyn Read) -> Result<u64> {
         let own = self.store.diff_dir(id);
         let stats = if self.is_direct_parent(id, parent)? {
-            let _guard = self.locks.lock(id);
+            let _guard = crate::locks::lock(self.store.locks(), &[id])?;
             let opts = self.remap.maps().apply_options(WhiteoutFormat::Aufs);
             native::apply_into(id, &own, diff, &opts, self.refcount(id) == 0)?
         } else {

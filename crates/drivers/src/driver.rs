@@ -60,6 +60,15 @@ pub trait Driver: Send + Sync + std::fmt::Debug {
     /// [`Error::NotMounted`](crate::Error::NotMounted) when no `get` holds `id`.
     fn put(&self, id: &str) -> Result<()>;
 
+    /// Unmounts `id` whoever mounted it (this process, or another that left its
+    /// mount to its caller, as `plies mount` does) and forgets the `get`s this
+    /// driver counted for it; returns whether a mount was undone.
+    ///
+    /// # Errors
+    /// [`Error::NoSuchLayer`](crate::Error::NoSuchLayer), or the unmount's error
+    /// (the mount then stays, and so do the counts).
+    fn detach(&self, id: &str) -> Result<bool>;
+
     /// Whether the layer `id` exists.
     fn exists(&self, id: &str) -> bool;
 

@@ -22,7 +22,7 @@ pub use driver::Driver;
 pub use error::{Error, Result};
 pub use idmap::IdMaps;
 pub use options::{CreateOptions, DriverChoice, Options};
-pub use overlay2::Overlay2;
+pub use overlay2::{Overlay2, forget_probes};
 pub use plies_archive::IdMap;
 pub use vfs::Vfs;
 
@@ -90,9 +90,14 @@ pub fn open(root: &Path, choice: DriverChoice, options: &Options) -> Result<Box<
     }
 }
 
-/// Whether `dir` is a directory with anything in it.
+/// Whether `dir` is a directory with anything in it besides the store's own
+/// directory (probe answers, locks).
 fn has_data(dir: &Path) -> bool {
-    std::fs::read_dir(dir).is_ok_and(|mut entries| entries.next().is_some())
+    std::fs::read_dir(dir).is_ok_and(|entries| {
+        entries
+            .flatten()
+            .any(|e| e.file_name() != plies_layerstore::STORE_DIR)
+    })
 }
 
 /// `path` if it exists, else its nearest existing ancestor: where to probe the

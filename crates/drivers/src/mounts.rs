@@ -26,6 +26,15 @@ pub(crate) fn mounts_under(dir: &Path) -> Vec<PathBuf> {
     out
 }
 
+/// Whether `path` is a mount point: on another device than its parent, which
+/// every overlay and aufs mount is (a `stat` each, no mount table scan).
+pub(crate) fn is_mount_point(path: &Path) -> bool {
+    let (Ok(here), Some(parent)) = (rustix::fs::lstat(path), path.parent()) else {
+        return false;
+    };
+    rustix::fs::stat(parent).is_ok_and(|p| p.st_dev != here.st_dev)
+}
+
 /// Detaches the mount at `path`; `Ok(false)` when nothing was mounted there.
 pub(crate) fn detach(id: &str, path: &Path) -> Result<bool> {
     match rustix::mount::unmount(path, UnmountFlags::DETACH | UnmountFlags::NOFOLLOW) {

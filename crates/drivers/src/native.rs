@@ -35,11 +35,13 @@ pub(crate) const APPLYING: &str = plies_layerstore::APPLYING_SUFFIX;
 /// upper dir) with `opts` (whiteout format, id maps), so that a failed apply
 /// leaves `dir` as it was.
 ///
-/// An empty `dir` is applied into in place and emptied again on failure. One
-/// with contents is copied (reflinked where the filesystem can) to
-/// `<dir>-applying`, the copy applied into and exchanged with `dir` only once the
-/// apply succeeded; without `may_stage` (the layer is mounted, and an overlay
-/// must not have its upper swapped under it) it is applied into in place.
+/// `dir` is copied (reflinked where the filesystem can; for an empty `dir` just
+/// the directory itself) to `<dir>-applying`, the copy applied into and
+/// exchanged with `dir` only once the apply succeeded, so that a failed or
+/// killed apply leaves `dir` as it was (a killed one leaves the copy, which the
+/// store sweeps once the layer's lock is free). Without `may_stage` (the layer is
+/// mounted, and an overlay must not have its upper swapped under it) it is
+/// applied into in place: an empty `dir` is emptied again on failure.
 pub(crate) fn apply_into(
     id: &str,
     dir: &Path,
@@ -53,7 +55,7 @@ pub(crate) fn apply_into(
     };
     let staging = applying_path(dir);
     remove_tree(&staging)?;
-    if is_empty(dir)? {
+    if !may_stage && is_empty(dir)? {
         return plies_archive::apply(diff, dir, opts).map_err(|source| {
             if let Err(e) = empty_dir(dir) {
                 tracing::warn!(layer = id, error = %e, "a failed apply left files behind");

@@ -4,7 +4,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::sync::{Mutex, OnceLock, PoisonError};
+use std::sync::{Mutex, PoisonError};
 
 use plies_archive::changes::{Change, ChangesError};
 use plies_archive::{WhiteoutFormat, XattrNamespace};
@@ -15,7 +15,6 @@ use plies_mountopts::{LayerPath, MAX_DEPTH, MountMode, OverlayOptions, OverlaySt
 use crate::driver::Driver;
 use crate::error::{Error, Result};
 use crate::idmap::Remap;
-use crate::locks::LayerLocks;
 use crate::mounts;
 use crate::naive;
 use crate::native;
@@ -24,8 +23,9 @@ use crate::quota::LayerQuota;
 
 const NAME: &str = "overlay2";
 
-/// What the kernel and the backing filesystem offer, probed once per filesystem.
-#[derive(Debug, Clone)]
+/// What the kernel and the backing filesystem offer: probed once, then kept in
+/// the store's probe cache until something it depends on changes.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub(crate) struct Features {
     backing: String,
     d_type: Outcome<()>,
@@ -35,14 +35,41 @@ pub(crate) struct Features {
     lowerdir_plus: Outcome<()>,
 }
 
-fn probe_cache() -> &'static Mutex<HashMap<u64, Features>> {
-    static CACHE: OnceLock<Mutex<HashMap<u64, Features>>> = OnceLock::new();
-    CACHE.get_or_init(Default::default)
+/// The probe cache file, under the home's store directory.
+const FEATURES_FILE: &str = "overlay2-features.json";
+
+/// Checks that overlay2 can run under `home` and finds its features: from the
+/// probe cache when it is valid, else by probing in the store's probe directory
+/// (and caching the answers). Docker's three kinds of refusal are kept apart.
+/// `home` exists; nothing is written outside `home/.plies`.
+fn features(home: &Path) -> Result<Features> {
+    let store_dir = home.join(plies_layerstore::STORE_DIR);
+    let cache_file = store_dir.join(FEATURES_FILE);
+    let key = plies_kprobe::cache::CacheKey::for_dir(home, env!("CARGO_PKG_VERSION"))
+        .map_err(|e| Error::io("stat", home, e))?;
+    if let Some(f) = plies_kprobe::cache::load::<Features>(&cache_file, &key) {
+        return Ok(f);
+    }
+    let locks = plies_layerstore::LayerLocks::open(home).map_err(|e| Error::store("", e))?;
+    // One prober at a time; the others then find its answers in the cache.
+    let _guard = crate::locks::lock(&locks, &[plies_layerstore::PROBE_LOCK])?;
+    if let Some(f) = plies_kprobe::cache::load::<Features>(&cache_file, &key) {
+        return Ok(f);
+    }
+    let dir = store_dir.join(plies_layerstore::PROBE_DIR);
+    std::fs::create_dir_all(&dir).map_err(|e| Error::io("mkdir", &dir, e))?;
+    // What a killed prober left; nobody else probes while the lock is held.
+    plies_layerstore::sweep_probe_scratch(&dir).map_err(|e| Error::store("", e))?;
+    let features = probe(&dir)?;
+    if let Err(e) = plies_kprobe::cache::store(&cache_file, &key, &features) {
+        tracing::warn!(file = %cache_file.display(), error = %e, "probe cache not written");
+    }
+    Ok(features)
 }
 
-/// Checks that overlay2 can run in `dir` and probes its features; Docker's three
-/// kinds of refusal are kept apart.
-fn probe(dir: &Path) -> Result<Features> {
+/// The checks that write nothing: overlay in the kernel, a backing filesystem
+/// overlay2 can sit on.
+fn check_kernel_and_backing(dir: &Path) -> Result<()> {
     let fs = plies_kprobe::filesystems();
     let has_overlay = match &fs {
         Outcome::Supported { value } => value.has("overlay"),
@@ -58,6 +85,10 @@ fn probe(dir: &Path) -> Result<Features> {
             reason,
         });
     }
+    backing_of(dir).map(drop)
+}
+
+fn backing_of(dir: &Path) -> Result<plies_kprobe::BackingFs> {
     let backing = match plies_kprobe::backing_fs(dir) {
         Outcome::Supported { value } => value,
         Outcome::Unsupported { reason } => {
@@ -79,16 +110,12 @@ fn probe(dir: &Path) -> Result<Features> {
             });
         }
     }
-    let dev = rustix::fs::stat(dir)
-        .map_err(|e| Error::io("stat", dir, e))?
-        .st_dev;
-    if let Some(f) = probe_cache()
-        .lock()
-        .unwrap_or_else(PoisonError::into_inner)
-        .get(&dev)
-    {
-        return Ok(f.clone());
-    }
+    Ok(backing)
+}
+
+/// Runs the mounting probes in `dir` (the store's probe directory).
+fn probe(dir: &Path) -> Result<Features> {
+    let backing = backing_of(dir)?;
     let d_type = plies_kprobe::d_type(dir);
     if let Outcome::Unsupported { reason } = &d_type {
         return Err(Error::PrerequisitesMissing {
@@ -102,19 +129,28 @@ fn probe(dir: &Path) -> Result<Features> {
             reason,
         });
     }
-    let features = Features {
+    Ok(Features {
         backing: backing.to_string(),
         d_type,
         native_diff: plies_kprobe::native_diff(dir),
         userxattr: plies_kprobe::userxattr_needed(dir).is_true(),
         index_off: plies_kprobe::index_parameter().is_supported(),
         lowerdir_plus: plies_kprobe::lowerdir_plus(dir),
-    };
-    probe_cache()
-        .lock()
-        .unwrap_or_else(PoisonError::into_inner)
-        .insert(dev, features.clone());
-    Ok(features)
+    })
+}
+
+/// Forgets the cached probe answers of the overlay2 store at `home`, so that
+/// the next open probes again.
+///
+/// # Errors
+/// [`Error::Io`] when the cache file exists and cannot be removed.
+pub fn forget_probes(home: &Path) -> Result<()> {
+    let file = home.join(plies_layerstore::STORE_DIR).join(FEATURES_FILE);
+    match std::fs::remove_file(&file) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(Error::io("remove", &file, e)),
+    }
 }
 
 /// The overlay2 driver.
@@ -128,7 +164,6 @@ pub struct Overlay2 {
     max_depth: usize,
     quota: LayerQuota,
     remap: Remap,
-    locks: LayerLocks,
     /// Layers held by `get`, with their count and whether a mount was made.
     refs: Mutex<HashMap<String, Held>>,
 }
@@ -153,8 +188,21 @@ impl Overlay2 {
     pub fn open(home: &Path, options: &Options) -> Result<Overlay2> {
         let remap = Remap::new(&options.id_maps)?;
         let home = std::path::absolute(home).map_err(|e| Error::io("resolve", home, e))?;
-        let probe_dir = crate::existing_ancestor(&home);
-        let features = probe(&probe_dir)?;
+        check_kernel_and_backing(&crate::existing_ancestor(&home))?;
+        let made_home = !home.exists();
+        std::fs::create_dir_all(&home).map_err(|e| Error::io("mkdir", &home, e))?;
+        let features = match features(&home) {
+            Ok(f) => f,
+            Err(e) => {
+                // A refused driver leaves no home behind (`auto` goes on to the next).
+                if made_home {
+                    if let Err(undo) = crate::copy::remove_tree(&home) {
+                        tracing::warn!(home = %home.display(), error = %undo, "could not remove a refused home");
+                    }
+                }
+                return Err(e);
+            }
+        };
         let fsconfig_needed =
             options.mount_mode == MountMode::Fsconfig || options.max_depth > MAX_DEPTH;
         if fsconfig_needed {
@@ -188,7 +236,6 @@ impl Overlay2 {
             max_depth: options.max_depth,
             quota,
             remap,
-            locks: LayerLocks::default(),
             refs: Mutex::new(HashMap::new()),
         })
     }
@@ -229,7 +276,7 @@ impl Overlay2 {
         read_write: bool,
     ) -> Result<()> {
         let size = self.quota.size_for(opts, read_write)?;
-        let _guard = self.locks.lock(id);
+        let _guard = crate::locks::lock(self.store.locks(), &[id])?;
         self.store
             .create(id, parent)
             .map_err(|e| Error::store(id, e))?;
@@ -360,7 +407,7 @@ impl Overlay2 {
         if committed || self.refcount(id) > 0 || native::is_empty(&own)? {
             return naive::apply(self, id, diff, maps, Some(&own));
         }
-        let guard = self.locks.lock(id);
+        let guard = crate::locks::lock(self.store.locks(), &[id])?;
         if self.refcount(id) > 0 {
             drop(guard);
             return naive::apply(self, id, diff, maps, Some(&own));
@@ -464,7 +511,7 @@ impl Driver for Overlay2 {
     }
 
     fn remove(&self, id: &str) -> Result<()> {
-        let _guard = self.locks.lock(id);
+        let _guard = crate::locks::lock(self.store.locks(), &[id])?;
         if !self.store.exists(id) {
             return Err(Error::NoSuchLayer { id: id.to_owned() });
         }
@@ -480,7 +527,7 @@ impl Driver for Overlay2 {
     }
 
     fn get(&self, id: &str, mount_label: Option<&str>) -> Result<PathBuf> {
-        let _guard = self.locks.lock(id);
+        let _guard = crate::locks::lock(self.store.locks(), &[id])?;
         if let Some(held) = self.refs().get_mut(id) {
             held.count += 1;
             return Ok(if held.mounted {
@@ -493,6 +540,20 @@ impl Driver for Overlay2 {
             .store
             .lower_entries(id)
             .map_err(|e| Error::store(id, e))?;
+        let merged = self.home.join(id).join("merged");
+        if !lowers.is_empty() && mounts::is_mount_point(&merged) {
+            // Mounted by another process that left it to its caller (`plies
+            // mount`): used as it is, and counted as held by that caller too, so
+            // the matching `put` leaves it mounted.
+            self.refs().insert(
+                id.to_owned(),
+                Held {
+                    count: 2,
+                    mounted: true,
+                },
+            );
+            return Ok(merged);
+        }
         let (path, mounted) = if lowers.is_empty() {
             (self.store.diff_dir(id), false)
         } else {
@@ -504,7 +565,7 @@ impl Driver for Overlay2 {
     }
 
     fn put(&self, id: &str) -> Result<()> {
-        let _guard = self.locks.lock(id);
+        let _guard = crate::locks::lock(self.store.locks(), &[id])?;
         let held = {
             let mut refs = self.refs();
             let Some(held) = refs.get_mut(id) else {
@@ -538,6 +599,25 @@ impl Driver for Overlay2 {
             }
         }
         Ok(())
+    }
+
+    fn detach(&self, id: &str) -> Result<bool> {
+        let _guard = crate::locks::lock(self.store.locks(), &[id])?;
+        if !self.store.exists(id) {
+            return Err(Error::NoSuchLayer { id: id.to_owned() });
+        }
+        let merged = self.home.join(id).join("merged");
+        let mut undone = false;
+        while mounts::is_mount_point(&merged) {
+            undone |= mounts::detach(id, &merged)?;
+        }
+        self.refs().remove(id);
+        match std::fs::remove_dir(&merged) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => tracing::warn!(layer = id, error = %e, "could not remove merged"),
+        }
+        Ok(undone)
     }
 
     fn exists(&self, id: &str) -> bool {
@@ -589,7 +669,18 @@ impl Driver for Overlay2 {
                 .and_then(|p| p.components().next())
                 .map(|c| c.as_os_str().to_string_lossy().into_owned())
                 .unwrap_or_default();
-            let _guard = self.locks.lock(&id);
+            // A mount outside any layer's directory is detached without a lock.
+            let _guard = if plies_layerstore::validate_id(&id).is_ok() {
+                match crate::locks::lock(self.store.locks(), &[&id]) {
+                    Ok(g) => Some(g),
+                    Err(e) => {
+                        first.get_or_insert(e);
+                        continue;
+                    }
+                }
+            } else {
+                None
+            };
             match mounts::detach(&id, &mount) {
                 Ok(_) => {
                     if self.refs().remove(&id).is_some() {
@@ -632,12 +723,14 @@ impl Driver for Overlay2 {
             return self.apply_naive(id, diff).map(|s| s.size);
         }
         {
-            let _guard = self.locks.lock(id);
+            let _guard = crate::locks::lock(self.store.locks(), &[id])?;
             let opts = self
                 .remap
                 .maps()
                 .apply_options(WhiteoutFormat::Overlay(self.ns()));
-            native::apply_into(id, &own, diff, &opts, self.refcount(id) == 0)?;
+            let in_use =
+                self.refcount(id) > 0 || mounts::is_mount_point(&self.home.join(id).join("merged"));
+            native::apply_into(id, &own, diff, &opts, !in_use)?;
         }
         self.diff_size(id, parent)
     }

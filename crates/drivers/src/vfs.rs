@@ -17,7 +17,6 @@ use crate::copy::{copy_tree, remove_tree};
 use crate::driver::Driver;
 use crate::error::{Error, Result};
 use crate::idmap::Remap;
-use crate::locks::LayerLocks;
 use crate::naive;
 use crate::native;
 use crate::options::{CreateOptions, Options};
@@ -29,7 +28,7 @@ pub struct Vfs {
     dir: PathBuf,
     scratch: PathBuf,
     remap: Remap,
-    locks: LayerLocks,
+    locks: plies_layerstore::LayerLocks,
     refs: Mutex<HashMap<String, usize>>,
     /// Layers known to hold exactly their parent's tree, with that parent: made
     /// by this handle and since neither handed out by `get` nor applied to.
@@ -65,25 +64,32 @@ impl Vfs {
                 .map_err(|e| Error::io("chmod", &root, e))?;
             remap.own(&dir)?;
         }
-        remove_tree(&scratch)?;
+        let locks = plies_layerstore::LayerLocks::open(&root).map_err(|e| Error::store("", e))?;
         let entries = std::fs::read_dir(&dir).map_err(|e| Error::io("read", &dir, e))?;
         for entry in entries {
             let entry = entry.map_err(|e| Error::io("read", &dir, e))?;
             let name = entry.file_name();
             let name = name.to_string_lossy();
-            if [CREATING, REMOVING, APPLYING]
+            let owner = [CREATING, REMOVING, APPLYING]
                 .iter()
-                .any(|suffix| name.ends_with(suffix))
-            {
-                remove_tree(&entry.path())?;
-            }
+                .find_map(|suffix| name.strip_suffix(suffix))
+                .filter(|id| plies_layerstore::validate_id(id).is_ok());
+            let Some(owner) = owner else {
+                continue;
+            };
+            // Only what a dead owner left: work in progress holds the lock.
+            let Some(_guard) = locks.try_lock(&[owner]).map_err(|e| Error::store(owner, e))?
+            else {
+                continue;
+            };
+            remove_tree(&entry.path())?;
         }
         Ok(Vfs {
             root,
             dir,
             scratch,
             remap,
-            locks: LayerLocks::default(),
+            locks,
             refs: Mutex::new(HashMap::new()),
             pristine: Mutex::new(HashMap::new()),
         })
@@ -109,12 +115,12 @@ impl Vfs {
                 reason: "vfs has no quota".to_owned(),
             });
         }
-        let _guard = self.locks.lock(id);
+        let _guard = crate::locks::lock(&self.locks, &[id])?;
         if self.exists(id) {
             return Err(Error::LayerExists { id: id.to_owned() });
         }
         let creating = self.dir.join(format!("{id}{CREATING}"));
-        let done = self.fill(&creating, id, parent).and_then(|()| {
+        let done = self.fill(&creating, parent).and_then(|()| {
             rustix::fs::renameat_with(
                 rustix::fs::CWD,
                 &creating,
@@ -137,13 +143,13 @@ impl Vfs {
 
     /// Makes `dir` afresh as the new layer `id` on `parent`: owned by the
     /// container's root, holding a copy of the parent's tree.
-    fn fill(&self, dir: &Path, id: &str, parent: Option<&str>) -> Result<()> {
+    fn fill(&self, dir: &Path, parent: Option<&str>) -> Result<()> {
         remove_tree(dir)?;
         mkdir_mode(dir, 0o755)?;
         self.remap.own(dir)?;
         match parent {
             Some(p) => {
-                let _parent_guard = (p != id).then(|| self.locks.lock(p));
+                let _parent_guard = crate::locks::lock(&self.locks, &[p])?;
                 Self::check_id(p)?;
                 if !self.exists(p) {
                     Err(Error::NoSuchLayer { id: p.to_owned() })
@@ -163,7 +169,7 @@ impl Vfs {
     fn rebuild(&self, id: &str, parent: Option<&str>) -> Result<()> {
         let fresh = self.dir.join(format!("{id}{CREATING}"));
         let made = self
-            .fill(&fresh, id, parent)
+            .fill(&fresh, parent)
             .and_then(|()| native::exchange(&fresh, &self.layer(id)));
         let removed = remove_tree(&fresh);
         made.and(removed)
@@ -202,7 +208,7 @@ impl Driver for Vfs {
 
     fn remove(&self, id: &str) -> Result<()> {
         Self::check_id(id)?;
-        let _guard = self.locks.lock(id);
+        let guard = crate::locks::lock(&self.locks, &[id])?;
         let path = self.layer(id);
         let removing = self.dir.join(format!("{id}{REMOVING}"));
         match rustix::fs::rename(&path, &removing) {
@@ -215,12 +221,14 @@ impl Driver for Vfs {
             .unwrap_or_else(PoisonError::into_inner)
             .remove(id);
         self.pristine().remove(id);
-        remove_tree(&removing)
+        remove_tree(&removing)?;
+        guard.forget(id);
+        Ok(())
     }
 
     fn get(&self, id: &str, _mount_label: Option<&str>) -> Result<PathBuf> {
         Self::check_id(id)?;
-        let _guard = self.locks.lock(id);
+        let _guard = crate::locks::lock(&self.locks, &[id])?;
         if !self.exists(id) {
             return Err(Error::NoSuchLayer { id: id.to_owned() });
         }
@@ -235,7 +243,7 @@ impl Driver for Vfs {
     }
 
     fn put(&self, id: &str) -> Result<()> {
-        let _guard = self.locks.lock(id);
+        let _guard = crate::locks::lock(&self.locks, &[id])?;
         let mut refs = self.refs.lock().unwrap_or_else(PoisonError::into_inner);
         match refs.get_mut(id) {
             Some(n) if *n > 1 => {
@@ -248,6 +256,20 @@ impl Driver for Vfs {
             }
             None => Err(Error::NotMounted { id: id.to_owned() }),
         }
+    }
+
+    fn detach(&self, id: &str) -> Result<bool> {
+        Self::check_id(id)?;
+        let _guard = crate::locks::lock(&self.locks, &[id])?;
+        if !self.exists(id) {
+            return Err(Error::NoSuchLayer { id: id.to_owned() });
+        }
+        // A vfs layer is its own directory: nothing is ever mounted.
+        self.refs
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(id);
+        Ok(false)
     }
 
     fn exists(&self, id: &str) -> bool {
@@ -296,7 +318,7 @@ impl Driver for Vfs {
 
     fn apply_diff(&self, id: &str, _parent: Option<&str>, diff: &mut dyn Read) -> Result<u64> {
         Self::check_id(id)?;
-        let _guard = self.locks.lock(id);
+        let _guard = crate::locks::lock(&self.locks, &[id])?;
         if !self.exists(id) {
             return Err(Error::NoSuchLayer { id: id.to_owned() });
         }

@@ -1,6 +1,7 @@
 #![doc = include_str!("../README.md")]
 
 mod aufs;
+pub mod cache;
 mod backing;
 mod dtype;
 mod error;

@@ -9,7 +9,7 @@ use std::fmt;
 /// answer). `Unsupported { reason }` means the feature is missing, the kernel refused
 /// it, or the probe could not find out (no privileges, timed out, an interface the
 /// crate cannot reach); `reason` says which, in words meant for a status line.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(tag = "status", rename_all = "snake_case")]
 pub enum Outcome<T> {
     /// The probe ran and found the feature; the value carries what it found.

@@ -491,6 +491,7 @@ impl AufsStore {
                 )?;
             }
         }
+        crate::fsck::check_probe_scratch(&self.root, &self.locks, repair, &mut report)?;
         let layers = self.list()?;
         let live: BTreeSet<&str> = layers.iter().map(String::as_str).collect();
         for layer in &layers {

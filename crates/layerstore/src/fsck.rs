@@ -143,6 +143,66 @@ pub enum Finding {
     },
 }
 
+impl std::fmt::Display for Finding {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Finding::Leftover { path } => {
+                write!(f, "{}: left by an interrupted operation", path.display())
+            }
+            Finding::UnexpectedEntry { path } => {
+                write!(f, "{}: not part of the store's layout", path.display())
+            }
+            Finding::DanglingLink { link, layer } => {
+                write!(f, "link l/{link} points at layer {layer}, which does not exist")
+            }
+            Finding::BadLinkTarget { link, target } => {
+                write!(f, "link l/{link} points at {target:?}, not at a layer's diff")
+            }
+            Finding::MissingLink { layer, link } => {
+                write!(f, "layer {layer}: its link l/{link} is missing")
+            }
+            Finding::BadLinkFile { layer, restored } => match restored {
+                Some(link) => write!(f, "layer {layer}: bad link file, restored as {link}"),
+                None => write!(f, "layer {layer}: its link file is missing or malformed"),
+            },
+            Finding::LinkConflict { layer, link, owner } => write!(
+                f,
+                "layer {layer}: its link file names l/{link}, which points at layer {owner}"
+            ),
+            Finding::ExtraLink { layer, link } => {
+                write!(f, "layer {layer}: unused second link l/{link}")
+            }
+            Finding::MissingDiff { layer } => write!(f, "layer {layer}: its diff is missing"),
+            Finding::BadLower { layer, reason } => {
+                write!(f, "layer {layer}: bad lower file: {reason}")
+            }
+            Finding::ParentGone { layer, entry } => {
+                write!(f, "layer {layer}: its parent {entry} is gone")
+            }
+            Finding::MissingLower { layer, entry } => {
+                write!(f, "layer {layer}: lower {entry} names no layer")
+            }
+            Finding::StaleLowerEntry {
+                layer,
+                entry,
+                owner,
+            } => write!(
+                f,
+                "layer {layer}: lower entry {entry} is the old link of layer {owner}"
+            ),
+            Finding::Cycle { layer } => write!(f, "layer {layer}: its ancestry loops"),
+            Finding::TooDeep { layer, depth, max } => write!(
+                f,
+                "layer {layer}: {depth} lower layers, more than the maximum of {max}"
+            ),
+            Finding::MissingMountDir { layer } => {
+                write!(f, "layer {layer}: its mount directory is missing")
+            }
+            Finding::OrphanDiff { id } => write!(f, "diff/{id}: data of no layer"),
+        }
+    }
+}
+
 impl Finding {
     /// Whether `fsck(true)` knows a safe repair for this finding.
     pub fn is_repairable(&self) -> bool {
@@ -248,6 +308,59 @@ pub(crate) fn remove_scratch(dir: &OwnedFd, path: &std::path::Path, name: &str) 
     remove_tree(dir, name).map_err(|e| io_err("remove", at, e))
 }
 
+/// Removes every probe scratch directory (`.kprobe-*`) in `probe_dir` and the
+/// mounts a killed probe left in them; returns how many it removed. The caller
+/// holds [`PROBE_LOCK`](crate::PROBE_LOCK), so no probe is running there.
+///
+/// # Errors
+/// [`Error::Io`] naming the entry that could not be unmounted or removed.
+pub fn sweep_probe_scratch(probe_dir: &std::path::Path) -> Result<usize> {
+    let dir = match crate::disk::open_dir(rustix::fs::CWD, &probe_dir.to_string_lossy()) {
+        Ok(d) => d,
+        Err(Errno::NOENT) => return Ok(0),
+        Err(e) => return Err(io_err("open", probe_dir, e)),
+    };
+    let mut removed = 0;
+    for (name, _) in list_names(&dir).map_err(|e| io_err("read", probe_dir, e))? {
+        let Some(name) = utf8_name(&name).filter(|n| n.starts_with(PROBE_SCRATCH_PREFIX)) else {
+            continue;
+        };
+        remove_scratch(&dir, probe_dir, name)?;
+        removed += 1;
+    }
+    Ok(removed)
+}
+
+/// Reports (and with `repair` removes) what killed probes left in the store's
+/// probe directory, unless a probe is running there now.
+pub(crate) fn check_probe_scratch(
+    root: &std::path::Path,
+    locks: &crate::LayerLocks,
+    repair: bool,
+    report: &mut FsckReport,
+) -> Result<()> {
+    let probe_dir = root.join(STORE_DIR).join(crate::PROBE_DIR);
+    let Ok(entries) = std::fs::read_dir(&probe_dir) else {
+        return Ok(());
+    };
+    let Some(_guard) = locks.try_lock(&[crate::PROBE_LOCK])? else {
+        return Ok(());
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if !name.starts_with(PROBE_SCRATCH_PREFIX) {
+            continue;
+        }
+        let path = PathBuf::from(STORE_DIR).join(crate::PROBE_DIR).join(&name);
+        report.handle(Finding::Leftover { path }, repair, || {
+            let dir = crate::disk::open_dir(rustix::fs::CWD, &probe_dir.to_string_lossy())
+                .map_err(|e| io_err("open", &probe_dir, e))?;
+            remove_scratch(&dir, &probe_dir, &name)
+        })?;
+    }
+    Ok(())
+}
+
 impl Overlay2Store {
     /// Checks the whole store and, with `repair`, fixes what it safely can: see
     /// [`Finding`]. A layer's `diff` is never deleted.
@@ -302,6 +415,8 @@ impl Overlay2Store {
                 })?;
             }
         }
+
+        check_probe_scratch(&self.home, &self.locks, repair, &mut report)?;
 
         let layers = self.list()?;
         let live: BTreeSet<&str> = layers.iter().map(String::as_str).collect();

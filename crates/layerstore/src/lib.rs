@@ -13,10 +13,10 @@ mod overlay2;
 
 pub use aufs::{AufsPaths, AufsStore};
 pub use error::{Error, Result};
-pub use fsck::{Finding, FsckEntry, FsckReport, Outcome};
+pub use fsck::{Finding, FsckEntry, FsckReport, Outcome, sweep_probe_scratch};
 pub use id::{APPLYING_SUFFIX, CREATING_SUFFIX, IdError, MAX_ID_LEN, REMOVING_SUFFIX, validate_id};
 pub use link::{LinkError, LinkId, LinkTargetError, parse_link_target};
-pub use locks::{DEFAULT_LOCK_WAIT, LayerGuard, LayerLocks, STORE_DIR};
+pub use locks::{DEFAULT_LOCK_WAIT, LayerGuard, LayerLocks, PROBE_DIR, PROBE_LOCK, STORE_DIR};
 pub use lower::{LowerError, format_lower, parse_lower};
 pub use options::StoreOptions;
 pub use overlay2::{LayerPaths, Metadata, Overlay2Store};

@@ -29,6 +29,14 @@ use crate::error::{Error, Result, io_err};
 /// scratch, caches. Layer ids never start with `.`, so it is never a layer.
 pub const STORE_DIR: &str = ".plies";
 
+/// Where probes make their scratch directories, under [`STORE_DIR`]: one place
+/// that `fsck` knows, never the store's own layout.
+pub const PROBE_DIR: &str = "probe";
+
+/// The lock a prober holds while it works in [`PROBE_DIR`]; no layer id starts
+/// with `.`, so it never names a layer.
+pub const PROBE_LOCK: &str = ".probe";
+
 /// Where the lock files live, under [`STORE_DIR`].
 const LOCK_DIR: &str = "locks";
 
