@@ -22,7 +22,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::{Result, cargo, root, run};
+use crate::{Result, cargo, root, run, target_dir};
 
 mod docker;
 
@@ -72,10 +72,7 @@ pub fn bench(args: &[String]) -> Result {
         "layer",
     ]))?;
     run(cargo().args(["build", "--release", "-p", "plies"]))?;
-    // Where cargo put them: CARGO_TARGET_DIR when set (relative to the workspace).
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(|d| root().join(d))
-        .unwrap_or_else(|| root().join("target"));
+    let target = target_dir();
     let layer_bin = target.join("release/examples/layer");
     let plies_bin = target.join("release/plies");
 
@@ -225,21 +222,76 @@ fn load_average() -> String {
 }
 
 /// Wraps one uncompressed layer tar as a `docker save` archive (manifest, config
-/// with the layer's diff_id, the layer).
+/// with the layer's diff_id, the layer), cached as `dir/<name>-image.tar`.
 fn docker_save_archive(dir: &Path, name: &str, layer: &Path) -> Result<PathBuf> {
     let archive = dir.join(format!("{name}-image.tar"));
-    if archive.exists() {
-        return Ok(archive);
+    if !archive.exists() {
+        docker_save(&archive, &[layer], "bench:latest")?;
     }
-    let staging = dir.join(format!("{name}-image"));
+    Ok(archive)
+}
+
+/// Writes `archive` as `docker save` does: `manifest.json`, `config.json` with each
+/// layer's diff_id, and the uncompressed layer tars (bottom first) as
+/// `<n>/layer.tar`, tagged `tag`. The layers are hard-linked into a staging
+/// directory beside the archive, removed afterwards.
+pub(crate) fn docker_save(archive: &Path, layers: &[&Path], tag: &str) -> Result {
+    let mut staging = archive.as_os_str().to_owned();
+    staging.push(".staging");
+    let staging = PathBuf::from(staging);
     let io = |e: std::io::Error| format!("{}: {e}", staging.display());
     if staging.exists() {
         std::fs::remove_dir_all(&staging).map_err(io)?;
     }
-    std::fs::create_dir_all(&staging).map_err(io)?;
-    std::fs::hard_link(layer, staging.join("layer.tar")).map_err(io)?;
+    let mut members = vec!["manifest.json".to_string(), "config.json".to_string()];
+    let mut diff_ids = Vec::new();
+    for (n, layer) in layers.iter().enumerate() {
+        std::fs::create_dir_all(staging.join(n.to_string())).map_err(io)?;
+        let member = format!("{n}/layer.tar");
+        std::fs::hard_link(layer, staging.join(&member)).map_err(io)?;
+        diff_ids.push(format!("\"sha256:{}\"", sha256_hex(layer)?));
+        members.push(member);
+    }
+    std::fs::write(
+        staging.join("config.json"),
+        format!(
+            r#"{{"architecture":"amd64","os":"linux","rootfs":{{"type":"layers","diff_ids":[{}]}}}}"#,
+            diff_ids.join(",")
+        ),
+    )
+    .map_err(io)?;
+    let layer_names: Vec<String> = members[2..].iter().map(|m| format!("\"{m}\"")).collect();
+    std::fs::write(
+        staging.join("manifest.json"),
+        format!(
+            r#"[{{"Config":"config.json","RepoTags":["{tag}"],"Layers":[{}]}}]"#,
+            layer_names.join(",")
+        ),
+    )
+    .map_err(io)?;
+    let out = Command::new("tar")
+        .arg("-cf")
+        .arg(archive)
+        .arg("-C")
+        .arg(&staging)
+        .args(&members)
+        .output()
+        .map_err(|e| format!("tar: {e}"))?;
+    if !out.status.success() {
+        return Err(format!(
+            "tar -cf {}: {}",
+            archive.display(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        ));
+    }
+    std::fs::remove_dir_all(&staging).map_err(io)?;
+    Ok(())
+}
+
+/// The sha256 of a file, in hex, from `sha256sum`.
+pub(crate) fn sha256_hex(file: &Path) -> Result<String> {
     let sum = Command::new("sha256sum")
-        .arg(layer)
+        .arg(file)
         .output()
         .map_err(|e| format!("sha256sum: {e}"))?;
     let hex = String::from_utf8_lossy(&sum.stdout)
@@ -248,28 +300,9 @@ fn docker_save_archive(dir: &Path, name: &str, layer: &Path) -> Result<PathBuf> 
         .unwrap_or_default()
         .to_string();
     if hex.len() != 64 {
-        return Err(format!("sha256sum of {} gave no digest", layer.display()));
+        return Err(format!("sha256sum of {} gave no digest", file.display()));
     }
-    std::fs::write(
-        staging.join("config.json"),
-        format!(
-            r#"{{"architecture":"amd64","os":"linux","rootfs":{{"type":"layers","diff_ids":["sha256:{hex}"]}}}}"#
-        ),
-    )
-    .map_err(io)?;
-    std::fs::write(
-        staging.join("manifest.json"),
-        r#"[{"Config":"config.json","RepoTags":["bench:latest"],"Layers":["layer.tar"]}]"#,
-    )
-    .map_err(io)?;
-    run(Command::new("tar")
-        .arg("-cf")
-        .arg(&archive)
-        .arg("-C")
-        .arg(&staging)
-        .args(["manifest.json", "config.json", "layer.tar"]))?;
-    std::fs::remove_dir_all(&staging).map_err(io)?;
-    Ok(archive)
+    Ok(hex)
 }
 
 /// One measured command: given a fresh, empty output directory, returns its wall time.
@@ -368,17 +401,20 @@ fn timed(cmd: &mut Command) -> Result<Duration> {
 }
 
 /// A tiny deterministic generator (xorshift64*), so the tree is the same everywhere.
-struct Rng(u64);
+/// The state must not be zero.
+pub(crate) struct Rng(pub(crate) u64);
 
 impl Rng {
-    fn next(&mut self) -> u64 {
+    /// The next 64 random bits.
+    pub(crate) fn next(&mut self) -> u64 {
         self.0 ^= self.0 >> 12;
         self.0 ^= self.0 << 25;
         self.0 ^= self.0 >> 27;
         self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
     }
 
-    fn below(&mut self, n: u64) -> u64 {
+    /// A number in `0..n` (`n` > 0).
+    pub(crate) fn below(&mut self, n: u64) -> u64 {
         self.next() % n
     }
 }

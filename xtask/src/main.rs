@@ -5,11 +5,14 @@
 //! - `cargo xtask fuzz [TARGET] [--seconds N]` — run one fuzz target, or each in turn.
 //! - `cargo xtask package` — `cargo package --workspace` against a local registry.
 //! - `cargo xtask bench` — plies side by side with GNU tar on the same input.
+//! - `cargo xtask trials` — `plies` commands SIGKILLed at random points, the store
+//!   checked after each; then many processes on one root at once.
 //!
 //! cargo-fuzz runs on the stable toolchain with `--sanitizer none` (the sanitizers
 //! need `-Z` flags, which only nightly takes); coverage-guided fuzzing still works.
 
 mod bench;
+mod trials;
 mod vm;
 
 use std::path::{Path, PathBuf};
@@ -24,6 +27,7 @@ fn main() -> ExitCode {
         Some("package") => package(),
         Some("bench") => bench::bench(&args[1..]),
         Some("vm-test") => vm::vm_test(&args[1..]),
+        Some("trials") => trials::trials(&args[1..]),
         Some("fmt") => run(cargo().args(["fmt", "--all"])),
         None | Some("help" | "--help" | "-h") => {
             println!("{USAGE}");
@@ -47,6 +51,8 @@ const USAGE: &str = "usage: cargo xtask <task>\n\
   bench [--runs N] [--no-debian] [--no-docker | --docker-only]\n\
                                plies vs GNU tar, and docker load on plies vs overlay2\n\
   vm-test [--kernel NAME]... [--filter TEST]  kernel tests under Debian kernels in qemu (xtask/VM.md)\n\
+  trials [--per-kind N] [--procs K] [--rounds M] [--seed S] [--kinds a,b,c] [--keep]\n\
+                               kill plies at random points and check the store; K processes on one root
   fmt                          cargo fmt --all";
 
 type Result<T = ()> = std::result::Result<T, String>;
@@ -56,6 +62,14 @@ fn root() -> PathBuf {
         .parent()
         .expect("xtask lives one level below the workspace root")
         .to_path_buf()
+}
+
+/// Where cargo puts build output: `CARGO_TARGET_DIR` when set (relative to the
+/// workspace root), else the workspace's `target/`.
+fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(|d| root().join(d))
+        .unwrap_or_else(|| root().join("target"))
 }
 
 fn cargo() -> Command {
