@@ -774,7 +774,11 @@ fn fsck_reports_and_repairs_damage() {
     assert_eq!(out.status.code(), Some(3));
     let report = String::from_utf8_lossy(&out.stdout).into_owned();
     match root.driver {
-        "overlay2" => assert!(report.contains("MissingLink"), "{report}"),
+        "overlay2" => assert!(
+            report.contains(&format!("layer {}: its link l/", chain[0]))
+                && report.contains("is missing"),
+            "{report}"
+        ),
         _ => assert!(
             report.contains(&format!("layer {} is recorded but missing", chain[1])),
             "{report}"
@@ -806,15 +810,17 @@ fn bad_inputs_fail_cleanly_and_leave_the_store_alone() {
     let junk = d.join("junk.tar");
     std::fs::write(&junk, vec![0x42u8; 4096]).unwrap();
 
-    // A bad tar given to apply removes the layer it was applied to, and only it.
+    // A bad tar given to apply leaves the layer it was applied to as it was.
     root.ok(&["create", "scratch", "--parent", &top]);
+    let changes = root.ok(&["changes", "scratch"]);
     root.fails(
         &["apply", "scratch", junk.to_str().unwrap()],
         1,
         "layer scratch",
     );
-    root.fails(&["mount", "scratch"], 1, "layer scratch: no such layer");
+    assert_eq!(root.ok(&["changes", "scratch"]), changes);
     assert_eq!(root.ok(&["fsck"]).trim(), "clean");
+    root.ok(&["rm", "scratch"]);
 
     let before = root.snapshot();
     // Not a tar.
@@ -1037,4 +1043,194 @@ fn an_interrupted_import_leaves_the_store_as_it_was() {
         "the interrupted import left something"
     );
     assert_eq!(root.ok(&["fsck"]).trim(), "clean");
+}
+
+// ---------------------------------------------------------------- never lose a layer
+
+/// The layer's files as a tree, read through a mount.
+fn layer_tree(root: &Root, id: &str) -> BTreeMap<String, Node> {
+    let merged = root.ok(&["mount", id]);
+    let tree = read_tree(Path::new(merged.trim()));
+    root.ok(&["umount", id]);
+    tree
+}
+
+#[test]
+fn a_failed_apply_leaves_a_layer_with_content_and_its_child() {
+    let root = Root::new();
+    let dir = root.dir.path();
+    let good = dir.join("top.tar");
+    std::fs::write(
+        &good,
+        layer_tar(
+            &[E::Dir("a"), E::File("a/f", 0o644, "content\n")],
+            1_700_000_000,
+        ),
+    )
+    .unwrap();
+    root.ok(&["create", "A"]);
+    root.ok(&["apply", "A", good.to_str().unwrap()]);
+    root.ok(&["create", "X1", "--parent", "A"]);
+    let before = layer_tree(&root, "X1");
+    let changes = root.ok(&["changes", "A"]);
+
+    // Garbage, and a tar that breaks halfway through a good entry.
+    let garbage = dir.join("garbage.tar");
+    let mut bytes = vec![0u8; 3000];
+    for (i, b) in bytes.iter_mut().enumerate() {
+        *b = (i * 7 + 13) as u8;
+    }
+    std::fs::write(&garbage, &bytes).unwrap();
+    let big: &'static str = Box::leak("y".repeat(5000).into_boxed_str());
+    let mut cut = layer_tar(&[E::File("b", 0o644, big)], 1_700_000_000);
+    cut.truncate(2048);
+    let cut_path = dir.join("cut.tar");
+    std::fs::write(&cut_path, &cut).unwrap();
+    for bad in [&garbage, &cut_path] {
+        let err = root.fails(&["apply", "A", bad.to_str().unwrap()], 1, "layer A");
+        assert!(err.contains("the layer is as it was"), "{err}");
+        assert!(!err.contains("removed"), "{err}");
+        assert!(
+            !err.bytes().any(|b| b < 0x20 && b != b'\n'),
+            "control bytes reach the terminal: {err:?}"
+        );
+        assert_eq!(root.ok(&["changes", "A"]), changes);
+        assert_eq!(layer_tree(&root, "X1"), before);
+        assert_eq!(root.ok(&["fsck"]).trim(), "clean");
+    }
+    root.ok(&["rm", "X1", "A"]);
+}
+
+#[test]
+fn probe_scratch_left_in_the_home_is_repaired() {
+    let root = Root::new();
+    root.ok(&["create", "base"]);
+    let home = root.path().join(root.driver);
+    // What a probe killed inside the home left (older versions probed there).
+    std::fs::create_dir_all(home.join(".kprobe-multiple-lowers-AbCdEf/lower1")).unwrap();
+    let out = root.run(&["fsck"]);
+    if root.driver == "overlay2" {
+        assert_eq!(out.status.code(), Some(3), "{out:?}");
+    }
+    root.ok(&["fsck", "--repair"]);
+    assert_eq!(root.ok(&["fsck"]).trim(), "clean");
+    if root.driver == "overlay2" {
+        assert!(!home.join(".kprobe-multiple-lowers-AbCdEf").exists());
+    }
+}
+
+#[test]
+fn concurrent_creates_and_removes_share_one_root() {
+    let root = std::sync::Arc::new(Root::new());
+    root.ok(&["create", "base"]);
+    let workers: Vec<_> = (0..4)
+        .map(|w| {
+            let root = root.clone();
+            std::thread::spawn(move || {
+                let mut failures = Vec::new();
+                for i in 0..15 {
+                    let id = format!("w{w}-{i}");
+                    for args in [
+                        vec!["create", id.as_str(), "--parent", "base"],
+                        vec!["rm", id.as_str()],
+                    ] {
+                        let out = root.run(&args);
+                        if !out.status.success() {
+                            failures.push(String::from_utf8_lossy(&out.stderr).into_owned());
+                        }
+                    }
+                }
+                failures
+            })
+        })
+        .collect();
+    // Readers beside the writers never fail and never see damage.
+    let mut reader_failures = Vec::new();
+    while workers.iter().any(|w| !w.is_finished()) {
+        for args in [&["ls"][..], &["fsck"][..]] {
+            let out = root.run(args);
+            if !out.status.success() {
+                reader_failures.push(format!("{args:?}: {out:?}"));
+            }
+        }
+    }
+    let failures: Vec<String> = workers
+        .into_iter()
+        .flat_map(|w| w.join().unwrap())
+        .collect();
+    assert!(failures.is_empty(), "{failures:#?}");
+    assert!(reader_failures.is_empty(), "{reader_failures:#?}");
+    assert_eq!(root.ok(&["ls", "-q"]).trim(), "base");
+    assert_eq!(root.ok(&["fsck"]).trim(), "clean");
+    if root.driver == "overlay2" {
+        let home = root.path().join("overlay2");
+        assert_eq!(std::fs::read_dir(home.join("l")).unwrap().count(), 1);
+        let mut names: Vec<String> = std::fs::read_dir(&home)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        assert_eq!(names, [".plies", "base", "l"]);
+    }
+}
+
+#[test]
+fn commands_after_the_first_use_the_cached_probes() {
+    let root = Root::new();
+    if root.driver != "overlay2" {
+        eprintln!(
+            "skipped: the probe cache is overlay2's (driver here: {})",
+            root.driver
+        );
+        return;
+    }
+    root.ok(&["create", "base"]);
+    let store = root.path().join("overlay2/.plies");
+    let cache = store.join("overlay2-features.json");
+    let probe_dir = store.join("probe");
+    let stamp = |p: &Path| {
+        let m = std::fs::metadata(p).unwrap();
+        (m.ino(), m.mtime(), m.mtime_nsec())
+    };
+    let (cache_before, probe_before) = (stamp(&cache), stamp(&probe_dir));
+    // A probe writes scratch into its directory and the cache anew: neither moves.
+    root.ok(&["create", "child", "--parent", "base"]);
+    root.ok(&["mount", "child"]);
+    root.ok(&["umount", "child"]);
+    root.ok(&["ls"]);
+    assert_eq!(stamp(&cache), cache_before);
+    assert_eq!(stamp(&probe_dir), probe_before);
+
+    // Another kernel: probed again, and the cache holds this kernel's key again.
+    let text = std::fs::read_to_string(&cache).unwrap();
+    let release = rustix::system::uname()
+        .release()
+        .to_string_lossy()
+        .into_owned();
+    let needle = format!("\"kernel_release\": \"{release}\"");
+    assert!(text.contains(&needle), "{text}");
+    std::fs::write(
+        &cache,
+        text.replace(&needle, "\"kernel_release\": \"0.0.0-other\""),
+    )
+    .unwrap();
+    root.ok(&["ls"]);
+    assert_ne!(
+        stamp(&probe_dir),
+        probe_before,
+        "a changed kernel key must re-probe"
+    );
+    assert!(std::fs::read_to_string(&cache).unwrap().contains(&needle));
+
+    // A corrupt cache is replaced, never trusted.
+    std::fs::write(&cache, b"{\"key\": {\"version\": 7}, \"value\": ").unwrap();
+    root.ok(&["ls"]);
+    assert!(std::fs::read_to_string(&cache).unwrap().contains(&needle));
+    root.ok(&["rm", "child", "base"]);
+
+    // `plies probe` forgets the cache: the next command probes afresh.
+    root.ok(&["probe"]);
+    assert!(!cache.exists());
+    root.ok(&["ls"]);
+    assert!(cache.exists());
 }
