@@ -44,14 +44,15 @@ fn main() -> ExitCode {
     }
 }
 
-const USAGE: &str = "usage: cargo xtask <task>\n\
-  ci                           fmt, clippy, tests, docs, package, fuzz build\n\
-  fuzz [TARGET] [--seconds N]  run cargo-fuzz targets (all in turn when no TARGET)\n\
-  package                      cargo package --workspace\n\
-  bench [--runs N] [--no-debian] [--no-docker | --docker-only]\n\
-                               plies vs GNU tar, and docker load on plies vs overlay2\n\
-  vm-test [--kernel NAME]... [--filter TEST]  kernel tests under Debian kernels in qemu (xtask/VM.md)\n\
-  trials [--per-kind N] [--procs K] [--rounds M] [--seed S] [--kinds a,b,c] [--keep]\n\
+const USAGE: &str = "usage: cargo xtask <task>
+  ci                           fmt, clippy, tests, docs, package, fuzz build
+  fuzz [TARGET] [--seconds N]  run cargo-fuzz targets (all in turn when no TARGET)
+  package                      cargo package --workspace
+  bench [--runs N] [--no-debian] [--no-docker | --docker-only]
+                               plies vs GNU tar, and docker load on plies vs overlay2
+  vm-test [--kernel NAME]... [--filter TEST]  kernel tests under Debian kernels in qemu (xtask/VM.md)
+  trials [--per-kind N] [--procs K] [--rounds M] [--seed S] [--kinds a,b,c] [--keep]
+         [--verbose] [--bin PLIES]
                                kill plies at random points and check the store; K processes on one root
   fmt                          cargo fmt --all";
 

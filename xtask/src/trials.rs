@@ -19,12 +19,18 @@
 //!
 //! The delays come from a xorshift generator seeded by `--seed S` (default: the
 //! clock); the seed is printed. Kill timing still depends on the machine, so a seed
-//! repeats the delays, not always the outcome. With `--keep`, the root of each
-//! failed trial is kept (unmounted) as `<target>/trials/failed-<kind>-<n>`.
+//! repeats the delays, not always the outcome. `--kinds a,b` runs only those kinds;
+//! `--procs 0` or `--rounds 0` skips the concurrency run. With `--keep`, the root
+//! of each failed trial is kept (unmounted) as `<target>/trials/failed-<kind>-<n>`
+//! (`failed-concurrency` for that run). `--verbose` prints a line per trial;
+//! `--bin PATH` tests that `plies` binary instead of building one (an older
+//! build, say).
 //!
-//! Prints a table with a row per kind and the concurrency figures, then the first
-//! failure of each sort per kind with its fsck output, and fails when any failure
-//! count is not zero.
+//! Prints a table with a row per kind and the concurrency figures, then, per kind,
+//! each trial that was the first to fail in some way (what failed, with the output
+//! of fsck after the kill), and fails when any failure count is not zero. Typed
+//! busy/exists refusals in the concurrency run and repairs after a kill are counted
+//! but are no failures.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -242,8 +248,8 @@ pub(crate) fn trials(args: &[String]) -> Result {
         None => {}
     }
     for t in &tallies {
-        for (category, text) in &t.firsts {
-            println!("\nfirst failure of {} ({category}): {text}", t.kind.name());
+        for report in &t.reports {
+            println!("\n{} {report}", t.kind.name());
         }
     }
     println!("\nseed {seed}");
@@ -262,7 +268,7 @@ fn splitmix(seed: u64) -> u64 {
     (z ^ (z >> 31)).max(1)
 }
 
-/// One kind's counts, and the first failure of each sort.
+/// One kind's counts, and reports of the first failures.
 struct Tally {
     kind: Kind,
     /// The unkilled command's time: the kill window.
@@ -276,79 +282,97 @@ struct Tally {
     leaked: usize,
     rerun: usize,
     errors: usize,
-    /// (sort, report) of the first failure of each sort.
-    firsts: Vec<(&'static str, String)>,
+    /// The sorts of failure reported so far.
+    seen: Vec<&'static str>,
+    /// A report of each trial that was the first to fail in some sort.
+    reports: Vec<String>,
 }
 
 impl Tally {
+    fn new(kind: Kind) -> Tally {
+        Tally {
+            kind,
+            window: None,
+            trials: 0,
+            killed: 0,
+            clean: 0,
+            repaired: 0,
+            unrepairable: 0,
+            lost: 0,
+            leaked: 0,
+            rerun: 0,
+            errors: 0,
+            seen: Vec::new(),
+            reports: Vec::new(),
+        }
+    }
+
     fn failed(&self) -> bool {
         self.unrepairable + self.lost + self.leaked + self.rerun + self.errors > 0
     }
 
-    fn first(&mut self, category: &'static str, text: String) {
-        if !self.firsts.iter().any(|(c, _)| *c == category) {
-            self.firsts.push((category, text));
+    /// Keeps `report` when it is the first failure of one of `sorts`.
+    fn report(&mut self, sorts: &[&'static str], report: String) {
+        if sorts.iter().any(|s| !self.seen.contains(s)) {
+            self.seen.extend(sorts);
+            self.reports.push(report);
         }
     }
 
-    fn record(&mut self, n: usize, t: &Trial) {
+    fn record(&mut self, n: usize, t: &Trial, kept: Option<&Path>) {
         self.trials += 1;
         self.killed += usize::from(t.killed);
-        let head = format!(
-            "trial {n} ({} {:.1} ms after the start), root {}",
+        let mut sorts = Vec::new();
+        let mut text = format!(
+            "trial {n}: {} {:.1} ms after the start; root {}",
             if t.killed {
                 "killed"
             } else {
                 "finished before the kill at"
             },
             t.delay.as_secs_f64() * 1000.0,
-            t.root.display()
+            kept.unwrap_or(&t.root).display()
         );
-        let fsck_log = t.fsck.as_ref().map(|(_, log)| log.as_str()).unwrap_or("");
         match &t.fsck {
             Some((Fsck::Clean, _)) => self.clean += 1,
             Some((Fsck::Repaired, _)) => self.repaired += 1,
-            Some((Fsck::Unrepairable, log)) => {
+            Some((Fsck::Unrepairable, _)) => {
                 self.unrepairable += 1;
-                self.first(
-                    "unrepairable",
-                    format!("{head}\n  fsck, fsck --repair, fsck:\n{}", indent(log)),
-                );
+                sorts.push("unrepairable");
+                text.push_str("\n  unrepairable: fsck fails after fsck --repair");
             }
             None => {}
         }
         if !t.lost.is_empty() {
             self.lost += t.lost.len();
-            self.first(
-                "layers lost",
-                format!(
-                    "{head}\n{}\n  fsck:\n{}",
-                    indent(&t.lost.join("\n")),
-                    indent(fsck_log)
-                ),
-            );
+            sorts.push("layers lost");
+            for line in &t.lost {
+                text.push_str(&format!("\n  lost: {line}"));
+            }
         }
         if !t.leaked.is_empty() {
             self.leaked += t.leaked.len();
-            self.first(
-                "leaked mounts",
-                format!("{head}\n  mounts nothing records: {:?}", t.leaked),
-            );
+            sorts.push("leaked mounts");
+            text.push_str(&format!(
+                "\n  leaked mounts (mounted, not recorded): {:?}",
+                t.leaked
+            ));
         }
         if let Some(why) = &t.rerun {
             self.rerun += 1;
-            self.first(
-                "re-run",
-                format!(
-                    "{head}\n{}\n  fsck after the kill:\n{}",
-                    indent(why),
-                    indent(fsck_log)
-                ),
-            );
+            sorts.push("re-run");
+            text.push_str(&format!("\n  re-run: {}", why.trim_end()));
         }
         if let Some(why) = &t.error {
             self.errors += 1;
-            self.first("error", format!("{head}\n{}", indent(why)));
+            sorts.push("error");
+            text.push_str(&format!("\n  error: {}", why.trim_end()));
+        }
+        if let Some((_, log)) = &t.fsck {
+            text.push_str(&format!("\n  fsck after the kill:\n{}", indent(log)));
+        }
+        if !sorts.is_empty() {
+            self.report(&sorts, text);
         }
     }
 }
@@ -362,30 +386,14 @@ fn indent(text: &str) -> String {
 
 /// The reference run and `per_kind` trials of one kind.
 fn run_kind(ctx: &Ctx, kind: Kind, per_kind: usize, rng: &mut Rng) -> Tally {
-    let mut tally = Tally {
-        kind,
-        window: None,
-        trials: 0,
-        killed: 0,
-        clean: 0,
-        repaired: 0,
-        unrepairable: 0,
-        lost: 0,
-        leaked: 0,
-        rerun: 0,
-        errors: 0,
-        firsts: Vec::new(),
-    };
+    let mut tally = Tally::new(kind);
     let started = Instant::now();
     let reference = match kinds::reference(ctx, kind) {
         Ok(r) => r,
         Err(e) => {
             eprintln!("trials: {}: the reference run failed", kind.name());
             tally.errors += 1;
-            tally.first(
-                "error",
-                format!("the reference run failed:\n{}", indent(&e)),
-            );
+            tally.report(&["error"], format!("reference run failed:\n{}", indent(&e)));
             return tally;
         }
     };
@@ -394,23 +402,20 @@ fn run_kind(ctx: &Ctx, kind: Kind, per_kind: usize, rng: &mut Rng) -> Tally {
     for n in 0..per_kind {
         let delay = Duration::from_micros(rng.below(window_us + 1));
         let trial = kinds::trial(ctx, kind, n, &reference, delay);
-        tally.record(n, &trial);
-        if ctx.verbose {
-            eprintln!("trials: {} {n}: {}", kind.name(), trial.summary());
-        }
         let kept = if trial.failed() && ctx.keep {
             ctx.keep_root(&trial.root, &format!("{}-{n}", kind.name()))
                 .map(Some)
         } else {
             remove_root(&trial.root).map(|()| None)
         };
-        match kept {
-            Ok(Some(path)) => eprintln!("trials: kept {}", path.display()),
-            Ok(None) => {}
-            Err(e) => {
-                tally.errors += 1;
-                tally.first("error", format!("trial {n}: cleaning up: {e}"));
-            }
+        let kept = kept.unwrap_or_else(|e| {
+            tally.errors += 1;
+            tally.report(&["cleanup"], format!("trial {n}: cleaning up: {e}"));
+            None
+        });
+        tally.record(n, &trial, kept.as_deref());
+        if ctx.verbose {
+            eprintln!("trials: {} {n}: {}", kind.name(), trial.summary());
         }
     }
     eprintln!(

@@ -146,7 +146,6 @@ fn beside(plies: &Plies, root: &Path, args: &[&str], done: &AtomicBool) -> (usiz
                     .lines()
                     .next()
                     .map(str::to_string)
-                    .filter(|_| run.stderr.trim().is_empty())
                     .unwrap_or_else(|| run.message());
                 failures.push(format!("{} ({}): {said}", run.shown, run.end()));
             }
