@@ -234,7 +234,9 @@ pub(crate) fn trials(args: &[String]) -> Result {
         None
     };
 
-    print_table(&tallies);
+    if !tallies.is_empty() {
+        print_table(&tallies);
+    }
     let mut failed = tallies.iter().any(Tally::failed);
     match &concurrency {
         Some(Ok(report)) => {
@@ -289,6 +291,7 @@ struct Tally {
 }
 
 impl Tally {
+    /// Nothing counted yet.
     fn new(kind: Kind) -> Tally {
         Tally {
             kind,
@@ -307,6 +310,7 @@ impl Tally {
         }
     }
 
+    /// Whether any failure was counted.
     fn failed(&self) -> bool {
         self.unrepairable + self.lost + self.leaked + self.rerun + self.errors > 0
     }
@@ -319,6 +323,8 @@ impl Tally {
         }
     }
 
+    /// Counts trial `n` (its root kept at `kept`, if it was) and keeps its report
+    /// when it is the first of some sort of failure.
     fn record(&mut self, n: usize, t: &Trial, kept: Option<&Path>) {
         self.trials += 1;
         self.killed += usize::from(t.killed);
@@ -361,12 +367,12 @@ impl Tally {
         if let Some(why) = &t.rerun {
             self.rerun += 1;
             sorts.push("re-run");
-            text.push_str(&format!("\n  re-run: {}", why.trim_end()));
+            text.push_str(&format!("\n  re-run: {}", hang(why)));
         }
         if let Some(why) = &t.error {
             self.errors += 1;
             sorts.push("error");
-            text.push_str(&format!("\n  error: {}", why.trim_end()));
+            text.push_str(&format!("\n  error: {}", hang(why)));
         }
         if let Some((_, log)) = &t.fsck {
             text.push_str(&format!("\n  fsck after the kill:\n{}", indent(log)));
@@ -377,6 +383,15 @@ impl Tally {
     }
 }
 
+/// The first line as it is, the rest indented under it.
+fn hang(text: &str) -> String {
+    match text.trim_end().split_once('\n') {
+        Some((first, rest)) => format!("{first}\n{}", indent(rest)),
+        None => text.trim_end().to_string(),
+    }
+}
+
+/// Every line indented by four spaces.
 fn indent(text: &str) -> String {
     text.lines()
         .map(|l| format!("    {l}"))
@@ -428,6 +443,7 @@ fn run_kind(ctx: &Ctx, kind: Kind, per_kind: usize, rng: &mut Rng) -> Tally {
     tally
 }
 
+/// The table: a row per kind.
 fn print_table(tallies: &[Tally]) {
     println!(
         "\n{:<14} {:>9} {:>6} {:>7} {:>6} {:>8} {:>12} {:>6} {:>7} {:>7} {:>6}",
@@ -470,6 +486,7 @@ fn print_table(tallies: &[Tally]) {
     );
 }
 
+/// The concurrency figures, and the first messages of each sort of failure.
 fn print_concurrency(r: &concurrency::Report) {
     let total = r.procs * r.rounds;
     println!(

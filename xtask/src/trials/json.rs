@@ -56,16 +56,19 @@ struct Parser<'a> {
 }
 
 impl Parser<'_> {
+    /// A message naming the byte where parsing stopped.
     fn error(&self, what: &str) -> String {
         format!("JSON: {what} at byte {}", self.i)
     }
 
+    /// Skips whitespace.
     fn space(&mut self) {
         while self.s.get(self.i).is_some_and(u8::is_ascii_whitespace) {
             self.i += 1;
         }
     }
 
+    /// Consumes `word` if it comes next.
     fn eat(&mut self, word: &str) -> bool {
         if self.s[self.i..].starts_with(word.as_bytes()) {
             self.i += word.len();
@@ -75,6 +78,7 @@ impl Parser<'_> {
         }
     }
 
+    /// One value.
     fn value(&mut self) -> Result<Json, String> {
         self.space();
         match self.s.get(self.i) {
@@ -144,6 +148,7 @@ impl Parser<'_> {
         }
     }
 
+    /// A string, its escapes undone.
     fn string(&mut self) -> Result<String, String> {
         if !self.eat("\"") {
             return Err(self.error("expected a string"));
@@ -197,6 +202,7 @@ impl Parser<'_> {
         Ok(char::from_u32(code).unwrap_or(char::REPLACEMENT_CHARACTER))
     }
 
+    /// Four hex digits.
     fn hex4(&mut self) -> Result<u32, String> {
         let digits = self
             .s

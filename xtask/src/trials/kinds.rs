@@ -139,10 +139,12 @@ impl Kind {
     }
 }
 
+/// Command arguments from words.
 fn args(words: &[&str]) -> Vec<OsString> {
     words.iter().map(OsString::from).collect()
 }
 
+/// Command arguments from words and a file.
 fn with(words: &[&str], file: &Path) -> Vec<OsString> {
     let mut v = args(words);
     v.push(file.as_os_str().to_owned());
@@ -235,12 +237,15 @@ fn lost_layers(now: &State, before: &State, after: &State) -> Vec<String> {
         })
         .map(|id| {
             let n = now.get(id);
-            format!(
-                "layer {}: against before: {}; against after: {}",
-                short(id),
-                describe(n, before.get(id)),
-                describe(n, after.get(id))
-            )
+            let (b, a) = (describe(n, before.get(id)), describe(n, after.get(id)));
+            if b == a {
+                format!("layer {}: {b}", short(id))
+            } else {
+                format!(
+                    "layer {}: against before: {b}; against after: {a}",
+                    short(id)
+                )
+            }
         })
         .collect()
 }
@@ -428,6 +433,7 @@ pub(crate) fn trial(
     t
 }
 
+/// The body of [`trial`]: fills `t` in, or says why it could not go on.
 fn run_trial(
     ctx: &Ctx,
     kind: Kind,

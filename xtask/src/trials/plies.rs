@@ -107,6 +107,8 @@ impl Running {
         self.finish(delay, true)
     }
 
+    /// Waits for the end until `limit` after the start, then kills it: as planned
+    /// (the status tells how it ended) or as hung (no status).
     fn finish(mut self, limit: Duration, kill_is_the_plan: bool) -> Run {
         let mut status = None;
         loop {

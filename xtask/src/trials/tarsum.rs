@@ -164,6 +164,7 @@ fn cstr(field: &[u8]) -> &[u8] {
     &field[..end]
 }
 
+/// Bytes as text, lossily.
 fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }
