@@ -151,6 +151,10 @@ impl LayerLocks {
             ids: Vec::with_capacity(sorted.len()),
         };
         for id in sorted {
+            // A bad id is refused as the store would refuse it, not as a file name.
+            if id != PROBE_LOCK {
+                crate::id::check_id(id)?;
+            }
             self.take(id, deadline)?;
             guard.ids.push(id.to_owned());
         }
