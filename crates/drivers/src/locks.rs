@@ -9,5 +9,7 @@ use crate::error::{Error, Result};
 
 /// Takes the locks of `ids`, as [`LayerLocks::lock`] does.
 pub(crate) fn lock<'a>(locks: &'a LayerLocks, ids: &[&str]) -> Result<LayerGuard<'a>> {
-    locks.lock(ids).map_err(|e| Error::store(ids.first().copied().unwrap_or(""), e))
+    locks
+        .lock(ids)
+        .map_err(|e| Error::store(ids.first().copied().unwrap_or(""), e))
 }

@@ -78,7 +78,9 @@ impl Vfs {
                 continue;
             };
             // Only what a dead owner left: work in progress holds the lock.
-            let Some(_guard) = locks.try_lock(&[owner]).map_err(|e| Error::store(owner, e))?
+            let Some(_guard) = locks
+                .try_lock(&[owner])
+                .map_err(|e| Error::store(owner, e))?
             else {
                 continue;
             };

@@ -119,7 +119,10 @@ pub fn load<T: DeserializeOwned>(file: &Path, key: &CacheKey) -> Option<T> {
 /// # Errors
 /// The I/O error of writing or renaming.
 pub fn store<T: Serialize>(file: &Path, key: &CacheKey, value: &T) -> std::io::Result<()> {
-    let entry = Entry { key: key.clone(), value };
+    let entry = Entry {
+        key: key.clone(),
+        value,
+    };
     let bytes = serde_json::to_vec_pretty(&entry).map_err(std::io::Error::other)?;
     let name = file
         .file_name()

@@ -1,8 +1,8 @@
 #![doc = include_str!("../README.md")]
 
 mod aufs;
-pub mod cache;
 mod backing;
+pub mod cache;
 mod dtype;
 mod error;
 mod filesystems;

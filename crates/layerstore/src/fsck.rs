@@ -11,8 +11,8 @@ use rustix::io::Errno;
 use crate::disk::{file_type, list_names, remove_tree, sync, utf8_name, write_new_file};
 use crate::error::{Error, Result, io_err};
 use crate::id::{APPLYING_SUFFIX, CREATING_SUFFIX, REMOVING_SUFFIX};
-use crate::locks::STORE_DIR;
 use crate::link::LinkId;
+use crate::locks::STORE_DIR;
 use crate::lower::{LowerError, format_lower};
 use crate::overlay2::{LINK_DIR, Overlay2Store};
 
@@ -153,10 +153,16 @@ impl std::fmt::Display for Finding {
                 write!(f, "{}: not part of the store's layout", path.display())
             }
             Finding::DanglingLink { link, layer } => {
-                write!(f, "link l/{link} points at layer {layer}, which does not exist")
+                write!(
+                    f,
+                    "link l/{link} points at layer {layer}, which does not exist"
+                )
             }
             Finding::BadLinkTarget { link, target } => {
-                write!(f, "link l/{link} points at {target:?}, not at a layer's diff")
+                write!(
+                    f,
+                    "link l/{link} points at {target:?}, not at a layer's diff"
+                )
             }
             Finding::MissingLink { layer, link } => {
                 write!(f, "layer {layer}: its link l/{link} is missing")
