@@ -22,9 +22,9 @@
 //! repeats the delays, not always the outcome. `--kinds a,b` runs only those kinds;
 //! `--procs 0` or `--rounds 0` skips the concurrency run. With `--keep`, the root
 //! of each failed trial is kept (unmounted) as `<target>/trials/failed-<kind>-<n>`
-//! (`failed-concurrency` for that run). `--verbose` prints a line per trial;
-//! `--bin PATH` tests that `plies` binary instead of building one (an older
-//! build, say).
+//! (`failed-concurrency` for that run), and the inputs stay in `inputs/`.
+//! `--verbose` prints a line per trial; `--bin PATH` tests that `plies` binary
+//! instead of building one (an older build, say).
 //!
 //! Prints a table with a row per kind and the concurrency figures, then, per kind,
 //! each trial that was the first to fail in some way (what failed, with the output
@@ -253,6 +253,12 @@ pub(crate) fn trials(args: &[String]) -> Result {
         for report in &t.reports {
             println!("\n{} {report}", t.kind.name());
         }
+    }
+    let inputs = ctx.dir.join("inputs");
+    if ctx.keep {
+        println!("\ninputs kept in {}", inputs.display());
+    } else if let Err(e) = std::fs::remove_dir_all(&inputs) {
+        eprintln!("trials: removing {}: {e}", inputs.display());
     }
     println!("\nseed {seed}");
     if failed {

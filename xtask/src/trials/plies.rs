@@ -6,7 +6,7 @@ use std::io::Read;
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
-use std::thread::JoinHandle;
+use std::sync::mpsc::{Receiver, channel};
 use std::time::{Duration, Instant};
 
 use super::json::{self, Json};
@@ -92,8 +92,8 @@ pub(crate) struct Running {
     shown: String,
     child: Child,
     start: Instant,
-    stdout: JoinHandle<Vec<u8>>,
-    stderr: JoinHandle<Vec<u8>>,
+    stdout: Receiver<Vec<u8>>,
+    stderr: Receiver<Vec<u8>>,
 }
 
 impl Running {
@@ -132,8 +132,10 @@ impl Running {
             std::thread::sleep(left.min(Duration::from_millis(1)));
         }
         let elapsed = self.start.elapsed();
-        let stdout = self.stdout.join().unwrap_or_default();
-        let stderr = self.stderr.join().unwrap_or_default();
+        // A process the command started may outlive it and hold its pipes open;
+        // what it printed is not worth waiting for long.
+        let stdout = self.stdout.recv_timeout(PIPE_GRACE).unwrap_or_default();
+        let stderr = self.stderr.recv_timeout(PIPE_GRACE).unwrap_or_default();
         Run {
             shown: self.shown,
             status,
@@ -144,13 +146,18 @@ impl Running {
     }
 }
 
-/// Reads a pipe to its end on a thread of its own.
-fn drain(mut pipe: impl Read + Send + 'static) -> JoinHandle<Vec<u8>> {
+/// How long a pipe may stay open after its command ended.
+const PIPE_GRACE: Duration = Duration::from_secs(10);
+
+/// Reads a pipe to its end on a thread of its own, which sends what it read.
+fn drain(mut pipe: impl Read + Send + 'static) -> Receiver<Vec<u8>> {
+    let (tx, rx) = channel();
     std::thread::spawn(move || {
         let mut buf = Vec::new();
         let _ = pipe.read_to_end(&mut buf);
-        buf
-    })
+        let _ = tx.send(buf);
+    });
+    rx
 }
 
 impl Plies {
