@@ -131,6 +131,38 @@ pub fn run(store: &Store, repair: bool, out: &Out) -> Result<bool> {
         }
     }
 
+    // Mounts of recorded layers that no `plies mount` recorded: one was killed
+    // between its mount and its record. Mounts of layers plies has no record of
+    // (another front end's) are left alone.
+    let mount_points = plies_kprobe::mount_points().context("reading the mount table")?;
+    let home = store.driver.root().to_path_buf();
+    for m in mount_points.iter().filter(|m| m.starts_with(&home)) {
+        let Ok(rel) = m.strip_prefix(&home) else {
+            continue;
+        };
+        let mut parts = rel.components().map(|c| c.as_os_str().to_string_lossy());
+        let id = match (store.driver.name(), parts.next()) {
+            ("aufs", Some(first)) if first == "mnt" => parts.next(),
+            ("aufs", _) => None,
+            (_, first) => first,
+        };
+        let Some(id) = id else { continue };
+        let unrecorded = records
+            .iter()
+            .any(|r| r.id == id && r.complete && r.mounted.is_none());
+        if unrecorded {
+            let fixed = repair && store.driver.detach(&id).is_ok();
+            findings.push(Finding {
+                area: "records",
+                finding: format!(
+                    "layer {id} is mounted at {} but no plies mount recorded it (one was interrupted)",
+                    m.display()
+                ),
+                outcome: if fixed { "repaired" } else { "repairable" },
+            });
+        }
+    }
+
     let damaged = findings.iter().any(|f| f.outcome != "repaired");
     if out.json {
         out.json(&findings)?;
