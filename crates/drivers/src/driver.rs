@@ -69,6 +69,23 @@ pub trait Driver: Send + Sync + std::fmt::Debug {
     /// (the mount then stays, and so do the counts).
     fn detach(&self, id: &str) -> Result<bool>;
 
+    /// Every layer the driver holds, sorted; half-made and half-removed layers
+    /// and the store's own entries are never listed.
+    ///
+    /// # Errors
+    /// [`Error::Store`](crate::Error::Store) or [`Error::Io`](crate::Error::Io)
+    /// when the driver's home cannot be read.
+    fn list(&self) -> Result<Vec<String>>;
+
+    /// Checks the driver's layout and, with `repair`, fixes what it safely can
+    /// (see [`plies_layerstore::Finding`]). Work another thread or process holds
+    /// a layer's lock for is neither reported nor touched.
+    ///
+    /// # Errors
+    /// [`Error::Store`](crate::Error::Store) or [`Error::Io`](crate::Error::Io)
+    /// when the check itself cannot proceed (a repair that fails).
+    fn fsck(&self, repair: bool) -> Result<plies_layerstore::FsckReport>;
+
     /// Whether the layer `id` exists.
     fn exists(&self, id: &str) -> bool;
 

@@ -620,6 +620,14 @@ impl Driver for Overlay2 {
         Ok(undone)
     }
 
+    fn list(&self) -> Result<Vec<String>> {
+        self.store.list().map_err(|e| Error::store("", e))
+    }
+
+    fn fsck(&self, repair: bool) -> Result<plies_layerstore::FsckReport> {
+        self.store.fsck(repair).map_err(|e| Error::store("", e))
+    }
+
     fn exists(&self, id: &str) -> bool {
         self.store.exists(id)
     }

@@ -274,6 +274,67 @@ impl Driver for Vfs {
         Ok(false)
     }
 
+    fn list(&self) -> Result<Vec<String>> {
+        let mut out = Vec::new();
+        for entry in std::fs::read_dir(&self.dir).map_err(|e| Error::io("read", &self.dir, e))? {
+            let entry = entry.map_err(|e| Error::io("read", &self.dir, e))?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if plies_layerstore::validate_id(&name).is_ok() && self.exists(&name) {
+                out.push(name);
+            }
+        }
+        out.sort();
+        Ok(out)
+    }
+
+    fn fsck(&self, repair: bool) -> Result<plies_layerstore::FsckReport> {
+        use plies_layerstore::Finding;
+        let mut report = plies_layerstore::FsckReport::default();
+        for entry in std::fs::read_dir(&self.dir).map_err(|e| Error::io("read", &self.dir, e))? {
+            let entry = entry.map_err(|e| Error::io("read", &self.dir, e))?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let owner = [CREATING, REMOVING, APPLYING]
+                .iter()
+                .find_map(|suffix| name.strip_suffix(suffix))
+                .filter(|id| plies_layerstore::validate_id(id).is_ok());
+            let finding = || Finding::Leftover {
+                path: Path::new("dir").join(&name),
+            };
+            match owner {
+                Some(owner) => {
+                    // Work in progress holds the layer's lock and is no damage.
+                    let Some(_guard) = self
+                        .locks
+                        .try_lock(&[owner])
+                        .map_err(|e| Error::store(owner, e))?
+                    else {
+                        continue;
+                    };
+                    if !entry.path().exists() {
+                        continue;
+                    }
+                    report
+                        .handle(finding(), repair, || {
+                            remove_tree(&entry.path()).map_err(|e| plies_layerstore::Error::Io {
+                                op: "remove",
+                                path: entry.path(),
+                                source: std::io::Error::other(e.to_string()),
+                            })
+                        })
+                        .map_err(|e| Error::store(owner, e))?;
+                }
+                None if plies_layerstore::validate_id(&name).is_err() => report.push(
+                    Finding::UnexpectedEntry {
+                        path: Path::new("dir").join(&name),
+                    },
+                    plies_layerstore::Outcome::Unrepairable,
+                ),
+                None => {}
+            }
+        }
+        Ok(report)
+    }
+
     fn exists(&self, id: &str) -> bool {
         Self::check_id(id).is_ok()
             && rustix::fs::statat(

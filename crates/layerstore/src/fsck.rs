@@ -267,14 +267,18 @@ impl FsckReport {
             .map(|e| &e.finding)
     }
 
-    pub(crate) fn push(&mut self, finding: Finding, outcome: Outcome) {
+    /// Records a finding with what was done about it.
+    pub fn push(&mut self, finding: Finding, outcome: Outcome) {
         tracing::warn!(?finding, ?outcome, "fsck");
         self.entries.push(FsckEntry { finding, outcome });
     }
 
     /// Records a finding: repaired by `fix` when `repair` is set and the finding is
     /// repairable, else marked as such.
-    pub(crate) fn handle(
+    ///
+    /// # Errors
+    /// What `fix` failed with.
+    pub fn handle(
         &mut self,
         finding: Finding,
         repair: bool,
@@ -306,7 +310,7 @@ pub(crate) fn remove_scratch(dir: &OwnedFd, path: &std::path::Path, name: &str) 
             let Some(sub) = utf8_name(&sub) else { continue };
             // Stacked mounts come off one by one.
             while crate::disk::is_mount_point(&scratch, sub).unwrap_or(false) {
-                rustix::mount::unmount(&at.join(sub), rustix::mount::UnmountFlags::DETACH)
+                rustix::mount::unmount(at.join(sub), rustix::mount::UnmountFlags::DETACH)
                     .map_err(|e| io_err("unmount", at.join(sub), e))?;
             }
         }

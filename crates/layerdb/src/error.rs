@@ -1,0 +1,118 @@
+//! The errors of this crate.
+
+use std::io;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Everything that can go wrong in a layer database.
+///
+/// Each variant names the layer or file involved; causes are kept as sources.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// An id the record directory cannot hold.
+    #[error("invalid layer id {id:?}")]
+    InvalidId {
+        /// The id as given.
+        id: String,
+    },
+    /// No complete layer has this id (or id prefix).
+    #[error("layer {id}: no such layer")]
+    NoSuchLayer {
+        /// The id as given.
+        id: String,
+    },
+    /// The layer's record says an import or create did not finish.
+    #[error("layer {id}: incomplete (an import or apply was interrupted)")]
+    Incomplete {
+        /// The layer.
+        id: String,
+    },
+    /// An id prefix that names several layers.
+    #[error("layer {id}: the prefix names {count} layers")]
+    Ambiguous {
+        /// The prefix.
+        id: String,
+        /// How many layers it names.
+        count: usize,
+    },
+    /// A layer of this id exists (or is being made).
+    #[error("layer {id}: already exists")]
+    Exists {
+        /// The layer.
+        id: String,
+    },
+    /// A layer that other layers sit on.
+    #[error("layer {id}: it is the parent of {children}")]
+    HasChildren {
+        /// The layer.
+        id: String,
+        /// Its children, comma-separated.
+        children: String,
+    },
+    /// A record file that does not parse.
+    #[error("layer record {path}")]
+    BadRecord {
+        /// The record file.
+        path: PathBuf,
+        /// Why it does not parse.
+        #[source]
+        source: serde_json::Error,
+    },
+    /// Another process holds the database's lock and did not let it go in time.
+    #[error("store busy: another plies process (pid {holder}) has held {path} for {} s", waited.as_secs())]
+    Busy {
+        /// The lock file.
+        path: PathBuf,
+        /// The holder's pid as it wrote it (may be empty).
+        holder: String,
+        /// How long the caller waited.
+        waited: Duration,
+    },
+    /// The driver refused or failed.
+    #[error("layer {id}")]
+    Driver {
+        /// The layer (empty for driver-wide operations).
+        id: String,
+        /// The driver's error.
+        #[source]
+        source: Box<plies_drivers::Error>,
+    },
+    /// A system call on a database path failed.
+    #[error("{op} {path}")]
+    Io {
+        /// What was being done.
+        op: &'static str,
+        /// On which path.
+        path: PathBuf,
+        /// The underlying error.
+        #[source]
+        source: io::Error,
+    },
+}
+
+impl Error {
+    /// A driver's error on layer `id` (for the `fill` of
+    /// [`LayerDb::make`](crate::LayerDb::make)).
+    pub fn driver(id: &str, source: plies_drivers::Error) -> Error {
+        Error::Driver {
+            id: id.to_owned(),
+            source: Box::new(source),
+        }
+    }
+}
+
+/// The result type of this crate.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+pub(crate) fn io_err(op: &'static str, path: impl Into<PathBuf>, e: impl Into<io::Error>) -> Error {
+    Error::Io {
+        op,
+        path: path.into(),
+        source: e.into(),
+    }
+}
+
+pub(crate) fn driver_err(id: &str) -> impl FnOnce(plies_drivers::Error) -> Error + '_ {
+    move |source| Error::driver(id, source)
+}

@@ -1,0 +1,423 @@
+#![doc = include_str!("../README.md")]
+#![cfg_attr(docsrs, feature(doc_cfg))]
+
+mod check;
+mod error;
+mod lock;
+mod record;
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+use plies_drivers::{CreateOptions, Driver};
+
+pub use check::{Area, Finding};
+pub use error::{Error, Result};
+pub use record::Record;
+
+use error::{driver_err, io_err};
+
+/// How a [`LayerDb`] is opened: what it may change, and so which lock it holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Access {
+    /// Reads beside any writer, without a lock; shows complete layers only.
+    Read,
+    /// Reads a state no writer is in the middle of: the lock, shared.
+    Inspect,
+    /// Changes layers: the lock, exclusive; what a dead writer left is removed.
+    Write,
+    /// The lock, exclusive, leaving what a dead writer left for `fsck` to report
+    /// and repair.
+    Check,
+}
+
+/// Layer records above a driver: which layer sits on which, how each was made,
+/// and whether it is complete.
+///
+/// Drivers keep files, not lineage (Docker keeps lineage in its `layerdb`): vfs
+/// has no notion of a parent, and the parent a diff is taken against is the
+/// caller's to give. A `LayerDb` keeps one small JSON record per layer in
+/// `<root>/plies/<driver>/layers/<id>.json`, written atomically.
+///
+/// The protocol for a root shared by many processes:
+/// - Writers ([`Access::Write`]) hold an exclusive `flock` on
+///   `<root>/plies/<driver>/lock`; the driver underneath also holds each layer's
+///   own lock (see [`plies_layerstore::LayerLocks`]), which every front end on
+///   the root shares.
+/// - A new layer's record is written incomplete before the layer is made, and
+///   marked complete (an atomic rename) only once its contents are in and
+///   durable (`syncfs`). Only such a layer, made by the same call, is removed
+///   when the call fails; the next writer, holding the exclusive lock, knows an
+///   incomplete record's writer is dead and removes that layer.
+/// - An apply onto an existing layer never marks it incomplete: the driver
+///   applies to a copy that replaces the layer only on success.
+/// - [`Access::Inspect`] takes the lock shared, so a check never sees a
+///   writer's work in progress; [`Access::Read`] takes none and shows complete
+///   layers only.
+/// - A lock that stays busy gives [`Error::Busy`] after a bounded wait.
+#[derive(Debug)]
+pub struct LayerDb {
+    driver: Box<dyn Driver>,
+    root: PathBuf,
+    dir: PathBuf,
+    records: PathBuf,
+    _lock: Option<File>,
+}
+
+/// The longest parent chain walked before a cycle in the records is assumed.
+const MAX_CHAIN: usize = 4096;
+
+impl LayerDb {
+    /// Opens the records of `driver`, whose graph root is `root`, taking the lock
+    /// `access` asks for; [`Access::Write`] removes the layers a dead writer left
+    /// incomplete.
+    ///
+    /// # Errors
+    /// [`Error::Io`] when the record directory cannot be made;
+    /// [`Error::Busy`] when the lock stays held; what removing a dead writer's
+    /// layer failed with.
+    pub fn open(root: &Path, driver: Box<dyn Driver>, access: Access) -> Result<LayerDb> {
+        let dir = root.join("plies").join(driver.name());
+        let records = dir.join("layers");
+        std::fs::create_dir_all(&records).map_err(|e| io_err("create", &records, e))?;
+        let lock = match access {
+            Access::Read => None,
+            Access::Inspect => Some(lock::take(&dir.join("lock"), false)?),
+            Access::Write | Access::Check => Some(lock::take(&dir.join("lock"), true)?),
+        };
+        let db = LayerDb {
+            driver,
+            root: root.to_path_buf(),
+            dir,
+            records,
+            _lock: lock,
+        };
+        if access == Access::Write {
+            db.sweep()?;
+        }
+        Ok(db)
+    }
+
+    /// The driver underneath.
+    pub fn driver(&self) -> &dyn Driver {
+        self.driver.as_ref()
+    }
+
+    /// The graph root.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// `<root>/plies/<driver>`: the records and the lock.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The record of `id`, if any (complete or not).
+    ///
+    /// # Errors
+    /// [`Error::InvalidId`], [`Error::BadRecord`], [`Error::Io`].
+    pub fn record(&self, id: &str) -> Result<Option<Record>> {
+        record::read(&self.records, id)
+    }
+
+    /// Every record, sorted by id.
+    ///
+    /// # Errors
+    /// As [`LayerDb::record`].
+    pub fn records(&self) -> Result<Vec<Record>> {
+        record::read_all(&self.records)
+    }
+
+    /// Writes a record atomically (temporary file, fsync, rename, fsync of the
+    /// directory).
+    ///
+    /// # Errors
+    /// [`Error::InvalidId`], [`Error::Io`].
+    pub fn write_record(&self, record: &Record) -> Result<()> {
+        record::write(&self.records, record)
+    }
+
+    /// Deletes a record (a missing one is no error).
+    ///
+    /// # Errors
+    /// [`Error::Io`].
+    pub fn delete_record(&self, id: &str) -> Result<()> {
+        record::delete(&self.records, id)
+    }
+
+    /// The record of an existing, complete layer, found by its id or by a unique
+    /// prefix of it (`sha256:` may be left out, as in `docker`).
+    ///
+    /// # Errors
+    /// [`Error::NoSuchLayer`], [`Error::Incomplete`], [`Error::Ambiguous`], and
+    /// those of [`LayerDb::record`].
+    pub fn layer(&self, id: &str) -> Result<Record> {
+        let id = &self.resolve(id)?;
+        match self.record(id)? {
+            Some(r) if r.complete && self.driver.exists(id) => Ok(r),
+            Some(r) if !r.complete => Err(Error::Incomplete { id: id.clone() }),
+            _ => Err(Error::NoSuchLayer { id: id.clone() }),
+        }
+    }
+
+    /// The full id a prefix names; the id itself when no record starts with it.
+    fn resolve(&self, id: &str) -> Result<String> {
+        record::check_id(id)?;
+        if self.record(id)?.is_some() {
+            return Ok(id.to_owned());
+        }
+        let sha = format!("sha256:{id}");
+        let matches: Vec<String> = self
+            .records()?
+            .into_iter()
+            .map(|r| r.id)
+            .filter(|r| r.starts_with(id) || r.starts_with(&sha))
+            .collect();
+        match matches.as_slice() {
+            [one] => Ok(one.clone()),
+            [] => Ok(id.to_owned()),
+            many => Err(Error::Ambiguous {
+                id: id.to_owned(),
+                count: many.len(),
+            }),
+        }
+    }
+
+    /// The number of layers below `id` in `records` (0 for a base layer).
+    pub fn depth(records: &BTreeMap<String, Record>, id: &str) -> usize {
+        let mut depth = 0;
+        let mut cur = records.get(id).and_then(|r| r.parent.clone());
+        while let Some(p) = cur {
+            depth += 1;
+            if depth > MAX_CHAIN {
+                break;
+            }
+            cur = records.get(&p).and_then(|r| r.parent.clone());
+        }
+        depth
+    }
+
+    /// Creates the empty layer `id` on `parent` (a complete layer, by id or
+    /// prefix): the record is written incomplete, the layer made, the record
+    /// marked complete. A failure leaves neither.
+    ///
+    /// # Errors
+    /// [`Error::Exists`], [`Error::NoSuchLayer`] for the parent, the driver's
+    /// error, and those of the record files.
+    pub fn create(
+        &self,
+        id: &str,
+        parent: Option<&str>,
+        rw: bool,
+        opts: &CreateOptions,
+    ) -> Result<Record> {
+        let parent = match parent {
+            Some(p) => Some(self.layer(p)?.id),
+            None => None,
+        };
+        let record = Record::new(id, parent.as_deref(), rw);
+        self.make(record, opts, |_| Ok(0))
+    }
+
+    /// Creates layer `record.id` on `record.parent` and fills it with `fill`
+    /// (which returns the bytes it applied), as one crash-safe step: the record
+    /// is written incomplete first, the layer made and filled, everything synced
+    /// to disk, and the record marked complete last. On any failure the layer
+    /// and its record are removed again; a process killed meanwhile leaves an
+    /// incomplete record that the next writer removes with its layer.
+    ///
+    /// # Errors
+    /// [`Error::Exists`] when the id is taken; what `fill` returned; the
+    /// driver's and the record files' errors.
+    pub fn make(
+        &self,
+        mut record: Record,
+        opts: &CreateOptions,
+        fill: impl FnOnce(&dyn Driver) -> Result<u64>,
+    ) -> Result<Record> {
+        let id = record.id.clone();
+        record::check_id(&id)?;
+        if self.record(&id)?.is_some() || self.driver.exists(&id) {
+            return Err(Error::Exists { id });
+        }
+        record.complete = false;
+        self.write_record(&record)?;
+        let made = if record.rw {
+            self.driver
+                .create_read_write(&id, record.parent.as_deref(), opts)
+        } else {
+            self.driver.create(&id, record.parent.as_deref(), opts)
+        };
+        if let Err(e) = made {
+            self.delete_record(&id)?;
+            return Err(driver_err(&id)(e));
+        }
+        let filled = fill(self.driver()).and_then(|size| {
+            // Durable before it is called complete: a power cut keeps it whole.
+            self.sync_data()?;
+            Ok(size)
+        });
+        match filled {
+            Ok(size) => {
+                record.size = size;
+                record.complete = true;
+                self.write_record(&record)?;
+                Ok(record)
+            }
+            Err(e) => {
+                if let Err(undo) = self.remove_layer(&id) {
+                    tracing::warn!(layer = %id, error = %undo, "removing the partial layer");
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// Applies a layer tar to the existing layer `id` (by id or prefix), against
+    /// its recorded parent; returns the bytes applied. A failed or killed apply
+    /// leaves the layer as it was (the driver applies to a copy that replaces the
+    /// layer only on success); the data is synced before the record's size is.
+    ///
+    /// # Errors
+    /// [`Error::NoSuchLayer`], [`Error::Incomplete`], the driver's error.
+    pub fn apply(&self, id: &str, tar: &mut dyn Read) -> Result<u64> {
+        let mut record = self.layer(id)?;
+        let id = record.id.clone();
+        let n = self
+            .driver
+            .apply_diff(&id, record.parent.as_deref(), tar)
+            .map_err(driver_err(&id))?;
+        self.sync_data()?;
+        record.size = n;
+        self.write_record(&record)?;
+        Ok(n)
+    }
+
+    /// Removes the layers `ids` (by id or prefix), children before parents;
+    /// every id is checked before any is removed, and a layer that another
+    /// layer not being removed sits on is refused. Returns the full ids removed.
+    ///
+    /// # Errors
+    /// [`Error::HasChildren`], [`Error::NoSuchLayer`], the driver's error.
+    pub fn remove(&self, ids: &[&str]) -> Result<Vec<String>> {
+        let ids = ids
+            .iter()
+            .map(|id| self.layer(id).map(|r| r.id))
+            .collect::<Result<Vec<String>>>()?;
+        let records = self.records()?;
+        for id in &ids {
+            let children: Vec<&str> = records
+                .iter()
+                .filter(|r| r.parent.as_deref() == Some(id.as_str()) && !ids.contains(&r.id))
+                .map(|r| r.id.as_str())
+                .collect();
+            if !children.is_empty() {
+                return Err(Error::HasChildren {
+                    id: id.clone(),
+                    children: children.join(", "),
+                });
+            }
+        }
+        let by_id: BTreeMap<String, Record> =
+            records.into_iter().map(|r| (r.id.clone(), r)).collect();
+        let mut order: Vec<String> = ids;
+        order.sort_by_key(|id| std::cmp::Reverse(Self::depth(&by_id, id)));
+        order.dedup();
+        for id in &order {
+            self.driver.remove(id).map_err(driver_err(id))?;
+            self.delete_record(id)?;
+        }
+        Ok(order)
+    }
+
+    /// Mounts the layer `id` (by id or prefix) and records where, so that
+    /// [`LayerDb::unmount`] in another process can undo it; a layer already
+    /// mounted that way gives the same path. Returns the layer's full id and its
+    /// root filesystem's path.
+    ///
+    /// # Errors
+    /// [`Error::NoSuchLayer`], the driver's mount error.
+    pub fn mount(&self, id: &str, label: Option<&str>) -> Result<(String, PathBuf)> {
+        let mut record = self.layer(id)?;
+        let id = record.id.clone();
+        if let Some(path) = record.mounted.as_ref().filter(|p| is_mount_point(p)) {
+            return Ok((id, path.clone()));
+        }
+        // `get` uses a mount another (killed) process left rather than stacking
+        // a second one.
+        let path = self.driver.get(&id, label).map_err(driver_err(&id))?;
+        if record.mounted.as_deref() != Some(path.as_path()) {
+            record.mounted = Some(path.clone());
+            self.write_record(&record)?;
+        }
+        Ok((id, path))
+    }
+
+    /// Undoes a [`LayerDb::mount`]: detaches the mount under the layer's lock
+    /// and clears the record. Returns the layer's full id and the path it was
+    /// mounted at.
+    ///
+    /// # Errors
+    /// [`Error::NoSuchLayer`]; [`Error::Driver`] with
+    /// [`plies_drivers::Error::NotMounted`] when no mount is recorded.
+    pub fn unmount(&self, id: &str) -> Result<(String, PathBuf)> {
+        let mut record = self.layer(id)?;
+        let id = record.id.clone();
+        let Some(path) = record.mounted.take() else {
+            return Err(Error::driver(
+                &id,
+                plies_drivers::Error::NotMounted { id: id.clone() },
+            ));
+        };
+        self.driver.detach(&id).map_err(driver_err(&id))?;
+        self.write_record(&record)?;
+        Ok((id, path))
+    }
+
+    /// Makes everything written to the store's filesystem durable: one
+    /// `syncfs`, done before a layer is marked complete.
+    ///
+    /// # Errors
+    /// [`Error::Io`].
+    pub fn sync_data(&self) -> Result<()> {
+        let root = self.driver.root();
+        let dir = File::open(root).map_err(|e| io_err("open", root, e))?;
+        rustix::fs::syncfs(&dir).map_err(|e| io_err("syncfs", root, e))
+    }
+
+    /// Removes a layer and its record: the rollback of a failed make.
+    ///
+    /// # Errors
+    /// The driver's error, [`Error::Io`].
+    pub fn remove_layer(&self, id: &str) -> Result<()> {
+        if self.driver.exists(id) {
+            self.driver.remove(id).map_err(driver_err(id))?;
+        }
+        self.delete_record(id)
+    }
+
+    /// Removes the layers of incomplete records (what a killed writer left) and
+    /// stale temporary record files. Only called with the exclusive lock held.
+    fn sweep(&self) -> Result<()> {
+        record::sweep_temporaries(&self.records);
+        for r in self.records()? {
+            if !r.complete {
+                tracing::warn!(layer = %r.id, "removing a layer an interrupted command left incomplete");
+                self.remove_layer(&r.id)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Whether `path` is a mount point: on another device than its parent.
+fn is_mount_point(path: &Path) -> bool {
+    let (Ok(here), Some(parent)) = (rustix::fs::lstat(path), path.parent()) else {
+        return false;
+    };
+    rustix::fs::stat(parent).is_ok_and(|p| p.st_dev != here.st_dev)
+}

@@ -1,0 +1,137 @@
+//! The record files: one JSON file per layer, written atomically.
+
+use std::fs::File;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result, io_err};
+
+/// What a [`LayerDb`](crate::LayerDb) records about a layer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct Record {
+    /// The layer's id.
+    pub id: String,
+    /// The layer it sits on.
+    pub parent: Option<String>,
+    /// Whether it is a read-write (container) layer.
+    #[serde(default)]
+    pub rw: bool,
+    /// For an imported layer: the sha256 of its uncompressed tar.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub diff_id: Option<String>,
+    /// Bytes applied from layer tars, as the driver reported.
+    #[serde(default)]
+    pub size: u64,
+    /// False from before the layer's creation until its contents are complete.
+    pub complete: bool,
+    /// Where [`LayerDb::mount`](crate::LayerDb::mount) mounted it, until
+    /// [`LayerDb::unmount`](crate::LayerDb::unmount).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mounted: Option<PathBuf>,
+}
+
+impl Record {
+    /// The record of a new layer `id` on `parent`, not yet complete.
+    pub fn new(id: &str, parent: Option<&str>, rw: bool) -> Record {
+        Record {
+            id: id.to_owned(),
+            parent: parent.map(str::to_owned),
+            rw,
+            diff_id: None,
+            size: 0,
+            complete: false,
+            mounted: None,
+        }
+    }
+
+    /// The same record, for a layer made from a tar whose sha256 is `diff_id`.
+    pub fn with_diff_id(mut self, diff_id: impl Into<String>) -> Record {
+        self.diff_id = Some(diff_id.into());
+        self
+    }
+}
+
+/// Refuses ids the record directory cannot hold (drivers check the rest).
+pub(crate) fn check_id(id: &str) -> Result<()> {
+    if id.is_empty() || id.contains('/') || id.contains('\0') || id.starts_with('.') {
+        return Err(Error::InvalidId { id: id.to_owned() });
+    }
+    Ok(())
+}
+
+fn path_of(dir: &Path, id: &str) -> PathBuf {
+    dir.join(format!("{id}.json"))
+}
+
+pub(crate) fn read(dir: &Path, id: &str) -> Result<Option<Record>> {
+    check_id(id)?;
+    let path = path_of(dir, id);
+    match std::fs::read(&path) {
+        Ok(bytes) => serde_json::from_slice(&bytes)
+            .map(Some)
+            .map_err(|source| Error::BadRecord { path, source }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(io_err("read", path, e)),
+    }
+}
+
+pub(crate) fn read_all(dir: &Path) -> Result<Vec<Record>> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).map_err(|e| io_err("read", dir, e))? {
+        let entry = entry.map_err(|e| io_err("read", dir, e))?;
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        if name.starts_with('.') {
+            continue;
+        }
+        if let Some(id) = name.strip_suffix(".json") {
+            if let Some(r) = read(dir, id)? {
+                out.push(r);
+            }
+        }
+    }
+    out.sort_by(|a, b| a.id.cmp(&b.id));
+    Ok(out)
+}
+
+pub(crate) fn write(dir: &Path, record: &Record) -> Result<()> {
+    check_id(&record.id)?;
+    let path = path_of(dir, &record.id);
+    let tmp = dir.join(format!(".{}.{}.tmp", record.id, std::process::id()));
+    let written = (|| -> std::io::Result<()> {
+        let mut f = File::create(&tmp)?;
+        serde_json::to_writer_pretty(&mut f, record)?;
+        f.write_all(b"\n")?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, &path)?;
+        File::open(dir)?.sync_all()
+    })();
+    if written.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    written.map_err(|e| io_err("write", path, e))
+}
+
+pub(crate) fn delete(dir: &Path, id: &str) -> Result<()> {
+    let path = path_of(dir, id);
+    match std::fs::remove_file(&path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(io_err("remove", path, e)),
+    }
+}
+
+/// Removes the temporary files of writes a killed process left.
+pub(crate) fn sweep_temporaries(dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        if entry.file_name().to_string_lossy().ends_with(".tmp") {
+            let _ = std::fs::remove_file(entry.path());
+        }
+    }
+}

@@ -1,0 +1,150 @@
+//! The layer database on the vfs driver (runs anywhere): the crash-safe make,
+//! apply that keeps a layer, removal order, prefixes, the sweep of a dead
+//! writer's work, and fsck across records and store.
+
+use std::path::Path;
+
+use plies_drivers::{CreateOptions, DriverChoice, Options};
+use plies_layerdb::{Access, Area, Error, LayerDb, Record};
+use plies_layerstore::Outcome;
+
+fn open(root: &Path, access: Access) -> LayerDb {
+    let driver = plies_drivers::open(root, DriverChoice::Vfs, &Options::default()).unwrap();
+    LayerDb::open(root, driver, access).unwrap()
+}
+
+fn tar_of(files: &[(&str, &str)]) -> Vec<u8> {
+    let mut b = tar::Builder::new(Vec::new());
+    for (name, data) in files {
+        let mut h = tar::Header::new_gnu();
+        h.set_size(data.len() as u64);
+        h.set_mode(0o644);
+        h.set_mtime(1_700_000_000);
+        b.append_data(&mut h, name, data.as_bytes()).unwrap();
+    }
+    b.into_inner().unwrap()
+}
+
+fn files(db: &LayerDb, id: &str) -> Vec<(String, String)> {
+    let dir = db.driver().get(id, None).unwrap();
+    let mut out: Vec<(String, String)> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| {
+            let e = e.unwrap();
+            let data = std::fs::read_to_string(e.path()).unwrap_or_default();
+            (e.file_name().to_string_lossy().into_owned(), data)
+        })
+        .collect();
+    db.driver().put(id).unwrap();
+    out.sort();
+    out
+}
+
+fn none() -> CreateOptions {
+    CreateOptions::default()
+}
+
+#[test]
+fn a_failed_make_removes_only_its_own_layer() {
+    let root = tempfile::tempdir().unwrap();
+    let db = open(root.path(), Access::Write);
+    db.create("base", None, false, &none()).unwrap();
+    let err = db
+        .make(Record::new("new", Some("base"), false), &none(), |_| {
+            Err(Error::InvalidId { id: "x".into() })
+        })
+        .unwrap_err();
+    assert!(matches!(err, Error::InvalidId { .. }));
+    assert!(!db.driver().exists("new"));
+    assert_eq!(db.record("new").unwrap(), None);
+    assert!(db.layer("base").is_ok());
+    assert!(matches!(
+        db.create("base", None, false, &none()),
+        Err(Error::Exists { .. })
+    ));
+    assert!(db.fsck(false).unwrap().is_empty());
+}
+
+#[test]
+fn a_failed_apply_leaves_the_layer_and_its_record() {
+    let root = tempfile::tempdir().unwrap();
+    let db = open(root.path(), Access::Write);
+    db.create("a", None, false, &none()).unwrap();
+    let good = tar_of(&[("f", "content\n")]);
+    assert!(db.apply("a", &mut &good[..]).unwrap() > 0);
+    let before = files(&db, "a");
+    let mut broken = tar_of(&[("g", &"y".repeat(4000))]);
+    broken.truncate(1500);
+    assert!(db.apply("a", &mut &broken[..]).is_err());
+    assert_eq!(files(&db, "a"), before);
+    assert!(db.layer("a").unwrap().complete);
+    assert!(db.fsck(false).unwrap().is_empty());
+}
+
+#[test]
+fn removal_checks_children_and_goes_children_first() {
+    let root = tempfile::tempdir().unwrap();
+    let db = open(root.path(), Access::Write);
+    db.create("sha256:aaaa0001", None, false, &none()).unwrap();
+    db.create("sha256:bbbb0002", Some("aaaa"), false, &none())
+        .unwrap();
+    assert_eq!(
+        db.layer("bbbb").unwrap().parent.as_deref(),
+        Some("sha256:aaaa0001")
+    );
+    match db.remove(&["aaaa"]) {
+        Err(Error::HasChildren { id, children }) => {
+            assert_eq!(id, "sha256:aaaa0001");
+            assert_eq!(children, "sha256:bbbb0002");
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(
+        db.remove(&["aaaa", "bbbb"]).unwrap(),
+        ["sha256:bbbb0002", "sha256:aaaa0001"]
+    );
+    assert!(matches!(db.layer("aaaa"), Err(Error::NoSuchLayer { .. })));
+    db.create("sha256:cc01", None, false, &none()).unwrap();
+    db.create("sha256:cc02", None, false, &none()).unwrap();
+    assert!(matches!(
+        db.layer("cc"),
+        Err(Error::Ambiguous { count: 2, .. })
+    ));
+}
+
+#[test]
+fn a_dead_writers_incomplete_layer_is_reported_then_swept() {
+    let root = tempfile::tempdir().unwrap();
+    {
+        let db = open(root.path(), Access::Write);
+        db.create("keep", None, false, &none()).unwrap();
+        // What a writer killed halfway through a make leaves.
+        db.write_record(&Record::new("half", Some("keep"), false))
+            .unwrap();
+        db.driver().create("half", Some("keep"), &none()).unwrap();
+    }
+    let findings = open(root.path(), Access::Inspect).fsck(false).unwrap();
+    assert_eq!(findings.len(), 1, "{findings:?}");
+    assert_eq!(findings[0].area, Area::Records);
+    assert_eq!(findings[0].outcome, Outcome::Repairable);
+    assert!(findings[0].text.contains("layer half is incomplete"));
+    let db = open(root.path(), Access::Write);
+    assert_eq!(db.record("half").unwrap(), None);
+    assert!(!db.driver().exists("half"));
+    assert!(db.layer("keep").is_ok());
+    assert!(db.fsck(false).unwrap().is_empty());
+}
+
+#[test]
+fn fsck_repairs_records_of_layers_that_are_gone() {
+    let root = tempfile::tempdir().unwrap();
+    let db = open(root.path(), Access::Write);
+    db.create("gone", None, false, &none()).unwrap();
+    db.driver().remove("gone").unwrap();
+    let found = db.fsck(false).unwrap();
+    assert_eq!(found.len(), 1);
+    assert!(found[0].text.contains("recorded but missing"), "{found:?}");
+    let repaired = db.fsck(true).unwrap();
+    assert_eq!(repaired[0].outcome, Outcome::Repaired);
+    assert!(db.fsck(false).unwrap().is_empty());
+}
