@@ -5,12 +5,14 @@ use std::fs::File;
 use std::io::{self, IsTerminal, Read, Write};
 use std::path::Path;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 use plies_archive::changes::{Change, ChangeKind};
 use plies_drivers::CreateOptions;
 use serde::Serialize;
 
 use crate::output::{Failure, Out};
+use plies_layerdb::LayerDb;
+
 use crate::store::{Record, Store};
 
 /// `plies status`.
@@ -20,10 +22,13 @@ pub fn status(store: &Store, out: &Out) -> Result<()> {
     let incomplete = records.len() - layers;
     let mounted = records.iter().filter(|r| r.mounted.is_some()).count();
     let mut rows = vec![
-        ("Storage Driver".to_owned(), store.driver.name().to_owned()),
-        ("Root".to_owned(), store.root.display().to_string()),
+        (
+            "Storage Driver".to_owned(),
+            store.driver().name().to_owned(),
+        ),
+        ("Root".to_owned(), store.root().display().to_string()),
     ];
-    rows.extend(store.driver.status());
+    rows.extend(store.driver().status());
     rows.push(("Layers".to_owned(), layers.to_string()));
     rows.push(("Mounted Layers".to_owned(), mounted.to_string()));
     if incomplete > 0 {
@@ -45,67 +50,18 @@ pub fn create(
     size: Option<&str>,
     out: &Out,
 ) -> Result<()> {
-    let parent = match parent {
-        Some(p) => Some(store.layer(p)?.id),
-        None => None,
-    };
-    let parent = parent.as_deref();
-    if store.record(id)?.is_some() || store.driver.exists(id) {
-        bail!("layer {id}: already exists");
-    }
     let mut opts = CreateOptions::default();
     if let Some(size) = size {
         opts.storage_opt.insert("size".to_owned(), size.to_owned());
     }
-    let mut record = Record {
-        id: id.to_owned(),
-        parent: parent.map(str::to_owned),
-        rw,
-        diff_id: None,
-        size: 0,
-        complete: false,
-        mounted: None,
-    };
-    store.write_record(&record)?;
-    let made = if rw {
-        store.driver.create_read_write(id, parent, &opts)
-    } else {
-        store.driver.create(id, parent, &opts)
-    };
-    if let Err(e) = made {
-        store.delete_record(id)?;
-        return Err(anyhow::Error::new(e).context(format!("layer {id}")));
-    }
-    record.complete = true;
-    store.write_record(&record)?;
+    store.create(id, parent, rw, &opts)?;
     out.line(id)
 }
 
 /// `plies rm`: every id is checked before any is removed.
 pub fn rm(store: &Store, ids: &[String], out: &Out) -> Result<()> {
-    let ids = ids
-        .iter()
-        .map(|id| store.layer(id).map(|r| r.id))
-        .collect::<Result<Vec<String>>>()?;
-    let records = store.records()?;
-    for id in &ids {
-        let children: Vec<&str> = records
-            .iter()
-            .filter(|r| r.parent.as_deref() == Some(id.as_str()) && !ids.contains(&r.id))
-            .map(|r| r.id.as_str())
-            .collect();
-        if !children.is_empty() {
-            bail!("layer {id}: it is the parent of {}", children.join(", "));
-        }
-    }
-    // Children before parents.
-    let by_id: BTreeMap<String, Record> = records.into_iter().map(|r| (r.id.clone(), r)).collect();
-    let mut order: Vec<&String> = ids.iter().collect();
-    order.sort_by_key(|id| std::cmp::Reverse(store.depth(&by_id, id)));
-    order.dedup();
-    for id in order {
-        store.driver.remove(id)?;
-        store.delete_record(id)?;
+    let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
+    for id in store.remove(&ids)? {
         out.line(id)?;
     }
     Ok(())
@@ -143,7 +99,7 @@ pub fn ls(store: &Store, out: &Out) -> Result<()> {
         .map(|r| LsRow {
             id: &r.id,
             parent: r.parent.as_deref(),
-            depth: store.depth(&records, &r.id),
+            depth: LayerDb::depth(&records, &r.id),
             size: r.size,
             rw: r.rw,
             mounted: r.mounted.as_deref(),
@@ -191,8 +147,7 @@ pub fn ls(store: &Store, out: &Out) -> Result<()> {
 /// `plies apply`: a failed or killed apply leaves the layer as it was (the
 /// driver applies to a copy that replaces the layer only on success).
 pub fn apply(store: &Store, id: &str, file: &str, out: &Out) -> Result<()> {
-    let mut record = store.layer(id)?;
-    let id = &record.id.clone();
+    let id = store.layer(id)?.id;
     let input: Box<dyn Read + Send> = if file == "-" {
         Box::new(io::stdin())
     } else {
@@ -201,12 +156,8 @@ pub fn apply(store: &Store, id: &str, file: &str, out: &Out) -> Result<()> {
     let (_, mut tar) =
         crate::compression::decompress(input).with_context(|| format!("layer {id}: {file}"))?;
     let n = store
-        .driver
-        .apply_diff(id, record.parent.as_deref(), &mut tar)
-        .with_context(|| format!("layer {id}: applying {file} (the layer is as it was)"))?;
-    store.sync_data()?;
-    record.size = n;
-    store.write_record(&record)?;
+        .apply(&id, &mut tar)
+        .with_context(|| format!("applying {file} (the layer is as it was)"))?;
     out.note(format!("{id}: applied {n} bytes"))
 }
 
@@ -228,7 +179,7 @@ pub fn diff(
             "refusing to write a layer tar to a terminal: redirect it or use -o FILE",
         ));
     }
-    let mut tar = store.driver.diff(id, parent.as_deref())?;
+    let mut tar = store.driver().diff(id, parent.as_deref())?;
     match output {
         None => {
             // Stdout is line-buffered; a tar has no lines worth flushing at.
@@ -271,7 +222,7 @@ pub fn layer_changes(store: &Store, id: &str, parent: Option<&str>) -> Result<Ve
         Some(p) => Some(store.layer(p)?.id),
         None => record.parent,
     };
-    Ok(store.driver.changes(id, parent.as_deref())?)
+    Ok(store.driver().changes(id, parent.as_deref())?)
 }
 
 /// `plies changes`.
@@ -290,7 +241,7 @@ pub fn changes(store: &Store, id: &str, parent: Option<&str>, out: &Out) -> Resu
 pub fn size(store: &Store, id: &str, out: &Out) -> Result<()> {
     let record = store.layer(id)?;
     let id = &record.id.clone();
-    let size = store.driver.diff_size(id, record.parent.as_deref())?;
+    let size = store.driver().diff_size(id, record.parent.as_deref())?;
     if out.json {
         #[derive(Serialize)]
         struct Size<'a> {
@@ -304,14 +255,7 @@ pub fn size(store: &Store, id: &str, out: &Out) -> Result<()> {
 
 /// `plies mount`: mounts once; a second `mount` prints the same path.
 pub fn mount(store: &Store, id: &str, label: Option<&str>, out: &Out) -> Result<()> {
-    let mut record = store.layer(id)?;
-    let id = &record.id.clone();
-    if let Some(path) = &record.mounted {
-        return out.line(path.display());
-    }
-    let path = store.driver.get(id, label)?;
-    record.mounted = Some(path.clone());
-    store.write_record(&record)?;
+    let (_, path) = store.mount(id, label)?;
     out.line(path.display())
 }
 
@@ -321,15 +265,6 @@ pub fn mount(store: &Store, id: &str, label: Option<&str>, out: &Out) -> Result<
 /// in-memory reference count, so the mount `plies mount` recorded is undone here
 /// by the driver's `detach`, under the layer's lock.
 pub fn umount(store: &Store, id: &str, out: &Out) -> Result<()> {
-    let mut record = store.layer(id)?;
-    let id = &record.id.clone();
-    let Some(path) = record.mounted.take() else {
-        bail!("layer {id}: not mounted (by plies mount)");
-    };
-    store
-        .driver
-        .detach(id)
-        .with_context(|| format!("layer {id}: unmounting {}", path.display()))?;
-    store.write_record(&record)?;
+    let (id, path) = store.unmount(id)?;
     out.note(format!("{id}: unmounted {}", path.display()))
 }

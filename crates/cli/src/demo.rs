@@ -203,7 +203,7 @@ pub fn run(out: &Out, interrupted: &Arc<AtomicBool>) -> Result<()> {
     ))?;
     out.line(format!(
         "driver: {} (the best this machine allows here)",
-        store.driver.name()
+        store.driver().name()
     ))?;
     let imported = crate::import::import(
         &store,
@@ -219,16 +219,16 @@ pub fn run(out: &Out, interrupted: &Arc<AtomicBool>) -> Result<()> {
     let top = image.top.clone();
 
     let shown = (|| -> Result<()> {
-        let merged = store.driver.get(&top, None)?;
+        let merged = store.driver().get(&top, None)?;
         out.line(format!("\n$ plies mount {top}\n{}", merged.display()))?;
         out.line("\nmerged tree of the top layer:")?;
         print_tree(out, &merged, &merged)?;
         out.line(format!("\n$ plies changes {top}"))?;
-        for c in store.driver.changes(&top, Some(&image.layers[1].id))? {
+        for c in store.driver().changes(&top, Some(&image.layers[1].id))? {
             out.line(format!("{} {}", letter(c.kind), c.path.display()))?;
         }
         out.line(format!("\n$ plies diff {top} | tar -tv"))?;
-        let mut diff = store.driver.diff(&top, Some(&image.layers[1].id))?;
+        let mut diff = store.driver().diff(&top, Some(&image.layers[1].id))?;
         let mut bytes = Vec::new();
         diff.read_to_end(&mut bytes)?;
         let mut archive = tar::Archive::new(&bytes[..]);
@@ -252,13 +252,13 @@ pub fn run(out: &Out, interrupted: &Arc<AtomicBool>) -> Result<()> {
         out.line(format!("\n$ plies umount {top}"))?;
         Ok(())
     })();
-    let put = store.driver.put(&top);
+    let put = store.driver().put(&top);
     shown?;
     put?;
     for l in image.layers.iter().rev() {
         store.remove_layer(&l.id)?;
     }
-    store.driver.cleanup()?;
+    store.driver().cleanup()?;
     drop(store);
     let path = scratch.path().display().to_string();
     scratch

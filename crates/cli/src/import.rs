@@ -143,7 +143,7 @@ fn preflight(store: &Store, source: &Source, image: &Image) -> Result<()> {
                 layer.blob
             );
         }
-        if store.driver.exists(layer.chain_id.as_str()) {
+        if store.driver().exists(layer.chain_id.as_str()) {
             match store.record(layer.chain_id.as_str())? {
                 Some(r) if r.complete && r.diff_id.as_deref() == Some(layer.diff_id.as_str()) => {}
                 _ => bail!(
@@ -166,7 +166,7 @@ fn import_image(
     let total: u64 = image
         .layers
         .iter()
-        .filter(|l| !store.driver.exists(l.chain_id.as_str()))
+        .filter(|l| !store.driver().exists(l.chain_id.as_str()))
         .map(|l| source.size(&l.blob).unwrap_or(0))
         .sum();
     let bar = progress_bar(show_progress, total);
@@ -176,7 +176,7 @@ fn import_image(
     let count = image.layers.len();
     for (i, layer) in image.layers.iter().enumerate() {
         let id = layer.chain_id.to_string();
-        let new = !store.driver.exists(&id);
+        let new = !store.driver().exists(&id);
         let mut size = 0;
         if new {
             bar.set_message(format!("layer {}/{count}", i + 1));
@@ -216,7 +216,9 @@ fn import_image(
     })
 }
 
-/// Creates and fills one layer; on any error the layer and its record are gone.
+/// Creates and fills one layer through the database's crash-safe step: on any
+/// error the layer and its record are gone, and a kill leaves an incomplete
+/// record the next writer removes.
 fn import_layer(
     store: &Store,
     source: &Source,
@@ -226,18 +228,8 @@ fn import_layer(
     interrupted: &Arc<AtomicBool>,
 ) -> Result<u64> {
     let id = layer.chain_id.as_str();
-    let mut record = Record {
-        id: id.to_owned(),
-        parent: parent.map(str::to_owned),
-        rw: false,
-        diff_id: Some(layer.diff_id.to_string()),
-        size: 0,
-        complete: false,
-        mounted: None,
-    };
-    store.write_record(&record)?;
-    let filled = (|| -> Result<u64> {
-        store.driver.create(id, parent, &CreateOptions::default())?;
+    let record = Record::new(id, parent, false).with_diff_id(layer.diff_id.to_string());
+    let made = store.make(record, &CreateOptions::default(), |driver| -> Result<u64> {
         let (raw, _) = source.open_member(&layer.blob)?;
         let raw = Interruptible::new(bar.wrap_read(raw), Arc::clone(interrupted));
         let (_, tar) = crate::compression::decompress(raw)
@@ -245,7 +237,7 @@ fn import_layer(
         // Decompression and the digest run on a second thread beside the apply.
         let (size, digest) = std::thread::scope(|s| -> Result<_> {
             let mut hashed = HashedStream::spawn(s, tar);
-            let size = store.driver.apply_diff(id, parent, &mut hashed)?;
+            let size = driver.apply_diff(id, parent, &mut hashed)?;
             let (digest, _) = hashed
                 .finish()
                 .with_context(|| format!("layer {id}: reading blob {}", layer.blob))?;
@@ -259,24 +251,6 @@ fn import_layer(
             );
         }
         Ok(size)
-    })();
-    let filled = filled.and_then(|size| {
-        // Durable before it is called complete: a power cut keeps it whole.
-        store.sync_data()?;
-        Ok(size)
-    });
-    match filled {
-        Ok(size) => {
-            record.size = size;
-            record.complete = true;
-            store.write_record(&record)?;
-            Ok(size)
-        }
-        Err(e) => {
-            if let Err(undo) = store.remove_layer(id) {
-                tracing::warn!(layer = id, error = %format!("{undo:#}"), "removing the partial layer");
-            }
-            Err(e)
-        }
-    }
+    })?;
+    Ok(made.size)
 }

@@ -220,7 +220,7 @@ impl LayerDb {
             None => None,
         };
         let record = Record::new(id, parent.as_deref(), rw);
-        self.make(record, opts, |_| Ok(0))
+        self.make(record, opts, |_| Ok::<_, Error>(0))
     }
 
     /// Creates layer `record.id` on `record.parent` and fills it with `fill`
@@ -231,18 +231,18 @@ impl LayerDb {
     /// incomplete record that the next writer removes with its layer.
     ///
     /// # Errors
-    /// [`Error::Exists`] when the id is taken; what `fill` returned; the
-    /// driver's and the record files' errors.
-    pub fn make(
+    /// What `fill` returned; [`Error::Exists`] when the id is taken, and the
+    /// driver's and the record files' errors, converted into `fill`'s error type.
+    pub fn make<E: From<Error>>(
         &self,
         mut record: Record,
         opts: &CreateOptions,
-        fill: impl FnOnce(&dyn Driver) -> Result<u64>,
-    ) -> Result<Record> {
+        fill: impl FnOnce(&dyn Driver) -> Result<u64, E>,
+    ) -> Result<Record, E> {
         let id = record.id.clone();
         record::check_id(&id)?;
         if self.record(&id)?.is_some() || self.driver.exists(&id) {
-            return Err(Error::Exists { id });
+            return Err(Error::Exists { id }.into());
         }
         record.complete = false;
         self.write_record(&record)?;
@@ -254,7 +254,7 @@ impl LayerDb {
         };
         if let Err(e) = made {
             self.delete_record(&id)?;
-            return Err(driver_err(&id)(e));
+            return Err(driver_err(&id)(e).into());
         }
         let filled = fill(self.driver()).and_then(|size| {
             // Durable before it is called complete: a power cut keeps it whole.
