@@ -297,6 +297,25 @@ impl FsckReport {
     }
 }
 
+/// What the phases of [`Overlay2Store::fsck`] learn and hand on.
+#[derive(Default)]
+struct Scan {
+    repair: bool,
+    report: FsckReport,
+    /// The live layers, sorted.
+    layers: Vec<String>,
+    /// Each valid link and the live layer it points at.
+    links: BTreeMap<LinkId, String>,
+    /// The links of each layer.
+    by_layer: BTreeMap<String, Vec<LinkId>>,
+    /// The link each layer's `link` file names (or was repaired to).
+    canonical: BTreeMap<String, LinkId>,
+    /// Layers whose old link id is lost: lowers naming it are found by shape.
+    linkless: BTreeSet<String>,
+    /// The links some `lower` names.
+    referenced: BTreeSet<LinkId>,
+}
+
 /// Prefix of the scratch directories `plies-kprobe` makes for a probe.
 pub(crate) const PROBE_SCRATCH_PREFIX: &str = ".kprobe-";
 
@@ -379,14 +398,27 @@ impl Overlay2Store {
     /// of (a create, a remove, an apply in progress) is skipped, neither reported
     /// nor repaired.
     pub fn fsck(&self, repair: bool) -> Result<FsckReport> {
-        let mut report = FsckReport::default();
-        let durable = self.opts.durable;
-        let link_path = |l: &str| self.home.join(LINK_DIR).join(l);
+        let mut s = Scan {
+            repair,
+            ..Scan::default()
+        };
+        self.check_leftovers(&mut s)?;
+        check_probe_scratch(&self.home, &self.locks, repair, &mut s.report)?;
+        s.layers = self.list()?;
+        self.check_links(&mut s)?;
+        self.check_layer_dirs(&mut s)?;
+        self.check_lowers(&mut s)?;
+        self.check_extra_links(&mut s)?;
+        Ok(s.report)
+    }
 
+    /// `-creating` and `-removing` entries a dead owner left, and probe scratch
+    /// in the home.
+    fn check_leftovers(&self, s: &mut Scan) -> Result<()> {
         // Half-done operations.
         for (name, _) in list_names(&self.home_fd).map_err(|e| io_err("read", &self.home, e))? {
             let Some(name) = utf8_name(&name) else {
-                report.push(
+                s.report.push(
                     Finding::UnexpectedEntry {
                         path: PathBuf::from(String::from_utf8_lossy(&name).into_owned()),
                     },
@@ -400,9 +432,10 @@ impl Overlay2Store {
             if name.starts_with(PROBE_SCRATCH_PREFIX) {
                 // Scratch of a probe that ran in the home and was killed (older
                 // versions probed there); the store's own probes run under `.plies`.
-                report.handle(Finding::Leftover { path: name.into() }, repair, || {
-                    remove_scratch(&self.home_fd, &self.home, name)
-                })?;
+                s.report
+                    .handle(Finding::Leftover { path: name.into() }, s.repair, || {
+                        remove_scratch(&self.home_fd, &self.home, name)
+                    })?;
                 continue;
             }
             let id = name
@@ -420,19 +453,22 @@ impl Overlay2Store {
                 {
                     continue;
                 }
-                report.handle(Finding::Leftover { path: name.into() }, repair, || {
-                    self.drop_half_layer(name, id)
-                })?;
+                s.report
+                    .handle(Finding::Leftover { path: name.into() }, s.repair, || {
+                        self.drop_half_layer(name, id)
+                    })?;
             }
         }
 
-        check_probe_scratch(&self.home, &self.locks, repair, &mut report)?;
+        Ok(())
+    }
 
-        let layers = self.list()?;
-        let live: BTreeSet<&str> = layers.iter().map(String::as_str).collect();
-
-        // The links: each must point at an existing layer's diff.
-        let mut links: BTreeMap<LinkId, String> = BTreeMap::new();
+    /// The links: each must point at an existing layer's diff.
+    fn check_links(&self, s: &mut Scan) -> Result<()> {
+        let durable = self.opts.durable;
+        let link_path = |l: &str| self.home.join(LINK_DIR).join(l);
+        let live: BTreeSet<&str> = s.layers.iter().map(String::as_str).collect();
+        // The s.links: each must point at an existing layer's diff.
         let names =
             list_names(&self.link_fd).map_err(|e| io_err("read", self.home.join(LINK_DIR), e))?;
         for (name, kind) in names {
@@ -449,7 +485,7 @@ impl Overlay2Store {
             };
             let (Some(link), true) = (link, is_link) else {
                 let name = String::from_utf8_lossy(&name).into_owned();
-                report.push(
+                s.report.push(
                     Finding::UnexpectedEntry {
                         path: PathBuf::from(LINK_DIR).join(name),
                     },
@@ -467,7 +503,7 @@ impl Overlay2Store {
             };
             match self.link_target(&link) {
                 Ok(Some(layer)) if live.contains(layer.as_str()) => {
-                    links.insert(link, layer);
+                    s.links.insert(link, layer);
                 }
                 Ok(Some(layer)) => {
                     // A create makes its link before the layer appears, and a
@@ -482,7 +518,7 @@ impl Overlay2Store {
                         link: link.as_str().to_owned(),
                         layer,
                     };
-                    report.handle(finding, repair, unlink)?;
+                    s.report.handle(finding, s.repair, unlink)?;
                 }
                 Ok(None) => {}
                 Err(Error::BadLinkTarget { target, .. }) => {
@@ -490,24 +526,29 @@ impl Overlay2Store {
                         link: link.as_str().to_owned(),
                         target,
                     };
-                    report.handle(finding, repair, unlink)?;
+                    s.report.handle(finding, s.repair, unlink)?;
                 }
                 Err(e) => return Err(e),
             }
         }
-        let mut by_layer: BTreeMap<String, Vec<LinkId>> = BTreeMap::new();
-        for (link, layer) in &links {
-            by_layer
+        for (link, layer) in &s.links {
+            s.by_layer
                 .entry(layer.clone())
                 .or_default()
                 .push(link.clone());
         }
 
+        Ok(())
+    }
+
+    /// Each layer: its diff, its link file and its link; copies an interrupted
+    /// apply left.
+    fn check_layer_dirs(&self, s: &mut Scan) -> Result<()> {
+        let durable = self.opts.durable;
+        let link_path = |l: &str| self.home.join(LINK_DIR).join(l);
         // Each layer: diff, link file, link.
-        let mut canonical: BTreeMap<String, LinkId> = BTreeMap::new();
         // Layers whose old link id is lost: lowers naming it are found by shape.
-        let mut linkless: BTreeSet<String> = BTreeSet::new();
-        for layer in &layers {
+        for layer in &s.layers {
             // A layer someone is working on is checked another time.
             let Some(_guard) = self.locks.try_lock(&[layer.as_str()])? else {
                 continue;
@@ -528,7 +569,7 @@ impl Overlay2Store {
                     continue;
                 };
                 let path = PathBuf::from(layer).join(name);
-                report.handle(Finding::Leftover { path }, repair, || {
+                s.report.handle(Finding::Leftover { path }, s.repair, || {
                     remove_tree(&dir, name)
                         .map_err(|e| io_err("remove", self.layer_dir(layer).join(name), e))
                 })?;
@@ -539,7 +580,7 @@ impl Overlay2Store {
             if !has_diff && !has_link {
                 // Neither a diff nor a link: no layer (`lost+found`, a stranger's
                 // directory). Nothing is written into it.
-                report.push(
+                s.report.push(
                     Finding::UnexpectedEntry {
                         path: PathBuf::from(layer),
                     },
@@ -548,7 +589,7 @@ impl Overlay2Store {
                 continue;
             }
             if !has_diff {
-                report.push(
+                s.report.push(
                     Finding::MissingDiff {
                         layer: layer.clone(),
                     },
@@ -556,11 +597,11 @@ impl Overlay2Store {
                 );
             }
             match self.read_link_file(layer, &dir) {
-                Ok(link) => match links.get(&link) {
+                Ok(link) => match s.links.get(&link) {
                     Some(owner) if owner == layer => {
-                        canonical.insert(layer.clone(), link);
+                        s.canonical.insert(layer.clone(), link);
                     }
-                    Some(owner) => report.push(
+                    Some(owner) => s.report.push(
                         Finding::LinkConflict {
                             layer: layer.clone(),
                             link: link.as_str().to_owned(),
@@ -573,7 +614,7 @@ impl Overlay2Store {
                             layer: layer.clone(),
                             link: link.as_str().to_owned(),
                         };
-                        report.handle(finding, repair, || {
+                        s.report.handle(finding, s.repair, || {
                             symlinkat(
                                 LinkId::target_for(layer).as_str(),
                                 &self.link_fd,
@@ -583,19 +624,19 @@ impl Overlay2Store {
                             sync(&self.link_fd, durable)
                                 .map_err(|e| io_err("fsync", self.home.join(LINK_DIR), e))
                         })?;
-                        if repair {
-                            links.insert(link.clone(), layer.clone());
-                            canonical.insert(layer.clone(), link);
+                        if s.repair {
+                            s.links.insert(link.clone(), layer.clone());
+                            s.canonical.insert(layer.clone(), link);
                         }
                     }
                 },
                 Err(Error::BadLinkFile { .. }) | Err(Error::Io { .. }) => {
-                    let existing = by_layer.get(layer).and_then(|l| l.first()).cloned();
+                    let existing = s.by_layer.get(layer).and_then(|l| l.first()).cloned();
                     if existing.is_none() {
-                        linkless.insert(layer.clone());
+                        s.linkless.insert(layer.clone());
                     }
-                    if !repair {
-                        report.push(
+                    if !s.repair {
+                        s.report.push(
                             Finding::BadLinkFile {
                                 layer: layer.clone(),
                                 restored: None,
@@ -616,9 +657,9 @@ impl Overlay2Store {
                     write_new_file(&dir, "link", link.as_str().as_bytes(), 0o644, durable)
                         .map_err(|e| io_err("write", &path, e))?;
                     sync(&dir, durable).map_err(|e| io_err("fsync", self.layer_dir(layer), e))?;
-                    links.insert(link.clone(), layer.clone());
-                    canonical.insert(layer.clone(), link.clone());
-                    report.push(
+                    s.links.insert(link.clone(), layer.clone());
+                    s.canonical.insert(layer.clone(), link.clone());
+                    s.report.push(
                         Finding::BadLinkFile {
                             layer: layer.clone(),
                             restored: Some(link.as_str().to_owned()),
@@ -630,17 +671,22 @@ impl Overlay2Store {
             }
         }
 
+        Ok(())
+    }
+
+    /// Each lower: well-formed, every entry a live layer, no loops, not too deep.
+    fn check_lowers(&self, s: &mut Scan) -> Result<()> {
         // Each lower: well-formed, every entry a live layer, no loops, not too deep.
-        let mut referenced: BTreeSet<LinkId> = BTreeSet::new();
         let mut parents: BTreeMap<String, String> = BTreeMap::new();
-        let linkless_lowers: Vec<(String, Vec<LinkId>)> = linkless
+        let linkless_lowers: Vec<(String, Vec<LinkId>)> = s
+            .linkless
             .iter()
             .filter_map(|x| {
                 let dir = self.open_layer(x).ok()?;
                 Some((x.clone(), self.read_lower(x, &dir).ok()?))
             })
             .collect();
-        for layer in &layers {
+        for layer in &s.layers {
             let Ok(dir) = self.open_layer(layer) else {
                 continue;
             };
@@ -650,7 +696,7 @@ impl Overlay2Store {
                     source: LowerError::TooMany { count, max },
                     ..
                 }) => {
-                    report.push(
+                    s.report.push(
                         Finding::TooDeep {
                             layer: layer.clone(),
                             depth: count,
@@ -661,7 +707,7 @@ impl Overlay2Store {
                     continue;
                 }
                 Err(Error::BadLower { source, .. }) => {
-                    report.push(
+                    s.report.push(
                         Finding::BadLower {
                             layer: layer.clone(),
                             reason: source.to_string(),
@@ -671,7 +717,7 @@ impl Overlay2Store {
                     continue;
                 }
                 Err(Error::Io { source, .. }) => {
-                    report.push(
+                    s.report.push(
                         Finding::BadLower {
                             layer: layer.clone(),
                             reason: source.to_string(),
@@ -684,8 +730,8 @@ impl Overlay2Store {
             };
             let mut rewrite: BTreeMap<LinkId, LinkId> = BTreeMap::new();
             for (index, link) in lowers.iter().enumerate() {
-                referenced.insert(link.clone());
-                if !links.contains_key(link) {
+                s.referenced.insert(link.clone());
+                if !s.links.contains_key(link) {
                     // A lost link id: if exactly one layer without its old id has
                     // exactly the rest of this chain below it, the entry was its.
                     let rest = &lowers[index + 1..];
@@ -693,8 +739,8 @@ impl Overlay2Store {
                         .iter()
                         .filter(|(x, l)| x != layer && l.as_slice() == rest);
                     if let (Some((owner, _)), None) = (owners.next(), owners.next()) {
-                        let outcome = if repair {
-                            if let Some(new) = canonical.get(owner) {
+                        let outcome = if s.repair {
+                            if let Some(new) = s.canonical.get(owner) {
                                 rewrite.insert(link.clone(), new.clone());
                             }
                             Outcome::Repaired
@@ -704,7 +750,7 @@ impl Overlay2Store {
                         if index == 0 {
                             parents.insert(layer.clone(), owner.clone());
                         }
-                        report.push(
+                        s.report.push(
                             Finding::StaleLowerEntry {
                                 layer: layer.clone(),
                                 entry: link.lower_entry(),
@@ -715,8 +761,8 @@ impl Overlay2Store {
                         continue;
                     }
                 }
-                match links.get(link) {
-                    Some(owner) if owner == layer => report.push(
+                match s.links.get(link) {
+                    Some(owner) if owner == layer => s.report.push(
                         Finding::Cycle {
                             layer: layer.clone(),
                         },
@@ -727,14 +773,14 @@ impl Overlay2Store {
                             parents.insert(layer.clone(), owner.clone());
                         }
                     }
-                    None if index == 0 => report.push(
+                    None if index == 0 => s.report.push(
                         Finding::ParentGone {
                             layer: layer.clone(),
                             entry: link.lower_entry(),
                         },
                         Outcome::Unrepairable,
                     ),
-                    None => report.push(
+                    None => s.report.push(
                         Finding::MissingLower {
                             layer: layer.clone(),
                             entry: link.lower_entry(),
@@ -752,13 +798,13 @@ impl Overlay2Store {
             }
         }
         // Loops through parents (a layer naming itself was caught above).
-        for layer in &layers {
+        for layer in &s.layers {
             let mut seen = BTreeSet::new();
             let mut cur = layer;
             while let Some(p) = parents.get(cur) {
                 if !seen.insert(p.clone()) || seen.len() > self.opts.max_depth + 1 {
                     if p == layer {
-                        report.push(
+                        s.report.push(
                             Finding::Cycle {
                                 layer: layer.clone(),
                             },
@@ -771,17 +817,24 @@ impl Overlay2Store {
             }
         }
 
-        // Unused second links.
-        for (layer, extra) in by_layer {
+        Ok(())
+    }
+
+    /// Second links to a layer that nothing uses.
+    fn check_extra_links(&self, s: &mut Scan) -> Result<()> {
+        let durable = self.opts.durable;
+        let link_path = |l: &str| self.home.join(LINK_DIR).join(l);
+        // Unused second s.links.
+        for (layer, extra) in std::mem::take(&mut s.by_layer) {
             for link in extra {
-                if canonical.get(&layer) == Some(&link) || referenced.contains(&link) {
+                if s.canonical.get(&layer) == Some(&link) || s.referenced.contains(&link) {
                     continue;
                 }
                 let finding = Finding::ExtraLink {
                     layer: layer.clone(),
                     link: link.as_str().to_owned(),
                 };
-                report.handle(finding, repair, || {
+                s.report.handle(finding, s.repair, || {
                     match unlinkat(&self.link_fd, link.as_str(), AtFlags::empty()) {
                         Ok(()) | Err(Errno::NOENT) => {}
                         Err(e) => return Err(io_err("unlink", link_path(link.as_str()), e)),
@@ -791,7 +844,7 @@ impl Overlay2Store {
                 })?;
             }
         }
-        Ok(report)
+        Ok(())
     }
 
     /// Replaces a layer's `lower` file: written aside, then renamed over it.
