@@ -644,17 +644,12 @@ impl Driver for Aufs {
             .collect();
         let mut first = None;
         for id in held {
-            // A mount outside any layer's directory is detached without a lock.
-            let _guard = if plies_layerstore::validate_id(&id).is_ok() {
-                match crate::locks::lock(self.store.locks(), &[&id]) {
-                    Ok(g) => Some(g),
-                    Err(e) => {
-                        first.get_or_insert(e);
-                        continue;
-                    }
+            let _guard = match crate::locks::lock_mount_owner(self.store.locks(), &id) {
+                Ok(g) => g,
+                Err(e) => {
+                    first.get_or_insert(e);
+                    continue;
                 }
-            } else {
-                None
             };
             if let Err(e) = self.unmount(&id, false) {
                 first.get_or_insert(e);

@@ -13,3 +13,16 @@ pub(crate) fn lock<'a>(locks: &'a LayerLocks, ids: &[&str]) -> Result<LayerGuard
         .lock(ids)
         .map_err(|e| Error::store(ids.first().copied().unwrap_or(""), e))
 }
+
+/// The lock of the layer a mount found under the driver's home belongs to;
+/// `None` when the name is no layer id (a mount outside any layer's directory,
+/// detached without a lock).
+pub(crate) fn lock_mount_owner<'a>(
+    locks: &'a LayerLocks,
+    id: &str,
+) -> Result<Option<LayerGuard<'a>>> {
+    if plies_layerstore::validate_id(id).is_err() {
+        return Ok(None);
+    }
+    lock(locks, &[id]).map(Some)
+}

@@ -677,17 +677,12 @@ impl Driver for Overlay2 {
                 .and_then(|p| p.components().next())
                 .map(|c| c.as_os_str().to_string_lossy().into_owned())
                 .unwrap_or_default();
-            // A mount outside any layer's directory is detached without a lock.
-            let _guard = if plies_layerstore::validate_id(&id).is_ok() {
-                match crate::locks::lock(self.store.locks(), &[&id]) {
-                    Ok(g) => Some(g),
-                    Err(e) => {
-                        first.get_or_insert(e);
-                        continue;
-                    }
+            let _guard = match crate::locks::lock_mount_owner(self.store.locks(), &id) {
+                Ok(g) => g,
+                Err(e) => {
+                    first.get_or_insert(e);
+                    continue;
                 }
-            } else {
-                None
             };
             match mounts::detach(&id, &mount) {
                 Ok(_) => {

@@ -274,6 +274,19 @@ type Listed = (
     Vec<(String, Vec<u8>)>,
 );
 
+/// The PAX records of a tar entry, in order.
+fn pax_records<R: std::io::Read>(e: &mut tar::Entry<'_, R>) -> Vec<(String, Vec<u8>)> {
+    match e.pax_extensions().unwrap() {
+        Some(p) => p
+            .map(|x| {
+                let x = x.unwrap();
+                (x.key().unwrap().to_string(), x.value_bytes().to_vec())
+            })
+            .collect(),
+        None => Vec::new(),
+    }
+}
+
 /// The entries of a tar.
 fn entries(tar: &[u8]) -> Vec<Listed> {
     let mut archive = tar::Archive::new(tar);
@@ -282,15 +295,7 @@ fn entries(tar: &[u8]) -> Vec<Listed> {
         .unwrap()
         .map(|e| {
             let mut e = e.unwrap();
-            let pax = match e.pax_extensions().unwrap() {
-                Some(p) => p
-                    .map(|x| {
-                        let x = x.unwrap();
-                        (x.key().unwrap().to_string(), x.value_bytes().to_vec())
-                    })
-                    .collect(),
-                None => Vec::new(),
-            };
+            let pax = pax_records(&mut e);
             (
                 e.path().unwrap().display().to_string(),
                 e.header().entry_type(),
@@ -617,15 +622,7 @@ fn contents(tar: &[u8]) -> Vec<Stored> {
         .unwrap()
         .map(|e| {
             let mut e = e.unwrap();
-            let pax = match e.pax_extensions().unwrap() {
-                Some(p) => p
-                    .map(|x| {
-                        let x = x.unwrap();
-                        (x.key().unwrap().to_string(), x.value_bytes().to_vec())
-                    })
-                    .collect(),
-                None => Vec::new(),
-            };
+            let pax = pax_records(&mut e);
             let name = e.path().unwrap().display().to_string();
             let mut data = Vec::new();
             e.read_to_end(&mut data).unwrap();
