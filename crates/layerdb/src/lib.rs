@@ -40,16 +40,17 @@ pub enum Access {
 /// Drivers keep files, not lineage (Docker keeps lineage in its `layerdb`): vfs
 /// has no notion of a parent, and the parent a diff is taken against is the
 /// caller's to give. A `LayerDb` keeps one small JSON record per layer in
-/// `<root>/plies/<driver>/layers/<id>.json`, written atomically.
+/// `<root>/plies/<driver>/layers/<id>.json` (`pending/<id>.json` while it is
+/// being made), written atomically.
 ///
 /// The protocol for a root shared by many processes:
 /// - Writers ([`Access::Write`]) hold an exclusive `flock` on
 ///   `<root>/plies/<driver>/lock`; the driver underneath also holds each layer's
 ///   own lock (see [`plies_layerstore::LayerLocks`]), which every front end on
 ///   the root shares.
-/// - A new layer's record is written incomplete before the layer is made, and
-///   marked complete (an atomic rename) only once its contents are in and
-///   durable (`syncfs`). Only such a layer, made by the same call, is removed
+/// - A new layer's record is written incomplete, to `pending/<id>.json`, before
+///   the layer is made, and written complete, to `layers/<id>.json`, only once
+///   its contents are in and durable (`syncfs`). Only such a layer, made by the same call, is removed
 ///   when the call fails; the next writer, holding the exclusive lock, knows an
 ///   incomplete record's writer is dead and removes that layer.
 /// - An apply onto an existing layer never marks it incomplete: the driver
@@ -63,7 +64,7 @@ pub struct LayerDb {
     driver: Box<dyn Driver>,
     root: PathBuf,
     dir: PathBuf,
-    records: PathBuf,
+    records: record::Records,
     _lock: Option<File>,
 }
 
@@ -81,8 +82,7 @@ impl LayerDb {
     /// layer failed with.
     pub fn open(root: &Path, driver: Box<dyn Driver>, access: Access) -> Result<LayerDb> {
         let dir = root.join("plies").join(driver.name());
-        let records = dir.join("layers");
-        std::fs::create_dir_all(&records).map_err(|e| io_err("create", &records, e))?;
+        let records = record::Records::open(&dir)?;
         let lock = match access {
             Access::Read => None,
             Access::Inspect => Some(lock::take(&dir.join("lock"), false)?),
@@ -121,7 +121,7 @@ impl LayerDb {
     /// # Errors
     /// [`Error::InvalidId`], [`Error::BadRecord`], [`Error::Io`].
     pub fn record(&self, id: &str) -> Result<Option<Record>> {
-        record::read(&self.records, id)
+        self.records.read(id)
     }
 
     /// Every record, sorted by id.
@@ -129,7 +129,7 @@ impl LayerDb {
     /// # Errors
     /// As [`LayerDb::record`].
     pub fn records(&self) -> Result<Vec<Record>> {
-        record::read_all(&self.records)
+        self.records.read_all()
     }
 
     /// Writes a record atomically (temporary file, fsync, rename, fsync of the
@@ -138,7 +138,7 @@ impl LayerDb {
     /// # Errors
     /// [`Error::InvalidId`], [`Error::Io`].
     pub fn write_record(&self, record: &Record) -> Result<()> {
-        record::write(&self.records, record)
+        self.records.write(record)
     }
 
     /// Deletes a record (a missing one is no error).
@@ -146,7 +146,7 @@ impl LayerDb {
     /// # Errors
     /// [`Error::Io`].
     pub fn delete_record(&self, id: &str) -> Result<()> {
-        record::delete(&self.records, id)
+        self.records.delete(id)
     }
 
     /// The record of an existing, complete layer, found by its id or by a unique
@@ -400,14 +400,18 @@ impl LayerDb {
         self.delete_record(id)
     }
 
-    /// Removes the layers of incomplete records (what a killed writer left) and
-    /// stale temporary record files. Only called with the exclusive lock held.
+    /// Removes the layers of pending records (what a killed writer left) and
+    /// stale temporary record files. Only called with the exclusive lock held;
+    /// reads `pending/` only, which is empty unless a writer died.
     fn sweep(&self) -> Result<()> {
-        record::sweep_temporaries(&self.records);
-        for r in self.records()? {
-            if !r.complete {
-                tracing::warn!(layer = %r.id, "removing a layer an interrupted command left incomplete");
-                self.remove_layer(&r.id)?;
+        self.records.sweep_temporaries();
+        for id in self.records.pending()? {
+            match self.record(&id)? {
+                Some(r) if r.complete => self.records.delete_pending(&id)?,
+                _ => {
+                    tracing::warn!(layer = %id, "removing a layer an interrupted command left incomplete");
+                    self.remove_layer(&id)?;
+                }
             }
         }
         Ok(())

@@ -62,11 +62,102 @@ pub(crate) fn check_id(id: &str) -> Result<()> {
     Ok(())
 }
 
+/// The record files: `layers/<id>.json` for complete layers, `pending/<id>.json`
+/// for layers being made. A writer's sweep then reads `pending/` only (empty
+/// unless a writer died), never every record.
+#[derive(Debug)]
+pub(crate) struct Records {
+    layers: PathBuf,
+    pending: PathBuf,
+}
+
+impl Records {
+    /// The record directories under `dir`, made if missing.
+    pub(crate) fn open(dir: &Path) -> Result<Records> {
+        let records = Records {
+            layers: dir.join("layers"),
+            pending: dir.join("pending"),
+        };
+        for d in [&records.layers, &records.pending] {
+            std::fs::create_dir_all(d).map_err(|e| io_err("create", d, e))?;
+        }
+        Ok(records)
+    }
+
+    /// The record of `id`: the complete one, else the pending one.
+    pub(crate) fn read(&self, id: &str) -> Result<Option<Record>> {
+        match read(&self.layers, id)? {
+            Some(r) => Ok(Some(r)),
+            None => read(&self.pending, id),
+        }
+    }
+
+    /// Every record, complete or pending, sorted by id.
+    pub(crate) fn read_all(&self) -> Result<Vec<Record>> {
+        let mut all = read_all(&self.layers)?;
+        for r in read_all(&self.pending)? {
+            if !all.iter().any(|c| c.id == r.id) {
+                all.push(r);
+            }
+        }
+        all.sort_by(|a, b| a.id.cmp(&b.id));
+        Ok(all)
+    }
+
+    /// Writes a record where its state says: a complete one to `layers/` (and
+    /// its pending one goes), an incomplete one to `pending/`.
+    pub(crate) fn write(&self, record: &Record) -> Result<()> {
+        if record.complete {
+            write(&self.layers, record)?;
+            // A pending record left by a crash right here is swept: the
+            // complete one wins.
+            delete(&self.pending, &record.id)
+        } else {
+            write(&self.pending, record)
+        }
+    }
+
+    /// Deletes both records of `id`.
+    pub(crate) fn delete(&self, id: &str) -> Result<()> {
+        delete(&self.layers, id)?;
+        delete(&self.pending, id)
+    }
+
+    /// Deletes the pending record of `id` only (its complete one stays).
+    pub(crate) fn delete_pending(&self, id: &str) -> Result<()> {
+        delete(&self.pending, id)
+    }
+
+    /// The ids with a pending record.
+    pub(crate) fn pending(&self) -> Result<Vec<String>> {
+        let mut ids = Vec::new();
+        for entry in
+            std::fs::read_dir(&self.pending).map_err(|e| io_err("read", &self.pending, e))?
+        {
+            let entry = entry.map_err(|e| io_err("read", &self.pending, e))?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if let Some(id) = name
+                .strip_suffix(".json")
+                .filter(|_| !name.starts_with('.'))
+            {
+                ids.push(id.to_owned());
+            }
+        }
+        Ok(ids)
+    }
+
+    /// Removes the temporary files of writes a killed process left.
+    pub(crate) fn sweep_temporaries(&self) {
+        sweep_temporaries(&self.layers);
+        sweep_temporaries(&self.pending);
+    }
+}
+
 fn path_of(dir: &Path, id: &str) -> PathBuf {
     dir.join(format!("{id}.json"))
 }
 
-pub(crate) fn read(dir: &Path, id: &str) -> Result<Option<Record>> {
+fn read(dir: &Path, id: &str) -> Result<Option<Record>> {
     check_id(id)?;
     let path = path_of(dir, id);
     match std::fs::read(&path) {
@@ -78,7 +169,7 @@ pub(crate) fn read(dir: &Path, id: &str) -> Result<Option<Record>> {
     }
 }
 
-pub(crate) fn read_all(dir: &Path) -> Result<Vec<Record>> {
+fn read_all(dir: &Path) -> Result<Vec<Record>> {
     let mut out = Vec::new();
     for entry in std::fs::read_dir(dir).map_err(|e| io_err("read", dir, e))? {
         let entry = entry.map_err(|e| io_err("read", dir, e))?;
@@ -97,7 +188,7 @@ pub(crate) fn read_all(dir: &Path) -> Result<Vec<Record>> {
     Ok(out)
 }
 
-pub(crate) fn write(dir: &Path, record: &Record) -> Result<()> {
+fn write(dir: &Path, record: &Record) -> Result<()> {
     check_id(&record.id)?;
     let path = path_of(dir, &record.id);
     let tmp = dir.join(format!(".{}.{}.tmp", record.id, std::process::id()));
@@ -115,7 +206,7 @@ pub(crate) fn write(dir: &Path, record: &Record) -> Result<()> {
     written.map_err(|e| io_err("write", path, e))
 }
 
-pub(crate) fn delete(dir: &Path, id: &str) -> Result<()> {
+fn delete(dir: &Path, id: &str) -> Result<()> {
     let path = path_of(dir, id);
     match std::fs::remove_file(&path) {
         Ok(()) => Ok(()),
@@ -124,8 +215,7 @@ pub(crate) fn delete(dir: &Path, id: &str) -> Result<()> {
     }
 }
 
-/// Removes the temporary files of writes a killed process left.
-pub(crate) fn sweep_temporaries(dir: &Path) {
+fn sweep_temporaries(dir: &Path) {
     let Ok(entries) = std::fs::read_dir(dir) else {
         return;
     };
