@@ -170,7 +170,9 @@ fn import_image(
         .map(|l| source.size(&l.blob).unwrap_or(0))
         .sum();
     let bar = progress_bar(show_progress, total);
-    let mut created: Vec<String> = Vec::new();
+    // All or nothing: a failure drops the batch, which removes the layers this
+    // import made; their data is synced once, when the batch commits.
+    let mut batch = store.batch();
     let mut layers = Vec::new();
     let mut parent: Option<String> = None;
     let count = image.layers.len();
@@ -180,19 +182,18 @@ fn import_image(
         let mut size = 0;
         if new {
             bar.set_message(format!("layer {}/{count}", i + 1));
-            match import_layer(store, source, layer, parent.as_deref(), &bar, interrupted) {
-                Ok(n) => {
-                    size = n;
-                    created.push(id.clone());
-                }
+            let made = import_layer(
+                &mut batch,
+                source,
+                layer,
+                parent.as_deref(),
+                &bar,
+                interrupted,
+            );
+            match made {
+                Ok(n) => size = n,
                 Err(e) => {
                     bar.finish_and_clear();
-                    // All or nothing: the layers this import made go too.
-                    for done in created.iter().rev() {
-                        if let Err(undo) = store.remove_layer(done) {
-                            tracing::warn!(layer = %done, error = %format!("{undo:#}"), "rollback");
-                        }
-                    }
                     return Err(e);
                 }
             }
@@ -206,6 +207,7 @@ fn import_image(
         });
         parent = Some(id);
     }
+    batch.commit()?;
     bar.finish_and_clear();
     Ok(Imported {
         format: image.format,
@@ -216,11 +218,11 @@ fn import_image(
     })
 }
 
-/// Creates and fills one layer through the database's crash-safe step: on any
-/// error the layer and its record are gone, and a kill leaves an incomplete
+/// Creates and fills one layer of `batch` (the database's crash-safe step): on
+/// any error the layer and its record are gone, and a kill leaves an incomplete
 /// record the next writer removes.
 fn import_layer(
-    store: &Store,
+    batch: &mut plies_layerdb::Batch<'_>,
     source: &Source,
     layer: &LayerRef,
     parent: Option<&str>,
@@ -229,7 +231,7 @@ fn import_layer(
 ) -> Result<u64> {
     let id = layer.chain_id.as_str();
     let record = Record::new(id, parent, false).with_diff_id(layer.diff_id.to_string());
-    let made = store.make(record, &CreateOptions::default(), |driver| -> Result<u64> {
+    let made = batch.make(record, &CreateOptions::default(), |driver| -> Result<u64> {
         let (raw, _) = source.open_member(&layer.blob)?;
         let raw = Interruptible::new(bar.wrap_read(raw), Arc::clone(interrupted));
         let (_, tar) = crate::compression::decompress(raw)

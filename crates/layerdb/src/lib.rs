@@ -235,45 +235,23 @@ impl LayerDb {
     /// driver's and the record files' errors, converted into `fill`'s error type.
     pub fn make<E: From<Error>>(
         &self,
-        mut record: Record,
+        record: Record,
         opts: &CreateOptions,
         fill: impl FnOnce(&dyn Driver) -> Result<u64, E>,
     ) -> Result<Record, E> {
-        let id = record.id.clone();
-        record::check_id(&id)?;
-        if self.record(&id)?.is_some() || self.driver.exists(&id) {
-            return Err(Error::Exists { id }.into());
-        }
-        record.complete = false;
-        self.write_record(&record)?;
-        let made = if record.rw {
-            self.driver
-                .create_read_write(&id, record.parent.as_deref(), opts)
-        } else {
-            self.driver.create(&id, record.parent.as_deref(), opts)
-        };
-        if let Err(e) = made {
-            self.delete_record(&id)?;
-            return Err(driver_err(&id)(e).into());
-        }
-        let filled = fill(self.driver()).and_then(|size| {
-            // Durable before it is called complete: a power cut keeps it whole.
-            self.sync_data()?;
-            Ok(size)
-        });
-        match filled {
-            Ok(size) => {
-                record.size = size;
-                record.complete = true;
-                self.write_record(&record)?;
-                Ok(record)
-            }
-            Err(e) => {
-                if let Err(undo) = self.remove_layer(&id) {
-                    tracing::warn!(layer = %id, error = %undo, "removing the partial layer");
-                }
-                Err(e)
-            }
+        let mut batch = self.batch();
+        batch.make(record, opts, fill)?;
+        Ok(batch.commit()?.remove(0))
+    }
+
+    /// Several new layers made as one (the layers of an image): each is made
+    /// and filled as by [`LayerDb::make`], but the data is synced once and the
+    /// records marked complete together by [`Batch::commit`]; a batch dropped
+    /// without a commit removes every layer it made.
+    pub fn batch(&self) -> Batch<'_> {
+        Batch {
+            db: self,
+            made: Vec::new(),
         }
     }
 
@@ -415,6 +393,88 @@ impl LayerDb {
             }
         }
         Ok(())
+    }
+}
+
+/// New layers made as one; see [`LayerDb::batch`].
+#[derive(Debug)]
+#[must_use = "a batch dropped without a commit removes the layers it made"]
+pub struct Batch<'a> {
+    db: &'a LayerDb,
+    made: Vec<Record>,
+}
+
+impl Batch<'_> {
+    /// Creates layer `record.id` on `record.parent` and fills it with `fill`
+    /// (which returns the bytes it applied). The record is written incomplete
+    /// (durably) before the layer is made; on any failure the layer and its
+    /// record are removed again (the layers made before stay in the batch).
+    ///
+    /// # Errors
+    /// What `fill` returned; [`Error::Exists`] when the id is taken, and the
+    /// driver's and the record files' errors, converted into `fill`'s error type.
+    pub fn make<E: From<Error>>(
+        &mut self,
+        mut record: Record,
+        opts: &CreateOptions,
+        fill: impl FnOnce(&dyn Driver) -> Result<u64, E>,
+    ) -> Result<&Record, E> {
+        let db = self.db;
+        let id = record.id.clone();
+        record::check_id(&id)?;
+        if db.record(&id)?.is_some() || db.driver.exists(&id) {
+            return Err(Error::Exists { id }.into());
+        }
+        record.complete = false;
+        db.write_record(&record)?;
+        let made = if record.rw {
+            db.driver
+                .create_read_write(&id, record.parent.as_deref(), opts)
+        } else {
+            db.driver.create(&id, record.parent.as_deref(), opts)
+        };
+        if let Err(e) = made {
+            db.delete_record(&id)?;
+            return Err(driver_err(&id)(e).into());
+        }
+        match fill(db.driver()) {
+            Ok(size) => {
+                record.size = size;
+                self.made.push(record);
+                Ok(&self.made[self.made.len() - 1])
+            }
+            Err(e) => {
+                if let Err(undo) = db.remove_layer(&id) {
+                    tracing::warn!(layer = %id, error = %undo, "removing the partial layer");
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// Makes the data of every layer in the batch durable (one `syncfs`), then
+    /// marks their records complete; returns them.
+    ///
+    /// # Errors
+    /// [`Error::Io`]; the batch's layers are removed then.
+    pub fn commit(mut self) -> Result<Vec<Record>> {
+        // Durable before they are called complete: a power cut keeps them whole.
+        self.db.sync_data()?;
+        for record in &mut self.made {
+            record.complete = true;
+            self.db.write_record(record)?;
+        }
+        Ok(std::mem::take(&mut self.made))
+    }
+}
+
+impl Drop for Batch<'_> {
+    fn drop(&mut self) {
+        for record in self.made.iter().rev() {
+            if let Err(e) = self.db.remove_layer(&record.id) {
+                tracing::warn!(layer = %record.id, error = %e, "rolling back a batch");
+            }
+        }
     }
 }
 
