@@ -21,137 +21,13 @@ use crate::native;
 use crate::options::{CreateOptions, Options};
 use crate::quota::LayerQuota;
 
+mod features;
+mod staged_apply;
+
+pub use features::forget_probes;
+use features::{Features, check_kernel_and_backing};
+
 const NAME: &str = "overlay2";
-
-/// What the kernel and the backing filesystem offer: probed once, then kept in
-/// the store's probe cache until something it depends on changes.
-#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
-pub(crate) struct Features {
-    backing: String,
-    d_type: Outcome<()>,
-    native_diff: Outcome<()>,
-    userxattr: bool,
-    index_off: bool,
-    lowerdir_plus: Outcome<()>,
-}
-
-/// The probe cache file, under the home's store directory.
-const FEATURES_FILE: &str = "overlay2-features.json";
-
-/// Checks that overlay2 can run under `home` and finds its features: from the
-/// probe cache when it is valid, else by probing in the store's probe directory
-/// (and caching the answers). Docker's three kinds of refusal are kept apart.
-/// `home` exists; nothing is written outside `home/.plies`.
-fn features(home: &Path) -> Result<Features> {
-    let store_dir = home.join(plies_layerstore::STORE_DIR);
-    let cache_file = store_dir.join(FEATURES_FILE);
-    let key = plies_kprobe::cache::CacheKey::for_dir(home, env!("CARGO_PKG_VERSION"))
-        .map_err(|e| Error::io("stat", home, e))?;
-    if let Some(f) = plies_kprobe::cache::load::<Features>(&cache_file, &key) {
-        return Ok(f);
-    }
-    let locks = plies_layerstore::LayerLocks::open(home).map_err(|e| Error::store("", e))?;
-    // One prober at a time; the others then find its answers in the cache.
-    let _guard = crate::locks::lock(&locks, &[plies_layerstore::PROBE_LOCK])?;
-    if let Some(f) = plies_kprobe::cache::load::<Features>(&cache_file, &key) {
-        return Ok(f);
-    }
-    let dir = store_dir.join(plies_layerstore::PROBE_DIR);
-    std::fs::create_dir_all(&dir).map_err(|e| Error::io("mkdir", &dir, e))?;
-    // What a killed prober left; nobody else probes while the lock is held.
-    plies_layerstore::sweep_probe_scratch(&dir).map_err(|e| Error::store("", e))?;
-    let features = probe(&dir)?;
-    if let Err(e) = plies_kprobe::cache::store(&cache_file, &key, &features) {
-        tracing::warn!(file = %cache_file.display(), error = %e, "probe cache not written");
-    }
-    Ok(features)
-}
-
-/// The checks that write nothing: overlay in the kernel, a backing filesystem
-/// overlay2 can sit on.
-fn check_kernel_and_backing(dir: &Path) -> Result<()> {
-    let fs = plies_kprobe::filesystems();
-    let has_overlay = match &fs {
-        Outcome::Supported { value } => value.has("overlay"),
-        Outcome::Unsupported { .. } => false,
-    };
-    if !has_overlay {
-        let reason = fs.reason().map_or_else(
-            || "overlay is not in /proc/filesystems".to_owned(),
-            str::to_owned,
-        );
-        return Err(Error::NotSupported {
-            driver: NAME,
-            reason,
-        });
-    }
-    backing_of(dir).map(drop)
-}
-
-fn backing_of(dir: &Path) -> Result<plies_kprobe::BackingFs> {
-    let backing = match plies_kprobe::backing_fs(dir) {
-        Outcome::Supported { value } => value,
-        Outcome::Unsupported { reason } => {
-            return Err(Error::IncompatibleFs {
-                driver: NAME,
-                root: dir.to_path_buf(),
-                reason,
-            });
-        }
-    };
-    if let Outcome::Supported { value: kernel } = plies_kprobe::kernel_version() {
-        if let Outcome::Unsupported { reason } =
-            plies_kprobe::overlay2_backing_ok(&backing, &kernel)
-        {
-            return Err(Error::IncompatibleFs {
-                driver: NAME,
-                root: dir.to_path_buf(),
-                reason,
-            });
-        }
-    }
-    Ok(backing)
-}
-
-/// Runs the mounting probes in `dir` (the store's probe directory).
-fn probe(dir: &Path) -> Result<Features> {
-    let backing = backing_of(dir)?;
-    let d_type = plies_kprobe::d_type(dir);
-    if let Outcome::Unsupported { reason } = &d_type {
-        return Err(Error::PrerequisitesMissing {
-            driver: NAME,
-            reason: format!("the backing {backing} filesystem has no d_type: {reason}"),
-        });
-    }
-    if let Outcome::Unsupported { reason } = plies_kprobe::multiple_lowers(dir) {
-        return Err(Error::PrerequisitesMissing {
-            driver: NAME,
-            reason,
-        });
-    }
-    Ok(Features {
-        backing: backing.to_string(),
-        d_type,
-        native_diff: plies_kprobe::native_diff(dir),
-        userxattr: plies_kprobe::userxattr_needed(dir).is_true(),
-        index_off: plies_kprobe::index_parameter().is_supported(),
-        lowerdir_plus: plies_kprobe::lowerdir_plus(dir),
-    })
-}
-
-/// Forgets the cached probe answers of the overlay2 store at `home`, so that
-/// the next open probes again.
-///
-/// # Errors
-/// [`Error::Io`] when the cache file exists and cannot be removed.
-pub fn forget_probes(home: &Path) -> Result<()> {
-    let file = home.join(plies_layerstore::STORE_DIR).join(FEATURES_FILE);
-    match std::fs::remove_file(&file) {
-        Ok(()) => Ok(()),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(Error::io("remove", &file, e)),
-    }
-}
 
 /// The overlay2 driver.
 #[derive(Debug)]
@@ -191,7 +67,7 @@ impl Overlay2 {
         check_kernel_and_backing(&crate::existing_ancestor(&home))?;
         let made_home = !home.exists();
         std::fs::create_dir_all(&home).map_err(|e| Error::io("mkdir", &home, e))?;
-        let features = match features(&home) {
+        let features = match features::features(&home) {
             Ok(f) => f,
             Err(e) => {
                 // A refused driver leaves no home behind (`auto` goes on to the next).
@@ -389,93 +265,6 @@ impl Overlay2 {
             });
         }
         Ok(())
-    }
-
-    /// A diff against another layer than the direct parent, applied onto the
-    /// mounted view of `id`. When the layer's upper holds a diff already and the
-    /// layer is not in use, the view is mounted over a copy of the upper that
-    /// replaces it only once the apply succeeded; otherwise the naive apply runs
-    /// on the layer's own mount (its upper emptied again on failure when it was
-    /// empty).
-    fn apply_naive(&self, id: &str, diff: &mut dyn Read) -> Result<plies_archive::ApplyStats> {
-        let own = self.store.diff_dir(id);
-        let maps = self.remap.maps();
-        let committed = self
-            .store
-            .is_committed(id)
-            .map_err(|e| Error::store(id, e))?;
-        if committed || self.refcount(id) > 0 || native::is_empty(&own)? {
-            return naive::apply(self, id, diff, maps, Some(&own));
-        }
-        let guard = crate::locks::lock(self.store.locks(), &[id])?;
-        if self.refcount(id) > 0 {
-            drop(guard);
-            return naive::apply(self, id, diff, maps, Some(&own));
-        }
-        let opts = maps.apply_options(WhiteoutFormat::Merged);
-        let lowers = self
-            .store
-            .lower_entries(id)
-            .map_err(|e| Error::store(id, e))?;
-        if lowers.is_empty() {
-            // Nothing below: the view is the upper itself.
-            return native::apply_into(id, &own, diff, &opts, true);
-        }
-        let dir = self.home.join(id);
-        let staging = native::applying_path(&own);
-        let work_name = format!("work{}", native::APPLYING);
-        let target_name = format!("merged{}", native::APPLYING);
-        let (work, target) = (dir.join(&work_name), dir.join(&target_name));
-        for d in [&staging, &work, &target] {
-            crate::copy::remove_tree(d)?;
-        }
-        let staged_name = format!("diff{}", native::APPLYING);
-        let mut still_mounted = false;
-        let result = (|| {
-            rustix::fs::mkdir(&staging, rustix::fs::Mode::from_raw_mode(0o700))
-                .map_err(|e| Error::io("mkdir", &staging, e))?;
-            crate::copy::copy_tree(&own, &staging)?;
-            rustix::fs::mkdir(&work, rustix::fs::Mode::from_raw_mode(0o700))
-                .map_err(|e| Error::io("mkdir", &work, e))?;
-            self.remap.own(&work)?;
-            self.mount_at(
-                id,
-                None,
-                None,
-                lowers,
-                Some((&staged_name, &work_name)),
-                &target,
-            )?;
-            let applied = plies_archive::apply(diff, &target, &opts);
-            if let Err(e) = mounts::detach(id, &target) {
-                still_mounted = true;
-                return Err(e);
-            }
-            let stats = applied.map_err(|source| Error::Archive {
-                id: id.to_owned(),
-                source,
-            })?;
-            native::exchange(&staging, &own)?;
-            Ok(stats)
-        })();
-        if still_mounted {
-            // Nothing under a live mount is deleted; the copies go with the
-            // layer, or with fsck.
-            return result;
-        }
-        // `staging` holds the replaced upper after a success, the failed copy
-        // otherwise.
-        for d in [&staging, &work] {
-            if let Err(e) = crate::copy::remove_tree(d) {
-                tracing::warn!(layer = id, error = %e, "a copy made for an apply was left behind");
-            }
-        }
-        match std::fs::remove_dir(&target) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => tracing::warn!(layer = id, error = %e, "could not remove a mount point"),
-        }
-        result
     }
 
     fn is_direct_parent(&self, id: &str, parent: Option<&str>) -> Result<bool> {

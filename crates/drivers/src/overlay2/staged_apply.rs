@@ -1,0 +1,104 @@
+//! A diff applied against another layer than the direct parent: through a
+//! mounted view, over a copy of the layer's upper that replaces it only once the
+//! apply succeeded.
+
+use std::io::Read;
+
+use plies_archive::WhiteoutFormat;
+
+use super::Overlay2;
+use crate::error::{Error, Result};
+use crate::{mounts, naive, native};
+
+impl Overlay2 {
+    /// A diff against another layer than the direct parent, applied onto the
+    /// mounted view of `id`. When the layer's upper holds a diff already and the
+    /// layer is not in use, the view is mounted over a copy of the upper that
+    /// replaces it only once the apply succeeded; otherwise the naive apply runs
+    /// on the layer's own mount (its upper emptied again on failure when it was
+    /// empty).
+    pub(super) fn apply_naive(
+        &self,
+        id: &str,
+        diff: &mut dyn Read,
+    ) -> Result<plies_archive::ApplyStats> {
+        let own = self.store.diff_dir(id);
+        let maps = self.remap.maps();
+        let committed = self
+            .store
+            .is_committed(id)
+            .map_err(|e| Error::store(id, e))?;
+        if committed || self.refcount(id) > 0 || native::is_empty(&own)? {
+            return naive::apply(self, id, diff, maps, Some(&own));
+        }
+        let guard = crate::locks::lock(self.store.locks(), &[id])?;
+        if self.refcount(id) > 0 {
+            drop(guard);
+            return naive::apply(self, id, diff, maps, Some(&own));
+        }
+        let opts = maps.apply_options(WhiteoutFormat::Merged);
+        let lowers = self
+            .store
+            .lower_entries(id)
+            .map_err(|e| Error::store(id, e))?;
+        if lowers.is_empty() {
+            // Nothing below: the view is the upper itself.
+            return native::apply_into(id, &own, diff, &opts, true);
+        }
+        let dir = self.home.join(id);
+        let staging = native::applying_path(&own);
+        let work_name = format!("work{}", native::APPLYING);
+        let target_name = format!("merged{}", native::APPLYING);
+        let (work, target) = (dir.join(&work_name), dir.join(&target_name));
+        for d in [&staging, &work, &target] {
+            crate::copy::remove_tree(d)?;
+        }
+        let staged_name = format!("diff{}", native::APPLYING);
+        let mut still_mounted = false;
+        let result = (|| {
+            rustix::fs::mkdir(&staging, rustix::fs::Mode::from_raw_mode(0o700))
+                .map_err(|e| Error::io("mkdir", &staging, e))?;
+            crate::copy::copy_tree(&own, &staging)?;
+            rustix::fs::mkdir(&work, rustix::fs::Mode::from_raw_mode(0o700))
+                .map_err(|e| Error::io("mkdir", &work, e))?;
+            self.remap.own(&work)?;
+            self.mount_at(
+                id,
+                None,
+                None,
+                lowers,
+                Some((&staged_name, &work_name)),
+                &target,
+            )?;
+            let applied = plies_archive::apply(diff, &target, &opts);
+            if let Err(e) = mounts::detach(id, &target) {
+                still_mounted = true;
+                return Err(e);
+            }
+            let stats = applied.map_err(|source| Error::Archive {
+                id: id.to_owned(),
+                source,
+            })?;
+            native::exchange(&staging, &own)?;
+            Ok(stats)
+        })();
+        if still_mounted {
+            // Nothing under a live mount is deleted; the copies go with the
+            // layer, or with fsck.
+            return result;
+        }
+        // `staging` holds the replaced upper after a success, the failed copy
+        // otherwise.
+        for d in [&staging, &work] {
+            if let Err(e) = crate::copy::remove_tree(d) {
+                tracing::warn!(layer = id, error = %e, "a copy made for an apply was left behind");
+            }
+        }
+        match std::fs::remove_dir(&target) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => tracing::warn!(layer = id, error = %e, "could not remove a mount point"),
+        }
+        result
+    }
+}
