@@ -7,11 +7,14 @@
 //! - `cargo xtask bench` — plies side by side with GNU tar on the same input.
 //! - `cargo xtask trials` — `plies` commands SIGKILLed at random points, the store
 //!   checked after each; then many processes on one root at once.
+//! - `cargo xtask powercut` — qemu killed at random points of a workload on one
+//!   persistent disk, every complete layer checked at the next boot.
 //!
 //! cargo-fuzz runs on the stable toolchain with `--sanitizer none` (the sanitizers
 //! need `-Z` flags, which only nightly takes); coverage-guided fuzzing still works.
 
 mod bench;
+mod powercut;
 mod trials;
 mod vm;
 
@@ -28,6 +31,7 @@ fn main() -> ExitCode {
         Some("bench") => bench::bench(&args[1..]),
         Some("vm-test") => vm::vm_test(&args[1..]),
         Some("trials") => trials::trials(&args[1..]),
+        Some("powercut") => powercut::powercut(&args[1..]),
         Some("fmt") => run(cargo().args(["fmt", "--all"])),
         None | Some("help" | "--help" | "-h") => {
             println!("{USAGE}");
@@ -54,6 +58,8 @@ const USAGE: &str = "usage: cargo xtask <task>
   trials [--per-kind N] [--procs K] [--rounds M] [--seed S] [--kinds a,b,c] [--keep]
          [--verbose] [--bin PLIES]
                                kill plies at random points and check the store; K processes on one root
+  powercut [--kernel NAME] [--cuts N] [--seed S] [--bin PLIES]
+                               power cuts in qemu on one disk: what survives (xtask/VM.md)
   fmt                          cargo fmt --all";
 
 type Result<T = ()> = std::result::Result<T, String>;

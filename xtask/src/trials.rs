@@ -39,7 +39,7 @@ use crate::bench::Rng;
 use crate::{Result, cargo, run, target_dir};
 
 mod concurrency;
-mod inputs;
+pub(crate) mod inputs;
 mod json;
 mod kinds;
 mod plies;
@@ -269,7 +269,7 @@ pub(crate) fn trials(args: &[String]) -> Result {
 }
 
 /// A seed spread over all 64 bits (splitmix64), never zero.
-fn splitmix(seed: u64) -> u64 {
+pub(crate) fn splitmix(seed: u64) -> u64 {
     let mut z = seed.wrapping_add(0x9e37_79b9_7f4a_7c15);
     z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
     z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);

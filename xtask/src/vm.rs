@@ -102,7 +102,8 @@ const SUITES_UNDER_TEST: &[Suite] = &[
     },
 ];
 
-const TARGET: &str = "x86_64-unknown-linux-gnu";
+/// The host target the static executables are built for.
+pub(crate) const TARGET: &str = "x86_64-unknown-linux-gnu";
 const MARK: &str = "@@plies-vm";
 
 struct Options {
@@ -233,7 +234,8 @@ pub fn vm_test(args: &[String]) -> Result {
     }
 }
 
-fn which(tool: &str) -> Option<PathBuf> {
+/// Where `tool` is on `PATH` (or in `/usr/sbin`, `/sbin`).
+pub(crate) fn which(tool: &str) -> Option<PathBuf> {
     let path = std::env::var_os("PATH")?;
     std::env::split_paths(&path)
         .chain(["/usr/sbin", "/sbin"].map(PathBuf::from))
@@ -241,16 +243,18 @@ fn which(tool: &str) -> Option<PathBuf> {
         .find(|p| p.is_file())
 }
 
-fn mkdir(dir: &Path) -> Result {
+/// `mkdir -p`, with the path in the error.
+pub(crate) fn mkdir(dir: &Path) -> Result {
     fs::create_dir_all(dir).map_err(|e| format!("creating {}: {e}", dir.display()))
 }
 
-fn write(path: &Path, data: impl AsRef<[u8]>) -> Result {
+/// Writes a file, with the path in the error.
+pub(crate) fn write(path: &Path, data: impl AsRef<[u8]>) -> Result {
     fs::write(path, data).map_err(|e| format!("writing {}: {e}", path.display()))
 }
 
 /// Runs `cmd` quietly, returning its stdout; stderr is shown only on failure.
-fn output(cmd: &mut Command) -> Result<String> {
+pub(crate) fn output(cmd: &mut Command) -> Result<String> {
     let shown = format!("{cmd:?}");
     let out = cmd
         .stdin(Stdio::null())
@@ -279,12 +283,15 @@ fn version_key(release: &str) -> Vec<u64> {
 // ---------------------------------------------------------------------------------
 // Fetching kernels: a private apt configuration.
 
-struct Apt {
+/// A private apt configuration (sources, lists, cache) under one directory.
+pub(crate) struct Apt {
+    /// The directory holding it.
     dir: PathBuf,
 }
 
 impl Apt {
-    fn new(dir: &Path) -> Result<Self> {
+    /// Sets up the configuration under `dir` (the machine's mirror, Debian's keyring).
+    pub(crate) fn new(dir: &Path) -> Result<Self> {
         let mirror = match std::env::var("PLIES_VM_MIRROR") {
             Ok(m) if !m.is_empty() => m,
             _ => machine_mirror()?,
@@ -338,7 +345,7 @@ impl Apt {
     }
 
     /// `apt-get update` when the lists are missing, a day old, or `force`.
-    fn update(&self, force: bool) -> Result {
+    pub(crate) fn update(&self, force: bool) -> Result {
         let stamp = self.dir.join("state/updated");
         let fresh = fs::metadata(&stamp)
             .and_then(|m| m.modified())
@@ -359,7 +366,7 @@ impl Apt {
 
     /// The newest `linux-image-<release>` (generic amd64 flavour) that `name` picks:
     /// `newest`, a series (`6.1`), or an exact release (`6.16.12+deb13-amd64`).
-    fn resolve(&self, name: &str) -> Result<String> {
+    pub(crate) fn resolve(&self, name: &str) -> Result<String> {
         let names = output(self.cmd("apt-cache").args(["pkgnames", "linux-image-"]))?;
         let wanted = name.strip_suffix("-amd64").unwrap_or(name);
         let release = names
@@ -415,17 +422,20 @@ fn machine_mirror() -> Result<String> {
 }
 
 /// A kernel unpacked in the cache.
-struct Kernel {
+pub(crate) struct Kernel {
     /// What the user asked for (`6.1`, `newest`).
-    name: String,
+    pub(crate) name: String,
     /// `uname -r` of the kernel.
-    release: String,
+    pub(crate) release: String,
     /// The unpacked packages, with `lib/modules/<release>` depmod'ed.
-    root: PathBuf,
-    vmlinuz: PathBuf,
+    pub(crate) root: PathBuf,
+    /// The kernel image qemu boots.
+    pub(crate) vmlinuz: PathBuf,
 }
 
-fn fetch(apt: &Apt, cache: &Path, name: &str, release: &str) -> Result<Kernel> {
+/// The kernel `release` (asked for as `name`) unpacked under `cache`, downloaded
+/// and `depmod`ed on first use.
+pub(crate) fn fetch(apt: &Apt, cache: &Path, name: &str, release: &str) -> Result<Kernel> {
     let dir = cache.join(release);
     let unpacked = dir.join("root");
     let ready = dir.join("ready");
@@ -511,7 +521,8 @@ struct Payload {
     has_cli: bool,
 }
 
-fn static_cargo(vm: &Path) -> Command {
+/// Cargo building statically linked executables into `<vm>/build`.
+pub(crate) fn static_cargo(vm: &Path) -> Command {
     let mut c = cargo();
     c.env("RUSTFLAGS", "-C target-feature=+crt-static")
         .env("CARGO_TARGET_DIR", vm.join("build"));
@@ -622,7 +633,8 @@ fn build_payload(vm: &Path) -> Result<Payload> {
 // ---------------------------------------------------------------------------------
 // The guest.
 
-fn copy(from: &Path, to: &Path) -> Result {
+/// Copies a file, with both paths in the error.
+pub(crate) fn copy(from: &Path, to: &Path) -> Result {
     fs::copy(from, to)
         .map(|_| ())
         .map_err(|e| format!("copying {} to {}: {e}", from.display(), to.display()))
@@ -663,11 +675,32 @@ fn initramfs(kernel: &Kernel, payload: &Payload, opts: &Options, work: &Path) ->
         copy(&p, &tree.join("tests").join(p.file_name().unwrap()))?;
     }
 
-    // Modules and their dependencies, in load order, decompressed.
+    let order = add_modules(kernel, &tree, MODULES)?;
+
+    write(
+        &tree.join("init"),
+        init_script(kernel, payload, opts, &order),
+    )?;
+    fs::set_permissions(
+        tree.join("init"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .map_err(|e| e.to_string())?;
+
+    let image = work.join("initramfs.gz");
+    pack(&tree, &image)?;
+    let _ = fs::remove_dir_all(&tree);
+    Ok(image)
+}
+
+/// Copies `modules` (those the kernel builds as modules) with their dependencies
+/// into `tree`, decompressed, and `depmod`s it; returns the module files in load
+/// order, relative to `lib/modules/<release>`.
+pub(crate) fn add_modules(kernel: &Kernel, tree: &Path, modules: &[&str]) -> Result<Vec<String>> {
     let release = &kernel.release;
     let moddir = format!("lib/modules/{release}");
     let mut order = Vec::<String>::new();
-    for m in MODULES {
+    for m in modules {
         let Ok(deps) = output(Command::new("modprobe").arg("-d").arg(&kernel.root).args([
             "-S",
             release,
@@ -730,32 +763,25 @@ fn initramfs(kernel: &Kernel, payload: &Payload, opts: &Options, work: &Path) ->
             copy(&src, &tree.join(&moddir).join(f))?;
         }
     }
-    output(Command::new("depmod").arg("-b").arg(&tree).arg(release))?;
+    output(Command::new("depmod").arg("-b").arg(tree).arg(release))?;
 
-    write(
-        &tree.join("init"),
-        init_script(kernel, payload, opts, &order),
-    )?;
-    fs::set_permissions(
-        tree.join("init"),
-        std::os::unix::fs::PermissionsExt::from_mode(0o755),
-    )
-    .map_err(|e| e.to_string())?;
+    Ok(order)
+}
 
-    let image = work.join("initramfs.gz");
+/// Packs `tree` as a gzip'd newc initramfs at `image`.
+pub(crate) fn pack(tree: &Path, image: &Path) -> Result {
     let status = Command::new("sh")
         .arg("-c")
         .arg("find . | LC_ALL=C sort | cpio --quiet -o -H newc -R 0:0 | gzip -1 > \"$1\"")
         .arg("sh")
-        .arg(&image)
-        .current_dir(&tree)
+        .arg(image)
+        .current_dir(tree)
         .status()
         .map_err(|e| format!("running cpio: {e}"))?;
     if !status.success() {
         return Err(format!("packing {} failed", tree.display()));
     }
-    let _ = fs::remove_dir_all(&tree);
-    Ok(image)
+    Ok(())
 }
 
 /// Copies [`HOST_TOOLS`] to `/usr/local/sbin` with the libraries `ldd` names.
@@ -863,41 +889,43 @@ run() {{
     s
 }
 
+/// mkfs command lines for an ext4 disk, tried in turn: the first keeps the
+/// filesystem mountable by 5.10 (no `orphan_file`), for a mkfs that knows the option.
+pub(crate) const MKFS_EXT4: &[&[&str]] = &[
+    &["mkfs.ext4", "-q", "-F", "-O", "^orphan_file"],
+    &["mkfs.ext4", "-q", "-F"],
+];
+
+/// mkfs command lines for an xfs disk, tried in turn (the first for 5.10).
+const MKFS_XFS: &[&[&str]] = &[
+    &["mkfs.xfs", "-q", "-f", "-i", "nrext64=0"],
+    &["mkfs.xfs", "-q", "-f"],
+];
+
+/// Makes `img` a sparse file of `size` bytes (replacing any) and a filesystem on
+/// it with the first of `attempts` that succeeds; false when none does.
+pub(crate) fn make_disk(img: &Path, size: u64, attempts: &[&[&str]]) -> Result<bool> {
+    let _ = fs::remove_file(img);
+    fs::File::create(img)
+        .and_then(|f| f.set_len(size))
+        .map_err(|e| format!("creating {}: {e}", img.display()))?;
+    Ok(attempts.iter().any(|argv| {
+        Command::new(argv[0])
+            .args(&argv[1..])
+            .arg(img)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    }))
+}
+
 /// Sparse disk images for the guest's ext4 and xfs scratch filesystems.
 fn disks(work: &Path) -> Result<Vec<PathBuf>> {
     let mut out = Vec::new();
-    for (fs_name, attempts) in [
-        (
-            "ext4",
-            &[
-                &["mkfs.ext4", "-q", "-F", "-O", "^orphan_file"][..],
-                &["mkfs.ext4", "-q", "-F"][..],
-            ],
-        ),
-        (
-            "xfs",
-            &[
-                &["mkfs.xfs", "-q", "-f", "-i", "nrext64=0"][..],
-                &["mkfs.xfs", "-q", "-f"][..],
-            ],
-        ),
-    ] {
+    for (fs_name, attempts) in [("ext4", MKFS_EXT4), ("xfs", MKFS_XFS)] {
         let img = work.join(format!("{fs_name}.img"));
-        let _ = fs::remove_file(&img);
-        fs::File::create(&img)
-            .and_then(|f| f.set_len(1 << 30))
-            .map_err(|e| format!("creating {}: {e}", img.display()))?;
-        // Options that keep the filesystem mountable by 5.10, when mkfs knows them.
-        let made = attempts.iter().any(|argv| {
-            Command::new(argv[0])
-                .args(&argv[1..])
-                .arg(&img)
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .status()
-                .is_ok_and(|s| s.success())
-        });
-        if !made {
+        if !make_disk(&img, 1 << 30, attempts)? {
             eprintln!(
                 "vm-test: could not make the {fs_name} scratch disk (is {} installed?)",
                 attempts[0][0]
@@ -974,6 +1002,23 @@ fn boot_and_test(vm: &Path, kernel: &Kernel, payload: &Payload, opts: &Options) 
     result
 }
 
+/// qemu booting `kernel` with `initrd` (TCG, one CPU, 1 GiB), its serial console
+/// written to `log`, `append` added to the kernel command line; the caller adds disks.
+pub(crate) fn qemu(kernel: &Kernel, initrd: &Path, log: &Path, append: &str) -> Command {
+    let mut cmd = Command::new("qemu-system-x86_64");
+    cmd.args(["-accel", "tcg", "-cpu", "max", "-m", "1024", "-smp", "1"])
+        .args(["-nographic", "-no-reboot", "-nodefaults"])
+        .arg("-serial")
+        .arg(format!("file:{}", log.display()))
+        .arg("-kernel")
+        .arg(&kernel.vmlinuz)
+        .arg("-initrd")
+        .arg(initrd)
+        .arg("-append")
+        .arg(format!("console=ttyS0 quiet panic=-1 oops=panic {append}").trim_end());
+    cmd
+}
+
 /// Boots the guest until it powers off; `Some(problem)` when it did not finish.
 fn boot(
     kernel: &Kernel,
@@ -987,17 +1032,7 @@ fn boot(
     mkdir(log.parent().unwrap())?;
     let initrd = initramfs(kernel, payload, opts, work)?;
     let disks = disks(work)?;
-    let mut cmd = Command::new("qemu-system-x86_64");
-    cmd.args(["-accel", "tcg", "-cpu", "max", "-m", "1024", "-smp", "1"])
-        .args(["-nographic", "-no-reboot", "-nodefaults"])
-        .arg("-serial")
-        .arg(format!("file:{}", log.display()))
-        .arg("-kernel")
-        .arg(&kernel.vmlinuz)
-        .arg("-initrd")
-        .arg(&initrd)
-        .arg("-append")
-        .arg("console=ttyS0 quiet panic=-1 oops=panic");
+    let mut cmd = qemu(kernel, &initrd, log, "");
     for d in &disks {
         cmd.arg("-drive")
             .arg(format!("file={},format=raw,if=virtio", d.display()));

@@ -79,7 +79,7 @@ pub(crate) fn make(dir: &Path) -> Result<Inputs> {
 }
 
 /// `n` nested directory paths (`d03/d17`, …), parents before children.
-fn skeleton(rng: &mut Rng, n: usize) -> Vec<String> {
+pub(crate) fn skeleton(rng: &mut Rng, n: usize) -> Vec<String> {
     let mut dirs: Vec<String> = Vec::new();
     for i in 0..n {
         let name = format!("d{i:02}");
@@ -106,7 +106,7 @@ fn pick_two(rng: &mut Rng, from: &[String], n: usize) -> (Vec<String>, Vec<Strin
 }
 
 /// One layer's tree, being written under `<dir>/<tag>/`.
-struct Layer {
+pub(crate) struct Layer {
     tag: String,
     tree: PathBuf,
     dirs: Vec<String>,
@@ -116,7 +116,7 @@ struct Layer {
 
 impl Layer {
     /// A tree holding every directory of the skeleton.
-    fn new(dir: &Path, tag: &str, skeleton: &[String]) -> Result<Layer> {
+    pub(crate) fn new(dir: &Path, tag: &str, skeleton: &[String]) -> Result<Layer> {
         let tree = dir.join(tag);
         for d in skeleton {
             let path = tree.join(d);
@@ -133,7 +133,7 @@ impl Layer {
 
     /// Adds `n` files (most under 1 KiB, a few up to 32 KiB), `n / 100` symlinks
     /// and as many hard links.
-    fn files(mut self, rng: &mut Rng, n: usize) -> Result<Layer> {
+    pub(crate) fn files(mut self, rng: &mut Rng, n: usize) -> Result<Layer> {
         for i in 0..n {
             let dir = &self.dirs[rng.below(self.dirs.len() as u64) as usize];
             let rel = format!("{dir}/{}{i:05}", self.tag);
@@ -179,7 +179,7 @@ impl Layer {
     }
 
     /// Packs the tree as `<dir>/<tag>.tar` and removes the tree.
-    fn tar(&self) -> Result<PathBuf> {
+    pub(crate) fn tar(&self) -> Result<PathBuf> {
         let tar = self.tree.with_extension("tar");
         let out = Command::new("tar")
             .args([
