@@ -16,6 +16,12 @@
 //! Then `docker load` of the generated tree as a one-layer image, into dockerd with
 //! plies behind the graph-driver plugin and into dockerd on its own overlay2
 //! (`--no-docker` skips it, `--docker-only` runs nothing else; see `bench/docker.rs`).
+//!
+//! Last, every call against the kernel's floor: the library's `get`+`put` beside a
+//! raw `mount(2)`+`umount2(2)` loop of the same stacks, `plies mount`/`umount` and
+//! `plies create`/`rm` as processes (`--no-calls` skips it, `--calls-only` runs
+//! nothing else, `--calls-iterations N` sets its runs, default 200; see
+//! `bench/calls.rs`).
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -24,6 +30,7 @@ use std::time::{Duration, Instant};
 
 use crate::{Result, cargo, root, run, target_dir};
 
+mod calls;
 mod docker;
 
 struct Options {
@@ -32,6 +39,9 @@ struct Options {
     /// The comparisons with GNU tar.
     tar: bool,
     docker: bool,
+    /// The section of `bench/calls.rs`.
+    calls: bool,
+    calls_iterations: usize,
 }
 
 fn parse(args: &[String]) -> Result<Options> {
@@ -40,6 +50,8 @@ fn parse(args: &[String]) -> Result<Options> {
         debian: true,
         tar: true,
         docker: true,
+        calls: true,
+        calls_iterations: 200,
     };
     let mut it = args.iter();
     while let Some(arg) = it.next() {
@@ -52,7 +64,17 @@ fn parse(args: &[String]) -> Result<Options> {
             }
             "--no-debian" => opts.debian = false,
             "--no-docker" => opts.docker = false,
-            "--docker-only" => (opts.tar, opts.debian) = (false, false),
+            "--docker-only" => (opts.tar, opts.debian, opts.calls) = (false, false, false),
+            "--no-calls" => opts.calls = false,
+            "--calls-only" => {
+                (opts.tar, opts.debian, opts.docker, opts.calls) = (false, false, false, true);
+            }
+            "--calls-iterations" => {
+                let v = it.next().ok_or("--calls-iterations needs a number")?;
+                opts.calls_iterations = v.parse().ok().filter(|&n| n > 0).ok_or_else(|| {
+                    format!("--calls-iterations takes a positive number, not '{v}'")
+                })?;
+            }
             other => return Err(format!("unknown bench option '{other}'")),
         }
     }
@@ -61,6 +83,13 @@ fn parse(args: &[String]) -> Result<Options> {
 
 pub fn bench(args: &[String]) -> Result {
     let opts = parse(args)?;
+    if !(opts.tar || opts.docker) {
+        return if opts.calls {
+            calls::calls(opts.calls_iterations)
+        } else {
+            Ok(())
+        };
+    }
     let dir = root().join("target/bench");
     std::fs::create_dir_all(&dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
     run(cargo().args([
@@ -196,6 +225,9 @@ pub fn bench(args: &[String]) -> Result {
             );
         }
         println!("load average before: {before}; after: {after}");
+    }
+    if opts.calls {
+        calls::calls(opts.calls_iterations)?;
     }
     Ok(())
 }
