@@ -95,16 +95,16 @@ pub enum Error {
         id: String,
     },
     /// The layer store refused or failed.
-    #[error("layer store, layer {id:?}: {source}")]
+    #[error("layer store{}", id.as_ref().map_or_else(String::new, |id| format!(", layer {id:?}")))]
     Store {
-        /// The layer the operation was on (empty for store-wide operations).
-        id: String,
+        /// The layer the operation was on (`None` for store-wide operations).
+        id: Option<String>,
         /// The store's error.
         #[source]
         source: plies_layerstore::Error,
     },
     /// Planning or making a mount failed.
-    #[error("mounting layer {id:?}: {source}")]
+    #[error("mounting layer {id:?}")]
     Mount {
         /// The layer.
         id: String,
@@ -113,7 +113,7 @@ pub enum Error {
         source: plies_mountopts::Error,
     },
     /// Unmounting failed.
-    #[error("unmounting {path:?} of layer {id:?}: {source}")]
+    #[error("unmounting {path:?} of layer {id:?}")]
     Unmount {
         /// The layer.
         id: String,
@@ -134,7 +134,7 @@ pub enum Error {
         attempts: u32,
     },
     /// Applying or exporting a layer tar failed.
-    #[error("layer {id:?}: {source}")]
+    #[error("layer {id:?}")]
     Archive {
         /// The layer.
         id: String,
@@ -143,7 +143,7 @@ pub enum Error {
         source: plies_archive::Error,
     },
     /// Listing a layer's changes failed.
-    #[error("changes of layer {id:?}: {source}")]
+    #[error("changes of layer {id:?}")]
     Changes {
         /// The layer.
         id: String,
@@ -152,7 +152,7 @@ pub enum Error {
         source: plies_archive::changes::ChangesError,
     },
     /// Measuring a layer failed.
-    #[error("size of layer {id:?}: {source}")]
+    #[error("size of layer {id:?}")]
     Size {
         /// The layer.
         id: String,
@@ -161,7 +161,7 @@ pub enum Error {
         source: plies_archive::size::SizeError,
     },
     /// Writing or checking whiteouts failed.
-    #[error("whiteouts of layer {id:?}: {source}")]
+    #[error("whiteouts of layer {id:?}")]
     Whiteout {
         /// The layer.
         id: String,
@@ -170,7 +170,7 @@ pub enum Error {
         source: plies_whiteout::Error,
     },
     /// Probing the kernel failed (not a missing feature: the probe itself).
-    #[error("probing {root:?}: {source}")]
+    #[error("probing {root:?}")]
     Probe {
         /// The directory probed.
         root: PathBuf,
@@ -189,7 +189,7 @@ pub enum Error {
         reason: String,
     },
     /// A system call failed on a path.
-    #[error("{op} {path:?}: {source}")]
+    #[error("{op} {path:?}")]
     Io {
         /// The operation, such as `mkdir` or `copy_file_range`.
         op: &'static str,
@@ -200,7 +200,7 @@ pub enum Error {
         source: std::io::Error,
     },
     /// Setting a layer's size limit (project quota) failed.
-    #[error("size limit of layer {id:?}: {source}")]
+    #[error("size limit of layer {id:?}")]
     Quota {
         /// The layer.
         id: String,
@@ -238,7 +238,7 @@ impl Error {
                 Error::NoSuchLayer { id: parent }
             }
             source => Error::Store {
-                id: id.to_owned(),
+                id: (!id.is_empty()).then(|| id.to_owned()),
                 source,
             },
         }

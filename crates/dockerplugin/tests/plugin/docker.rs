@@ -477,10 +477,17 @@ fn stored(driver: DriverChoice, root: &Path) -> Vec<String> {
     };
     match driver {
         DriverChoice::Vfs => [list(&root.join("dir")), list(&root.join("tmp"))].concat(),
+        // The store's own directory holds locks and probe answers; a lock of a
+        // layer is gone with the layer.
         _ => list(root)
             .into_iter()
-            .filter(|p| !p.ends_with("/l"))
+            .filter(|p| !p.ends_with("/l") && !p.ends_with("/.plies"))
             .chain(list(&root.join("l")))
+            .chain(
+                list(&root.join(".plies/locks"))
+                    .into_iter()
+                    .filter(|p| !p.rsplit('/').next().is_some_and(|n| n.starts_with('.'))),
+            )
             .collect(),
     }
 }
@@ -663,7 +670,7 @@ fn userns_remap(test: &str, driver: DriverChoice) {
         _ => std::fs::read_dir(&home)
             .unwrap()
             .map(|e| e.unwrap().path())
-            .filter(|p| !p.ends_with("l"))
+            .filter(|p| !p.ends_with("l") && !p.ends_with(".plies"))
             .map(|p| p.join("diff"))
             .collect(),
     };
