@@ -138,7 +138,7 @@ impl LayerDb {
     /// # Errors
     /// [`Error::InvalidId`], [`Error::Io`].
     pub fn write_record(&self, record: &Record) -> Result<()> {
-        self.records.write(record)
+        self.records.write(record, true)
     }
 
     /// Deletes a record (a missing one is no error).
@@ -330,7 +330,8 @@ impl LayerDb {
         let path = self.driver.get(&id, label).map_err(driver_err(&id))?;
         if record.mounted.as_deref() != Some(path.as_path()) {
             record.mounted = Some(path.clone());
-            self.write_record(&record)?;
+            // Mounts do not outlive a power cut: losing this update to one is fine.
+            self.records.write(&record, false)?;
         }
         Ok((id, path))
     }
@@ -352,7 +353,7 @@ impl LayerDb {
             ));
         };
         self.driver.detach(&id).map_err(driver_err(&id))?;
-        self.write_record(&record)?;
+        self.records.write(&record, false)?;
         Ok((id, path))
     }
 

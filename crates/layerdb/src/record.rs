@@ -105,15 +105,16 @@ impl Records {
     }
 
     /// Writes a record where its state says: a complete one to `layers/` (and
-    /// its pending one goes), an incomplete one to `pending/`.
-    pub(crate) fn write(&self, record: &Record) -> Result<()> {
+    /// its pending one goes), an incomplete one to `pending/`; with `durable`,
+    /// the write itself survives a crash.
+    pub(crate) fn write(&self, record: &Record, durable: bool) -> Result<()> {
         if record.complete {
-            write(&self.layers, record)?;
+            write(&self.layers, record, durable)?;
             // A pending record left by a crash right here is swept: the
             // complete one wins.
             delete(&self.pending, &record.id)
         } else {
-            write(&self.pending, record)
+            write(&self.pending, record, durable)
         }
     }
 
@@ -188,7 +189,11 @@ fn read_all(dir: &Path) -> Result<Vec<Record>> {
     Ok(out)
 }
 
-fn write(dir: &Path, record: &Record) -> Result<()> {
+/// Writes `record` atomically: a temporary file, fsynced (so that a crash never
+/// leaves an empty record in its place), renamed over it; the directory is
+/// fsynced too when `durable`, so that the new record itself survives a crash
+/// (without, the old one may come back).
+fn write(dir: &Path, record: &Record, durable: bool) -> Result<()> {
     check_id(&record.id)?;
     let path = path_of(dir, &record.id);
     let tmp = dir.join(format!(".{}.{}.tmp", record.id, std::process::id()));
@@ -198,7 +203,10 @@ fn write(dir: &Path, record: &Record) -> Result<()> {
         f.write_all(b"\n")?;
         f.sync_all()?;
         std::fs::rename(&tmp, &path)?;
-        File::open(dir)?.sync_all()
+        if durable {
+            File::open(dir)?.sync_all()?;
+        }
+        Ok(())
     })();
     if written.is_err() {
         let _ = std::fs::remove_file(&tmp);

@@ -16,7 +16,9 @@ pub use error::{Error, Result};
 pub use fsck::{Finding, FsckEntry, FsckReport, Outcome, sweep_probe_scratch};
 pub use id::{APPLYING_SUFFIX, CREATING_SUFFIX, IdError, MAX_ID_LEN, REMOVING_SUFFIX, validate_id};
 pub use link::{LinkError, LinkId, LinkTargetError, parse_link_target};
-pub use locks::{DEFAULT_LOCK_WAIT, LayerGuard, LayerLocks, PROBE_DIR, PROBE_LOCK, STORE_DIR};
+pub use locks::{
+    DEFAULT_LOCK_WAIT, LayerGuard, LayerLocks, PROBE_DIR, PROBE_LOCK, STORE_DIR, TRY_WAIT,
+};
 pub use lower::{LowerError, format_lower, parse_lower};
 pub use options::StoreOptions;
 pub use overlay2::{LayerPaths, Metadata, Overlay2Store};

@@ -44,6 +44,9 @@ const LOCK_DIR: &str = "locks";
 /// it gives up with [`Error::Busy`].
 pub const DEFAULT_LOCK_WAIT: Duration = Duration::from_secs(120);
 
+/// How long [`LayerLocks::try_lock`] waits for a lock held elsewhere.
+pub const TRY_WAIT: Duration = Duration::from_millis(50);
+
 /// The lock files of one store, and the locks this process holds.
 #[derive(Debug)]
 pub struct LayerLocks {
@@ -117,12 +120,14 @@ impl LayerLocks {
     }
 
     /// Takes the locks of `ids` only if none is held elsewhere; `Ok(None)` when
-    /// one is (nothing is held then).
+    /// one is (nothing is held then). It waits [`TRY_WAIT`] at most: a child
+    /// another thread forks holds copies of the lock files it opened until it
+    /// execs, and with them their locks, for an instant.
     ///
     /// # Errors
     /// [`Error::Io`] when a lock file cannot be opened.
     pub fn try_lock(&self, ids: &[&str]) -> Result<Option<LayerGuard<'_>>> {
-        match self.lock_within(ids, Some(Duration::ZERO)) {
+        match self.lock_within(ids, Some(TRY_WAIT)) {
             Ok(g) => Ok(Some(g)),
             Err(Error::Busy { .. }) => Ok(None),
             Err(e) => Err(e),

@@ -24,6 +24,14 @@ pub(crate) struct Features {
 /// The probe cache file, under the home's store directory.
 const FEATURES_FILE: &str = "overlay2-features.json";
 
+/// The cached features of an existing `home`, when the cache is valid: what
+/// every open after the first reads instead of checking and probing.
+pub(super) fn cached(home: &Path) -> Option<Features> {
+    let key = plies_kprobe::cache::CacheKey::for_dir(home, env!("CARGO_PKG_VERSION")).ok()?;
+    let file = home.join(plies_layerstore::STORE_DIR).join(FEATURES_FILE);
+    plies_kprobe::cache::load::<Features>(&file, &key)
+}
+
 /// Checks that overlay2 can run under `home` and finds its features: from the
 /// probe cache when it is valid, else by probing in the store's probe directory
 /// (and caching the answers). Docker's three kinds of refusal are kept apart.

@@ -64,20 +64,11 @@ impl Overlay2 {
     pub fn open(home: &Path, options: &Options) -> Result<Overlay2> {
         let remap = Remap::new(&options.id_maps)?;
         let home = std::path::absolute(home).map_err(|e| Error::io("resolve", home, e))?;
-        check_kernel_and_backing(&crate::existing_ancestor(&home))?;
-        let made_home = !home.exists();
-        std::fs::create_dir_all(&home).map_err(|e| Error::io("mkdir", &home, e))?;
-        let features = match features::features(&home) {
-            Ok(f) => f,
-            Err(e) => {
-                // A refused driver leaves no home behind (`auto` goes on to the next).
-                if made_home {
-                    if let Err(undo) = crate::copy::remove_tree(&home) {
-                        tracing::warn!(home = %home.display(), error = %undo, "could not remove a refused home");
-                    }
-                }
-                return Err(e);
-            }
+        // Valid cached answers stand for the checks and the probes: they were
+        // made under the same kernel, filesystem and module parameters.
+        let features = match home.is_dir().then(|| features::cached(&home)).flatten() {
+            Some(f) => f,
+            None => Self::check_and_probe(&home)?,
         };
         let fsconfig_needed =
             options.mount_mode == MountMode::Fsconfig || options.max_depth > MAX_DEPTH;
@@ -113,6 +104,22 @@ impl Overlay2 {
             quota,
             remap,
             refs: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// The checks that write nothing, then the probes under `home` (made if
+    /// missing, and removed again when the driver is refused).
+    fn check_and_probe(home: &Path) -> Result<Features> {
+        check_kernel_and_backing(&crate::existing_ancestor(home))?;
+        let made_home = !home.exists();
+        std::fs::create_dir_all(home).map_err(|e| Error::io("mkdir", home, e))?;
+        features::features(home).inspect_err(|_| {
+            // A refused driver leaves no home behind (`auto` goes on to the next).
+            if made_home {
+                if let Err(undo) = crate::copy::remove_tree(home) {
+                    tracing::warn!(home = %home.display(), error = %undo, "could not remove a refused home");
+                }
+            }
         })
     }
 
