@@ -16,7 +16,7 @@
 //! boot's repair is lost; a listed layer whose content is none its history allows
 //! is corrupt. See `xtask/VM.md`.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::fs;
 use std::io::{Read, Seek, SeekFrom, Write as _};
@@ -539,16 +539,17 @@ impl Plan {
 }
 
 /// How long each kind of command took last (start marker to completion marker, as
-/// the host saw them): the window a "during" cut falls in.
+/// the host saw them): the window a "during" cut falls in. The defaults, for the
+/// first boot, are about what they take under TCG on a 2-core host.
 struct Estimates(BTreeMap<&'static str, Duration>);
 
 impl Default for Estimates {
     fn default() -> Estimates {
         Estimates(BTreeMap::from([
-            ("import", Duration::from_secs(4)),
-            ("create", Duration::from_millis(800)),
-            ("apply", Duration::from_secs(3)),
-            ("rm", Duration::from_secs(1)),
+            ("import", Duration::from_millis(800)),
+            ("create", Duration::from_millis(300)),
+            ("apply", Duration::from_millis(600)),
+            ("rm", Duration::from_millis(500)),
         ]))
     }
 }
@@ -1162,36 +1163,14 @@ impl<'a> Model<'a> {
                 &sum[..12.min(sum.len())]
             );
         };
-        let got: BTreeSet<&str> = got.iter().map(String::as_str).collect();
-        let mut best: Option<String> = None;
-        let mut best_score = usize::MAX;
-        for a in allowed {
-            let Some(want) = self.inputs.listings.get(a) else {
-                continue;
-            };
-            let want: BTreeSet<&str> = want.iter().map(String::as_str).collect();
-            let missing: Vec<&&str> = want.difference(&got).collect();
-            let extra: Vec<&&str> = got.difference(&want).collect();
-            if missing.len() + extra.len() < best_score {
-                best_score = missing.len() + extra.len();
-                let first = |v: &[&&str]| {
-                    v.iter()
-                        .take(4)
-                        .map(|s| s.to_string())
-                        .collect::<Vec<_>>()
-                        .join(" | ")
-                };
-                best = Some(format!(
-                    "against a reference of {} lines: {} missing ({}), {} unexpected ({})",
-                    want.len(),
-                    missing.len(),
-                    first(&missing),
-                    extra.len(),
-                    first(&extra)
-                ));
-            }
-        }
-        best.unwrap_or_else(|| format!("{} entries, and no reference it may have", got.len()))
+        let got = by_path(got);
+        allowed
+            .iter()
+            .filter_map(|a| self.inputs.listings.get(a))
+            .map(|want| compare(&by_path(want), &got))
+            .min_by_key(|(differences, _)| *differences)
+            .map(|(_, text)| text)
+            .unwrap_or_else(|| format!("{} entries, and no reference it may have", got.len()))
     }
 
     /// Follows the workload's markers: what each command may leave, and must.
@@ -1277,6 +1256,71 @@ impl<'a> Model<'a> {
                 .iter()
                 .any(|r| r.fsck == "unrepairable" || r.problem.is_some() || r.failed_commands > 0)
     }
+}
+
+/// A [`LISTING`]'s lines by the path they are about: its `stat` line, and for a
+/// regular file its checksum line.
+fn by_path(lines: &[String]) -> BTreeMap<&str, Vec<&str>> {
+    let mut out: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
+    for line in lines {
+        // `sha256sum` prints `SUM  PATH`; `stat` prints `PATH MODE UID GID NAME`.
+        let path = match line.split_once("  ") {
+            Some((sum, path)) if sum.len() == 64 => path,
+            _ => line.split(' ').next().unwrap_or(""),
+        };
+        out.entry(path).or_default().push(line);
+    }
+    for v in out.values_mut() {
+        v.sort();
+    }
+    out
+}
+
+/// The checksum of an empty file.
+const EMPTY_SHA256: &str = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";
+
+/// How `got` differs from `want`: the number of paths that differ, and in words
+/// the counts with a few paths of each sort.
+fn compare(want: &BTreeMap<&str, Vec<&str>>, got: &BTreeMap<&str, Vec<&str>>) -> (usize, String) {
+    let missing: Vec<&str> = want
+        .keys()
+        .filter(|p| !got.contains_key(*p))
+        .copied()
+        .collect();
+    let extra: Vec<&str> = got
+        .keys()
+        .filter(|p| !want.contains_key(*p))
+        .copied()
+        .collect();
+    let changed: Vec<&str> = want
+        .iter()
+        .filter(|(p, lines)| got.get(*p).is_some_and(|g| g != *lines))
+        .map(|(p, _)| *p)
+        .collect();
+    let emptied = changed
+        .iter()
+        .filter(|p| got[*p].iter().any(|l| l.starts_with(EMPTY_SHA256)))
+        .count();
+    let some = |v: &[&str]| {
+        let mut s = v.iter().take(3).copied().collect::<Vec<_>>().join(", ");
+        if v.len() > 3 {
+            s.push_str(", ...");
+        }
+        s
+    };
+    let text = format!(
+        "of the {} entries of its reference, {} differ ({} of them now empty files: {}), \
+         {} are missing ({}); {} unexpected ({})",
+        want.len(),
+        changed.len(),
+        emptied,
+        some(&changed),
+        missing.len(),
+        some(&missing),
+        extra.len(),
+        some(&extra)
+    );
+    (changed.len() + missing.len() + extra.len(), text)
 }
 
 /// The table, each boot's line, and every failure in full.
@@ -1488,5 +1532,21 @@ mod tests {
         m.record(2, &BootLog::parse(second), &watched(), Duration::ZERO);
         assert_eq!(m.failures.len(), 1);
         assert_eq!(m.failures[0].what, "corrupt");
+    }
+
+    #[test]
+    fn a_difference_names_emptied_files() {
+        let want: Vec<String> = vec![
+            "./a 81a4 0 0 ./a".into(),
+            format!("{}  ./a", "1".repeat(64)),
+            "./b 41ed 0 0 ./b".into(),
+        ];
+        let got: Vec<String> = vec!["./a 81a4 0 0 ./a".into(), format!("{EMPTY_SHA256}  ./a")];
+        let (n, text) = compare(&by_path(&want), &by_path(&got));
+        assert_eq!(n, 2);
+        assert!(
+            text.contains("1 differ (1 of them now empty files: ./a), 1 are missing (./b)"),
+            "{text}"
+        );
     }
 }
