@@ -60,12 +60,12 @@ pub enum Error {
         source: serde_json::Error,
     },
     /// Another process holds the database's lock and did not let it go in time.
-    #[error("store busy: another plies process (pid {holder}) has held {path} for {} s", waited.as_secs())]
+    #[error("store busy: another process{} has held {path} for {} s", holder.map_or_else(String::new, |p| format!(" (pid {p})")), waited.as_secs())]
     Busy {
         /// The lock file.
         path: PathBuf,
-        /// The holder's pid as it wrote it (may be empty).
-        holder: String,
+        /// The holder's pid, from `/proc/locks`, when it could be read.
+        holder: Option<u32>,
         /// How long the caller waited.
         waited: Duration,
     },

@@ -138,7 +138,7 @@ impl LayerDb {
     /// # Errors
     /// [`Error::InvalidId`], [`Error::Io`].
     pub fn write_record(&self, record: &Record) -> Result<()> {
-        self.records.write(record, true)
+        self.records.write(record)
     }
 
     /// Deletes a record (a missing one is no error).
@@ -156,33 +156,33 @@ impl LayerDb {
     /// [`Error::NoSuchLayer`], [`Error::Incomplete`], [`Error::Ambiguous`], and
     /// those of [`LayerDb::record`].
     pub fn layer(&self, id: &str) -> Result<Record> {
-        let id = &self.resolve(id)?;
-        match self.record(id)? {
-            Some(r) if r.complete && self.driver.exists(id) => Ok(r),
-            Some(r) if !r.complete => Err(Error::Incomplete { id: id.clone() }),
-            _ => Err(Error::NoSuchLayer { id: id.clone() }),
+        record::check_id(id)?;
+        let record = match self.record(id)? {
+            Some(r) => Some(r),
+            None => self.by_prefix(id)?,
+        };
+        match record {
+            Some(r) if r.complete && self.driver.exists(&r.id) => Ok(r),
+            Some(r) if !r.complete => Err(Error::Incomplete { id: r.id }),
+            Some(r) => Err(Error::NoSuchLayer { id: r.id }),
+            None => Err(Error::NoSuchLayer { id: id.to_owned() }),
         }
     }
 
-    /// The full id a prefix names; the id itself when no record starts with it.
-    fn resolve(&self, id: &str) -> Result<String> {
-        record::check_id(id)?;
-        if self.record(id)?.is_some() {
-            return Ok(id.to_owned());
-        }
-        let sha = format!("sha256:{id}");
-        let matches: Vec<String> = self
+    /// The record whose id starts with `prefix` (or `sha256:<prefix>`), when
+    /// exactly one does.
+    fn by_prefix(&self, prefix: &str) -> Result<Option<Record>> {
+        let sha = format!("sha256:{prefix}");
+        let mut matches: Vec<Record> = self
             .records()?
             .into_iter()
-            .map(|r| r.id)
-            .filter(|r| r.starts_with(id) || r.starts_with(&sha))
+            .filter(|r| r.id.starts_with(prefix) || r.id.starts_with(&sha))
             .collect();
-        match matches.as_slice() {
-            [one] => Ok(one.clone()),
-            [] => Ok(id.to_owned()),
-            many => Err(Error::Ambiguous {
-                id: id.to_owned(),
-                count: many.len(),
+        match matches.len() {
+            0 | 1 => Ok(matches.pop()),
+            count => Err(Error::Ambiguous {
+                id: prefix.to_owned(),
+                count,
             }),
         }
     }
@@ -320,7 +320,7 @@ impl LayerDb {
     /// # Errors
     /// [`Error::NoSuchLayer`], the driver's mount error.
     pub fn mount(&self, id: &str, label: Option<&str>) -> Result<(String, PathBuf)> {
-        let mut record = self.layer(id)?;
+        let record = self.layer(id)?;
         let id = record.id.clone();
         if let Some(path) = record.mounted.as_ref().filter(|p| is_mount_point(p)) {
             return Ok((id, path.clone()));
@@ -329,9 +329,7 @@ impl LayerDb {
         // a second one.
         let path = self.driver.get(&id, label).map_err(driver_err(&id))?;
         if record.mounted.as_deref() != Some(path.as_path()) {
-            record.mounted = Some(path.clone());
-            // Mounts do not outlive a power cut: losing this update to one is fine.
-            self.records.write(&record, false)?;
+            self.records.set_mounted(&id, Some(&path))?;
         }
         Ok((id, path))
     }
@@ -353,7 +351,16 @@ impl LayerDb {
             ));
         };
         self.driver.detach(&id).map_err(driver_err(&id))?;
-        self.records.write(&record, false)?;
+        self.records.set_mounted(&id, None)?;
+        if self
+            .records
+            .read_stored(&id)?
+            .is_some_and(|r| r.mounted.is_some())
+        {
+            // A record of an older version kept the mount itself.
+            record.mounted = None;
+            self.write_record(&record)?;
+        }
         Ok((id, path))
     }
 

@@ -1,7 +1,6 @@
 //! The database's lock: a `flock` on `<root>/plies/<driver>/lock`.
 
 use std::fs::File;
-use std::io::{Seek, Write};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -15,7 +14,7 @@ pub(crate) const LOCK_WAIT: Duration = Duration::from_secs(120);
 
 /// Takes the lock at `path`, exclusive or shared, waiting up to [`LOCK_WAIT`].
 pub(crate) fn take(path: &Path, exclusive: bool) -> Result<File> {
-    let mut file = File::options()
+    let file = File::options()
         .create(true)
         .truncate(false)
         .read(true)
@@ -37,25 +36,17 @@ pub(crate) fn take(path: &Path, exclusive: bool) -> Result<File> {
                 pause = (pause * 2).min(Duration::from_millis(20));
             }
             Err(Errno::WOULDBLOCK) => {
-                let holder = std::fs::read_to_string(path).unwrap_or_default();
+                let holder = rustix::fs::fstat(&file)
+                    .ok()
+                    .and_then(|st| plies_layerstore::flock_holder(st.st_dev, st.st_ino));
                 return Err(Error::Busy {
                     path: path.to_path_buf(),
-                    holder: holder.trim().to_owned(),
+                    holder,
                     waited: LOCK_WAIT,
                 });
             }
             Err(Errno::INTR) => {}
             Err(e) => return Err(io_err("flock", path, e)),
-        }
-    }
-    if exclusive {
-        // Who holds it, for the message a waiter gives up with.
-        let stamped = file
-            .set_len(0)
-            .and_then(|()| file.rewind())
-            .and_then(|()| write!(file, "{}", std::process::id()));
-        if let Err(e) = stamped {
-            tracing::debug!(lock = %path.display(), error = %e, "holder not written");
         }
     }
     Ok(file)

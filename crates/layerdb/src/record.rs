@@ -65,10 +65,15 @@ pub(crate) fn check_id(id: &str) -> Result<()> {
 /// The record files: `layers/<id>.json` for complete layers, `pending/<id>.json`
 /// for layers being made. A writer's sweep then reads `pending/` only (empty
 /// unless a writer died), never every record.
+///
+/// Where a layer is mounted lives in `mounts/<id>` beside them: written without
+/// a sync or a rename (a mount does not outlive a crash, and an unreadable file
+/// counts as no mount), it costs a mount or an unmount one small write.
 #[derive(Debug)]
 pub(crate) struct Records {
     layers: PathBuf,
     pending: PathBuf,
+    mounts: PathBuf,
 }
 
 impl Records {
@@ -77,18 +82,52 @@ impl Records {
         let records = Records {
             layers: dir.join("layers"),
             pending: dir.join("pending"),
+            mounts: dir.join("mounts"),
         };
-        for d in [&records.layers, &records.pending] {
+        for d in [&records.layers, &records.pending, &records.mounts] {
             std::fs::create_dir_all(d).map_err(|e| io_err("create", d, e))?;
         }
         Ok(records)
     }
 
-    /// The record of `id`: the complete one, else the pending one.
+    /// The record of `id`: the complete one, else the pending one; with where
+    /// it is mounted.
     pub(crate) fn read(&self, id: &str) -> Result<Option<Record>> {
-        match read(&self.layers, id)? {
-            Some(r) => Ok(Some(r)),
-            None => read(&self.pending, id),
+        let record = match read(&self.layers, id)? {
+            Some(r) => Some(r),
+            None => read(&self.pending, id)?,
+        };
+        Ok(record.map(|mut r| {
+            if r.mounted.is_none() {
+                r.mounted = self.mounted(id);
+            }
+            r
+        }))
+    }
+
+    /// Where `id` was mounted, from `mounts/<id>`; `None` when it is missing,
+    /// empty or unreadable.
+    pub(crate) fn mounted(&self, id: &str) -> Option<PathBuf> {
+        let bytes = std::fs::read(self.mounts.join(id)).ok()?;
+        let path = std::str::from_utf8(&bytes).ok()?.trim_end_matches('\n');
+        (!path.is_empty()).then(|| PathBuf::from(path))
+    }
+
+    /// Records that `id` is mounted at `path` (`None`: not mounted).
+    pub(crate) fn set_mounted(&self, id: &str, path: Option<&Path>) -> Result<()> {
+        check_id(id)?;
+        let file = self.mounts.join(id);
+        match path {
+            Some(p) => {
+                let mut text = p.to_string_lossy().into_owned();
+                text.push('\n');
+                std::fs::write(&file, text).map_err(|e| io_err("write", &file, e))
+            }
+            None => match std::fs::remove_file(&file) {
+                Ok(()) => Ok(()),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+                Err(e) => Err(io_err("remove", &file, e)),
+            },
         }
     }
 
@@ -100,28 +139,46 @@ impl Records {
                 all.push(r);
             }
         }
+        for r in &mut all {
+            if r.mounted.is_none() {
+                r.mounted = self.mounted(&r.id);
+            }
+        }
         all.sort_by(|a, b| a.id.cmp(&b.id));
         Ok(all)
     }
 
+    /// The record of `id` as its file holds it (no mount file read).
+    pub(crate) fn read_stored(&self, id: &str) -> Result<Option<Record>> {
+        match read(&self.layers, id)? {
+            Some(r) => Ok(Some(r)),
+            None => read(&self.pending, id),
+        }
+    }
+
     /// Writes a record where its state says: a complete one to `layers/` (and
-    /// its pending one goes), an incomplete one to `pending/`; with `durable`,
-    /// the write itself survives a crash.
-    pub(crate) fn write(&self, record: &Record, durable: bool) -> Result<()> {
+    /// its pending one goes), an incomplete one to `pending/`. Where it is
+    /// mounted is not part of it: that is `mounts/<id>`.
+    pub(crate) fn write(&self, record: &Record) -> Result<()> {
+        let record = &Record {
+            mounted: None,
+            ..record.clone()
+        };
         if record.complete {
-            write(&self.layers, record, durable)?;
+            write(&self.layers, record)?;
             // A pending record left by a crash right here is swept: the
             // complete one wins.
             delete(&self.pending, &record.id)
         } else {
-            write(&self.pending, record, durable)
+            write(&self.pending, record)
         }
     }
 
-    /// Deletes both records of `id`.
+    /// Deletes both records of `id`, and its mount file.
     pub(crate) fn delete(&self, id: &str) -> Result<()> {
         delete(&self.layers, id)?;
-        delete(&self.pending, id)
+        delete(&self.pending, id)?;
+        self.set_mounted(id, None)
     }
 
     /// Deletes the pending record of `id` only (its complete one stays).
@@ -189,24 +246,20 @@ fn read_all(dir: &Path) -> Result<Vec<Record>> {
     Ok(out)
 }
 
-/// Writes `record` atomically: a temporary file, fsynced (so that a crash never
-/// leaves an empty record in its place), renamed over it; the directory is
-/// fsynced too when `durable`, so that the new record itself survives a crash
-/// (without, the old one may come back).
-fn write(dir: &Path, record: &Record, durable: bool) -> Result<()> {
+/// Writes `record` atomically and durably: a temporary file, fsynced, renamed
+/// over the old one, and the directory fsynced.
+fn write(dir: &Path, record: &Record) -> Result<()> {
     check_id(&record.id)?;
     let path = path_of(dir, &record.id);
     let tmp = dir.join(format!(".{}.{}.tmp", record.id, std::process::id()));
     let written = (|| -> std::io::Result<()> {
+        let mut bytes = serde_json::to_vec_pretty(record)?;
+        bytes.push(b'\n');
         let mut f = File::create(&tmp)?;
-        serde_json::to_writer_pretty(&mut f, record)?;
-        f.write_all(b"\n")?;
+        f.write_all(&bytes)?;
         f.sync_all()?;
         std::fs::rename(&tmp, &path)?;
-        if durable {
-            File::open(dir)?.sync_all()?;
-        }
-        Ok(())
+        File::open(dir)?.sync_all()
     })();
     if written.is_err() {
         let _ = std::fs::remove_file(&tmp);

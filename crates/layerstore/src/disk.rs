@@ -116,13 +116,15 @@ pub(crate) fn read_small_file(dir: impl AsFd, name: &str) -> io::Result<Option<V
         Err(e) => return Err(e.into()),
     };
     let file = std::fs::File::from(fd);
-    if !file.metadata()?.is_file() {
+    let meta = file.metadata()?;
+    if !meta.is_file() {
         return Err(io::Error::new(
             io::ErrorKind::InvalidData,
             "not a regular file",
         ));
     }
-    let mut buf = Vec::new();
+    // Sized from the file, so one read takes it (plus one to see the end).
+    let mut buf = Vec::with_capacity(meta.len().min(MAX_META_FILE) as usize + 1);
     file.take(MAX_META_FILE + 1).read_to_end(&mut buf)?;
     if buf.len() as u64 > MAX_META_FILE {
         return Err(io::Error::new(io::ErrorKind::InvalidData, "file too large"));

@@ -18,6 +18,7 @@ pub use id::{APPLYING_SUFFIX, CREATING_SUFFIX, IdError, MAX_ID_LEN, REMOVING_SUF
 pub use link::{LinkError, LinkId, LinkTargetError, parse_link_target};
 pub use locks::{
     DEFAULT_LOCK_WAIT, LayerGuard, LayerLocks, PROBE_DIR, PROBE_LOCK, STORE_DIR, TRY_WAIT,
+    flock_holder,
 };
 pub use lower::{LowerError, format_lower, parse_lower};
 pub use options::StoreOptions;

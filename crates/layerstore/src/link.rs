@@ -45,7 +45,11 @@ impl LinkId {
         if bytes.is_empty() {
             return Err(LinkError::Empty);
         }
-        if let Some(offset) = bytes.iter().position(|b| !ALPHABET.contains(b)) {
+        // The base32 alphabet: A-Z and 2-7.
+        if let Some(offset) = bytes
+            .iter()
+            .position(|b| !matches!(b, b'A'..=b'Z' | b'2'..=b'7'))
+        {
             return Err(LinkError::BadByte {
                 offset,
                 byte: bytes[offset],

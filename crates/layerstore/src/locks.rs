@@ -12,7 +12,6 @@
 //! deadlock.
 
 use std::collections::HashMap;
-use std::io::Write;
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 use std::sync::{Condvar, Mutex, MutexGuard, PoisonError};
@@ -262,18 +261,14 @@ impl LayerLocks {
                 Ok(_) | Err(Errno::NOENT) => continue,
                 Err(e) => return Err(io_err("stat", self.dir.join(id), e)),
             }
-            // Who holds it, for the message another caller gets (best effort).
-            let mut file = std::fs::File::from(fd);
-            let _ = file.set_len(0);
-            let _ = file.write_all(format!("{}\n", std::process::id()).as_bytes());
-            return Ok(OwnedFd::from(file));
+            return Ok(fd);
         }
     }
 
     fn busy(&self, id: &str, deadline: Option<Instant>) -> Error {
-        let holder = std::fs::read_to_string(self.dir.join(id))
+        let holder = rustix::fs::statat(&self.dir_fd, id, AtFlags::SYMLINK_NOFOLLOW)
             .ok()
-            .and_then(|s| s.trim().parse::<u32>().ok());
+            .and_then(|st| flock_holder(st.st_dev, st.st_ino));
         let holder = match holder {
             Some(pid) if pid == std::process::id() => None,
             other => other,
@@ -308,6 +303,22 @@ impl LayerLocks {
         drop(state);
         self.released.notify_all();
     }
+}
+
+/// The pid holding a `flock` on the file `dev`/`ino`, from `/proc/locks`:
+/// asked only when a caller gives up waiting, so taking a lock writes nothing.
+pub fn flock_holder(dev: u64, ino: u64) -> Option<u32> {
+    let text = std::fs::read_to_string("/proc/locks").ok()?;
+    let (major, minor) = (rustix::fs::major(dev), rustix::fs::minor(dev));
+    let want = format!("{major:02x}:{minor:02x}:{ino}");
+    text.lines().find_map(|line| {
+        // `1: FLOCK  ADVISORY  WRITE 1234 00:1f:5678 0 EOF`
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        let kind = fields.iter().position(|f| *f == "FLOCK")?;
+        let pid = fields.get(kind + 3)?;
+        let file = fields.get(kind + 4)?;
+        (*file == want).then(|| pid.parse().ok()).flatten()
+    })
 }
 
 impl LayerGuard<'_> {

@@ -64,7 +64,9 @@ pub fn parse_lower(bytes: &[u8], max: usize) -> Result<Vec<LinkId>, LowerError> 
     if bytes.is_empty() {
         return Err(LowerError::Empty);
     }
-    let mut out: Vec<LinkId> = Vec::new();
+    let mut out: Vec<LinkId> = Vec::with_capacity(bytes.len() / 29 + 1);
+    // Where each link was seen, for the loop check in one pass (not quadratic).
+    let mut seen: std::collections::HashMap<LinkId, usize> = std::collections::HashMap::new();
     for (index, entry) in bytes.split(|&b| b == b':').enumerate() {
         if index >= max {
             return Err(LowerError::TooMany {
@@ -82,13 +84,14 @@ pub fn parse_lower(bytes: &[u8], max: usize) -> Result<Vec<LinkId>, LowerError> 
                 entry: String::from_utf8_lossy(entry).into_owned(),
             })?;
         let link = LinkId::parse(id).map_err(|source| LowerError::BadLinkId { index, source })?;
-        if let Some(first) = out.iter().position(|l| *l == link) {
+        if let Some(&first) = seen.get(&link) {
             return Err(LowerError::Repeated {
                 link: link.as_str().to_owned(),
                 first,
                 second: index,
             });
         }
+        seen.insert(link.clone(), index);
         out.push(link);
     }
     Ok(out)
