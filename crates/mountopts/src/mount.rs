@@ -1,13 +1,15 @@
 //! Carrying plans out: the only place in plies that turns mount data into mounts.
 //!
-//! Relative plans run from a short-lived thread that unshared `CLONE_FS` and changed
-//! its own working directory to the store's home, so the process's working directory
-//! never changes and other threads are unaffected.
+//! Relative plans run on one worker thread, kept for the life of the process, that
+//! unshared `CLONE_FS` and changes its own working directory to the store's home
+//! for each mount, so the process's working directory never changes and other
+//! threads are unaffected (and no thread is started per mount).
 
 use std::ffi::{CString, OsStr};
 use std::io;
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
+use std::sync::{Mutex, OnceLock, PoisonError, mpsc};
 
 use rustix::fd::AsFd;
 use rustix::fs::CWD;
@@ -44,10 +46,11 @@ fn mount_legacy(plan: &LegacyPlan, target: &Path) -> Result<()> {
         source,
     };
     let data = c_data(&plan.data).map_err(fail)?;
-    let call = || {
+    let owned_target = target.to_path_buf();
+    let call = move || {
         rustix::mount::mount(
             "overlay",
-            target,
+            &owned_target,
             "overlay",
             MountFlags::empty(),
             data.as_c_str(),
@@ -62,7 +65,8 @@ fn mount_legacy(plan: &LegacyPlan, target: &Path) -> Result<()> {
 }
 
 fn mount_fsconfig(plan: &FsconfigPlan, target: &Path) -> Result<()> {
-    let carry_out = || fsconfig_steps(plan, target);
+    let (owned_plan, owned_target) = (plan.clone(), target.to_path_buf());
+    let carry_out = move || fsconfig_steps(&owned_plan, &owned_target);
     let outcome = match &plan.cwd {
         None => carry_out(),
         Some(home) => from_dir(home, carry_out)
@@ -181,19 +185,76 @@ fn c_data(data: &OsStr) -> io::Result<CString> {
     CString::new(data.as_bytes()).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))
 }
 
-/// Runs `f` on a new thread whose working directory is `dir`, leaving every other
-/// thread's, and the process's, untouched.
-fn from_dir<T: Send>(dir: &Path, f: impl FnOnce() -> T + Send) -> io::Result<T> {
-    std::thread::scope(|scope| {
-        scope
-            .spawn(|| {
-                unshare_fs()?;
-                rustix::process::chdir(dir)?;
-                Ok(f())
-            })
-            .join()
-            .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
-    })
+/// A job for the worker: runs there, and sends its result back itself.
+type Job = Box<dyn FnOnce() + Send>;
+
+/// The worker thread with its own working directory; `None` when it could not
+/// be started (or could not unshare its working directory).
+fn worker() -> Option<&'static Mutex<mpsc::Sender<Job>>> {
+    static WORKER: OnceLock<Option<Mutex<mpsc::Sender<Job>>>> = OnceLock::new();
+    WORKER
+        .get_or_init(|| {
+            let (jobs, queue) = mpsc::channel::<Job>();
+            let (ready, started) = mpsc::sync_channel(1);
+            std::thread::Builder::new()
+                .name("plies-mount-cwd".into())
+                .spawn(move || {
+                    // Never serve a job whose chdir would move the whole process.
+                    let unshared = unshare_fs().is_ok();
+                    let _ = ready.send(unshared);
+                    if unshared {
+                        for job in queue {
+                            job();
+                        }
+                    }
+                })
+                .ok()?;
+            started
+                .recv()
+                .ok()
+                .filter(|unshared| *unshared)
+                .map(|_| Mutex::new(jobs))
+        })
+        .as_ref()
+}
+
+/// Runs `f` with `dir` as its working directory, leaving every other thread's,
+/// and the process's, untouched: on the worker thread, or on a thread of its own
+/// when the worker is not there.
+fn from_dir<T: Send + 'static>(
+    dir: &Path,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> io::Result<T> {
+    let Some(worker) = worker() else {
+        return std::thread::scope(|scope| {
+            scope
+                .spawn(|| {
+                    unshare_fs()?;
+                    rustix::process::chdir(dir)?;
+                    Ok(f())
+                })
+                .join()
+                .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+        });
+    };
+    let (reply, answer) = mpsc::sync_channel(1);
+    let dir = dir.to_path_buf();
+    let job: Job = Box::new(move || {
+        let result = rustix::process::chdir(&dir)
+            .map_err(io::Error::from)
+            .map(|()| f());
+        // A working directory pins its filesystem: leave none behind.
+        let _ = rustix::process::chdir("/");
+        let _ = reply.send(result);
+    });
+    worker
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .send(job)
+        .map_err(|_| io::Error::other("the mount worker thread is gone"))?;
+    answer
+        .recv()
+        .map_err(|_| io::Error::other("the mount worker thread is gone"))?
 }
 
 // The one `unsafe` in plies: rustix marks unshare(2) unsafe because CLONE_FILES would
