@@ -69,6 +69,11 @@ impl LayerDb {
     /// of the store).
     pub fn fsck(&self, repair: bool) -> Result<Vec<Finding>> {
         let mut findings = Vec::new();
+        if repair {
+            // Temporary record files of writes a killed process left: nobody
+            // reads them (their names start with `.`), so only a repair goes there.
+            self.records.sweep_temporaries();
+        }
         let report = self.driver.fsck(repair).map_err(driver_err(""))?;
         for e in report.entries {
             findings.push(Finding {

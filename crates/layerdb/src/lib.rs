@@ -386,11 +386,10 @@ impl LayerDb {
         self.delete_record(id)
     }
 
-    /// Removes the layers of pending records (what a killed writer left) and
-    /// stale temporary record files. Only called with the exclusive lock held;
-    /// reads `pending/` only, which is empty unless a writer died.
+    /// Removes the layers of pending records (what a killed writer left). Only
+    /// called with the exclusive lock held; reads `pending/` only, which is
+    /// empty unless a writer died.
     fn sweep(&self) -> Result<()> {
-        self.records.sweep_temporaries();
         for id in self.records.pending()? {
             match self.record(&id)? {
                 Some(r) if r.complete => self.records.delete_pending(&id)?,
