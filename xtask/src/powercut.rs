@@ -1012,10 +1012,13 @@ struct Model<'a> {
     inputs: &'a Inputs,
     /// Every layer that is or may be there.
     layers: BTreeMap<String, Expect>,
-    /// Layers whose removal finished, with what they held.
-    removed: BTreeMap<String, Vec<String>>,
+    /// Layers whose removal finished: what they held, and which command removed them.
+    removed: BTreeMap<String, (Vec<String>, String)>,
     /// Lost and corrupt layers.
     failures: Vec<Failure>,
+    /// Removals that finished before a cut and that the next boot's `fsck` found
+    /// undone: the layer's record back, as complete, without its layer.
+    undone: Vec<Failure>,
     /// Layers listed again after their removal had finished.
     resurrected: usize,
 }
@@ -1028,6 +1031,7 @@ impl<'a> Model<'a> {
             layers: BTreeMap::new(),
             removed: BTreeMap::new(),
             failures: Vec::new(),
+            undone: Vec::new(),
             resurrected: 0,
         }
     }
@@ -1068,6 +1072,7 @@ impl<'a> Model<'a> {
         if row.problem.is_none() {
             row.problem = problem;
         }
+        self.find_undone(boot, log);
         if log.verified {
             self.check(boot, log, &mut row);
         }
@@ -1087,6 +1092,32 @@ impl<'a> Model<'a> {
             });
         }
         row
+    }
+
+    /// Notes the records of finished removals that `fsck --repair` found back.
+    fn find_undone(&mut self, boot: usize, log: &BootLog) {
+        for finding in &log.findings {
+            let Some(id) = finding
+                .split_once("layer ")
+                .and_then(|(_, rest)| rest.split_whitespace().next())
+            else {
+                continue;
+            };
+            if !finding.contains("recorded but missing") || self.layers.contains_key(id) {
+                continue;
+            }
+            if let Some((_, rm)) = self.removed.remove(id) {
+                self.undone.push(Failure {
+                    boot,
+                    what: "rm undone",
+                    id: id.to_string(),
+                    detail: format!(
+                        "{rm} had finished before the cut; its record was back, complete, \
+                         without its layer; fsck --repair: {finding}"
+                    ),
+                });
+            }
+        }
     }
 
     /// Compares the layers `log` lists with the picture, and takes them as the new one.
@@ -1120,9 +1151,9 @@ impl<'a> Model<'a> {
             let (allowed, since) = match self.layers.get(id) {
                 Some(e) => (e.allowed.clone(), e.since.clone()),
                 None => match self.removed.get(id) {
-                    Some(a) => {
+                    Some((a, rm)) => {
                         self.resurrected += 1;
-                        (a.clone(), "its removal finished before a cut".to_string())
+                        (a.clone(), format!("{rm} had removed it before a cut"))
                     }
                     None => (Vec::new(), "nowhere: no command made it".to_string()),
                 },
@@ -1188,6 +1219,7 @@ impl<'a> Model<'a> {
                         continue;
                     };
                     for id in &image.layers {
+                        self.removed.remove(id);
                         let sum = self.inputs.image_refs[id].clone();
                         let entry = self.layers.entry(id.clone()).or_insert_with(|| Expect {
                             must: false,
@@ -1202,6 +1234,7 @@ impl<'a> Model<'a> {
                     }
                 }
                 (Cmd::Create(id), step) => {
+                    self.removed.remove(id);
                     let empty = self.inputs.empty.clone();
                     let entry = self.layers.entry(id.clone()).or_insert_with(|| Expect {
                         must: false,
@@ -1238,7 +1271,8 @@ impl<'a> Model<'a> {
                             }
                             Step::Done => {
                                 if let Some(entry) = self.layers.remove(id) {
-                                    self.removed.insert(id.clone(), entry.allowed);
+                                    self.removed
+                                        .insert(id.clone(), (entry.allowed, since.clone()));
                                 }
                             }
                             Step::Fail(_) => {}
@@ -1391,7 +1425,11 @@ fn render(
         ),
         ("layers lost", count("lost").to_string()),
         ("layers corrupt", count("corrupt").to_string()),
-        ("removed layers back", model.resurrected.to_string()),
+        ("removed layers listed again", model.resurrected.to_string()),
+        (
+            "removals undone (record back, repaired)",
+            model.undone.len().to_string(),
+        ),
         (
             "fsck clean / repaired / unrepairable",
             format!(
@@ -1424,7 +1462,7 @@ fn render(
     for r in rows {
         let _ = writeln!(s, "{}", r.line());
     }
-    for f in &model.failures {
+    for f in model.failures.iter().chain(&model.undone) {
         let _ = writeln!(
             s,
             "\nboot {}: {} layer {}: {}",
@@ -1548,5 +1586,24 @@ mod tests {
             text.contains("1 differ (1 of them now empty files: ./a), 1 are missing (./b)"),
             "{text}"
         );
+    }
+
+    #[test]
+    fn a_finished_removal_whose_record_comes_back_is_undone() {
+        let inputs = inputs();
+        let mut m = Model::new(&inputs);
+        let first = "@@powercut kernel k\n@@powercut fsck-repair 0\n@@powercut fsck-check 0\n\
+                     @@powercut verified\n@@powercut workload\n\
+                     @@powercut begin create c001-001\n@@powercut done create c001-001\n\
+                     @@powercut begin rm c001-001\n@@powercut done rm c001-001\n";
+        m.record(1, &BootLog::parse(first), &watched(), Duration::ZERO);
+        let second = "@@powercut kernel k\n@@powercut fsck-begin\n\
+                      repaired: records: layer c001-001 is recorded but missing from the overlay2 store\n\
+                      @@powercut fsck-repair 0\n@@powercut fsck-check 0\n@@powercut verified\n";
+        let row = m.record(2, &BootLog::parse(second), &watched(), Duration::ZERO);
+        assert_eq!(row.fsck, "repaired");
+        assert!(m.failures.is_empty());
+        assert_eq!(m.undone.len(), 1);
+        assert_eq!(m.undone[0].id, "c001-001");
     }
 }
