@@ -218,6 +218,11 @@ impl Driver for Vfs {
             Err(rustix::io::Errno::NOENT) => return Err(Error::NoSuchLayer { id: id.to_owned() }),
             Err(e) => return Err(Error::io("rename", &path, e)),
         }
+        // Gone for good before the caller forgets the layer: a crash must not
+        // bring back a directory whose record was deleted.
+        std::fs::File::open(&self.dir)
+            .and_then(|d| d.sync_all())
+            .map_err(|e| Error::io("fsync", &self.dir, e))?;
         self.refs
             .lock()
             .unwrap_or_else(PoisonError::into_inner)

@@ -168,7 +168,7 @@ impl Records {
             write(&self.layers, record)?;
             // A pending record left by a crash right here is swept: the
             // complete one wins.
-            delete(&self.pending, &record.id)
+            delete(&self.pending, &record.id).map(drop)
         } else {
             write(&self.pending, record)
         }
@@ -176,14 +176,19 @@ impl Records {
 
     /// Deletes both records of `id`, and its mount file.
     pub(crate) fn delete(&self, id: &str) -> Result<()> {
-        delete(&self.layers, id)?;
+        if delete(&self.layers, id)? {
+            // The layer is gone: its record must not come back after a crash.
+            File::open(&self.layers)
+                .and_then(|d| d.sync_all())
+                .map_err(|e| io_err("fsync", &self.layers, e))?;
+        }
         delete(&self.pending, id)?;
         self.set_mounted(id, None)
     }
 
     /// Deletes the pending record of `id` only (its complete one stays).
     pub(crate) fn delete_pending(&self, id: &str) -> Result<()> {
-        delete(&self.pending, id)
+        delete(&self.pending, id).map(drop)
     }
 
     /// The ids with a pending record.
@@ -267,11 +272,12 @@ fn write(dir: &Path, record: &Record) -> Result<()> {
     written.map_err(|e| io_err("write", path, e))
 }
 
-fn delete(dir: &Path, id: &str) -> Result<()> {
+/// Deletes the record of `id` in `dir`; whether there was one.
+fn delete(dir: &Path, id: &str) -> Result<bool> {
     let path = path_of(dir, id);
     match std::fs::remove_file(&path) {
-        Ok(()) => Ok(()),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Ok(()) => Ok(true),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
         Err(e) => Err(io_err("remove", path, e)),
     }
 }
