@@ -50,9 +50,12 @@ pub enum Access {
 ///   the root shares.
 /// - A new layer's record is written incomplete, to `pending/<id>.json`, before
 ///   the layer is made, and written complete, to `layers/<id>.json`, only once
-///   its contents are in and durable (`syncfs`). Only such a layer, made by the same call, is removed
-///   when the call fails; the next writer, holding the exclusive lock, knows an
-///   incomplete record's writer is dead and removes that layer.
+///   its contents are in and durable (`syncfs`). Only such a layer, made by the
+///   same call, is removed when the call fails; the next writer, holding the
+///   exclusive lock, knows an incomplete record's writer is dead and removes
+///   that layer.
+/// - A removal deletes the layer, then its record, each durably: neither comes
+///   back after a power cut without the other.
 /// - An apply onto an existing layer never marks it incomplete: the driver
 ///   applies to a copy that replaces the layer only on success.
 /// - [`Access::Inspect`] takes the lock shared, so a check never sees a
