@@ -20,15 +20,69 @@ fn main() {
     let service = tonic_build::manual::Service::builder()
         .name("Snapshots")
         .package("containerd.services.snapshots.v1")
-        .method(method("prepare", "Prepare", "PrepareSnapshotRequest", "crate::proto::PrepareSnapshotResponse", false))
-        .method(method("view", "View", "ViewSnapshotRequest", "crate::proto::ViewSnapshotResponse", false))
-        .method(method("mounts", "Mounts", "MountsRequest", "crate::proto::MountsResponse", false))
-        .method(method("commit", "Commit", "CommitSnapshotRequest", empty, false))
-        .method(method("remove", "Remove", "RemoveSnapshotRequest", empty, false))
-        .method(method("stat", "Stat", "StatSnapshotRequest", "crate::proto::StatSnapshotResponse", false))
-        .method(method("update", "Update", "UpdateSnapshotRequest", "crate::proto::UpdateSnapshotResponse", false))
-        .method(method("list", "List", "ListSnapshotsRequest", "crate::proto::ListSnapshotsResponse", true))
-        .method(method("usage", "Usage", "UsageRequest", "crate::proto::UsageResponse", false))
+        .method(method(
+            "prepare",
+            "Prepare",
+            "PrepareSnapshotRequest",
+            "crate::proto::PrepareSnapshotResponse",
+            false,
+        ))
+        .method(method(
+            "view",
+            "View",
+            "ViewSnapshotRequest",
+            "crate::proto::ViewSnapshotResponse",
+            false,
+        ))
+        .method(method(
+            "mounts",
+            "Mounts",
+            "MountsRequest",
+            "crate::proto::MountsResponse",
+            false,
+        ))
+        .method(method(
+            "commit",
+            "Commit",
+            "CommitSnapshotRequest",
+            empty,
+            false,
+        ))
+        .method(method(
+            "remove",
+            "Remove",
+            "RemoveSnapshotRequest",
+            empty,
+            false,
+        ))
+        .method(method(
+            "stat",
+            "Stat",
+            "StatSnapshotRequest",
+            "crate::proto::StatSnapshotResponse",
+            false,
+        ))
+        .method(method(
+            "update",
+            "Update",
+            "UpdateSnapshotRequest",
+            "crate::proto::UpdateSnapshotResponse",
+            false,
+        ))
+        .method(method(
+            "list",
+            "List",
+            "ListSnapshotsRequest",
+            "crate::proto::ListSnapshotsResponse",
+            true,
+        ))
+        .method(method(
+            "usage",
+            "Usage",
+            "UsageRequest",
+            "crate::proto::UsageResponse",
+            false,
+        ))
         .method(method("cleanup", "Cleanup", "CleanupRequest", empty, false))
         .build();
     tonic_build::manual::Builder::new().compile(&[service]);

@@ -87,7 +87,10 @@ impl Filter {
             } else if let Some(after) = rest.strip_prefix("!=") {
                 Some((Op::NotEqual, after))
             } else if rest.starts_with("~=") {
-                return Err(invalid(filter, "regular expressions (~=) are not supported"));
+                return Err(invalid(
+                    filter,
+                    "regular expressions (~=) are not supported",
+                ));
             } else {
                 None
             };

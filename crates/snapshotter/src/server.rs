@@ -17,6 +17,10 @@ use crate::snapshotter::Snapshotter;
 /// How many snapshots one `List` message carries.
 const LIST_BATCH: usize = 100;
 
+/// How long calls in flight get after shutdown is asked for: containerd keeps
+/// its connection open, so waiting for every connection to close never ends.
+const GRACE: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// The `containerd.services.snapshots.v1.Snapshots` service on a
 /// [`Snapshotter`]: each call runs on a blocking thread, and every error
 /// becomes the gRPC status of [`Error::status`].
@@ -73,7 +77,9 @@ impl Snapshots for Service {
         r: Request<proto::ViewSnapshotRequest>,
     ) -> Result<Response<proto::ViewSnapshotResponse>, Status> {
         let r = r.into_inner();
-        let mounts = self.run(move |s| s.view(&r.key, &r.parent, r.labels)).await?;
+        let mounts = self
+            .run(move |s| s.view(&r.key, &r.parent, r.labels))
+            .await?;
         Ok(Response::new(proto::ViewSnapshotResponse { mounts }))
     }
 
@@ -111,7 +117,9 @@ impl Snapshots for Service {
     ) -> Result<Response<proto::StatSnapshotResponse>, Status> {
         let r = r.into_inner();
         let info = self.run(move |s| s.stat(&r.key)).await?;
-        Ok(Response::new(proto::StatSnapshotResponse { info: Some(info) }))
+        Ok(Response::new(proto::StatSnapshotResponse {
+            info: Some(info),
+        }))
     }
 
     async fn update(
@@ -122,7 +130,9 @@ impl Snapshots for Service {
         let info: Info = r.info.unwrap_or_default();
         let paths = r.update_mask.map(|m| m.paths).unwrap_or_default();
         let info = self.run(move |s| s.update(&info, &paths)).await?;
-        Ok(Response::new(proto::UpdateSnapshotResponse { info: Some(info) }))
+        Ok(Response::new(proto::UpdateSnapshotResponse {
+            info: Some(info),
+        }))
     }
 
     type ListStream = ListStream;
@@ -204,8 +214,8 @@ impl Server {
         &self.socket
     }
 
-    /// Serves until `shutdown` completes, then finishes the calls in flight
-    /// and removes the socket.
+    /// Serves until `shutdown` completes, then gives the calls in flight a few
+    /// seconds, closes every connection and removes the socket.
     ///
     /// # Errors
     /// [`Error::Transport`] when the server fails.
@@ -216,11 +226,29 @@ impl Server {
             socket,
             service,
         } = self;
-        let served = runtime.block_on(
-            tonic::transport::Server::builder()
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        let mut grace = stopped.clone();
+        let served = runtime.block_on(async move {
+            let serve = tonic::transport::Server::builder()
                 .add_service(service.into_server())
-                .serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown),
-        );
+                .serve_with_incoming_shutdown(UnixListenerStream::new(listener), async move {
+                    shutdown.await;
+                    let _ = stop.send(true);
+                });
+            tokio::select! {
+                served = serve => served,
+                () = async move {
+                    let _ = grace.wait_for(|stopped| *stopped).await;
+                    tokio::time::sleep(GRACE).await;
+                } => {
+                    tracing::info!("connections still open after the grace period; closing them");
+                    Ok(())
+                }
+            }
+        });
+        drop(stopped);
+        // Dropping the runtime ends the connections' tasks.
+        runtime.shutdown_timeout(std::time::Duration::from_millis(100));
         let _ = std::fs::remove_file(&socket);
         served.map_err(|source| Error::Transport { socket, source })
     }

@@ -104,7 +104,12 @@ impl Snapshotter {
             }
         };
         let snapshotter = Snapshotter {
-            meta: MetaFile::new(&root.join("plies").join(driver_name(&backend)).join("containerd")),
+            meta: MetaFile::new(
+                &root
+                    .join("plies")
+                    .join(driver_name(&backend))
+                    .join("containerd"),
+            ),
             root,
             backend,
             index_off: Path::new(INDEX_PARAMETER).exists(),
@@ -348,7 +353,10 @@ impl Snapshotter {
         if !children.is_empty() {
             return Err(Error::FailedPrecondition {
                 key: key.to_owned(),
-                reason: format!("cannot remove a snapshot with children ({})", children.join(", ")),
+                reason: format!(
+                    "cannot remove a snapshot with children ({})",
+                    children.join(", ")
+                ),
             });
         }
         // The layer first: an entry whose layer is gone no longer counts, and
@@ -482,7 +490,11 @@ impl Snapshotter {
     /// The mounts of a snapshot, as containerd's own overlayfs snapshotter
     /// gives them.
     fn mounts_of(&self, entry: &Entry) -> Result<Vec<Mount>> {
-        let rw = if entry.kind == Kind::Active { "rw" } else { "ro" };
+        let rw = if entry.kind == Kind::Active {
+            "rw"
+        } else {
+            "ro"
+        };
         let bind = |dir: &Path| {
             vec![Mount {
                 r#type: "bind".to_owned(),
