@@ -49,8 +49,8 @@ pub enum Error {
     #[error("layer records")]
     Records {
         /// The database's error.
-        #[from]
-        source: plies_layerdb::Error,
+        #[source]
+        source: Box<plies_layerdb::Error>,
     },
     /// The overlay2 store refused or failed.
     #[error("overlay2 store, layer {layer}")]
@@ -59,7 +59,7 @@ pub enum Error {
         layer: String,
         /// The store's error.
         #[source]
-        source: plies_layerstore::Error,
+        source: Box<plies_layerstore::Error>,
     },
     /// Opening the layer database failed (its lock stayed busy, say).
     #[error("layer database under {root}")]
@@ -68,7 +68,7 @@ pub enum Error {
         root: PathBuf,
         /// The database's error.
         #[source]
-        source: plies_layerdb::Error,
+        source: Box<plies_layerdb::Error>,
     },
     /// The driver failed.
     #[error("driver, layer {layer}")]
@@ -77,7 +77,7 @@ pub enum Error {
         layer: String,
         /// The driver's error.
         #[source]
-        source: plies_drivers::Error,
+        source: Box<plies_drivers::Error>,
     },
     /// The snapshot metadata file does not parse.
     #[error("snapshot metadata {path}")]
@@ -121,6 +121,14 @@ pub(crate) fn io_err(op: &'static str, path: impl Into<PathBuf>, source: io::Err
     }
 }
 
+impl From<plies_layerdb::Error> for Error {
+    fn from(source: plies_layerdb::Error) -> Error {
+        Error::Records {
+            source: Box::new(source),
+        }
+    }
+}
+
 impl Error {
     /// The gRPC status containerd receives: the code it maps to its own error
     /// kinds, and the message with every cause.
@@ -132,10 +140,9 @@ impl Error {
             Error::FailedPrecondition { .. } => Code::FailedPrecondition,
             Error::InvalidArgument { .. } => Code::InvalidArgument,
             Error::Unsupported { .. } => Code::Unimplemented,
-            Error::Db {
-                source: plies_layerdb::Error::Busy { .. },
-                ..
-            } => Code::Unavailable,
+            Error::Db { source, .. } if matches!(**source, plies_layerdb::Error::Busy { .. }) => {
+                Code::Unavailable
+            }
             _ => Code::Internal,
         };
         let mut message = self.to_string();

@@ -137,6 +137,8 @@ impl Snapshots for Service {
 
     type ListStream = ListStream;
 
+    // The stream's item is tonic's `Result<_, Status>`, whatever its size.
+    #[allow(clippy::result_large_err)]
     async fn list(
         &self,
         r: Request<proto::ListSnapshotsRequest>,

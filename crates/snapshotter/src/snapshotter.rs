@@ -76,7 +76,7 @@ impl Snapshotter {
         let root = std::path::absolute(root).map_err(|e| io_err("resolve", root, e))?;
         let driver_err = |source| Error::Driver {
             layer: String::new(),
-            source,
+            source: Box::new(source),
         };
         let backend = match choice {
             DriverChoice::Overlay2 => Backend::Overlay2(Arc::new(
@@ -145,7 +145,7 @@ impl Snapshotter {
         LayerDb::open(&self.root, Box::new(Shared(self.driver())), access).map_err(|source| {
             Error::Db {
                 root: self.root.clone(),
-                source,
+                source: Box::new(source),
             }
         })
     }
@@ -314,7 +314,7 @@ impl Snapshotter {
                 .mark_committed(&entry.layer)
                 .map_err(|source| Error::Store {
                     layer: entry.layer.clone(),
-                    source,
+                    source: Box::new(source),
                 })?;
         }
         let mut record = db.layer(&entry.layer)?;
@@ -515,7 +515,7 @@ impl Snapshotter {
             .lower_entries(&entry.layer)
             .map_err(|source| Error::Store {
                 layer: entry.layer.clone(),
-                source,
+                source: Box::new(source),
             })?
             .iter()
             .map(|l| escape(&home.join(l)))
