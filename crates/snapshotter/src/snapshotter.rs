@@ -67,6 +67,9 @@ impl Snapshotter {
     /// Opens the snapshotter on the graph root `root` with the driver `choice`:
     /// `overlay2`, `vfs`, or `auto` (overlay2 where this system runs it, else vfs).
     ///
+    /// Opening recovers what a killed server left, as [`Snapshotter::cleanup`]
+    /// does (it takes the database's lock for that).
+    ///
     /// # Errors
     /// [`Error::Unsupported`] for aufs (containerd mounts what the snapshotter
     /// returns, and no kernel here has aufs); [`Error::Driver`] when the driver
@@ -114,8 +117,15 @@ impl Snapshotter {
             backend,
             index_off: Path::new(INDEX_PARAMETER).exists(),
         };
-        // Creates the record directory, so readers find one.
-        snapshotter.db(Access::Read)?;
+        // What a killed server left: incomplete layers (removed by the write
+        // lock's sweep) and entries whose layers are gone.
+        let dropped = snapshotter.cleanup()?;
+        if dropped > 0 {
+            tracing::info!(
+                dropped,
+                "dropped snapshots an interrupted call left half made"
+            );
+        }
         Ok(snapshotter)
     }
 

@@ -400,3 +400,99 @@ fn overlay2_serves_every_method_and_its_mounts_mount() {
     let h = Harness::start(DriverChoice::Overlay2);
     h.block_on(life_of_a_chain(&h));
 }
+
+/// What a kill leaves, made by hand: an entry whose layer never completed, and
+/// an entry whose layer a remove took. Neither shows; the next change removes the
+/// incomplete layer, cleanup (and a restart) drops both entries.
+#[test]
+fn half_made_snapshots_never_show_and_cleanup_drops_them() {
+    use plies_layerdb::{Access, LayerDb};
+    use plies_snapshotter::{Options, Snapshotter};
+
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("root");
+    let s = Snapshotter::open(&root, DriverChoice::Vfs, &Options::default()).unwrap();
+    s.prepare("kept", "", HashMap::new()).unwrap();
+    s.prepare("removed", "", HashMap::new()).unwrap();
+    let layers = s.layers().unwrap();
+
+    // A killed Prepare: the layer made, its record still incomplete, the entry written.
+    let db = || {
+        let driver = plies_drivers::open(&root, DriverChoice::Vfs, &Options::default()).unwrap();
+        LayerDb::open(&root, driver, Access::Write).unwrap()
+    };
+    let mut record = db().record(&layers["kept"]).unwrap().unwrap();
+    let text = std::fs::read_to_string(s.metadata_path()).unwrap();
+    let half = "f".repeat(64);
+    {
+        let db = db();
+        db.driver()
+            .create(&half, None, &Default::default())
+            .unwrap();
+        record.id = half.clone();
+        record.complete = false;
+        db.write_record(&record).unwrap();
+    }
+    let text = text.replacen(
+        "\"snapshots\":{",
+        &format!(
+            "\"snapshots\":{{\"half\":{{\"layer\":\"{half}\",\"kind\":\"active\",\"labels\":{{}},\
+             \"created\":{{\"secs_since_epoch\":1,\"nanos_since_epoch\":0}},\
+             \"updated\":{{\"secs_since_epoch\":1,\"nanos_since_epoch\":0}}}},"
+        ),
+        1,
+    );
+    std::fs::write(s.metadata_path(), text).unwrap();
+    // A killed Remove: the layer gone, the entry left.
+    db().remove(&[layers["removed"].as_str()]).unwrap();
+
+    assert_eq!(s.stat("half").unwrap_err().status().code(), Code::NotFound);
+    assert_eq!(
+        s.stat("removed").unwrap_err().status().code(),
+        Code::NotFound
+    );
+    assert_eq!(names(&s.list(&[]).unwrap()), ["kept"]);
+    // A new snapshot may take a half-made key.
+    s.prepare("half", "", HashMap::new()).unwrap();
+    s.remove("half").unwrap();
+
+    assert_eq!(s.cleanup().unwrap(), 1, "the removed entry");
+    let text = std::fs::read_to_string(s.metadata_path()).unwrap();
+    assert!(!text.contains("removed") && !text.contains(&half), "{text}");
+    assert!(
+        db().record(&half).unwrap().is_none(),
+        "the incomplete layer stays"
+    );
+    assert_eq!(s.layers().unwrap().keys().collect::<Vec<_>>(), ["kept"]);
+}
+
+/// A `plies` command holding the database's lock does not stop reads; a change
+/// waits for it and then goes through.
+#[test]
+fn reads_go_on_beside_a_cli_writer_and_changes_wait_for_it() {
+    use plies_layerdb::{Access, LayerDb};
+    use plies_snapshotter::{Options, Snapshotter};
+
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("root");
+    let s = std::sync::Arc::new(
+        Snapshotter::open(&root, DriverChoice::Vfs, &Options::default()).unwrap(),
+    );
+    s.prepare("a", "", HashMap::new()).unwrap();
+    let driver = plies_drivers::open(&root, DriverChoice::Vfs, &Options::default()).unwrap();
+    let held = LayerDb::open(&root, driver, Access::Write).unwrap();
+    assert_eq!(s.stat("a").unwrap().name, "a");
+    assert_eq!(s.mounts("a").unwrap().len(), 1);
+    let writer = {
+        let s = s.clone();
+        std::thread::spawn(move || s.commit("b", "a", HashMap::new(), ""))
+    };
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    assert!(
+        !writer.is_finished(),
+        "the commit did not wait for the lock"
+    );
+    drop(held);
+    writer.join().unwrap().unwrap();
+    assert_eq!(s.stat("b").unwrap().kind, Kind::Committed as i32);
+}
