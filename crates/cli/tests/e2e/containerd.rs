@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use super::{Built, Node, chain_ids, docker_archive, expected_tree, image_layers, sha256};
+use super::{Built, E, Node, chain_ids, docker_archive, expected_tree, image_layers, sha256};
 
 /// What the test starts, stopped and removed when dropped, even after a failure.
 struct Rig {
@@ -270,28 +270,28 @@ fn expected_lines(tree: &BTreeMap<String, Node>) -> Vec<String> {
         .collect()
 }
 
-#[test]
-fn containerd_runs_a_container_on_plies_snapshots() {
-    const TEST: &str = "containerd_runs_a_container_on_plies_snapshots";
-    if !plies_testkit::require_root(TEST) {
-        return;
+/// The rig with plies and containerd started and the test image imported;
+/// `None` (after printing why) when this machine cannot run it.
+fn rig_with_image(test: &str) -> Option<(Rig, Vec<Vec<E>>, Vec<String>)> {
+    if !plies_testkit::require_root(test) {
+        return None;
     }
     for tool in ["containerd", "ctr", "runc", "containerd-shim-runc-v2"] {
         if !plies_testkit::require(
-            TEST,
+            test,
             on_path(tool),
             &format!("{tool} is not installed (apt-get install containerd)"),
         ) {
-            return;
+            return None;
         }
     }
     let Ok(busybox) = std::fs::read("/bin/busybox") else {
         plies_testkit::require(
-            TEST,
+            test,
             false,
             "/bin/busybox is missing (apt-get install busybox-static)",
         );
-        return;
+        return None;
     };
     let mut rig = Rig {
         dir: tempfile::tempdir().unwrap(),
@@ -333,6 +333,15 @@ fn containerd_runs_a_container_on_plies_snapshots() {
         "plies",
         archive.to_str().unwrap(),
     ]);
+    Some((rig, layers, chains))
+}
+
+#[test]
+fn containerd_runs_a_container_on_plies_snapshots() {
+    const TEST: &str = "containerd_runs_a_container_on_plies_snapshots";
+    let Some((mut rig, layers, chains)) = rig_with_image(TEST) else {
+        return;
+    };
     let listed = rig.ctr_ok(&["snapshots", "--snapshotter", "plies", "ls"]);
     for chain in &chains {
         assert!(
@@ -442,4 +451,123 @@ fn containerd_runs_a_container_on_plies_snapshots() {
         rig.log("plies.log")
     );
     assert!(!rig.path("plies.sock").exists(), "the socket stays");
+}
+
+/// The snapshots `ctr snapshots ls` shows: (name, parent, kind) rows.
+fn snapshot_rows(rig: &Rig) -> Vec<(String, String, String)> {
+    let out = rig.ctr_ok(&["snapshots", "--snapshotter", "plies", "ls"]);
+    out.lines()
+        .skip(1)
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            match f.as_slice() {
+                [key, kind] => Some((key.to_string(), String::new(), kind.to_string())),
+                [key, parent, kind] => {
+                    Some((key.to_string(), parent.to_string(), kind.to_string()))
+                }
+                _ => None,
+            }
+        })
+        .collect()
+}
+
+#[test]
+fn a_plugin_killed_during_prepare_and_commit_restarts_and_containerd_recovers() {
+    const TEST: &str = "a_plugin_killed_during_prepare_and_commit_restarts_and_containerd_recovers";
+    let Some((mut rig, _, chains)) = rig_with_image(TEST) else {
+        return;
+    };
+    let top = chains.last().unwrap().clone();
+    let address = rig.path("containerd.sock");
+    for round in 0..8u64 {
+        // Prepares and commits in a stream, the server SIGKILLed partway.
+        let worker = {
+            let (address, top) = (address.clone(), top.clone());
+            std::thread::spawn(move || {
+                for i in 0..40 {
+                    let ctr = |args: &[&str]| {
+                        Command::new("ctr")
+                            .arg("--address")
+                            .arg(&address)
+                            .args(["--namespace", "plies-e2e", "--timeout", "10s"])
+                            .args(["snapshots", "--snapshotter", "plies"])
+                            .args(args)
+                            .stdin(Stdio::null())
+                            .output()
+                            .map(|o| o.status.success())
+                            .unwrap_or(false)
+                    };
+                    let key = format!("k-{round}-{i}");
+                    if !ctr(&["prepare", &key, &top])
+                        || !ctr(&["commit", &format!("c-{round}-{i}"), &key])
+                    {
+                        break;
+                    }
+                }
+            })
+        };
+        std::thread::sleep(Duration::from_millis(40 + 45 * round));
+        let mut plies = rig.plies.take().unwrap();
+        plies.kill().unwrap();
+        plies.wait().unwrap();
+        worker.join().unwrap();
+        rig.start_plies();
+        // containerd reconnects to the restarted plugin.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !rig
+            .ctr(&["snapshots", "--snapshotter", "plies", "ls"])
+            .status
+            .success()
+        {
+            assert!(
+                Instant::now() < deadline,
+                "containerd does not reach plies again"
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    // Whatever containerd lists, plies can show; then everything goes.
+    let rows = snapshot_rows(&rig);
+    assert!(rows.len() > chains.len(), "no snapshot was made: {rows:?}");
+    for (key, _, _) in &rows {
+        rig.ctr_ok(&["snapshots", "--snapshotter", "plies", "info", key]);
+    }
+    for (key, _, kind) in rows.iter().filter(|r| !chains.contains(&r.0)) {
+        assert!(kind == "Active" || kind == "Committed", "{key} {kind}");
+        rig.ctr_ok(&["snapshots", "--snapshotter", "plies", "rm", key]);
+    }
+    rig.ctr_ok(&["images", "rm", "--sync", "docker.io/test/image:1"]);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !snapshot_rows(&rig).is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "snapshots left after GC: {:?}",
+            snapshot_rows(&rig)
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    // containerd's GC removed what it never knew of (a kill after plies made a
+    // snapshot but before containerd heard so).
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let ls = rig.plies(&["ls", "--json"]);
+        let ls = String::from_utf8_lossy(&ls.stdout).trim().to_owned();
+        if ls == "[]" {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "layers left: {ls}\n{}",
+            rig.log("plies.log")
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let fsck = rig.plies(&["fsck"]);
+    assert!(
+        fsck.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&fsck.stdout),
+        String::from_utf8_lossy(&fsck.stderr)
+    );
 }
