@@ -63,6 +63,16 @@ impl Rig {
         lines[lines.len().saturating_sub(40)..].join("\n")
     }
 
+    /// The lines of a log that hold any of `words`, the last 60.
+    fn grep_log(&self, name: &str, words: &[&str]) -> String {
+        let text = std::fs::read_to_string(self.path(name)).unwrap_or_default();
+        let lines: Vec<&str> = text
+            .lines()
+            .filter(|l| words.iter().any(|w| l.contains(w)))
+            .collect();
+        lines[lines.len().saturating_sub(60)..].join("\n")
+    }
+
     fn start_plies(&mut self) {
         let root = self.path("plies");
         let socket = self.path("plies.sock");
@@ -113,6 +123,7 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
         std::fs::write(self.path("config.toml"), config).unwrap();
         let log = std::fs::File::create(self.path("containerd.log")).unwrap();
         let child = Command::new("containerd")
+            .args(["--log-level", "debug"])
             .arg("--config")
             .arg(self.path("config.toml"))
             .stdin(Stdio::null())
@@ -498,9 +509,15 @@ fn a_plugin_killed_during_prepare_and_commit_restarts_and_containerd_recovers() 
                             .unwrap_or(false)
                     };
                     let key = format!("k-{round}-{i}");
-                    if !ctr(&["prepare", &key, &top])
-                        || !ctr(&["commit", &format!("c-{round}-{i}"), &key])
-                    {
+                    if !ctr(&["prepare", &key, &top]) {
+                        break;
+                    }
+                    if !ctr(&["commit", &format!("c-{round}-{i}"), &key]) {
+                        // As containerd's unpacker does after a failed commit.
+                        // plies may have committed before its answer was lost:
+                        // containerd still has the active key, plies the
+                        // committed snapshot, which GC then removes.
+                        ctr(&["rm", &key]);
                         break;
                     }
                 }
@@ -530,6 +547,13 @@ fn a_plugin_killed_during_prepare_and_commit_restarts_and_containerd_recovers() 
     // Whatever containerd lists, plies can show; then everything goes.
     let rows = snapshot_rows(&rig);
     assert!(rows.len() > chains.len(), "no snapshot was made: {rows:?}");
+    let layers = rig.plies(&["ls", "--json"]);
+    let layers: serde_json::Value = serde_json::from_slice(&layers.stdout).unwrap();
+    eprintln!(
+        "after 8 kills: containerd lists {} snapshots, plies holds {} layers",
+        rows.len(),
+        layers.as_array().map_or(0, Vec::len)
+    );
     for (key, _, _) in &rows {
         rig.ctr_ok(&["snapshots", "--snapshotter", "plies", "info", key]);
     }
@@ -542,8 +566,13 @@ fn a_plugin_killed_during_prepare_and_commit_restarts_and_containerd_recovers() 
     while !snapshot_rows(&rig).is_empty() {
         assert!(
             Instant::now() < deadline,
-            "snapshots left after GC: {:?}",
-            snapshot_rows(&rig)
+            "snapshots left after GC: {:?}\nleases: {}\ncontainerd log:\n{}",
+            snapshot_rows(&rig),
+            rig.ctr_ok(&["leases", "ls"]),
+            rig.grep_log(
+                "containerd.log",
+                &["level=error", "level=warn", "gc", "remove"]
+            ),
         );
         std::thread::sleep(Duration::from_millis(500));
     }
