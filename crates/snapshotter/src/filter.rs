@@ -184,6 +184,23 @@ mod tests {
         }
     }
 
+    proptest::proptest! {
+        /// containerd sends whatever a user typed: any string parses or is an
+        /// invalid argument, never a panic.
+        #[test]
+        fn any_filter_parses_or_is_refused(f in r#"[a-z."=!~,\\ /:-]{0,40}"#) {
+            match Filter::parse(&f) {
+                Ok(filter) => {
+                    filter.matches("k", &entry());
+                }
+                Err(e) => {
+                    let refused = matches!(e, Error::InvalidArgument { .. });
+                    proptest::prop_assert!(refused, "{}", e);
+                }
+            }
+        }
+    }
+
     #[test]
     fn bad_filters_are_invalid_arguments() {
         for f in [r#"labels."x"#, "name~=k.*", "==k", ""] {

@@ -496,3 +496,28 @@ fn reads_go_on_beside_a_cli_writer_and_changes_wait_for_it() {
     writer.join().unwrap().unwrap();
     assert_eq!(s.stat("b").unwrap().kind, Kind::Committed as i32);
 }
+
+/// Kinds, parents, labels and times are on disk: a new server on the root sees
+/// what the last one made.
+#[test]
+fn snapshots_survive_a_restart() {
+    use plies_snapshotter::{Options, Snapshotter};
+
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("root");
+    let before = {
+        let s = Snapshotter::open(&root, DriverChoice::Vfs, &Options::default()).unwrap();
+        s.prepare("a", "", labels(&[("x", "1")])).unwrap();
+        s.commit("base", "a", labels(&[("y", "2")]), "").unwrap();
+        s.view("v", "base", labels(&[("z", "3")])).unwrap();
+        s.prepare("ctr/1", "base", HashMap::new()).unwrap();
+        s.list(&[]).unwrap()
+    };
+    let s = Snapshotter::open(&root, DriverChoice::Vfs, &Options::default()).unwrap();
+    let after = s.list(&[]).unwrap();
+    assert_eq!(after, before);
+    assert_eq!(names(&after), ["base", "ctr/1", "v"]);
+    assert_eq!(after[0].labels, labels(&[("y", "2")]));
+    assert_eq!(after[1].parent, "base");
+    assert_eq!(after[2].kind, Kind::View as i32);
+}
