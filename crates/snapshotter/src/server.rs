@@ -184,7 +184,8 @@ impl Server {
     /// for `snapshotter`.
     ///
     /// # Errors
-    /// [`Error::Io`] when the runtime cannot start or the socket cannot be bound.
+    /// [`Error::Io`] when the runtime cannot start or the socket cannot be bound,
+    /// `AddrInUse` when another server answers on it.
     pub fn bind(socket: &Path, snapshotter: Snapshotter) -> Result<Server> {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
@@ -197,6 +198,14 @@ impl Server {
         if std::fs::symlink_metadata(socket)
             .is_ok_and(|m| std::os::unix::fs::FileTypeExt::is_socket(&m.file_type()))
         {
+            // A socket someone answers on is another server's, not a stale one.
+            if std::os::unix::net::UnixStream::connect(socket).is_ok() {
+                return Err(io_err(
+                    "bind",
+                    socket,
+                    std::io::Error::from(std::io::ErrorKind::AddrInUse),
+                ));
+            }
             std::fs::remove_file(socket).map_err(|e| io_err("remove stale", socket, e))?;
         }
         let listener = {

@@ -521,3 +521,21 @@ fn snapshots_survive_a_restart() {
     assert_eq!(after[1].parent, "base");
     assert_eq!(after[2].kind, Kind::View as i32);
 }
+
+/// A second server does not take a socket another one answers on.
+#[test]
+fn a_live_socket_is_not_taken_over() {
+    use plies_snapshotter::{Options, Server, Snapshotter};
+
+    let h = Harness::start(DriverChoice::Vfs);
+    let root = h.dir.path().join("root2");
+    let s = Snapshotter::open(&root, DriverChoice::Vfs, &Options::default()).unwrap();
+    let err = Server::bind(&h.socket, s).unwrap_err();
+    assert!(err.to_string().contains("bind"), "{err}");
+    h.block_on(async {
+        let mut c = h.client().await;
+        c.cleanup(plies_snapshotter::proto::CleanupRequest::default())
+            .await
+            .unwrap();
+    });
+}
