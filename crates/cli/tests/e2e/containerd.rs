@@ -15,6 +15,8 @@ use super::{Built, E, Node, chain_ids, docker_archive, expected_tree, image_laye
 struct Rig {
     dir: tempfile::TempDir,
     driver: &'static str,
+    /// Global options of the server (`--storage-opt …`).
+    plies_args: Vec<String>,
     plies: Option<Child>,
     containerd: Option<Child>,
 }
@@ -85,6 +87,7 @@ impl Rig {
                 self.driver,
                 "-v",
             ])
+            .args(&self.plies_args)
             .args(["serve", "containerd", "--socket", socket.to_str().unwrap()])
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
@@ -224,7 +227,8 @@ fn on_path(tool: &str) -> bool {
 
 /// Applets the container's script uses, linked to busybox in `/bin`.
 const APPLETS: &[&str] = &[
-    "sh", "find", "sort", "stat", "od", "tr", "readlink", "cat", "rm", "echo", "test", "[",
+    "sh", "find", "sort", "stat", "od", "tr", "readlink", "cat", "rm", "echo", "test", "[", "ls",
+    "wc",
 ];
 
 /// A layer with a static busybox, its applets as symlinks.
@@ -281,9 +285,9 @@ fn expected_lines(tree: &BTreeMap<String, Node>) -> Vec<String> {
         .collect()
 }
 
-/// The rig with plies and containerd started and the test image imported;
-/// `None` (after printing why) when this machine cannot run it.
-fn rig_with_image(test: &str) -> Option<(Rig, Vec<Vec<E>>, Vec<String>)> {
+/// Root, the container tools and a static busybox, or `None` after printing
+/// why this machine cannot run the test.
+fn requirements(test: &str) -> Option<Vec<u8>> {
     if !plies_testkit::require_root(test) {
         return None;
     }
@@ -296,26 +300,22 @@ fn rig_with_image(test: &str) -> Option<(Rig, Vec<Vec<E>>, Vec<String>)> {
             return None;
         }
     }
-    let Ok(busybox) = std::fs::read("/bin/busybox") else {
-        plies_testkit::require(
-            test,
-            false,
-            "/bin/busybox is missing (apt-get install busybox-static)",
-        );
-        return None;
-    };
-    let mut rig = Rig {
-        dir: tempfile::tempdir().unwrap(),
-        driver: super::test_driver(),
-        plies: None,
-        containerd: None,
-    };
+    match std::fs::read("/bin/busybox") {
+        Ok(busybox) => Some(busybox),
+        Err(_) => {
+            plies_testkit::require(
+                test,
+                false,
+                "/bin/busybox is missing (apt-get install busybox-static)",
+            );
+            None
+        }
+    }
+}
 
-    // The image: busybox, then the three layers of the other tests (a replaced
-    // file, a whiteout, an opaque directory, a hard link, a symlink).
-    let layers = image_layers();
-    let mut tars = vec![busybox_layer(&busybox)];
-    tars.extend(Built::new(&layers, &[super::Comp::Plain]).tars);
+/// Writes a `docker save` archive of `tars` (busybox's `PATH`) into the rig's
+/// directory, imports it into the plies snapshotter, and returns the chain ids.
+fn import(rig: &Rig, tars: Vec<Vec<u8>>) -> Vec<String> {
     let diff_ids: Vec<String> = tars.iter().map(|t| sha256(t)).collect();
     let config = serde_json::to_vec(&serde_json::json!({
         "architecture": "amd64",
@@ -332,11 +332,6 @@ fn rig_with_image(test: &str) -> Option<(Rig, Vec<Vec<E>>, Vec<String>)> {
     };
     let archive = rig.path("image.tar");
     docker_archive(&archive, &image);
-    let chains = chain_ids(&diff_ids);
-
-    rig.start_plies();
-    rig.start_containerd();
-
     rig.ctr_ok(&[
         "image",
         "import",
@@ -344,6 +339,33 @@ fn rig_with_image(test: &str) -> Option<(Rig, Vec<Vec<E>>, Vec<String>)> {
         "plies",
         archive.to_str().unwrap(),
     ]);
+    chain_ids(&diff_ids)
+}
+
+/// A rig with plies (given `plies_args` before `serve`) and containerd started.
+fn started_rig(plies_args: &[&str]) -> Rig {
+    let mut rig = Rig {
+        dir: tempfile::tempdir().unwrap(),
+        driver: super::test_driver(),
+        plies_args: plies_args.iter().map(|a| a.to_string()).collect(),
+        plies: None,
+        containerd: None,
+    };
+    rig.start_plies();
+    rig.start_containerd();
+    rig
+}
+
+/// The rig with the test image imported: busybox, then the three layers of the
+/// other tests (a replaced file, a whiteout, an opaque directory, a hard link,
+/// a symlink); `None` when this machine cannot run it.
+fn rig_with_image(test: &str) -> Option<(Rig, Vec<Vec<E>>, Vec<String>)> {
+    let busybox = requirements(test)?;
+    let rig = started_rig(&[]);
+    let layers = image_layers();
+    let mut tars = vec![busybox_layer(&busybox)];
+    tars.extend(Built::new(&layers, &[super::Comp::Plain]).tars);
+    let chains = import(&rig, tars);
     Some((rig, layers, chains))
 }
 
@@ -599,4 +621,60 @@ fn a_plugin_killed_during_prepare_and_commit_restarts_and_containerd_recovers() 
         String::from_utf8_lossy(&fsck.stdout),
         String::from_utf8_lossy(&fsck.stderr)
     );
+}
+
+/// One layer adding `/d/<n>`.
+fn numbered_layer(n: usize) -> Vec<u8> {
+    let mut b = tar::Builder::new(Vec::new());
+    let mut h = tar::Header::new_ustar();
+    h.set_mtime(1_700_000_000);
+    h.set_entry_type(tar::EntryType::Directory);
+    h.set_mode(0o755);
+    h.set_size(0);
+    b.append_data(&mut h, "d/", &[][..]).unwrap();
+    let data = format!("{n}\n");
+    let mut h = tar::Header::new_ustar();
+    h.set_mtime(1_700_000_000);
+    h.set_entry_type(tar::EntryType::Regular);
+    h.set_mode(0o644);
+    h.set_size(data.len() as u64);
+    b.append_data(&mut h, format!("d/{n}"), data.as_bytes())
+        .unwrap();
+    b.into_inner().unwrap()
+}
+
+/// An image as deep as the overlay2 store allows by default (128 layers): a
+/// container on it has 128 lowers, whose mount data passes a page, and
+/// containerd 1.6 mounts it from the lowers' common directory.
+/// `PLIES_E2E_DEPTH=N` tries another depth (142 is the deepest that runs from a
+/// temporary root; see the snapshotter's README).
+#[test]
+fn containerd_runs_an_image_of_128_layers() {
+    const TEST: &str = "containerd_runs_an_image_of_128_layers";
+    let Some(busybox) = requirements(TEST) else {
+        return;
+    };
+    let depth: usize = std::env::var("PLIES_E2E_DEPTH")
+        .ok()
+        .and_then(|d| d.parse().ok())
+        .unwrap_or(128);
+    let max_depth = format!("overlay2.max_depth={}", depth.max(128));
+    let rig = started_rig(&["--storage-opt", &max_depth]);
+    let mut tars = vec![busybox_layer(&busybox)];
+    tars.extend((1..depth).map(numbered_layer));
+    let chains = import(&rig, tars);
+    assert_eq!(chains.len(), depth);
+    let script = "ls /d | wc -l; cat /d/1";
+    let run = rig.ctr_ok(&[
+        "run",
+        "--rm",
+        "--snapshotter",
+        "plies",
+        "docker.io/test/image:1",
+        "deep",
+        "/bin/sh",
+        "-c",
+        script,
+    ]);
+    assert_eq!(run, format!("{}\n1\n", depth - 1), "{run}");
 }
