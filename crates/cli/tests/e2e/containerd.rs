@@ -678,3 +678,27 @@ fn containerd_runs_an_image_of_128_layers() {
     ]);
     assert_eq!(run, format!("{}\n1\n", depth - 1), "{run}");
 }
+
+#[test]
+fn serve_containerd_refuses_aufs() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("root");
+    let socket = dir.path().join("plies.sock");
+    let out = super::plies(&[
+        "--root",
+        root.to_str().unwrap(),
+        "--driver",
+        "aufs",
+        "serve",
+        "containerd",
+        "--socket",
+        socket.to_str().unwrap(),
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.starts_with("plies: ") && stderr.contains("driver aufs"),
+        "{stderr}"
+    );
+    assert!(!socket.exists());
+}

@@ -143,8 +143,31 @@ async fn life_of_a_chain(h: &Harness) {
     let m = m.unwrap().into_inner().mounts;
     let m = one(m, if overlay { "overlay" } else { "bind" }, false);
     if overlay {
+        // containerd's overlayfs order: index=off (where the kernel has it),
+        // workdir, upperdir, lowerdir; lowers through the store's short links.
+        let home = h.root().join("overlay2");
+        let index = Path::new("/sys/module/overlay/parameters/index").exists();
+        let opts: Vec<&str> = m.options.iter().map(String::as_str).collect();
+        let opts = if index {
+            assert_eq!(opts[0], "index=off", "{m:?}");
+            &opts[1..]
+        } else {
+            &opts[..]
+        };
+        let [work, upper, lower] = opts else {
+            panic!("{m:?}")
+        };
+        let layer = upper
+            .strip_prefix(&format!("upperdir={}/", home.display()))
+            .and_then(|l| l.strip_suffix("/diff"))
+            .unwrap_or_else(|| panic!("{m:?}"));
+        assert_eq!(layer.len(), 64, "{m:?}");
+        assert_eq!(*work, format!("workdir={}/{layer}/work", home.display()));
+        assert!(
+            lower.starts_with(&format!("lowerdir={}/l/", home.display())),
+            "{m:?}"
+        );
         assert_eq!(lowers(&m), 1);
-        assert!(m.options.iter().any(|o| o.starts_with("workdir=")), "{m:?}");
     }
     {
         let root = Mounted::new(h, &m);
