@@ -169,6 +169,16 @@ pub enum ServeProtocol {
         #[arg(long, default_value = plies_dockerplugin::DEFAULT_SOCKET)]
         socket: std::path::PathBuf,
     },
+    /// containerd's snapshots.v1 gRPC service (a proxy snapshotter): name the
+    /// socket in containerd's config under `[proxy_plugins.plies]` with `type =
+    /// "snapshot"`. Keeps snapshots as layers of `--root` with `--driver`
+    /// (overlay2 or vfs); containerd mounts what it returns. Stops on SIGTERM or
+    /// SIGINT.
+    Containerd {
+        /// The unix socket to listen on (containerd's `address`).
+        #[arg(long, default_value = "/run/plies/containerd.sock")]
+        socket: std::path::PathBuf,
+    },
 }
 
 #[cfg(test)]

@@ -14,6 +14,7 @@ mod store;
 
 use std::process::ExitCode;
 
+use anyhow::Context;
 use clap::Parser;
 
 use args::{Cli, Command, ServeProtocol};
@@ -107,6 +108,22 @@ fn run(cli: Cli, out: &Out) -> Result<ExitCode, Failure> {
                 .with_options(g.storage_opt.iter().cloned());
             plies_dockerplugin::Server::bind(config)
                 .and_then(plies_dockerplugin::Server::run_until_signal)
+                .map_err(anyhow::Error::from)?;
+        }
+        Command::Serve {
+            protocol: ServeProtocol::Containerd { socket },
+        } => {
+            let options = plies_drivers::Options::parse(&g.storage_opt).context("--storage-opt")?;
+            let snapshotter =
+                plies_snapshotter::Snapshotter::open(&g.root, store::choice(g.driver), &options)
+                    .with_context(|| format!("opening the store under {}", g.root.display()))?;
+            tracing::info!(
+                socket = %socket.display(),
+                driver = snapshotter.driver_name(),
+                "serving containerd snapshots"
+            );
+            plies_snapshotter::Server::bind(&socket, snapshotter)
+                .and_then(plies_snapshotter::Server::run_until_signal)
                 .map_err(anyhow::Error::from)?;
         }
     }

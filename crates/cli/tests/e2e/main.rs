@@ -12,6 +12,8 @@ use std::process::{Command, Output};
 
 use sha2::{Digest as _, Sha256};
 
+mod containerd;
+
 // ---------------------------------------------------------------- running plies
 
 /// A store root for one test; unmounts whatever is left under it when dropped.

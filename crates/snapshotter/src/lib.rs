@@ -1,0 +1,15 @@
+#![doc = include_str!("../README.md")]
+#![cfg_attr(docsrs, feature(doc_cfg))]
+
+mod error;
+mod filter;
+mod meta;
+pub mod proto;
+mod server;
+mod shared;
+mod snapshotter;
+
+pub use error::{Error, Result};
+pub use plies_drivers::{DriverChoice, Options};
+pub use server::{Server, Service};
+pub use snapshotter::{Snapshotter, Usage};

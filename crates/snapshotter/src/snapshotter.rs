@@ -1,0 +1,601 @@
+//! The snapshotter: containerd's snapshot operations on plies layers.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use plies_drivers::{CreateOptions, Driver, DriverChoice, Options, Overlay2, Vfs};
+use plies_layerdb::{Access, LayerDb, Record};
+use rand::RngExt;
+
+use crate::error::{Error, Result, io_err};
+use crate::filter::{self, Filter};
+use crate::meta::{Entry, Kind, Meta, MetaFile};
+use crate::proto::{Info, Mount};
+use crate::shared::Shared;
+
+/// The driver underneath, with what building mounts needs of it.
+#[derive(Debug, Clone)]
+enum Backend {
+    Overlay2(Arc<Overlay2>),
+    Vfs(Arc<Vfs>),
+}
+
+/// Disk usage of a snapshot's own layer.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Usage {
+    /// Bytes of allocated blocks (`st_blocks` × 512), each inode counted once.
+    pub size: u64,
+    /// Distinct inodes, the layer's top directory included.
+    pub inodes: u64,
+}
+
+/// containerd's snapshot operations on a plies layer store.
+///
+/// Every snapshot is a plies layer: a committed snapshot is an image layer, an
+/// active one a read-write layer on its parent's, a view a layer on its
+/// parent's that is only ever mounted read-only. Snapshot keys (any string)
+/// name layers with random 64-hex ids in one metadata file,
+/// `<root>/plies/<driver>/containerd/snapshots.json`, replaced atomically.
+///
+/// Each call opens the [`LayerDb`] for that call only: changes take its
+/// exclusive lock (so `plies` commands on the same root run between two
+/// requests, and a request waits for a command in progress), reads take no
+/// lock. A layer is made by the database's crash-safe make, and the
+/// metadata entry is written inside it, before the layer is marked complete:
+/// an entry counts only while its layer is complete, so a process killed at any
+/// point leaves nothing half made that a later call would show, and the next
+/// change (under the lock) removes the incomplete layer; [`Snapshotter::cleanup`]
+/// drops the entries whose layers are gone.
+///
+/// The methods block; the gRPC service runs them on blocking threads.
+#[derive(Debug)]
+pub struct Snapshotter {
+    root: PathBuf,
+    backend: Backend,
+    meta: MetaFile,
+    index_off: bool,
+}
+
+/// The parameter the overlay module has where `index=off` is understood.
+const INDEX_PARAMETER: &str = "/sys/module/overlay/parameters/index";
+
+impl Snapshotter {
+    /// Opens the snapshotter on the graph root `root` with the driver `choice`:
+    /// `overlay2`, `vfs`, or `auto` (overlay2 where this system runs it, else vfs).
+    ///
+    /// Opening recovers what a killed server left, as [`Snapshotter::cleanup`]
+    /// does (it takes the database's lock for that).
+    ///
+    /// # Errors
+    /// [`Error::Unsupported`] for aufs (containerd mounts what the snapshotter
+    /// returns, and no kernel here has aufs); [`Error::Driver`] when the driver
+    /// cannot run here; [`Error::Db`] when the layer database cannot be opened.
+    pub fn open(root: &Path, choice: DriverChoice, options: &Options) -> Result<Snapshotter> {
+        std::fs::create_dir_all(root).map_err(|e| io_err("create", root, e))?;
+        let root = std::path::absolute(root).map_err(|e| io_err("resolve", root, e))?;
+        let driver_err = |source| Error::Driver {
+            layer: String::new(),
+            source: Box::new(source),
+        };
+        let backend = match choice {
+            DriverChoice::Overlay2 => Backend::Overlay2(Arc::new(
+                Overlay2::open(&root.join("overlay2"), options).map_err(driver_err)?,
+            )),
+            DriverChoice::Vfs => Backend::Vfs(Arc::new(
+                Vfs::open(&root.join("vfs"), options).map_err(driver_err)?,
+            )),
+            DriverChoice::Auto => match Overlay2::open(&root.join("overlay2"), options) {
+                Ok(d) => Backend::Overlay2(Arc::new(d)),
+                Err(e) => {
+                    tracing::info!(error = %e, "overlay2 cannot run here; using vfs");
+                    Backend::Vfs(Arc::new(
+                        Vfs::open(&root.join("vfs"), options).map_err(driver_err)?,
+                    ))
+                }
+            },
+            other => {
+                return Err(Error::Unsupported {
+                    driver: other.to_string(),
+                    reason: "containerd mounts what a snapshotter returns; only overlay2 and vfs \
+                             layers are served"
+                        .to_owned(),
+                });
+            }
+        };
+        let snapshotter = Snapshotter {
+            meta: MetaFile::new(
+                &root
+                    .join("plies")
+                    .join(driver_name(&backend))
+                    .join("containerd"),
+            ),
+            root,
+            backend,
+            index_off: Path::new(INDEX_PARAMETER).exists(),
+        };
+        // What a killed server left: incomplete layers (removed by the write
+        // lock's sweep) and entries whose layers are gone.
+        let dropped = snapshotter.cleanup()?;
+        if dropped > 0 {
+            tracing::info!(
+                dropped,
+                "dropped snapshots an interrupted call left half made"
+            );
+        }
+        Ok(snapshotter)
+    }
+
+    /// The driver's name: `overlay2` or `vfs`.
+    pub fn driver_name(&self) -> &'static str {
+        driver_name(&self.backend)
+    }
+
+    /// The graph root.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// The metadata file.
+    pub fn metadata_path(&self) -> &Path {
+        self.meta.path()
+    }
+
+    fn driver(&self) -> Arc<dyn Driver> {
+        match &self.backend {
+            Backend::Overlay2(d) => d.clone(),
+            Backend::Vfs(d) => d.clone(),
+        }
+    }
+
+    fn db(&self, access: Access) -> Result<LayerDb> {
+        LayerDb::open(&self.root, Box::new(Shared(self.driver())), access).map_err(|source| {
+            Error::Db {
+                root: self.root.clone(),
+                source: Box::new(source),
+            }
+        })
+    }
+
+    /// Whether the entry's layer is complete: only then does the snapshot exist.
+    fn live(db: &LayerDb, entry: &Entry) -> bool {
+        matches!(db.record(&entry.layer), Ok(Some(r)) if r.complete)
+            && db.driver().exists(&entry.layer)
+    }
+
+    /// The live entry of `key`.
+    fn entry<'m>(db: &LayerDb, meta: &'m Meta, key: &str) -> Result<&'m Entry> {
+        meta.snapshots
+            .get(key)
+            .filter(|e| Self::live(db, e))
+            .ok_or_else(|| Error::NotFound {
+                key: key.to_owned(),
+            })
+    }
+
+    /// Prepares the active snapshot `key` on the committed snapshot `parent`
+    /// (empty for none) and returns its mounts.
+    ///
+    /// # Errors
+    /// [`Error::AlreadyExists`], [`Error::NotFound`] for the parent,
+    /// [`Error::InvalidArgument`] for an empty key or a parent that is not
+    /// committed; the layer database's errors.
+    pub fn prepare(
+        &self,
+        key: &str,
+        parent: &str,
+        labels: HashMap<String, String>,
+    ) -> Result<Vec<Mount>> {
+        self.create(Kind::Active, key, parent, labels)
+    }
+
+    /// Makes the read-only view `key` of the committed snapshot `parent` and
+    /// returns its mounts.
+    ///
+    /// # Errors
+    /// As [`Snapshotter::prepare`].
+    pub fn view(
+        &self,
+        key: &str,
+        parent: &str,
+        labels: HashMap<String, String>,
+    ) -> Result<Vec<Mount>> {
+        self.create(Kind::View, key, parent, labels)
+    }
+
+    fn create(
+        &self,
+        kind: Kind,
+        key: &str,
+        parent: &str,
+        labels: HashMap<String, String>,
+    ) -> Result<Vec<Mount>> {
+        if key.is_empty() {
+            return Err(Error::InvalidArgument {
+                reason: "empty snapshot key".to_owned(),
+            });
+        }
+        let db = self.db(Access::Write)?;
+        let mut meta = self.meta.load()?;
+        if meta.snapshots.get(key).is_some_and(|e| Self::live(&db, e)) {
+            return Err(Error::AlreadyExists {
+                key: key.to_owned(),
+            });
+        }
+        let parent = (!parent.is_empty()).then_some(parent);
+        let parent_layer = match parent {
+            None => None,
+            Some(p) => {
+                let e = Self::entry(&db, &meta, p)?;
+                if e.kind != Kind::Committed {
+                    return Err(Error::InvalidArgument {
+                        reason: format!("parent {p:?} is not a committed snapshot"),
+                    });
+                }
+                Some(e.layer.clone())
+            }
+        };
+        let layer = new_layer_id();
+        let now = SystemTime::now();
+        let entry = Entry {
+            layer: layer.clone(),
+            kind,
+            parent: parent.map(str::to_owned),
+            labels: labels.into_iter().collect(),
+            created: now,
+            updated: now,
+        };
+        meta.snapshots.insert(key.to_owned(), entry.clone());
+        let record = Record::new(&layer, parent_layer.as_deref(), kind == Kind::Active);
+        // The entry is written inside the make: it counts once the layer is
+        // complete, and a kill before that leaves an incomplete layer the next
+        // writer removes.
+        db.make(record, &CreateOptions::default(), |_| {
+            self.meta.save(&meta).map(|()| 0)
+        })?;
+        self.mounts_of(&entry)
+    }
+
+    /// The mounts of the active snapshot or view `key`.
+    ///
+    /// # Errors
+    /// [`Error::NotFound`]; [`Error::FailedPrecondition`] for a committed snapshot.
+    pub fn mounts(&self, key: &str) -> Result<Vec<Mount>> {
+        let db = self.db(Access::Read)?;
+        let meta = self.meta.load()?;
+        let entry = Self::entry(&db, &meta, key)?;
+        if entry.kind == Kind::Committed {
+            return Err(Error::FailedPrecondition {
+                key: key.to_owned(),
+                reason: "a committed snapshot has no mounts".to_owned(),
+            });
+        }
+        self.mounts_of(entry)
+    }
+
+    /// Commits the active snapshot `key` as `name` with `labels`: its layer
+    /// becomes an image layer (overlay2's `committed` mark), and the key's
+    /// entry moves to the name, without copying a file. `parent` (containerd's
+    /// `rebase`) must be empty or the snapshot's own parent.
+    ///
+    /// # Errors
+    /// [`Error::NotFound`], [`Error::AlreadyExists`] for `name`,
+    /// [`Error::FailedPrecondition`] when `key` is not active or `parent`
+    /// asks for another parent.
+    pub fn commit(
+        &self,
+        name: &str,
+        key: &str,
+        labels: HashMap<String, String>,
+        parent: &str,
+    ) -> Result<()> {
+        if name.is_empty() {
+            return Err(Error::InvalidArgument {
+                reason: "empty snapshot name".to_owned(),
+            });
+        }
+        let db = self.db(Access::Write)?;
+        let mut meta = self.meta.load()?;
+        let entry = Self::entry(&db, &meta, key)?.clone();
+        if entry.kind != Kind::Active {
+            return Err(Error::FailedPrecondition {
+                key: key.to_owned(),
+                reason: format!("is a {}, not an active snapshot", entry.kind.as_str()),
+            });
+        }
+        if !parent.is_empty() && entry.parent.as_deref() != Some(parent) {
+            return Err(Error::FailedPrecondition {
+                key: key.to_owned(),
+                reason: format!(
+                    "a commit onto another parent ({parent:?}) is not supported (no rebase)"
+                ),
+            });
+        }
+        if meta.snapshots.get(name).is_some_and(|e| Self::live(&db, e)) {
+            return Err(Error::AlreadyExists {
+                key: name.to_owned(),
+            });
+        }
+        if let Backend::Overlay2(d) = &self.backend {
+            d.store()
+                .mark_committed(&entry.layer)
+                .map_err(|source| Error::Store {
+                    layer: entry.layer.clone(),
+                    source: Box::new(source),
+                })?;
+        }
+        let mut record = db.layer(&entry.layer)?;
+        record.rw = false;
+        db.write_record(&record)?;
+        let now = SystemTime::now();
+        meta.snapshots.remove(key);
+        meta.snapshots.insert(
+            name.to_owned(),
+            Entry {
+                kind: Kind::Committed,
+                labels: labels.into_iter().collect(),
+                created: now,
+                updated: now,
+                ..entry
+            },
+        );
+        self.meta.save(&meta)
+    }
+
+    /// Removes the snapshot `key` and its layer.
+    ///
+    /// # Errors
+    /// [`Error::NotFound`]; [`Error::FailedPrecondition`] when another snapshot
+    /// sits on it.
+    pub fn remove(&self, key: &str) -> Result<()> {
+        let db = self.db(Access::Write)?;
+        let mut meta = self.meta.load()?;
+        let entry = Self::entry(&db, &meta, key)?.clone();
+        let children: Vec<&str> = meta
+            .snapshots
+            .iter()
+            .filter(|(_, e)| e.parent.as_deref() == Some(key) && Self::live(&db, e))
+            .map(|(k, _)| k.as_str())
+            .collect();
+        if !children.is_empty() {
+            return Err(Error::FailedPrecondition {
+                key: key.to_owned(),
+                reason: format!(
+                    "cannot remove a snapshot with children ({})",
+                    children.join(", ")
+                ),
+            });
+        }
+        // The layer first: an entry whose layer is gone no longer counts, and
+        // cleanup drops it.
+        db.remove(&[entry.layer.as_str()])?;
+        meta.snapshots.remove(key);
+        self.meta.save(&meta)
+    }
+
+    /// The info of the snapshot `key`.
+    ///
+    /// # Errors
+    /// [`Error::NotFound`].
+    pub fn stat(&self, key: &str) -> Result<Info> {
+        let db = self.db(Access::Read)?;
+        let meta = self.meta.load()?;
+        Ok(Self::entry(&db, &meta, key)?.info(key))
+    }
+
+    /// Updates the labels of the snapshot `info.name` as containerd does:
+    /// without `paths` every label is replaced by `info`'s; a path `labels`
+    /// does the same, `labels.<key>` sets that label (an empty or missing value
+    /// removes it). Returns the updated info.
+    ///
+    /// # Errors
+    /// [`Error::NotFound`]; [`Error::InvalidArgument`] for any other path.
+    pub fn update(&self, info: &Info, paths: &[String]) -> Result<Info> {
+        let key = info.name.as_str();
+        let db = self.db(Access::Write)?;
+        let mut meta = self.meta.load()?;
+        let mut entry = Self::entry(&db, &meta, key)?.clone();
+        if paths.is_empty() {
+            entry.labels = info.labels.clone().into_iter().collect();
+        }
+        for path in paths {
+            if path == "labels" {
+                entry.labels = info.labels.clone().into_iter().collect();
+            } else if let Some(label) = path.strip_prefix("labels.") {
+                match info.labels.get(label).filter(|v| !v.is_empty()) {
+                    Some(v) => entry.labels.insert(label.to_owned(), v.clone()),
+                    None => entry.labels.remove(label),
+                };
+            } else {
+                return Err(Error::InvalidArgument {
+                    reason: format!("cannot update field {path:?} of snapshot {key:?}"),
+                });
+            }
+        }
+        entry.updated = SystemTime::now();
+        let out = entry.info(key);
+        meta.snapshots.insert(key.to_owned(), entry);
+        self.meta.save(&meta)?;
+        Ok(out)
+    }
+
+    /// The snapshots any of `filters` matches (all without filters), by key.
+    ///
+    /// # Errors
+    /// [`Error::InvalidArgument`] for a filter that does not parse.
+    pub fn list(&self, filters: &[String]) -> Result<Vec<Info>> {
+        let filters = filters
+            .iter()
+            .filter(|f| !f.trim().is_empty())
+            .map(|f| Filter::parse(f))
+            .collect::<Result<Vec<_>>>()?;
+        let db = self.db(Access::Read)?;
+        let meta = self.meta.load()?;
+        Ok(meta
+            .snapshots
+            .iter()
+            .filter(|(k, e)| Self::live(&db, e) && filter::any_matches(&filters, k, e))
+            .map(|(k, e)| e.info(k))
+            .collect())
+    }
+
+    /// The disk usage of the snapshot's own layer: a walk of its directory
+    /// (overlay2's `diff`, vfs's whole copy), each inode counted once.
+    ///
+    /// # Errors
+    /// [`Error::NotFound`]; [`Error::Io`] naming what could not be read.
+    pub fn usage(&self, key: &str) -> Result<Usage> {
+        let db = self.db(Access::Read)?;
+        let meta = self.meta.load()?;
+        let entry = Self::entry(&db, &meta, key)?;
+        disk_usage(&self.own_dir(&entry.layer))
+    }
+
+    /// Drops the entries whose layers are gone (a remove or a make that a kill
+    /// interrupted); the lock it takes also removes the layers a killed call
+    /// left incomplete. Returns how many entries it dropped.
+    ///
+    /// # Errors
+    /// The layer database's and the metadata file's.
+    pub fn cleanup(&self) -> Result<usize> {
+        let db = self.db(Access::Write)?;
+        let mut meta = self.meta.load()?;
+        let before = meta.snapshots.len();
+        meta.snapshots.retain(|_, e| Self::live(&db, e));
+        let dropped = before - meta.snapshots.len();
+        if dropped > 0 {
+            self.meta.save(&meta)?;
+        }
+        Ok(dropped)
+    }
+
+    /// Every snapshot key and the plies layer it names.
+    ///
+    /// # Errors
+    /// The metadata file's.
+    pub fn layers(&self) -> Result<BTreeMap<String, String>> {
+        let db = self.db(Access::Read)?;
+        Ok(self
+            .meta
+            .load()?
+            .snapshots
+            .into_iter()
+            .filter(|(_, e)| Self::live(&db, e))
+            .map(|(k, e)| (k, e.layer))
+            .collect())
+    }
+
+    /// The directory holding the layer's own files.
+    fn own_dir(&self, layer: &str) -> PathBuf {
+        match &self.backend {
+            Backend::Overlay2(d) => d.root().join(layer).join("diff"),
+            // Docker's vfs layout: `<home>/dir/<id>`, a full copy.
+            Backend::Vfs(d) => d.root().join("dir").join(layer),
+        }
+    }
+
+    /// The mounts of a snapshot, as containerd's own overlayfs snapshotter
+    /// gives them.
+    fn mounts_of(&self, entry: &Entry) -> Result<Vec<Mount>> {
+        let rw = if entry.kind == Kind::Active {
+            "rw"
+        } else {
+            "ro"
+        };
+        let bind = |dir: &Path| {
+            vec![Mount {
+                r#type: "bind".to_owned(),
+                source: dir.display().to_string(),
+                target: String::new(),
+                options: vec![rw.to_owned(), "rbind".to_owned()],
+            }]
+        };
+        let d = match &self.backend {
+            Backend::Vfs(_) => return Ok(bind(&self.own_dir(&entry.layer))),
+            Backend::Overlay2(d) => d,
+        };
+        let home = d.root();
+        // `<home>/l/<linkid>` entries: the shortest absolute form, and what
+        // containerd's long-lowerdir compaction shortens further.
+        let lowers: Vec<String> = d
+            .store()
+            .lower_entries(&entry.layer)
+            .map_err(|source| Error::Store {
+                layer: entry.layer.clone(),
+                source: Box::new(source),
+            })?
+            .iter()
+            .map(|l| escape(&home.join(l)))
+            .collect();
+        match (entry.kind, lowers.len()) {
+            (_, 0) => return Ok(bind(&self.own_dir(&entry.layer))),
+            (Kind::View | Kind::Committed, 1) => return Ok(bind(&home.join(&lowers[0]))),
+            _ => {}
+        }
+        let mut options = Vec::new();
+        if self.index_off {
+            options.push("index=off".to_owned());
+        }
+        if entry.kind == Kind::Active {
+            let dir = home.join(&entry.layer);
+            options.push(format!("workdir={}", escape(&dir.join("work"))));
+            options.push(format!("upperdir={}", escape(&dir.join("diff"))));
+        }
+        options.push(format!("lowerdir={}", lowers.join(":")));
+        Ok(vec![Mount {
+            r#type: "overlay".to_owned(),
+            source: "overlay".to_owned(),
+            target: String::new(),
+            options,
+        }])
+    }
+}
+
+fn driver_name(backend: &Backend) -> &'static str {
+    match backend {
+        Backend::Overlay2(_) => "overlay2",
+        Backend::Vfs(_) => "vfs",
+    }
+}
+
+/// A path as overlayfs reads it in mount data: `\`, `:` and `,` escaped.
+fn escape(path: &Path) -> String {
+    let mut out = String::new();
+    for c in path.display().to_string().chars() {
+        if matches!(c, '\\' | ':' | ',') {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// A fresh layer id: 64 random hex digits, as Docker's cache ids.
+fn new_layer_id() -> String {
+    let bytes: [u8; 32] = rand::rng().random();
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// `du` of a directory: allocated bytes and distinct inodes, not following
+/// symlinks nor crossing into other filesystems.
+fn disk_usage(dir: &Path) -> Result<Usage> {
+    let mut seen = HashSet::new();
+    let mut usage = Usage::default();
+    for entry in walkdir::WalkDir::new(dir).same_file_system(true) {
+        let entry = entry.map_err(|e| {
+            let path = e.path().unwrap_or(dir).to_path_buf();
+            io_err("walk", path, e.into())
+        })?;
+        let md = entry
+            .metadata()
+            .map_err(|e| io_err("stat", entry.path(), e.into()))?;
+        if seen.insert((md.dev(), md.ino())) {
+            usage.inodes += 1;
+            usage.size += md.blocks() * 512;
+        }
+    }
+    Ok(usage)
+}
