@@ -474,6 +474,7 @@ async fn call(state: &State, endpoint: String, r: Request) -> Result<Response> {
         let create_options = || CreateOptions {
             mount_label: label.map(str::to_owned),
             storage_opt: r.storage_opt.clone(),
+            ..CreateOptions::default()
         };
         let mut response = Response::default();
         match endpoint.as_str() {

@@ -188,6 +188,11 @@ pub struct CreateOptions {
     pub mount_label: Option<String>,
     /// Per-layer storage options (`size` on read-write layers).
     pub storage_opt: BTreeMap<String, String>,
+    /// The caller makes the new layer durable itself: it syncs the filesystem
+    /// before it relies on the layer and can tell a half-made one after a crash
+    /// (as `plies-layerdb` does with its pending records), so the driver skips
+    /// the fsyncs of its own creation steps. Off by default: the driver syncs.
+    pub deferred_sync: bool,
 }
 
 fn parse_bool(value: &str) -> Option<bool> {

@@ -437,6 +437,12 @@ impl Batch<'_> {
         }
         record.complete = false;
         db.write_record(&record)?;
+        // The pending record, synced above, marks the layer until the batch's
+        // one syncfs: the driver need not sync each step of its creation.
+        let opts = &CreateOptions {
+            deferred_sync: true,
+            ..opts.clone()
+        };
         let made = if record.rw {
             db.driver
                 .create_read_write(&id, record.parent.as_deref(), opts)

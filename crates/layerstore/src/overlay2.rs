@@ -145,6 +145,16 @@ impl Overlay2Store {
     /// [`Error::TooDeep`] before anything is written; a bad parent `link`/`lower`
     /// file; I/O errors (after which nothing of the layer is left).
     pub fn create(&self, id: &str, parent: Option<&str>) -> Result<LayerPaths> {
+        self.create_with(id, parent, self.opts.durable)
+    }
+
+    /// [`Overlay2Store::create`], fsyncing the new layer's files and directories
+    /// only when `durable`: a caller that syncs the filesystem before it relies
+    /// on the layer, and that can tell a half-made one after a crash (as
+    /// `plies-layerdb`'s pending records do), skips them.
+    ///
+    /// Errors: as [`Overlay2Store::create`].
+    pub fn create_with(&self, id: &str, parent: Option<&str>, durable: bool) -> Result<LayerPaths> {
         check_id(id)?;
         if let Some(p) = parent {
             check_id(p)?;
@@ -191,7 +201,7 @@ impl Overlay2Store {
         let dir = make_dir(&self.home_fd, &tmp, LAYER_DIR_MODE)
             .map_err(|e| io_err("create", self.home.join(&tmp), e))?;
         let mut made_link = None;
-        match self.build_layer(id, &tmp, &dir, &lowers, &mut made_link) {
+        match self.build_layer(id, &tmp, &dir, &lowers, &mut made_link, durable) {
             Ok(link) => Ok(LayerPaths {
                 dir: self.layer_dir(id),
                 diff: self.diff_dir(id),
@@ -219,8 +229,8 @@ impl Overlay2Store {
         dir: &OwnedFd,
         lowers: &[LinkId],
         made_link: &mut Option<LinkId>,
+        durable: bool,
     ) -> Result<LinkId> {
-        let durable = self.opts.durable;
         let tmp_path = self.home.join(tmp);
         make_dir(dir, "diff", DIFF_MODE).map_err(|e| io_err("create", tmp_path.join("diff"), e))?;
         if !lowers.is_empty() {

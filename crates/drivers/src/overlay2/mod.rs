@@ -160,8 +160,9 @@ impl Overlay2 {
     ) -> Result<()> {
         let size = self.quota.size_for(opts, read_write)?;
         let _guard = crate::locks::lock(self.store.locks(), &[id])?;
+        let durable = self.store.options().durable && !opts.deferred_sync;
         self.store
-            .create(id, parent)
+            .create_with(id, parent, durable)
             .map_err(|e| Error::store(id, e))?;
         if let Some(parent) = parent {
             // As Docker 20.10: a parent is only read from now on, so it is
