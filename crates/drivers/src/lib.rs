@@ -13,6 +13,7 @@ mod native;
 mod options;
 mod overlay2;
 mod quota;
+mod refs;
 mod vfs;
 
 use std::path::Path;

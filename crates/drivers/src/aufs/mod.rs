@@ -2,11 +2,11 @@
 //! `plies-layerstore`), mounted with the call lists of `plies-mountopts` through
 //! a [`Mounter`], so that the mounts can be recorded where no kernel has aufs.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::fmt::Debug;
 use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
 use std::time::Duration;
 
 use plies_archive::WhiteoutFormat;
@@ -23,6 +23,7 @@ use crate::mounts::BUSY_ATTEMPTS;
 use crate::naive;
 use crate::native;
 use crate::options::{CreateOptions, Options};
+use crate::refs::{Refs, Released};
 
 mod mounter;
 mod recording;
@@ -44,7 +45,7 @@ pub struct Aufs {
     backing: String,
     dirperm1: bool,
     remap: Remap,
-    refs: Mutex<HashMap<String, (usize, bool)>>,
+    refs: Refs,
 }
 
 impl Aufs {
@@ -136,7 +137,7 @@ impl Aufs {
             backing: backing.to_string(),
             dirperm1,
             remap,
-            refs: Mutex::new(HashMap::new()),
+            refs: Refs::default(),
         })
     }
 
@@ -147,11 +148,7 @@ impl Aufs {
 
     /// How many `get`s hold `id` (0 when none).
     pub fn refcount(&self, id: &str) -> usize {
-        self.refs().get(id).map_or(0, |h| h.0)
-    }
-
-    fn refs(&self) -> std::sync::MutexGuard<'_, HashMap<String, (usize, bool)>> {
-        self.refs.lock().unwrap_or_else(PoisonError::into_inner)
+        self.refs.count(id)
     }
 
     /// The pseudo-links in layer `id`'s branch: the entries of its
@@ -280,18 +277,17 @@ impl Driver for Aufs {
         if !self.store.exists(id) {
             return Err(Error::NoSuchLayer { id: id.to_owned() });
         }
-        if self.refs().get(id).is_some_and(|h| h.1) {
+        if self.refs.is_mounted(id) {
             self.unmount(id, true)?;
         }
-        self.refs().remove(id);
+        self.refs.forget(id);
         self.store.remove(id).map_err(|e| Error::store(id, e))
     }
 
     fn get(&self, id: &str, mount_label: Option<&str>) -> Result<PathBuf> {
         let _guard = crate::locks::lock(self.store.locks(), &[id])?;
-        if let Some(held) = self.refs().get_mut(id) {
-            held.0 += 1;
-            return Ok(if held.1 {
+        if let Some(mounted) = self.refs.hold_again(id) {
+            return Ok(if mounted {
                 self.store.mnt_dir(id)
             } else {
                 self.store.diff_dir(id)
@@ -299,7 +295,7 @@ impl Driver for Aufs {
         }
         let lowers = self.store.lowers(id).map_err(|e| Error::store(id, e))?;
         if lowers.is_empty() {
-            self.refs().insert(id.to_owned(), (1, false));
+            self.refs.hold(id, 1, false);
             return Ok(self.store.diff_dir(id));
         }
         let stack = AufsStack {
@@ -315,30 +311,19 @@ impl Driver for Aufs {
         let calls = plies_mountopts::plan_aufs(&stack).map_err(mount_err)?;
         let target = self.store.mnt_dir(id);
         self.mounter.mount(&calls, &target).map_err(mount_err)?;
-        self.refs().insert(id.to_owned(), (1, true));
+        self.refs.hold(id, 1, true);
         Ok(target)
     }
 
     fn put(&self, id: &str) -> Result<()> {
         let _guard = crate::locks::lock(self.store.locks(), &[id])?;
-        let mounted = {
-            let mut refs = self.refs();
-            let Some(held) = refs.get_mut(id) else {
-                return Err(Error::NotMounted { id: id.to_owned() });
-            };
-            held.0 -= 1;
-            if held.0 > 0 {
-                return Ok(());
-            }
-            refs.remove(id).is_some_and(|h| h.1)
-        };
-        if mounted {
-            if let Err(e) = self.unmount(id, false) {
-                self.refs().insert(id.to_owned(), (1, true));
-                return Err(e);
-            }
+        match self.refs.release(id) {
+            Released::NotHeld => Err(Error::NotMounted { id: id.to_owned() }),
+            Released::StillHeld | Released::Last { mounted: false } => Ok(()),
+            Released::Last { mounted: true } => self.unmount(id, false).inspect_err(|_| {
+                self.refs.hold(id, 1, true);
+            }),
         }
-        Ok(())
     }
 
     fn detach(&self, id: &str) -> Result<bool> {
@@ -346,7 +331,7 @@ impl Driver for Aufs {
         if !self.store.exists(id) {
             return Err(Error::NoSuchLayer { id: id.to_owned() });
         }
-        let counted = self.refs().get(id).is_some_and(|h| h.1);
+        let counted = self.refs.is_mounted(id);
         let undone = if counted {
             self.unmount(id, true)?;
             true
@@ -371,7 +356,7 @@ impl Driver for Aufs {
                 }
             }
         };
-        self.refs().remove(id);
+        self.refs.forget(id);
         Ok(undone)
     }
 
@@ -405,12 +390,7 @@ impl Driver for Aufs {
     }
 
     fn cleanup(&self) -> Result<()> {
-        let held: Vec<String> = self
-            .refs()
-            .iter()
-            .filter(|(_, h)| h.1)
-            .map(|(id, _)| id.clone())
-            .collect();
+        let held = self.refs.mounted();
         let mut first = None;
         for id in held {
             let _guard = match crate::locks::lock_mount_owner(self.store.locks(), &id) {
@@ -424,7 +404,7 @@ impl Driver for Aufs {
                 first.get_or_insert(e);
             }
         }
-        self.refs().clear();
+        self.refs.clear();
         first.map_or(Ok(()), Err)
     }
 

@@ -1,10 +1,9 @@
 //! The overlay2 driver: Docker's `overlay2` layout (through `plies-layerstore`),
 //! mounted with `plies-mountopts` plans, features from `plies-kprobe`.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::sync::{Mutex, PoisonError};
 
 use plies_archive::changes::{Change, ChangesError};
 use plies_archive::{WhiteoutFormat, XattrNamespace};
@@ -20,6 +19,7 @@ use crate::naive;
 use crate::native;
 use crate::options::{CreateOptions, Options};
 use crate::quota::LayerQuota;
+use crate::refs::{Refs, Released};
 
 mod features;
 mod staged_apply;
@@ -41,13 +41,7 @@ pub struct Overlay2 {
     quota: LayerQuota,
     remap: Remap,
     /// Layers held by `get`, with their count and whether a mount was made.
-    refs: Mutex<HashMap<String, Held>>,
-}
-
-#[derive(Debug, Clone, Copy)]
-struct Held {
-    count: usize,
-    mounted: bool,
+    refs: Refs,
 }
 
 impl Overlay2 {
@@ -103,7 +97,7 @@ impl Overlay2 {
             max_depth: options.max_depth,
             quota,
             remap,
-            refs: Mutex::new(HashMap::new()),
+            refs: Refs::default(),
         })
     }
 
@@ -136,11 +130,7 @@ impl Overlay2 {
 
     /// How many `get`s hold `id` (0 when none).
     pub fn refcount(&self, id: &str) -> usize {
-        self.refs().get(id).map_or(0, |h| h.count)
-    }
-
-    fn refs(&self) -> std::sync::MutexGuard<'_, HashMap<String, Held>> {
-        self.refs.lock().unwrap_or_else(PoisonError::into_inner)
+        self.refs.count(id)
     }
 
     fn ns(&self) -> XattrNamespace {
@@ -314,7 +304,7 @@ impl Driver for Overlay2 {
         }
         let merged = self.home.join(id).join("merged");
         mounts::unmount_retrying(id, &merged)?;
-        self.refs().remove(id);
+        self.refs.forget(id);
         let project = self.quota.project_of(id, &self.home.join(id));
         self.store.remove(id).map_err(|e| Error::store(id, e))?;
         if let Some(project) = project {
@@ -325,9 +315,8 @@ impl Driver for Overlay2 {
 
     fn get(&self, id: &str, mount_label: Option<&str>) -> Result<PathBuf> {
         let _guard = crate::locks::lock(self.store.locks(), &[id])?;
-        if let Some(held) = self.refs().get_mut(id) {
-            held.count += 1;
-            return Ok(if held.mounted {
+        if let Some(mounted) = self.refs.hold_again(id) {
+            return Ok(if mounted {
                 self.home.join(id).join("merged")
             } else {
                 self.store.diff_dir(id)
@@ -342,13 +331,7 @@ impl Driver for Overlay2 {
             // Mounted by another process that left it to its caller (`plies
             // mount`): used as it is, and counted as held by that caller too, so
             // the matching `put` leaves it mounted.
-            self.refs().insert(
-                id.to_owned(),
-                Held {
-                    count: 2,
-                    mounted: true,
-                },
-            );
+            self.refs.hold(id, 2, true);
             return Ok(merged);
         }
         let (path, mounted) = if lowers.is_empty() {
@@ -356,44 +339,26 @@ impl Driver for Overlay2 {
         } else {
             (self.mount(id, mount_label, lowers)?, true)
         };
-        self.refs()
-            .insert(id.to_owned(), Held { count: 1, mounted });
+        self.refs.hold(id, 1, mounted);
         Ok(path)
     }
 
     fn put(&self, id: &str) -> Result<()> {
         let _guard = crate::locks::lock(self.store.locks(), &[id])?;
-        let held = {
-            let mut refs = self.refs();
-            let Some(held) = refs.get_mut(id) else {
-                return Err(Error::NotMounted { id: id.to_owned() });
-            };
-            held.count -= 1;
-            if held.count > 0 {
-                return Ok(());
-            }
-            refs.remove(id).unwrap_or(Held {
-                count: 0,
-                mounted: false,
-            })
-        };
-        if held.mounted {
-            let merged = self.home.join(id).join("merged");
-            if let Err(e) = mounts::detach(id, &merged) {
-                self.refs().insert(
-                    id.to_owned(),
-                    Held {
-                        count: 1,
-                        mounted: true,
-                    },
-                );
-                return Err(e);
-            }
-            // Docker removes `merged` so that a layer on disk without a mount
-            // has no mount point left to confuse tools (moby#36049).
-            if let Err(e) = std::fs::remove_dir(&merged) {
-                tracing::warn!(layer = id, error = %e, "could not remove merged");
-            }
+        match self.refs.release(id) {
+            Released::NotHeld => return Err(Error::NotMounted { id: id.to_owned() }),
+            Released::StillHeld | Released::Last { mounted: false } => return Ok(()),
+            Released::Last { mounted: true } => {}
+        }
+        let merged = self.home.join(id).join("merged");
+        if let Err(e) = mounts::detach(id, &merged) {
+            self.refs.hold(id, 1, true);
+            return Err(e);
+        }
+        // Docker removes `merged` so that a layer on disk without a mount has
+        // no mount point left to confuse tools (moby#36049).
+        if let Err(e) = std::fs::remove_dir(&merged) {
+            tracing::warn!(layer = id, error = %e, "could not remove merged");
         }
         Ok(())
     }
@@ -408,7 +373,7 @@ impl Driver for Overlay2 {
         while mounts::is_mount_point(&merged) {
             undone |= mounts::detach(id, &merged)?;
         }
-        self.refs().remove(id);
+        self.refs.forget(id);
         match std::fs::remove_dir(&merged) {
             Ok(()) => {}
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
@@ -483,7 +448,7 @@ impl Driver for Overlay2 {
             };
             match mounts::detach(&id, &mount) {
                 Ok(_) => {
-                    if self.refs().remove(&id).is_some() {
+                    if self.refs.forget(&id) {
                         let _ = std::fs::remove_dir(&mount);
                     }
                 }
@@ -492,7 +457,7 @@ impl Driver for Overlay2 {
                 }
             }
         }
-        self.refs().clear();
+        self.refs.clear();
         first.map_or(Ok(()), Err)
     }
 
