@@ -401,9 +401,20 @@ fn timed_out_probes_clean_up_after_themselves() {
     }
     // The abandoned workers finish and remove their scratch directories.
     // Generous: under emulation (the VM matrix) the 500-layer stack probe alone
-    // takes tens of seconds.
+    // takes tens of seconds. The workers may not even have made their scratch
+    // yet when the report returns, so an empty directory counts only once it
+    // stayed empty for a while.
     let deadline = Instant::now() + Duration::from_secs(180);
-    while !listing(dir.path()).is_empty() && Instant::now() < deadline {
+    let mut empty_since: Option<Instant> = None;
+    while Instant::now() < deadline {
+        if listing(dir.path()).is_empty() {
+            let since = *empty_since.get_or_insert_with(Instant::now);
+            if since.elapsed() > Duration::from_secs(3) {
+                break;
+            }
+        } else {
+            empty_since = None;
+        }
         std::thread::sleep(Duration::from_millis(20));
     }
     assert_eq!(listing(dir.path()), Vec::<PathBuf>::new());
