@@ -40,7 +40,12 @@ pub fn choice(d: DriverArg) -> DriverChoice {
 impl Store {
     /// Opens the driver under the root and its records with `access`.
     pub fn open(g: &Global, access: Access) -> Result<Store> {
-        let options = Options::parse(&g.storage_opt).context("--storage-opt")?;
+        // One process per command: leftovers of killed commands are swept by
+        // the next create or remove of their id and by `fsck`, not by a listing
+        // of the whole store on every open.
+        let options = Options::parse(&g.storage_opt)
+            .context("--storage-opt")?
+            .with_sweep_on_open(false);
         Store::open_with(&g.root, choice(g.driver), options, access)
     }
 

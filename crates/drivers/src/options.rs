@@ -86,6 +86,13 @@ pub struct Options {
     /// User-namespace id maps (Docker's `--userns-remap`); not a `key=value`
     /// option: set with [`Options::with_id_maps`]. Empty by default.
     pub id_maps: IdMaps,
+    /// Sweep what killed processes left half made (`-creating`, `-removing`,
+    /// `-applying` entries whose layer lock is free) when the driver opens
+    /// (default `true`). The sweep lists the whole store; a caller that opens
+    /// the driver once per call (the `plies` command) turns it off and leaves
+    /// leftovers to the next create or remove of the same id and to `fsck`.
+    /// Not a `key=value` option: set with [`Options::with_sweep_on_open`].
+    pub sweep_on_open: bool,
     /// The keys given to [`Options::parse`], in order, for drivers that take none.
     keys: Vec<String>,
 }
@@ -98,6 +105,7 @@ impl Default for Options {
             max_depth: MAX_DEPTH,
             mount_mode: MountMode::Auto,
             id_maps: IdMaps::default(),
+            sweep_on_open: true,
             keys: Vec::new(),
         }
     }
@@ -166,7 +174,15 @@ impl Options {
         Ok(out)
     }
 
-    /// The same options with the id maps `id_maps`.
+    /// These options with [`Options::sweep_on_open`] set.
+    #[must_use]
+    pub fn with_sweep_on_open(mut self, sweep: bool) -> Options {
+        self.sweep_on_open = sweep;
+        self
+    }
+
+    /// These options with [`Options::id_maps`] set.
+    #[must_use]
     pub fn with_id_maps(mut self, id_maps: IdMaps) -> Options {
         self.id_maps = id_maps;
         self

@@ -65,26 +65,8 @@ impl Vfs {
             remap.own(&dir)?;
         }
         let locks = plies_layerstore::LayerLocks::open(&root).map_err(|e| Error::store("", e))?;
-        let entries = std::fs::read_dir(&dir).map_err(|e| Error::io("read", &dir, e))?;
-        for entry in entries {
-            let entry = entry.map_err(|e| Error::io("read", &dir, e))?;
-            let name = entry.file_name();
-            let name = name.to_string_lossy();
-            let owner = [CREATING, REMOVING, APPLYING]
-                .iter()
-                .find_map(|suffix| name.strip_suffix(suffix))
-                .filter(|id| plies_layerstore::validate_id(id).is_ok());
-            let Some(owner) = owner else {
-                continue;
-            };
-            // Only what a dead owner left: work in progress holds the lock.
-            let Some(_guard) = locks
-                .try_lock(&[owner])
-                .map_err(|e| Error::store(owner, e))?
-            else {
-                continue;
-            };
-            remove_tree(&entry.path())?;
+        if options.sweep_on_open {
+            sweep(&dir, &locks)?;
         }
         Ok(Vfs {
             root,
@@ -186,6 +168,33 @@ fn mkdir_mode(path: &Path, mode: u32) -> Result<()> {
     }
 }
 
+/// Deletes the `-creating`, `-removing` and `-applying` entries under `dir`
+/// whose owner is gone (their layer's lock is free).
+fn sweep(dir: &Path, locks: &plies_layerstore::LayerLocks) -> Result<()> {
+    let entries = std::fs::read_dir(dir).map_err(|e| Error::io("read", dir, e))?;
+    for entry in entries {
+        let entry = entry.map_err(|e| Error::io("read", dir, e))?;
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        let owner = [CREATING, REMOVING, APPLYING]
+            .iter()
+            .find_map(|suffix| name.strip_suffix(suffix))
+            .filter(|id| plies_layerstore::validate_id(id).is_ok());
+        let Some(owner) = owner else {
+            continue;
+        };
+        // Only what a dead owner left: work in progress holds the lock.
+        let Some(_guard) = locks
+            .try_lock(&[owner])
+            .map_err(|e| Error::store(owner, e))?
+        else {
+            continue;
+        };
+        remove_tree(&entry.path())?;
+    }
+    Ok(())
+}
+
 impl Driver for Vfs {
     fn name(&self) -> &'static str {
         "vfs"
@@ -215,7 +224,13 @@ impl Driver for Vfs {
         let removing = self.dir.join(format!("{id}{REMOVING}"));
         match rustix::fs::rename(&path, &removing) {
             Ok(()) => {}
-            Err(rustix::io::Errno::NOENT) => return Err(Error::NoSuchLayer { id: id.to_owned() }),
+            Err(rustix::io::Errno::NOENT) => {
+                // What a killed create or remove of `id` left goes all the same.
+                for suffix in [CREATING, REMOVING, APPLYING] {
+                    remove_tree(&self.dir.join(format!("{id}{suffix}")))?;
+                }
+                return Err(Error::NoSuchLayer { id: id.to_owned() });
+            }
             Err(e) => return Err(Error::io("rename", &path, e)),
         }
         // Gone for good before the caller forgets the layer: a crash must not

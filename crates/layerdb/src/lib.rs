@@ -383,8 +383,11 @@ impl LayerDb {
     /// # Errors
     /// The driver's error, [`Error::Io`].
     pub fn remove_layer(&self, id: &str) -> Result<()> {
-        if self.driver.exists(id) {
-            self.driver.remove(id).map_err(driver_err(id))?;
+        // A layer a killed create never finished is missing, but what it left
+        // (`-creating` entries) goes with the removal all the same.
+        match self.driver.remove(id) {
+            Ok(()) | Err(plies_drivers::Error::NoSuchLayer { .. }) => {}
+            Err(e) => return Err(driver_err(id)(e)),
         }
         self.delete_record(id)
     }

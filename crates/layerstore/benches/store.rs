@@ -25,15 +25,9 @@ fn create_remove(c: &mut Criterion) {
     group.sample_size(20);
     for durable in [false, true] {
         let tmp = tempfile::tempdir().unwrap();
-        let fast = StoreOptions {
-            durable: false,
-            ..Default::default()
-        };
+        let fast = StoreOptions::default().with_durable(false);
         fill(&Overlay2Store::open(tmp.path(), fast).unwrap());
-        let opts = StoreOptions {
-            durable,
-            ..Default::default()
-        };
+        let opts = StoreOptions::default().with_durable(durable);
         let store = Overlay2Store::open(tmp.path(), opts).unwrap();
         let name = if durable { "durable" } else { "not_durable" };
         let mut n = 0usize;
@@ -52,10 +46,7 @@ fn create_remove(c: &mut Criterion) {
 
 fn open(c: &mut Criterion) {
     let tmp = tempfile::tempdir().unwrap();
-    let opts = StoreOptions {
-        durable: false,
-        ..Default::default()
-    };
+    let opts = StoreOptions::default().with_durable(false);
     fill(&Overlay2Store::open(tmp.path(), opts).unwrap());
     let mut group = c.benchmark_group("open_10k");
     group.sample_size(20);
@@ -73,10 +64,7 @@ fn open(c: &mut Criterion) {
 
 fn lowers(c: &mut Criterion) {
     let tmp = tempfile::tempdir().unwrap();
-    let opts = StoreOptions {
-        durable: false,
-        ..Default::default()
-    };
+    let opts = StoreOptions::default().with_durable(false);
     let store = Overlay2Store::open(tmp.path(), opts).unwrap();
     store.create("0", None).unwrap();
     for i in 1..=128 {

@@ -77,7 +77,8 @@ pub(crate) fn parse_layers_file(bytes: &[u8], max: usize) -> Result<Vec<String>,
 
 impl AufsStore {
     /// Opens the store at `root`, creating `root`, `layers/`, `diff/`, `mnt/` (0700)
-    /// if missing, and finishes or rolls back what a crash interrupted.
+    /// if missing, and (with [`StoreOptions::sweep_on_open`], the default)
+    /// finishes or rolls back what a crash interrupted ([`AufsStore::sweep`]).
     pub fn open(root: impl AsRef<Path>, opts: StoreOptions) -> Result<Self> {
         opts.check()?;
         let (root, root_fd) = open_store_root(root.as_ref(), ROOT_MODE)?;
@@ -91,7 +92,9 @@ impl AufsStore {
             opts,
             locks,
         };
-        store.recover()?;
+        if store.opts.sweep_on_open {
+            store.sweep()?;
+        }
         Ok(store)
     }
 
@@ -246,6 +249,8 @@ impl AufsStore {
     pub fn remove(&self, id: &str) -> Result<()> {
         check_id(id)?;
         let guard = self.locks.lock(&[id])?;
+        // Under the layer's lock a leftover of either kind is a dead owner's.
+        self.rollback_create(id)?;
         self.finish_remove(id)?;
         if !self.exists(id) {
             return Ok(());
@@ -305,7 +310,16 @@ impl AufsStore {
         &self.locks
     }
 
-    fn recover(&self) -> Result<()> {
+    /// Rolls back the creates and finishes the removes a killed process left
+    /// (only those whose layer lock is free: work in progress is left alone),
+    /// and deletes `-removing`/`-applying` copies under `diff/` and `mnt/`.
+    /// Lists the store's directories: [`AufsStore::open`] runs it unless
+    /// [`StoreOptions::sweep_on_open`] is off.
+    ///
+    /// # Errors
+    /// A directory cannot be read, a lock cannot be taken, a leftover cannot
+    /// be deleted.
+    pub fn sweep(&self) -> Result<()> {
         let names =
             list_names(&self.layers_fd).map_err(|e| io_err("read", self.root.join("layers"), e))?;
         for (name, _) in names {

@@ -2,7 +2,9 @@
 
 use plies_mountopts::{KERNEL_MAX_STACK, MAX_DEPTH};
 
-/// How a store is opened.
+/// How a store is opened: start from [`StoreOptions::default`] and change what
+/// differs (`opts.durable = false`, or the `with_*` methods).
+#[non_exhaustive]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct StoreOptions {
     /// The most lower layers a layer may have: [`MAX_DEPTH`] (128, Docker's format)
@@ -13,6 +15,13 @@ pub struct StoreOptions {
     /// returns (default `true`). Build caches may turn it off for speed; a crash
     /// of the process alone never loses a layer either way.
     pub durable: bool,
+    /// Sweep, when the store is opened, the `-creating` and `-removing` entries
+    /// a killed process left (default `true`). The sweep lists the whole store,
+    /// a cost on every open that a short-lived caller opening the store per
+    /// call need not pay: a leftover never hides or harms a layer, the next
+    /// create or remove of the same id sweeps it first, and `fsck` with repair
+    /// (or any open with the sweep on) sweeps them all.
+    pub sweep_on_open: bool,
 }
 
 impl Default for StoreOptions {
@@ -20,11 +29,33 @@ impl Default for StoreOptions {
         Self {
             max_depth: MAX_DEPTH,
             durable: true,
+            sweep_on_open: true,
         }
     }
 }
 
 impl StoreOptions {
+    /// These options with [`StoreOptions::max_depth`] set.
+    #[must_use]
+    pub fn with_max_depth(mut self, max_depth: usize) -> Self {
+        self.max_depth = max_depth;
+        self
+    }
+
+    /// These options with [`StoreOptions::durable`] set.
+    #[must_use]
+    pub fn with_durable(mut self, durable: bool) -> Self {
+        self.durable = durable;
+        self
+    }
+
+    /// These options with [`StoreOptions::sweep_on_open`] set.
+    #[must_use]
+    pub fn with_sweep_on_open(mut self, sweep: bool) -> Self {
+        self.sweep_on_open = sweep;
+        self
+    }
+
     pub(crate) fn check(&self) -> crate::Result<()> {
         if self.max_depth == 0 || self.max_depth > KERNEL_MAX_STACK {
             return Err(crate::Error::InvalidOptions {

@@ -94,8 +94,9 @@ impl Metadata {
 
 impl Overlay2Store {
     /// Opens the store at `home`, creating `home` (0710) and `home/l` (0700) if
-    /// missing, and sweeps what an interrupted create or remove left behind
-    /// (`<id>-creating`, `<id>-removing` and their `l/` links).
+    /// missing, and (with [`StoreOptions::sweep_on_open`], the default) sweeps
+    /// what an interrupted create or remove left behind (`<id>-creating`,
+    /// `<id>-removing` and their `l/` links; see [`Overlay2Store::sweep`]).
     ///
     /// Fails on bad options, or when the home cannot be created or read.
     pub fn open(home: impl AsRef<Path>, opts: StoreOptions) -> Result<Self> {
@@ -110,7 +111,9 @@ impl Overlay2Store {
             opts,
             locks,
         };
-        store.recover()?;
+        if store.opts.sweep_on_open {
+            store.sweep()?;
+        }
         Ok(store)
     }
 
@@ -296,7 +299,8 @@ impl Overlay2Store {
     /// Removes layer `id`: renames it to `<id>-removing`, deletes its `l/` link,
     /// then deletes the tree (never following symlinks).
     ///
-    /// A missing id is not an error. A layer whose `link` file is empty or bad
+    /// A missing id is not an error; what a killed create or remove of `id` left
+    /// (`<id>-creating`, `<id>-removing`) is swept either way. A layer whose `link` file is empty or bad
     /// keeps every `l/` entry: only a link that points at this layer is deleted.
     /// A mounted `merged` makes it fail with `EBUSY` (unmount first). Like
     /// Docker, it does not check for children: that is the caller's business
@@ -305,11 +309,14 @@ impl Overlay2Store {
         check_id(id)?;
         let guard = self.locks.lock(&[id])?;
         let removing = format!("{id}{REMOVING_SUFFIX}");
-        let leftover = file_type(&self.home_fd, &removing)
-            .map_err(|e| io_err("stat", self.home.join(&removing), e))?
-            .is_some();
-        if leftover {
-            self.drop_half_layer(&removing, id)?;
+        // Under the layer's lock a leftover of either kind is a dead owner's.
+        for leftover in [format!("{id}{CREATING_SUFFIX}"), removing.clone()] {
+            if file_type(&self.home_fd, &leftover)
+                .map_err(|e| io_err("stat", self.home.join(&leftover), e))?
+                .is_some()
+            {
+                self.drop_half_layer(&leftover, id)?;
+            }
         }
         if !self.layer_exists(id)? {
             return Ok(());
@@ -367,7 +374,13 @@ impl Overlay2Store {
 
     /// Sweeps the `<id>-creating` and `<id>-removing` entries whose owner is
     /// gone (the layer's lock can be taken); work in progress is left alone.
-    fn recover(&self) -> Result<()> {
+    /// Lists the whole home: [`Overlay2Store::open`] runs it unless
+    /// [`StoreOptions::sweep_on_open`] is off.
+    ///
+    /// # Errors
+    /// The home cannot be read, a lock cannot be taken, a leftover cannot be
+    /// deleted.
+    pub fn sweep(&self) -> Result<()> {
         for (name, _) in list_names(&self.home_fd).map_err(|e| io_err("read", &self.home, e))? {
             let Some(name) = utf8_name(&name) else {
                 continue;

@@ -108,8 +108,11 @@ impl Aufs {
                 reason,
             });
         }
-        let store =
-            AufsStore::open(&root, StoreOptions::default()).map_err(|e| Error::store("", e))?;
+        let store = AufsStore::open(
+            &root,
+            StoreOptions::default().with_sweep_on_open(options.sweep_on_open),
+        )
+        .map_err(|e| Error::store("", e))?;
         for dir in ["", "mnt", "diff", "layers"] {
             remap.own(&root.join(dir))?;
         }
@@ -275,6 +278,8 @@ impl Driver for Aufs {
     fn remove(&self, id: &str) -> Result<()> {
         let _guard = crate::locks::lock(self.store.locks(), &[id])?;
         if !self.store.exists(id) {
+            // What a killed create or remove of `id` left goes all the same.
+            self.store.remove(id).map_err(|e| Error::store(id, e))?;
             return Err(Error::NoSuchLayer { id: id.to_owned() });
         }
         if self.refs.is_mounted(id) {

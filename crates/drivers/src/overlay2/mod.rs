@@ -76,10 +76,9 @@ impl Overlay2 {
         }
         let store = Overlay2Store::open(
             &home,
-            StoreOptions {
-                max_depth: options.max_depth,
-                ..StoreOptions::default()
-            },
+            StoreOptions::default()
+                .with_max_depth(options.max_depth)
+                .with_sweep_on_open(options.sweep_on_open),
         )
         .map_err(|e| Error::store("", e))?;
         let quota = LayerQuota::open(NAME, &home, &features.backing, options.overlay2_size)?;
@@ -300,6 +299,8 @@ impl Driver for Overlay2 {
     fn remove(&self, id: &str) -> Result<()> {
         let _guard = crate::locks::lock(self.store.locks(), &[id])?;
         if !self.store.exists(id) {
+            // What a killed create or remove of `id` left goes all the same.
+            self.store.remove(id).map_err(|e| Error::store(id, e))?;
             return Err(Error::NoSuchLayer { id: id.to_owned() });
         }
         let merged = self.home.join(id).join("merged");

@@ -136,6 +136,32 @@ fn a_dead_writers_incomplete_layer_is_reported_then_swept() {
 }
 
 #[test]
+fn the_sweep_of_a_pending_record_takes_a_half_made_layer_with_it() {
+    let root = tempfile::tempdir().unwrap();
+    let lazy = Options::default().with_sweep_on_open(false);
+    let open_lazy = || {
+        let driver = plies_drivers::open(root.path(), DriverChoice::Vfs, &lazy).unwrap();
+        LayerDb::open(root.path(), driver, Access::Write).unwrap()
+    };
+    let leftover = {
+        let db = open_lazy();
+        db.create("keep", None, false, &none()).unwrap();
+        // A writer killed while the driver made the layer: a pending record
+        // and the driver's `-creating` directory, no layer.
+        db.write_record(&Record::new("half", None, false)).unwrap();
+        let leftover = db.driver().root().join("dir").join("half-creating");
+        std::fs::create_dir_all(leftover.join("etc")).unwrap();
+        leftover
+    };
+    // The driver's own open sweep is off: the record's sweep removes it.
+    let db = open_lazy();
+    assert_eq!(db.record("half").unwrap(), None);
+    assert!(!leftover.exists(), "{} is left", leftover.display());
+    assert!(db.layer("keep").is_ok());
+    assert!(db.fsck(false).unwrap().is_empty());
+}
+
+#[test]
 fn fsck_repairs_records_of_layers_that_are_gone() {
     let root = tempfile::tempdir().unwrap();
     let db = open(root.path(), Access::Write);

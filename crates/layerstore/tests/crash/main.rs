@@ -41,10 +41,7 @@ enum Store {
 
 impl Store {
     fn open(kind: &str, path: &Path, durable: bool) -> Result<Self, Error> {
-        let opts = StoreOptions {
-            durable,
-            ..Default::default()
-        };
+        let opts = StoreOptions::default().with_durable(durable);
         Ok(match kind {
             "overlay2" => Store::Overlay2(Overlay2Store::open(path, opts)?),
             _ => Store::Aufs(AufsStore::open(path, opts)?),

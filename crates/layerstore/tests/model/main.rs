@@ -59,10 +59,9 @@ enum Store {
 
 impl Store {
     fn open(aufs: bool, path: &Path) -> Self {
-        let opts = StoreOptions {
-            max_depth: MAX_DEPTH,
-            durable: false,
-        };
+        let opts = StoreOptions::default()
+            .with_max_depth(MAX_DEPTH)
+            .with_durable(false);
         if aufs {
             Store::Aufs(AufsStore::open(path, opts).unwrap())
         } else {

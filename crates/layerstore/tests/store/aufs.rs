@@ -124,10 +124,9 @@ fn depth_is_bounded() {
     let tmp = tempfile::tempdir().unwrap();
     let s = AufsStore::open(
         tmp.path(),
-        StoreOptions {
-            max_depth: 3,
-            durable: false,
-        },
+        StoreOptions::default()
+            .with_max_depth(3)
+            .with_durable(false),
     )
     .unwrap();
     s.create("0", None).unwrap();

@@ -201,10 +201,9 @@ fn exists_parent_missing_and_duplicates() {
 #[test]
 fn depth_is_bounded() {
     let tmp = tempfile::tempdir().unwrap();
-    let opts = StoreOptions {
-        max_depth: 128,
-        durable: false,
-    };
+    let opts = StoreOptions::default()
+        .with_max_depth(128)
+        .with_durable(false);
     let s = Overlay2Store::open(tmp.path(), opts).unwrap();
     s.create("0", None).unwrap();
     for i in 1..=128 {
@@ -225,10 +224,9 @@ fn depth_is_bounded() {
     // The fsconfig mode goes deeper.
     let deep = Overlay2Store::open(
         tmp.path(),
-        StoreOptions {
-            max_depth: 500,
-            durable: false,
-        },
+        StoreOptions::default()
+            .with_max_depth(500)
+            .with_durable(false),
     )
     .unwrap();
     deep.create("129", Some("128")).unwrap();
@@ -236,10 +234,9 @@ fn depth_is_bounded() {
     assert!(matches!(
         Overlay2Store::open(
             tmp.path(),
-            StoreOptions {
-                max_depth: 501,
-                durable: false
-            }
+            StoreOptions::default()
+                .with_max_depth(501)
+                .with_durable(false)
         ),
         Err(Error::InvalidOptions { .. })
     ));
@@ -283,6 +280,43 @@ fn open_sweeps_interrupted_work() {
 }
 
 #[test]
+fn without_the_open_sweep_leftovers_go_with_their_id_or_a_sweep() {
+    let (tmp, s) = store();
+    for id in ["a", "b", "c"] {
+        s.create(id, None).unwrap();
+    }
+    let home = s.home().to_path_buf();
+    let links: Vec<LinkId> = ["a", "b", "c"]
+        .iter()
+        .map(|id| s.link_id(id).unwrap())
+        .collect();
+    drop(s);
+    std::fs::rename(home.join("a"), home.join("a-creating")).unwrap();
+    std::fs::rename(home.join("b"), home.join("b-removing")).unwrap();
+    std::fs::rename(home.join("c"), home.join("c-creating")).unwrap();
+    let lazy = StoreOptions::default().with_sweep_on_open(false);
+    let s = Overlay2Store::open(&home, lazy).unwrap();
+    // Opened without touching them; no layer is visible.
+    assert_eq!(
+        names(&home),
+        ["a-creating", "b-removing", "c-creating", "l"]
+    );
+    assert_eq!(s.list().unwrap(), Vec::<String>::new());
+    // A remove of a missing id sweeps what a killed create or remove left.
+    s.remove("a").unwrap();
+    s.remove("b").unwrap();
+    assert_eq!(names(&home), ["c-creating", "l"]);
+    assert!(!home.join("l").join(links[0].as_str()).exists());
+    assert!(!home.join("l").join(links[1].as_str()).exists());
+    // So does the sweep, and fsck finds nothing left.
+    s.sweep().unwrap();
+    assert_eq!(names(&home), ["l"]);
+    assert!(!home.join("l").join(links[2].as_str()).exists());
+    assert!(s.fsck(false).unwrap().is_clean());
+    drop(tmp);
+}
+
+#[test]
 fn link_ids_are_base32_and_unique() {
     let mut seen = std::collections::HashSet::new();
     for _ in 0..1000 {
@@ -296,14 +330,7 @@ fn link_ids_are_base32_and_unique() {
 fn parallel_creates_and_removes() {
     let tmp = tempfile::tempdir().unwrap();
     let s = Arc::new(
-        Overlay2Store::open(
-            tmp.path(),
-            StoreOptions {
-                durable: false,
-                ..Default::default()
-            },
-        )
-        .unwrap(),
+        Overlay2Store::open(tmp.path(), StoreOptions::default().with_durable(false)).unwrap(),
     );
     s.create("root", None).unwrap();
     let threads: Vec<_> = (0..8)
