@@ -444,6 +444,52 @@ fn containerd_runs_a_container_on_plies_snapshots() {
     let refused = rig.ctr(&["snapshots", "--snapshotter", "plies", "rm", top]);
     assert!(!refused.status.success(), "a parent was removed");
 
+    // Both restarted with their state kept: containerd and plies show the same
+    // snapshots, and a second container runs on the image as the first did.
+    let mut before = snapshot_rows(&rig);
+    before.sort();
+    let mut containerd = rig.containerd.take().unwrap();
+    assert!(
+        Rig::stop(&mut containerd, Duration::from_secs(20)),
+        "containerd did not stop"
+    );
+    let mut plies = rig.plies.take().unwrap();
+    assert!(
+        Rig::stop(&mut plies, Duration::from_secs(20)),
+        "plies did not stop:\n{}",
+        rig.log("plies.log")
+    );
+    rig.start_plies();
+    rig.start_containerd();
+    let mut after = snapshot_rows(&rig);
+    after.sort();
+    assert_eq!(after, before, "snapshots after the restart");
+    let info = rig.ctr_ok(&["snapshots", "--snapshotter", "plies", "info", "c1"]);
+    assert!(info.contains("\"Kind\": \"Active\""), "{info}");
+    let run = rig.ctr_ok(&[
+        "run",
+        "--rm",
+        "--snapshotter",
+        "plies",
+        "docker.io/test/image:1",
+        "c2",
+        "/bin/sh",
+        "-c",
+        LIST_SCRIPT,
+    ]);
+    let lines: Vec<&str> = run.lines().collect();
+    let listing: Vec<String> = lines
+        .iter()
+        .filter(|l| l.starts_with("D ") || l.starts_with("F ") || l.starts_with("L "))
+        .map(|l| l.to_string())
+        .collect();
+    assert_eq!(listing, want, "the second container's tree\n{run}");
+    assert_eq!(
+        lines[listing.len()..],
+        ["HARDLINKED", "DELETED", "written"],
+        "{run}"
+    );
+
     // Everything removed: containerd's GC removes the snapshots through plies.
     rig.ctr_ok(&["containers", "rm", "c1"]);
     rig.ctr_ok(&["images", "rm", "--sync", "docker.io/test/image:1"]);
