@@ -78,6 +78,20 @@ pub enum Error {
         #[source]
         source: Box<plies_drivers::Error>,
     },
+    /// A file of Docker's databases that is not as Docker writes it.
+    #[error("{path}: {reason}")]
+    BadDockerFile {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// No image of Docker's image store has this id, id prefix or name.
+    #[error("image {name}: no such image")]
+    NoSuchImage {
+        /// The name as given.
+        name: String,
+    },
     /// A system call on a database path failed.
     #[error("{op} {path}")]
     Io {

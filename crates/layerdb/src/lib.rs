@@ -2,6 +2,7 @@
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 mod check;
+pub mod docker;
 mod error;
 mod lock;
 mod record;
