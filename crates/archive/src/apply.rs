@@ -8,34 +8,17 @@ use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
 
-use plies_whiteout::{NameKind, XattrNamespace};
+use plies_whiteout::NameKind;
 use rustix::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use rustix::fs::{AtFlags, FileType, Mode, OFlags, Timespec, Timestamps};
 use rustix::io::Errno;
 
+use crate::dir::{self, open_root, remove_any, reopen_root};
 use crate::error::{EntryError, Error};
+use crate::format::WhiteoutFormat;
 use crate::idmap::{self, IdMap};
 use crate::resolve::{self, Root};
 use crate::stream::{self, Entry, FileInput, Input, MAX_SPARSE_SIZE, NextError, Reader, Stream};
-
-/// How whiteouts are written into the target directory.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum WhiteoutFormat {
-    /// overlayfs: `.wh.<name>` becomes a 0/0 character device `<name>`, and
-    /// `.wh..wh..opq` sets the opaque xattr (in the given namespace) on its directory.
-    Overlay(XattrNamespace),
-    /// aufs: `.wh.` entries are kept as the files the tar holds.
-    Aufs,
-    /// A mounted union or a full tree: `.wh.<name>` deletes `<name>`, and
-    /// `.wh..wh..opq` empties its directory of everything this tar did not add.
-    Merged,
-}
-
-impl Default for WhiteoutFormat {
-    fn default() -> Self {
-        WhiteoutFormat::Overlay(XattrNamespace::Trusted)
-    }
-}
 
 /// Options of [`apply`].
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -152,32 +135,6 @@ pub fn apply_at<R: Read>(
 pub fn apply_file(file: &File, root: &Path, opts: &ApplyOptions) -> Result<ApplyStats, Error> {
     let fd = open_root(root)?;
     run(Stream::new(FileInput(file)), fd, opts)
-}
-
-/// Opens the root directory of an apply or an export.
-pub(crate) fn open_root(root: &Path) -> Result<OwnedFd, Error> {
-    rustix::fs::open(
-        root,
-        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
-        Mode::empty(),
-    )
-    .map_err(|e| Error::Root {
-        path: root.to_path_buf(),
-        source: e.into(),
-    })
-}
-
-fn reopen_root(root: BorrowedFd<'_>) -> Result<OwnedFd, Error> {
-    rustix::fs::openat(
-        root,
-        ".",
-        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
-        Mode::empty(),
-    )
-    .map_err(|e| Error::Root {
-        path: PathBuf::from("."),
-        source: e.into(),
-    })
 }
 
 fn run<I: Input>(
@@ -1362,47 +1319,9 @@ fn pax_time(value: &[u8]) -> Result<Timespec, EntryError> {
     })
 }
 
-/// Removes `name` in `parent` whatever it is; missing is fine.
-pub(crate) fn remove_any(parent: BorrowedFd<'_>, name: &OsStr) -> io::Result<()> {
-    match rustix::fs::unlinkat(parent, name, AtFlags::empty()) {
-        Ok(()) | Err(Errno::NOENT) => Ok(()),
-        Err(Errno::ISDIR) | Err(Errno::PERM) => {
-            let st = rustix::fs::statat(parent, name, AtFlags::SYMLINK_NOFOLLOW)?;
-            if FileType::from_raw_mode(st.st_mode) != FileType::Directory {
-                return Err(Errno::PERM.into());
-            }
-            let dir = rustix::fs::openat(
-                parent,
-                name,
-                OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-                Mode::empty(),
-            )?;
-            for child in list_dir(&dir)? {
-                remove_any(dir.as_fd(), &child)?;
-            }
-            rustix::fs::unlinkat(parent, name, AtFlags::REMOVEDIR)?;
-            Ok(())
-        }
-        Err(e) => Err(e.into()),
-    }
-}
-
-/// The names in a directory, without `.` and `..`.
-pub(crate) fn list_dir(dir: &OwnedFd) -> io::Result<Vec<OsString>> {
-    let mut names = Vec::new();
-    for ent in rustix::fs::Dir::read_from(dir)? {
-        let ent = ent?;
-        let name = ent.file_name().to_bytes();
-        if name != b"." && name != b".." {
-            names.push(OsString::from_vec(name.to_vec()));
-        }
-    }
-    Ok(names)
-}
-
 /// Removes everything below `dir` whose path (joined to `prefix`) this tar did not add.
 fn empty_except(dir: &OwnedFd, prefix: &mut Vec<u8>, keep: &HashSet<Vec<u8>>) -> io::Result<()> {
-    for child in list_dir(dir)? {
+    for child in dir::list(dir)? {
         let len = prefix.len();
         if !prefix.is_empty() {
             prefix.push(b'/');

@@ -14,8 +14,9 @@ use rustix::fd::{AsFd, BorrowedFd, OwnedFd};
 use rustix::fs::{AtFlags, FileType, Mode, OFlags, SeekFrom, Stat};
 use rustix::io::Errno;
 
-use crate::apply::{WhiteoutFormat, list_dir, open_root};
+use crate::dir::{self, open_root, reopen_root};
 use crate::error::Error;
+use crate::format::WhiteoutFormat;
 use crate::idmap::{self, IdMap};
 use crate::xattrs::{XattrSource, proc_path};
 
@@ -138,17 +139,7 @@ pub fn export(root: &Path, opts: &ExportOptions) -> Result<Export, Error> {
 /// # Errors
 /// As [`export`].
 pub fn export_at(root: BorrowedFd<'_>, opts: &ExportOptions) -> Result<Export, Error> {
-    let fd = rustix::fs::openat(
-        root,
-        ".",
-        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
-        Mode::empty(),
-    )
-    .map_err(|e| Error::Root {
-        path: PathBuf::from("."),
-        source: e.into(),
-    })?;
-    export_fd(fd, opts, Path::new("."))
+    export_fd(reopen_root(root)?, opts, Path::new("."))
 }
 
 fn export_fd(fd: OwnedFd, opts: &ExportOptions, shown: &Path) -> Result<Export, Error> {
@@ -191,7 +182,7 @@ impl Export {
     /// Lists a directory (already emitted) and pushes it on the walk; emits
     /// its opaque marker first if it has one.
     fn enter_dir(&mut self, fd: OwnedFd, path: Vec<u8>, st: &Stat) -> Result<(), Error> {
-        let mut names = list_dir(&fd).map_err(|e| Error::Export {
+        let mut names = dir::list(&fd).map_err(|e| Error::Export {
             path: PathBuf::from(OsStr::from_bytes(&path)),
             op: "list directory",
             source: e,
