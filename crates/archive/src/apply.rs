@@ -17,8 +17,9 @@ use crate::dir::{self, open_root, remove_any, reopen_root};
 use crate::error::{EntryError, Error};
 use crate::format::WhiteoutFormat;
 use crate::idmap::{self, IdMap};
+use crate::pax;
 use crate::resolve::{self, Root};
-use crate::stream::{self, Entry, FileInput, Input, MAX_SPARSE_SIZE, NextError, Reader, Stream};
+use crate::stream::{Entry, FileInput, Input, NextError, Reader, Stream};
 
 /// Options of [`apply`].
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -188,71 +189,8 @@ struct Meta {
     gid: u32,
     times: Timestamps,
     xattrs: Vec<(OsString, Vec<u8>)>,
-    /// PAX (GNU 1.0) sparse file description.
-    sparse: Option<PaxSparse>,
-}
-
-/// A PAX sparse file. In GNU format 1.0 the data starts with the map of its
-/// chunks; in 0.1 the map is the record `GNU.sparse.map`, and in 0.0 it is
-/// repeated `GNU.sparse.offset` / `GNU.sparse.numbytes` records; in both the
-/// data is the chunks alone.
-#[derive(Default)]
-struct PaxSparse {
-    major: Option<u64>,
-    minor: Option<u64>,
-    name: Option<Vec<u8>>,
-    realsize: u64,
-    /// `GNU.sparse.numblocks`: how many chunks the 0.x map has.
-    numblocks: Option<u64>,
-    /// The 0.x map, `(offset, length)` pairs in order.
-    map: Option<Vec<(u64, u64)>>,
-    /// A 0.0 `GNU.sparse.offset` waiting for its `GNU.sparse.numbytes`.
-    pending_offset: Option<u64>,
-}
-
-impl PaxSparse {
-    /// Checks the description once all records are read: format 1.0 or a
-    /// 0.x map that fits the file and the stored data (`stored` bytes).
-    fn check(&self, stored: u64) -> Result<(), EntryError> {
-        if self.realsize > MAX_SPARSE_SIZE {
-            return Err(EntryError::TooLarge(self.realsize));
-        }
-        let bad = |what: &str| Err(EntryError::Pax(format!("GNU sparse map: {what}")));
-        let Some(map) = &self.map else {
-            if (self.major, self.minor) != (Some(1), Some(0)) {
-                return Err(EntryError::Pax(format!(
-                    "GNU sparse format {:?}.{:?} without a map",
-                    self.major, self.minor
-                )));
-            }
-            return Ok(());
-        };
-        if !matches!(
-            (self.major, self.minor),
-            (None | Some(0), None | Some(0 | 1))
-        ) {
-            return bad("a 0.x map in another format's entry");
-        }
-        if self.pending_offset.is_some() {
-            return bad("an offset without its length");
-        }
-        if self.numblocks.is_some_and(|n| n != map.len() as u64) {
-            return bad("numblocks does not match the map");
-        }
-        let mut end = 0u64;
-        let mut total = 0u64;
-        for &(offset, len) in map {
-            match offset.checked_add(len) {
-                Some(chunk_end) if offset >= end && chunk_end <= self.realsize => end = chunk_end,
-                _ => return bad("chunks out of order, overlapping or past the size"),
-            }
-            total += len;
-        }
-        if total != stored {
-            return bad("chunks do not add up to the stored data");
-        }
-        Ok(())
-    }
+    /// PAX (GNU) sparse file description.
+    sparse: Option<pax::Sparse>,
 }
 
 struct DirMeta {
@@ -420,7 +358,7 @@ impl<'o> Applier<'o> {
         // Every PAX record is checked before anything is made, whiteouts included.
         let meta = self.meta(entry)?;
         let path = match &meta.sparse {
-            Some(PaxSparse {
+            Some(pax::Sparse {
                 name: Some(name), ..
             }) => name.as_slice(),
             _ => entry.path.as_slice(),
@@ -618,7 +556,7 @@ impl<'o> Applier<'o> {
         fd: &OwnedFd,
         new_owner: (u32, u32),
     ) -> Result<(), EntryError> {
-        if let Some(PaxSparse {
+        if let Some(pax::Sparse {
             map: Some(chunks),
             realsize,
             ..
@@ -875,11 +813,11 @@ impl<'o> Applier<'o> {
     fn owner(&mut self, entry: &Entry) -> Result<Option<(u32, u32)>, EntryError> {
         let h = &entry.header;
         let uid = match entry.pax.get(b"uid") {
-            Some(v) => stream::pax_number(v)?,
+            Some(v) => pax::number(v)?,
             None => field(&h.as_old().uid, h.uid(), "uid")?,
         };
         let gid = match entry.pax.get(b"gid") {
-            Some(v) => stream::pax_number(v)?,
+            Some(v) => pax::number(v)?,
             None => field(&h.as_old().gid, h.gid(), "gid")?,
         };
         let uid = idmap::to_host(&self.opts.uid_map, uid, "uid").map_err(unmapped)?;
@@ -921,86 +859,14 @@ impl<'o> Applier<'o> {
                 }
             }
         }
-        let mut xattrs = Vec::new();
-        let mut sparse: Option<PaxSparse> = None;
-        for (key, value) in entry.pax.iter() {
-            match key {
-                b"mtime" => mtime = pax_time(value)?,
-                b"GNU.sparse.major" | b"GNU.sparse.minor" => {
-                    let v = stream::pax_number(value)?;
-                    let sp = sparse.get_or_insert_with(PaxSparse::default);
-                    if key == b"GNU.sparse.major" {
-                        sp.major = Some(v);
-                    } else {
-                        sp.minor = Some(v);
-                    }
-                }
-                b"GNU.sparse.name" => {
-                    sparse.get_or_insert_with(PaxSparse::default).name = Some(value.to_vec());
-                }
-                b"GNU.sparse.realsize" | b"GNU.sparse.size" => {
-                    sparse.get_or_insert_with(PaxSparse::default).realsize =
-                        stream::pax_number(value)?;
-                }
-                b"GNU.sparse.numblocks" => {
-                    sparse.get_or_insert_with(PaxSparse::default).numblocks =
-                        Some(stream::pax_number(value)?);
-                }
-                b"GNU.sparse.map" => {
-                    let numbers = if value.is_empty() {
-                        Vec::new()
-                    } else {
-                        value
-                            .split(|b| *b == b',')
-                            .map(stream::pax_number)
-                            .collect::<Result<Vec<u64>, _>>()?
-                    };
-                    if numbers.len() % 2 != 0 {
-                        return Err(EntryError::Pax("GNU sparse map: an odd count".into()));
-                    }
-                    sparse.get_or_insert_with(PaxSparse::default).map =
-                        Some(numbers.chunks(2).map(|p| (p[0], p[1])).collect());
-                }
-                b"GNU.sparse.offset" => {
-                    let sp = sparse.get_or_insert_with(PaxSparse::default);
-                    if sp
-                        .pending_offset
-                        .replace(stream::pax_number(value)?)
-                        .is_some()
-                    {
-                        return Err(EntryError::Pax(
-                            "GNU sparse map: an offset without its length".into(),
-                        ));
-                    }
-                }
-                b"GNU.sparse.numbytes" => {
-                    let sp = sparse.get_or_insert_with(PaxSparse::default);
-                    let offset = sp.pending_offset.take().ok_or_else(|| {
-                        EntryError::Pax("GNU sparse map: a length without its offset".into())
-                    })?;
-                    let len = stream::pax_number(value)?;
-                    sp.map.get_or_insert_with(Vec::new).push((offset, len));
-                }
-                b"atime" => atime = Some(pax_time(value)?),
-                _ => {
-                    if let Some(name) = key.strip_prefix(b"SCHILY.xattr.") {
-                        if name.starts_with(b"trusted.overlay.")
-                            || name.starts_with(b"user.overlay.")
-                        {
-                            return Err(EntryError::OverlayXattr(
-                                String::from_utf8_lossy(name).into_owned(),
-                            ));
-                        }
-                        if name.is_empty() || name.contains(&0) {
-                            return Err(EntryError::Pax("xattr name".into()));
-                        }
-                        // A later record of the same name replaces an earlier one.
-                        xattrs.retain(|(n, _): &(OsString, Vec<u8>)| n.as_bytes() != name);
-                        xattrs.push((OsStr::from_bytes(name).to_os_string(), value.to_vec()));
-                    }
-                }
-            }
+        let records = pax::NodeRecords::read(&entry.pax)?;
+        if let Some(t) = records.mtime {
+            mtime = t;
         }
+        if let Some(t) = records.atime {
+            atime = Some(t);
+        }
+        let (xattrs, sparse) = (records.xattrs, records.sparse);
         if let Some(sp) = &sparse {
             sp.check(entry.size)?;
         }
@@ -1278,47 +1144,6 @@ impl Drop for Applier<'_> {
     }
 }
 
-/// Parses a PAX time: `[-]seconds[.fraction]`.
-fn pax_time(value: &[u8]) -> Result<Timespec, EntryError> {
-    let bad = || EntryError::Pax(format!("time {:?}", String::from_utf8_lossy(value)));
-    let (neg, rest) = match value.strip_prefix(b"-") {
-        Some(r) => (true, r),
-        None => (false, value),
-    };
-    let (int, frac) = match rest.iter().position(|b| *b == b'.') {
-        Some(i) => (&rest[..i], &rest[i + 1..]),
-        None => (rest, &b""[..]),
-    };
-    if int.is_empty() || !int.iter().all(u8::is_ascii_digit) || !frac.iter().all(u8::is_ascii_digit)
-    {
-        return Err(bad());
-    }
-    let secs: i64 = std::str::from_utf8(int)
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .ok_or_else(bad)?;
-    let mut nsec: i64 = 0;
-    for i in 0..9 {
-        nsec = nsec * 10 + frac.get(i).map_or(0, |d| i64::from(d - b'0'));
-    }
-    Ok(if !neg {
-        Timespec {
-            tv_sec: secs,
-            tv_nsec: nsec as _,
-        }
-    } else if nsec == 0 {
-        Timespec {
-            tv_sec: -secs,
-            tv_nsec: 0,
-        }
-    } else {
-        Timespec {
-            tv_sec: -secs - 1,
-            tv_nsec: (1_000_000_000 - nsec) as _,
-        }
-    })
-}
-
 /// Removes everything below `dir` whose path (joined to `prefix`) this tar did not add.
 fn empty_except(dir: &OwnedFd, prefix: &mut Vec<u8>, keep: &HashSet<Vec<u8>>) -> io::Result<()> {
     for child in dir::list(dir)? {
@@ -1342,31 +1167,4 @@ fn empty_except(dir: &OwnedFd, prefix: &mut Vec<u8>, keep: &HashSet<Vec<u8>>) ->
         prefix.truncate(len);
     }
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn pax_times() {
-        let t = pax_time(b"1700000000.5").unwrap();
-        assert_eq!((t.tv_sec, t.tv_nsec), (1_700_000_000, 500_000_000));
-        let t = pax_time(b"12").unwrap();
-        assert_eq!((t.tv_sec, t.tv_nsec), (12, 0));
-        let t = pax_time(b"-1.25").unwrap();
-        assert_eq!((t.tv_sec, t.tv_nsec), (-2, 750_000_000));
-        let t = pax_time(b"1.1234567891").unwrap();
-        assert_eq!(t.tv_nsec, 123_456_789);
-        for bad in [
-            &b""[..],
-            b"x",
-            b"1.2.3",
-            b"-",
-            b".5",
-            b"99999999999999999999999",
-        ] {
-            assert!(pax_time(bad).is_err(), "{bad:?}");
-        }
-    }
 }

@@ -18,6 +18,7 @@ use crate::dir::{self, open_root, reopen_root};
 use crate::error::Error;
 use crate::format::WhiteoutFormat;
 use crate::idmap::{self, IdMap};
+use crate::pax;
 use crate::xattrs::{XattrSource, proc_path};
 
 /// Options of [`export`].
@@ -559,62 +560,46 @@ impl Export {
             )
         };
         let (secs, nsec) = (st.st_mtime, st.st_mtime_nsec as i64);
-        let mut pax = Vec::new();
+        let mut records = Vec::new();
         if let Some(sparse) = sparse {
-            // In the order GNU tar writes them.
-            pax_record(&mut pax, b"GNU.sparse.major", b"1");
-            pax_record(&mut pax, b"GNU.sparse.minor", b"0");
-            pax_record(&mut pax, b"GNU.sparse.name", sparse.path);
-            let realsize = sparse.realsize.to_string();
-            pax_record(&mut pax, b"GNU.sparse.realsize", realsize.as_bytes());
+            pax::sparse_records(&mut records, sparse.path, sparse.realsize);
         }
         if name.len() > 100 {
-            pax_record(&mut pax, b"path", name);
+            pax::record(&mut records, b"path", name);
         }
         if let Some(link) = link {
             if link.len() > 100 {
-                pax_record(&mut pax, b"linkpath", link);
+                pax::record(&mut records, b"linkpath", link);
             }
         }
         if nsec != 0 || secs < 0 || secs as u64 > OCTAL_12 {
-            let value = if nsec == 0 {
-                secs.to_string()
-            } else if secs >= 0 {
-                format!("{secs}.{nsec:09}")
-            } else {
-                // -1.25 s is written as secs -2, nsec 750000000.
-                let total = -(secs as i128 * 1_000_000_000 + nsec as i128);
-                format!("-{}.{:09}", total / 1_000_000_000, total % 1_000_000_000)
-            };
-            pax_record(&mut pax, b"mtime", value.as_bytes());
+            pax::record(&mut records, b"mtime", pax::time(secs, nsec).as_bytes());
         }
         if uid > OCTAL_8 {
-            pax_record(&mut pax, b"uid", uid.to_string().as_bytes());
+            pax::record(&mut records, b"uid", uid.to_string().as_bytes());
         }
         if gid > OCTAL_8 {
-            pax_record(&mut pax, b"gid", gid.to_string().as_bytes());
+            pax::record(&mut records, b"gid", gid.to_string().as_bytes());
         }
         if size > OCTAL_12 {
-            pax_record(&mut pax, b"size", size.to_string().as_bytes());
+            pax::record(&mut records, b"size", size.to_string().as_bytes());
         }
         for (key, value) in xattrs {
-            let mut k = b"SCHILY.xattr.".to_vec();
-            k.extend_from_slice(key);
-            pax_record(&mut pax, &k, value);
+            pax::xattr_record(&mut records, key, value);
         }
-        if !pax.is_empty() {
+        if !records.is_empty() {
             let mut h = tar::Header::new_ustar();
             set_bytes(&mut h.as_old_mut().name, b"././@PaxHeader");
             h.set_mode(0o644);
             h.set_uid(0);
             h.set_gid(0);
             h.set_mtime(0);
-            h.set_size(pax.len() as u64);
+            h.set_size(records.len() as u64);
             h.set_entry_type(tar::EntryType::XHeader);
             h.set_cksum();
             self.out.extend_from_slice(h.as_bytes());
-            let pad = (BLOCK - pax.len() % BLOCK) % BLOCK;
-            self.out.extend_from_slice(&pax);
+            let pad = (BLOCK - records.len() % BLOCK) % BLOCK;
+            self.out.extend_from_slice(&records);
             self.out.resize(self.out.len() + pad, 0);
         }
         let mut h = tar::Header::new_ustar();
@@ -702,21 +687,6 @@ fn open_file(
 fn set_bytes(field: &mut [u8], value: &[u8]) {
     let n = value.len().min(field.len());
     field[..n].copy_from_slice(&value[..n]);
-}
-
-/// Appends one PAX record `"<len> <key>=<value>\n"`, `len` counting itself.
-fn pax_record(out: &mut Vec<u8>, key: &[u8], value: &[u8]) {
-    let rest = key.len() + value.len() + 3;
-    let mut len = rest + 1;
-    while len.to_string().len() + rest != len {
-        len += 1;
-    }
-    out.extend_from_slice(len.to_string().as_bytes());
-    out.push(b' ');
-    out.extend_from_slice(key);
-    out.push(b'=');
-    out.extend_from_slice(value);
-    out.push(b'\n');
 }
 
 impl Read for Export {
@@ -936,21 +906,5 @@ impl Export {
                 Err(e) => return Err(self.fail(e)),
             }
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn pax_record_lengths_count_themselves() {
-        let mut out = Vec::new();
-        pax_record(&mut out, b"path", b"abc");
-        assert_eq!(out, b"12 path=abc\n");
-        let mut out = Vec::new();
-        pax_record(&mut out, b"k", &[b'v'; 95]);
-        assert_eq!(&out[..4], b"102 ");
-        assert_eq!(out.len(), 102);
     }
 }

@@ -7,6 +7,7 @@ mod error;
 mod export;
 mod format;
 mod idmap;
+pub mod pax;
 mod resolve;
 pub mod size;
 mod stream;
