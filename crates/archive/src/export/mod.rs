@@ -108,7 +108,7 @@ const BLOCK: usize = 512;
 /// searched for holes (`lseek` `SEEK_DATA`/`SEEK_HOLE`) and, where they save
 /// space, written as a GNU PAX 1.0 sparse entry holding only its data, as
 /// GNU tar writes it and GNU tar, Go's `archive/tar` and
-/// [`apply`](crate::apply) read it. Every other file, and any file on a
+/// [`apply`](fn@crate::apply) read it. Every other file, and any file on a
 /// filesystem that cannot tell its holes, is written whole.
 ///
 /// # Errors
