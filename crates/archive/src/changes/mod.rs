@@ -89,13 +89,14 @@ impl fmt::Display for Change {
 #[derive(Debug, thiserror::Error)]
 pub enum ChangesError {
     /// A system call failed on a path of one of the trees.
-    #[error("{op} {path:?}: {source}")]
+    #[error("{op} {path:?}")]
     Io {
         /// The operation, such as `fstatat` or `getdents`.
         op: &'static str,
         /// The full path it failed on.
         path: PathBuf,
         /// The underlying error.
+        #[source]
         source: std::io::Error,
     },
     /// A directory of the upper layer was renamed (it has an overlay `redirect`
