@@ -11,7 +11,7 @@ use std::path::Path;
 
 use arbitrary::{Arbitrary, Unstructured};
 use libfuzzer_sys::fuzz_target;
-use plies_archive::{ApplyOptions, WhiteoutFormat, XattrNamespace, apply};
+use plies_archive::{ApplyOptions, WhiteoutFormat, XattrNamespace, apply, pax};
 
 fn listing(dir: &Path) -> Vec<(String, u64)> {
     let mut out: Vec<(String, u64)> = std::fs::read_dir(dir)
@@ -156,20 +156,6 @@ fn push_entry(out: &mut Vec<u8>, h: [u8; 512], data: &[u8]) {
     out.resize(out.len() + (512 - data.len() % 512) % 512, 0);
 }
 
-fn pax_record(out: &mut Vec<u8>, key: &[u8], value: &[u8]) {
-    let rest = key.len() + value.len() + 3;
-    let mut len = rest + 1;
-    while len.to_string().len() + rest != len {
-        len += 1;
-    }
-    out.extend_from_slice(len.to_string().as_bytes());
-    out.push(b' ');
-    out.extend_from_slice(key);
-    out.push(b'=');
-    out.extend_from_slice(value);
-    out.push(b'\n');
-}
-
 /// Writes the members as a tar (with an end marker).
 fn build(members: &[Member]) -> Vec<u8> {
     let mut out = Vec::new();
@@ -179,7 +165,7 @@ fn build(members: &[Member]) -> Vec<u8> {
         if !m.pax.is_empty() {
             let mut body = Vec::new();
             for (k, v) in m.pax.iter().take(6) {
-                pax_record(&mut body, &k.bytes(), v);
+                pax::record(&mut body, &k.bytes(), v);
             }
             push_entry(
                 &mut out,

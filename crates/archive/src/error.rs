@@ -29,7 +29,7 @@ pub enum Error {
         source: io::Error,
     },
     /// One entry could not be applied; nothing outside the root was touched.
-    #[error("tar entry {}: {reason}", entry.display())]
+    #[error("tar entry {}", entry.display())]
     Entry {
         /// The entry's name as written in the archive.
         entry: PathBuf,

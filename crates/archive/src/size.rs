@@ -17,13 +17,14 @@ use crate::changes::{Change, ChangeKind};
 #[derive(Debug, thiserror::Error)]
 pub enum SizeError {
     /// A system call failed on a path.
-    #[error("{op} {path:?}: {source}")]
+    #[error("{op} {path:?}")]
     Io {
         /// The operation, such as `fstatat` or `getdents`.
         op: &'static str,
         /// The full path it failed on.
         path: PathBuf,
         /// The underlying error.
+        #[source]
         source: std::io::Error,
     },
 }

@@ -204,6 +204,29 @@ fn missing_root_is_an_error_naming_it() {
     }
 }
 
+/// The message says what failed and where; the cause is the error's source,
+/// not repeated in the message.
+#[test]
+fn io_error_messages_leave_the_cause_to_source() {
+    let tmp = tempfile::tempdir().unwrap();
+    let missing = tmp.path().join("missing");
+    let errors: [Box<dyn std::error::Error>; 2] = [
+        Box::new(between(tmp.path(), &missing).unwrap_err()),
+        Box::new(dir_size(&missing).unwrap_err()),
+    ];
+    for err in errors {
+        let message = err.to_string();
+        assert!(
+            message.starts_with(&format!("open \"{}", missing.display())),
+            "{message}"
+        );
+        let cause = err.source().expect("the kernel's error as source");
+        let io = cause.downcast_ref::<std::io::Error>().unwrap();
+        assert_eq!(io.kind(), std::io::ErrorKind::NotFound);
+        assert!(!message.contains(&io.to_string()), "{message}");
+    }
+}
+
 /// An upper and two lowers written by hand in the overlay format.
 #[test]
 fn from_upper_reads_lower_whiteouts_and_opaque_dirs() {

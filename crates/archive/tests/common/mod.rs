@@ -94,14 +94,7 @@ impl RawTar {
     pub fn pax(&mut self, records: &[(&str, &[u8])]) -> &mut Self {
         let mut body = Vec::new();
         for (k, v) in records {
-            let rest = k.len() + v.len() + 3;
-            let mut len = rest + 1;
-            while len.to_string().len() + rest != len {
-                len += 1;
-            }
-            body.extend_from_slice(format!("{len} {k}=").as_bytes());
-            body.extend_from_slice(v);
-            body.push(b'\n');
+            plies_archive::pax::record(&mut body, k.as_bytes(), v);
         }
         let h = header(&Raw::new(b"././@PaxHeader", b'x').data(&body));
         self.header(&h);

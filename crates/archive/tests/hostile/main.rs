@@ -97,6 +97,17 @@ fn dotdot_name() {
     ));
 }
 
+/// The message names the entry; why it was refused is the error's source.
+#[test]
+fn entry_error_message_leaves_the_reason_to_source() {
+    let s = Sandbox::new();
+    let tar = RawTar::new().file("../canary/secret", b"pwned").finish();
+    let err = s.apply(&tar).unwrap_err();
+    assert_eq!(err.to_string(), "tar entry ../canary/secret");
+    let reason = std::error::Error::source(&err).expect("the reason as source");
+    assert_eq!(reason.to_string(), EntryError::DotDot.to_string());
+}
+
 #[test]
 fn dotdot_inside_name() {
     let s = Sandbox::new();

@@ -2,18 +2,21 @@
 //! sparse maps folded into the entry they describe, data handed straight from
 //! the input buffer (or copied in the kernel when the input is a file).
 //!
-//! `tar` parses the fields of each 512-byte header; the stream structure, and
-//! PAX records in particular, are read here. PAX records are split by their
-//! length, so a value may hold any byte, a newline included.
+//! `tar` parses the fields of each 512-byte header; the stream structure is
+//! read here, and the PAX records that describe the entry's name, link and size
+//! (split by [`crate::pax`]).
+
+mod gnu_sparse;
 
 use std::fs::File;
 use std::io::{self, Read};
-use std::ops::Range;
 
 use rustix::fd::{AsFd, BorrowedFd};
 use rustix::io::Errno;
 
+use self::gnu_sparse::SparseMap;
 use crate::error::EntryError;
+use crate::pax::{self, Records};
 
 const BLOCK: usize = 512;
 
@@ -99,85 +102,9 @@ pub(crate) struct Entry {
     /// Bytes of data following the header in the archive.
     pub(crate) size: u64,
     /// Its PAX records (a later record of the same key wins, as in Go and GNU tar).
-    pub(crate) pax: Pax,
+    pub(crate) pax: Records,
     /// The chunk map of an old GNU sparse entry (type `S`).
     pub(crate) sparse: Option<SparseMap>,
-}
-
-/// Where the data of a sparse file lies in it.
-pub(crate) struct SparseMap {
-    /// The file's apparent size.
-    pub(crate) real_size: u64,
-    /// `(offset, length)` of each stored chunk, in order, not overlapping.
-    pub(crate) chunks: Vec<(u64, u64)>,
-}
-
-/// The records of a PAX extended header.
-#[derive(Default)]
-pub(crate) struct Pax {
-    data: Vec<u8>,
-    records: Vec<(Range<usize>, Range<usize>)>,
-}
-
-impl Pax {
-    /// Splits `data` into records `"<len> <key>=<value>\n"`, where `len`
-    /// counts the whole record, itself included.
-    pub(crate) fn parse(data: Vec<u8>) -> Result<Pax, EntryError> {
-        let mut records = Vec::new();
-        let mut at = 0;
-        while at < data.len() {
-            let rest = &data[at..];
-            let digits = rest.iter().take_while(|b| b.is_ascii_digit()).count();
-            if digits == 0 || digits > 19 || rest.get(digits) != Some(&b' ') || rest[0] == b'0' {
-                return Err(EntryError::Pax(format!("record length at byte {at}")));
-            }
-            let len: usize = std::str::from_utf8(&rest[..digits])
-                .ok()
-                .and_then(|s| s.parse().ok())
-                .filter(|len| *len > digits + 1 && *len <= rest.len())
-                .ok_or_else(|| EntryError::Pax(format!("record length at byte {at}")))?;
-            let record = &rest[digits + 1..len];
-            if record.last() != Some(&b'\n') {
-                return Err(EntryError::Pax(format!(
-                    "record at byte {at} does not end with a newline"
-                )));
-            }
-            let eq = record
-                .iter()
-                .position(|b| *b == b'=')
-                .filter(|eq| *eq > 0)
-                .ok_or_else(|| EntryError::Pax(format!("record at byte {at} has no key")))?;
-            let key = at + digits + 1..at + digits + 1 + eq;
-            let value = key.end + 1..at + len - 1;
-            records.push((key, value));
-            at += len;
-        }
-        Ok(Pax { data, records })
-    }
-
-    /// Every record, in order.
-    pub(crate) fn iter(&self) -> impl Iterator<Item = (&[u8], &[u8])> {
-        self.records
-            .iter()
-            .map(|(k, v)| (&self.data[k.clone()], &self.data[v.clone()]))
-    }
-
-    /// The last value given for `key`.
-    pub(crate) fn get(&self, key: &[u8]) -> Option<&[u8]> {
-        self.iter()
-            .filter(|(k, _)| *k == key)
-            .map(|(_, v)| v)
-            .last()
-    }
-}
-
-/// Parses a PAX decimal number.
-pub(crate) fn pax_number(value: &[u8]) -> Result<u64, EntryError> {
-    std::str::from_utf8(value)
-        .ok()
-        .filter(|v| !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()))
-        .and_then(|v| v.parse().ok())
-        .ok_or_else(|| EntryError::Pax(format!("number {:?}", String::from_utf8_lossy(value))))
 }
 
 /// A string field of a header or a GNU long name: up to the first NUL.
@@ -400,8 +327,10 @@ impl<I: Input> Stream<I> {
                 None => header.path_bytes().into_owned(),
             };
             let pax = match pax_data.take() {
-                Some(data) => Pax::parse(data).map_err(|e| NextError::Entry(path.clone(), e))?,
-                None => Pax::default(),
+                Some(data) => {
+                    Records::parse(data).map_err(|e| NextError::Entry(path.clone(), e))?
+                }
+                None => Records::default(),
             };
             if let Some(p) = pax.get(b"path") {
                 path = p.to_vec();
@@ -412,7 +341,7 @@ impl<I: Input> Stream<I> {
                 (None, None) => header.link_name_bytes().map(|l| l.into_owned()),
             };
             let size = match pax.get(b"size") {
-                Some(v) => pax_number(v).map_err(|e| NextError::Entry(path.clone(), e))?,
+                Some(v) => pax::number(v).map_err(|e| NextError::Entry(path.clone(), e))?,
                 None => size,
             };
             let sparse = if ty.is_gnu_sparse() {
@@ -437,68 +366,6 @@ impl<I: Input> Stream<I> {
                 sparse,
             }));
         }
-    }
-
-    /// Reads the chunk map of an old GNU sparse entry: four chunks in the
-    /// header, then 21 per extension block while the "extended" flag is set.
-    fn gnu_sparse_map(
-        &mut self,
-        header: &tar::Header,
-        size: u64,
-        start: u64,
-    ) -> Result<SparseMap, NextError> {
-        let map_err = |e: io::Error| {
-            NextError::Entry(
-                Vec::new(),
-                EntryError::Header {
-                    field: "sparse map",
-                    source: e,
-                },
-            )
-        };
-        let gnu = header
-            .as_gnu()
-            .ok_or_else(|| map_err(bad("sparse entry without a GNU header")))?;
-        let real_size = gnu.real_size().map_err(map_err)?;
-        if real_size > MAX_SPARSE_SIZE {
-            return Err(NextError::Entry(
-                Vec::new(),
-                EntryError::TooLarge(real_size),
-            ));
-        }
-        let mut chunks = Vec::new();
-        let push = |chunks: &mut Vec<(u64, u64)>, c: &tar::GnuSparseHeader| {
-            if c.is_empty() {
-                return Ok(());
-            }
-            let offset = c.offset().map_err(map_err)?;
-            let len = c.length().map_err(map_err)?;
-            chunks.push((offset, len));
-            Ok::<(), NextError>(())
-        };
-        for c in &gnu.sparse {
-            push(&mut chunks, c)?;
-        }
-        let mut extended = gnu.is_extended();
-        while extended {
-            if self.total - start > METADATA_LIMIT {
-                return Err(bad(format!(
-                    "headers of one entry exceed {METADATA_LIMIT} bytes"
-                ))
-                .into());
-            }
-            let Some(block) = self.block()? else {
-                return Err(bad("archive ends inside a sparse map").into());
-            };
-            let mut ext = tar::GnuExtSparseHeader::new();
-            ext.as_mut_bytes().copy_from_slice(&block);
-            for c in ext.sparse() {
-                push(&mut chunks, c)?;
-            }
-            extended = ext.is_extended();
-        }
-        check_chunks(&chunks, real_size, size).map_err(|what| map_err(bad(what)))?;
-        Ok(SparseMap { real_size, chunks })
     }
 
     /// Reads data of the current entry into `out`; 0 at its end or the input's.
@@ -642,89 +509,4 @@ fn check_sum(header: &tar::Header) -> io::Result<()> {
         return Err(bad("header checksum mismatch"));
     }
     Ok(())
-}
-
-/// Chunks in order, not overlapping, inside the file, and as much data as
-/// the entry holds.
-fn check_chunks(chunks: &[(u64, u64)], real_size: u64, data: u64) -> Result<(), &'static str> {
-    let mut end = 0u64;
-    let mut total = 0u64;
-    for &(offset, len) in chunks {
-        if offset < end {
-            return Err("chunks out of order or overlapping");
-        }
-        end = offset
-            .checked_add(len)
-            .filter(|e| *e <= real_size)
-            .ok_or("chunk past the end of the file")?;
-        total = total.checked_add(len).ok_or("chunk lengths overflow")?;
-    }
-    if total != data {
-        return Err("chunk lengths do not add up to the entry's data");
-    }
-    Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    type Records = Vec<(Vec<u8>, Vec<u8>)>;
-
-    fn records(data: &[u8]) -> Result<Records, EntryError> {
-        Pax::parse(data.to_vec()).map(|p| p.iter().map(|(k, v)| (k.to_vec(), v.to_vec())).collect())
-    }
-
-    #[test]
-    fn pax_records_split_by_length() {
-        assert_eq!(
-            records(b"12 path=abc\n16 SCHILY.x=a\nb\n").unwrap(),
-            [
-                (b"path".to_vec(), b"abc".to_vec()),
-                (b"SCHILY.x".to_vec(), b"a\nb".to_vec())
-            ]
-        );
-        // An `=` in the value is part of it; an empty value is allowed.
-        assert_eq!(
-            records(b"8 k=a=b\n5 k=\n").unwrap(),
-            [
-                (b"k".to_vec(), b"a=b".to_vec()),
-                (b"k".to_vec(), b"".to_vec())
-            ]
-        );
-        assert!(records(b"").unwrap().is_empty());
-    }
-
-    #[test]
-    fn malformed_pax_records_are_refused() {
-        for bad in [
-            &b"11 path=abc\n"[..], // length one short: record does not end in '\n'
-            b"13 path=abc\n",      // length past the end
-            b"12path=abc\n\n",     // no space
-            b"x path=abc\n",
-            b"0 =\n",
-            b"012 path=abc\n",
-            b"5 =x\n",  // empty key
-            b"6 abc\n", // no '='
-            b"2 \n",
-            b"99999999999999999999 k=v\n",
-            b"12 path=abc\n\0\0\0",
-        ] {
-            assert!(
-                matches!(records(bad), Err(EntryError::Pax(_))),
-                "{:?}",
-                String::from_utf8_lossy(bad)
-            );
-        }
-    }
-
-    #[test]
-    fn sparse_chunks_are_checked() {
-        assert!(check_chunks(&[(0, 5), (10, 5)], 20, 10).is_ok());
-        assert!(check_chunks(&[(10, 5), (0, 5)], 20, 10).is_err());
-        assert!(check_chunks(&[(0, 5), (3, 5)], 20, 10).is_err());
-        assert!(check_chunks(&[(18, 5)], 20, 5).is_err());
-        assert!(check_chunks(&[(0, 5)], 20, 6).is_err());
-        assert!(check_chunks(&[(u64::MAX, 5)], u64::MAX, 5).is_err());
-    }
 }
