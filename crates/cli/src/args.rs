@@ -86,8 +86,11 @@ pub enum Command {
         #[arg(required = true)]
         ids: Vec<String>,
     },
-    /// List the layers: id, parent, depth, size, mounted.
+    /// List the layers: id, parent, depth, size, mounted (on a Docker data
+    /// root: chain id, diff id, size and the containers using each).
     Ls,
+    /// List the images of a Docker data root: id, layers, top chain id, names.
+    Images,
     /// Apply a layer tar (plain, gzip or zstd) to a layer.
     Apply {
         /// The layer.

@@ -169,17 +169,27 @@ pub fn diff(
     output: Option<&Path>,
 ) -> Result<(), Failure> {
     let record = store.layer(id)?;
-    let id = &record.id.clone();
     let parent = match parent {
         Some(p) => Some(store.layer(p)?.id),
         None => record.parent,
     };
+    write_diff(store.driver(), &record.id, parent.as_deref(), output)
+}
+
+/// Writes the diff of layer `id` against `parent` to `output` (a file, fsynced
+/// and removed again on failure) or standard output (never a terminal).
+pub fn write_diff(
+    driver: &dyn plies_drivers::Driver,
+    id: &str,
+    parent: Option<&str>,
+    output: Option<&Path>,
+) -> Result<(), Failure> {
     if output.is_none() && io::stdout().is_terminal() {
         return Err(Failure::usage(
             "refusing to write a layer tar to a terminal: redirect it or use -o FILE",
         ));
     }
-    let mut tar = store.driver().diff(id, parent.as_deref())?;
+    let mut tar = driver.diff(id, parent)?;
     match output {
         None => {
             // Stdout is line-buffered; a tar has no lines worth flushing at.

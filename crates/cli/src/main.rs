@@ -5,6 +5,7 @@ mod commands;
 mod compression;
 mod demo;
 mod digest;
+mod docker;
 mod fsck;
 mod image;
 mod import;
@@ -37,7 +38,19 @@ fn main() -> ExitCode {
 fn run(cli: Cli, out: &Out) -> Result<ExitCode, Failure> {
     let g = &cli.global;
     let open = |access| Store::open(g, access);
+    if !matches!(cli.command, Command::Probe) {
+        if let Some(driver) = docker::detect(g) {
+            docker::Docker::open(g, driver)?.run(g, cli.command, out)?;
+            return Ok(ExitCode::SUCCESS);
+        }
+    }
     match cli.command {
+        Command::Images => {
+            return Err(Failure::usage(format!(
+                "{} holds no Docker image store (plies lists images of Docker data roots)",
+                g.root.display()
+            )));
+        }
         Command::Probe => probe::run(g, out)?,
         Command::Status => commands::status(&open(Access::Read)?, out)?,
         Command::Create {

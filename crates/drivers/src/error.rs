@@ -88,6 +88,16 @@ pub enum Error {
         /// Why it is refused.
         reason: String,
     },
+    /// The driver was opened read-only and the call would write.
+    #[error("{driver} under {root:?} is opened read-only: {what} would write")]
+    ReadOnly {
+        /// The driver.
+        driver: &'static str,
+        /// Its root.
+        root: std::path::PathBuf,
+        /// What was refused.
+        what: &'static str,
+    },
     /// `put` of a layer that no `get` holds.
     #[error("layer {id:?} is not mounted")]
     NotMounted {

@@ -48,7 +48,9 @@ const PRIORITY: [DriverChoice; 3] = [
 /// the system cannot run; [`Error::MultiplePriorDrivers`] when `auto` finds data
 /// of several drivers; the chosen driver's own errors (bad options, an unreadable store).
 pub fn open(root: &Path, choice: DriverChoice, options: &Options) -> Result<Box<dyn Driver>> {
-    std::fs::create_dir_all(root).map_err(|e| Error::io("mkdir", root, e))?;
+    if !options.read_only {
+        std::fs::create_dir_all(root).map_err(|e| Error::io("mkdir", root, e))?;
+    }
     match choice {
         DriverChoice::Overlay2 => Ok(Box::new(Overlay2::open(&root.join("overlay2"), options)?)),
         DriverChoice::Aufs => Ok(Box::new(Aufs::open(&root.join("aufs"), options)?)),

@@ -93,6 +93,14 @@ pub struct Options {
     /// leftovers to the next create or remove of the same id and to `fsck`.
     /// Not a `key=value` option: set with [`Options::with_sweep_on_open`].
     pub sweep_on_open: bool,
+    /// Open an existing store to read it and write nothing: no probe runs (the
+    /// probe cache is used when valid, else only what needs no scratch mount
+    /// is checked), no directory or lock file is made, and every call that
+    /// would change a layer, mount one or diff through a scratch mount fails
+    /// ([`Error::ReadOnly`](crate::Error::ReadOnly) or the store's read-only
+    /// error). For data roots of another owner, such as Docker's. Not a
+    /// `key=value` option: set with [`Options::with_read_only`].
+    pub read_only: bool,
     /// The keys given to [`Options::parse`], in order, for drivers that take none.
     keys: Vec<String>,
 }
@@ -106,6 +114,7 @@ impl Default for Options {
             mount_mode: MountMode::Auto,
             id_maps: IdMaps::default(),
             sweep_on_open: true,
+            read_only: false,
             keys: Vec::new(),
         }
     }
@@ -172,6 +181,13 @@ impl Options {
             });
         }
         Ok(out)
+    }
+
+    /// These options with [`Options::read_only`] set.
+    #[must_use]
+    pub fn with_read_only(mut self, read_only: bool) -> Options {
+        self.read_only = read_only;
+        self
     }
 
     /// These options with [`Options::sweep_on_open`] set.

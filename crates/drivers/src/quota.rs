@@ -25,6 +25,16 @@ pub(crate) struct LayerQuota {
 }
 
 impl LayerQuota {
+    /// No quota: for a store opened read-only, which makes no layers (and so
+    /// no `backingFsBlockDev` node either).
+    pub(crate) fn none(driver: &'static str) -> LayerQuota {
+        LayerQuota {
+            driver,
+            control: Err("the store is opened read-only".to_owned()),
+            default_size: None,
+        }
+    }
+
     /// Opens project quota for `home` when its backing filesystem is XFS (as
     /// Docker, which tries nothing elsewhere). A `default_size` of 0 means none.
     ///

@@ -9,7 +9,7 @@ use rustix::fs::{AtFlags, FileType, unlinkat};
 use rustix::io::Errno;
 
 use crate::disk::{
-    file_type, is_mount_point, list_names, make_dir, open_or_make_dir, open_store_root,
+    file_type, is_mount_point, list_names, make_dir, open_or_make_dir_with, open_store_root_with,
     read_small_file, remove_tree, rename_noreplace, sync, utf8_name, write_new_file,
 };
 use crate::error::{Error, Result, io_err};
@@ -81,9 +81,15 @@ impl AufsStore {
     /// finishes or rolls back what a crash interrupted ([`AufsStore::sweep`]).
     pub fn open(root: impl AsRef<Path>, opts: StoreOptions) -> Result<Self> {
         opts.check()?;
-        let (root, root_fd) = open_store_root(root.as_ref(), ROOT_MODE)?;
-        let dir = |name| open_or_make_dir(&root_fd, &root, name, ROOT_MODE, opts.durable);
-        let locks = LayerLocks::open(&root)?;
+        let make = !opts.read_only;
+        let (root, root_fd) = open_store_root_with(root.as_ref(), ROOT_MODE, make)?;
+        let dir =
+            |name| open_or_make_dir_with(&root_fd, &root, name, ROOT_MODE, opts.durable, make);
+        let locks = if opts.read_only {
+            LayerLocks::read_only(&root)
+        } else {
+            LayerLocks::open(&root)?
+        };
         let store = Self {
             layers_fd: dir("layers")?,
             diff_fd: dir("diff")?,
@@ -92,7 +98,7 @@ impl AufsStore {
             opts,
             locks,
         };
-        if store.opts.sweep_on_open {
+        if store.opts.sweep_on_open && !store.opts.read_only {
             store.sweep()?;
         }
         Ok(store)
@@ -317,9 +323,14 @@ impl AufsStore {
     /// [`StoreOptions::sweep_on_open`] is off.
     ///
     /// # Errors
-    /// A directory cannot be read, a lock cannot be taken, a leftover cannot
-    /// be deleted.
+    /// [`Error::ReadOnly`] on a store opened read-only; a directory cannot be
+    /// read, a lock cannot be taken, a leftover cannot be deleted.
     pub fn sweep(&self) -> Result<()> {
+        if self.opts.read_only {
+            return Err(Error::ReadOnly {
+                path: self.root.clone(),
+            });
+        }
         let names =
             list_names(&self.layers_fd).map_err(|e| io_err("read", self.root.join("layers"), e))?;
         for (name, _) in names {
@@ -440,6 +451,11 @@ impl AufsStore {
     /// Checks the store and, with `repair`, fixes what it safely can (interrupted
     /// operations, missing `mnt/<id>`). `diff/` entries are never deleted.
     pub fn fsck(&self, repair: bool) -> Result<FsckReport> {
+        if repair && self.opts.read_only {
+            return Err(Error::ReadOnly {
+                path: self.root.clone(),
+            });
+        }
         let mut report = FsckReport::default();
         let base = self.root.join("layers");
         for (name, _) in list_names(&self.layers_fd).map_err(|e| io_err("read", &base, e))? {

@@ -41,12 +41,23 @@ pub(crate) fn make_dir(dir: impl AsFd, name: &str, mode: u32) -> Result<OwnedFd,
 /// Makes `path` absolute, creates it and its missing parents with `mode`, and
 /// opens it: the root directory of a store.
 pub(crate) fn open_store_root(path: &Path, mode: u32) -> crate::Result<(PathBuf, OwnedFd)> {
+    open_store_root_with(path, mode, true)
+}
+
+/// [`open_store_root`], making the directory only when `make` (else it must exist).
+pub(crate) fn open_store_root_with(
+    path: &Path,
+    mode: u32,
+    make: bool,
+) -> crate::Result<(PathBuf, OwnedFd)> {
     let root = std::path::absolute(path).map_err(|e| io_err("resolve", path, e))?;
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(mode)
-        .create(&root)
-        .map_err(|e| io_err("create", &root, e))?;
+    if make {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(mode)
+            .create(&root)
+            .map_err(|e| io_err("create", &root, e))?;
+    }
     let fd = openat(
         rustix::fs::CWD,
         &root,
@@ -58,14 +69,19 @@ pub(crate) fn open_store_root(path: &Path, mode: u32) -> crate::Result<(PathBuf,
 }
 
 /// Opens directory `name` of a store's root `root` (at `root_path`), making it with
-/// `mode` first if it is missing; the root is synced after a make when `durable`.
-pub(crate) fn open_or_make_dir(
+/// `mode` first if it is missing and `make` is set; the root is synced after a make when
+/// `durable`.
+pub(crate) fn open_or_make_dir_with(
     root: &OwnedFd,
     root_path: &Path,
     name: &str,
     mode: u32,
     durable: bool,
+    make: bool,
 ) -> crate::Result<OwnedFd> {
+    if !make {
+        return open_dir(root, name).map_err(|e| io_err("open", root_path.join(name), e));
+    }
     match make_dir(root, name, mode) {
         Ok(fd) => {
             sync(root, durable).map_err(|e| io_err("fsync", root_path, e))?;

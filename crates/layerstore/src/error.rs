@@ -45,6 +45,13 @@ pub enum Error {
         /// What is in the way.
         path: PathBuf,
     },
+    /// The store was opened read-only ([`StoreOptions::read_only`](crate::StoreOptions::read_only))
+    /// and the call would write or lock.
+    #[error("{path}: opened read-only")]
+    ReadOnly {
+        /// The store's directory (or its lock directory).
+        path: PathBuf,
+    },
     /// The layer does not exist.
     #[error("layer {id} does not exist")]
     NotFound {

@@ -269,7 +269,7 @@ impl FsckReport {
 
     /// Records a finding with what was done about it.
     pub fn push(&mut self, finding: Finding, outcome: Outcome) {
-        tracing::warn!(?finding, ?outcome, "fsck");
+        tracing::debug!(?finding, ?outcome, "fsck");
         self.entries.push(FsckEntry { finding, outcome });
     }
 
@@ -398,6 +398,11 @@ impl Overlay2Store {
     /// of (a create, a remove, an apply in progress) is skipped, neither reported
     /// nor repaired.
     pub fn fsck(&self, repair: bool) -> Result<FsckReport> {
+        if repair && self.opts.read_only {
+            return Err(Error::ReadOnly {
+                path: self.home.clone(),
+            });
+        }
         let mut s = Scan {
             repair,
             ..Scan::default()

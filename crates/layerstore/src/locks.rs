@@ -50,7 +50,8 @@ pub const TRY_WAIT: Duration = Duration::from_millis(50);
 #[derive(Debug)]
 pub struct LayerLocks {
     dir: PathBuf,
-    dir_fd: OwnedFd,
+    /// `None` when opened read-only: every lock is refused.
+    dir_fd: Option<OwnedFd>,
     wait: Option<Duration>,
     held: Mutex<HashMap<String, Held>>,
     released: Condvar,
@@ -86,10 +87,32 @@ impl LayerLocks {
         let (dir, dir_fd) = open_store_root(&dir, 0o700)?;
         Ok(LayerLocks {
             dir,
-            dir_fd,
+            dir_fd: Some(dir_fd),
             wait: Some(DEFAULT_LOCK_WAIT),
             held: Mutex::new(HashMap::new()),
             released: Condvar::new(),
+        })
+    }
+
+    /// The locks of a store opened read-only: nothing is made on disk, every
+    /// [`LayerLocks::lock`] fails with [`Error::ReadOnly`], and
+    /// [`LayerLocks::try_lock`] gives a guard that holds nothing (a reader
+    /// inspects as if nobody worked; it never writes under such a guard:
+    /// sweeps and repairs are refused on a read-only store).
+    pub fn read_only(store_root: &Path) -> LayerLocks {
+        LayerLocks {
+            dir: store_root.join(STORE_DIR).join(LOCK_DIR),
+            dir_fd: None,
+            wait: Some(DEFAULT_LOCK_WAIT),
+            held: Mutex::new(HashMap::new()),
+            released: Condvar::new(),
+        }
+    }
+
+    /// The lock directory's handle, or [`Error::ReadOnly`].
+    fn dir_fd(&self) -> Result<&OwnedFd> {
+        self.dir_fd.as_ref().ok_or_else(|| Error::ReadOnly {
+            path: self.dir.clone(),
         })
     }
 
@@ -126,6 +149,12 @@ impl LayerLocks {
     /// # Errors
     /// [`Error::Io`] when a lock file cannot be opened.
     pub fn try_lock(&self, ids: &[&str]) -> Result<Option<LayerGuard<'_>>> {
+        if self.dir_fd.is_none() {
+            return Ok(Some(LayerGuard {
+                locks: self,
+                ids: Vec::new(),
+            }));
+        }
         match self.lock_within(ids, Some(TRY_WAIT)) {
             Ok(g) => Ok(Some(g)),
             Err(Error::Busy { .. }) => Ok(None),
@@ -146,6 +175,7 @@ impl LayerLocks {
     /// # Errors
     /// As [`LayerLocks::lock`].
     pub fn lock_within(&self, ids: &[&str], wait: Option<Duration>) -> Result<LayerGuard<'_>> {
+        self.dir_fd()?;
         let mut sorted: Vec<&str> = ids.to_vec();
         sorted.sort_unstable();
         sorted.dedup();
@@ -229,7 +259,7 @@ impl LayerLocks {
         let mut pause = Duration::from_micros(500);
         loop {
             let fd = openat(
-                &self.dir_fd,
+                self.dir_fd()?,
                 id,
                 OFlags::RDWR | OFlags::CREATE | OFlags::NOFOLLOW | OFlags::CLOEXEC,
                 Mode::from_raw_mode(0o600),
@@ -256,7 +286,7 @@ impl LayerLocks {
                 Err(e) => return Err(io_err("flock", self.dir.join(id), e)),
             }
             let ours = fstat(&fd).map_err(|e| io_err("stat", self.dir.join(id), e))?;
-            match statat(&self.dir_fd, id, AtFlags::SYMLINK_NOFOLLOW) {
+            match statat(self.dir_fd()?, id, AtFlags::SYMLINK_NOFOLLOW) {
                 Ok(st) if st.st_ino == ours.st_ino && st.st_dev == ours.st_dev => {}
                 Ok(_) | Err(Errno::NOENT) => continue,
                 Err(e) => return Err(io_err("stat", self.dir.join(id), e)),
@@ -266,8 +296,10 @@ impl LayerLocks {
     }
 
     fn busy(&self, id: &str, deadline: Option<Instant>) -> Error {
-        let holder = rustix::fs::statat(&self.dir_fd, id, AtFlags::SYMLINK_NOFOLLOW)
-            .ok()
+        let holder = self
+            .dir_fd
+            .as_ref()
+            .and_then(|dir| rustix::fs::statat(dir, id, AtFlags::SYMLINK_NOFOLLOW).ok())
             .and_then(|st| flock_holder(st.st_dev, st.st_ino));
         let holder = match holder {
             Some(pid) if pid == std::process::id() => None,
@@ -293,7 +325,11 @@ impl LayerLocks {
             if h.forget {
                 // Unlinked while still locked: a waiter that then gets the old
                 // file sees it is gone and opens the new one.
-                match unlinkat(&self.dir_fd, id, AtFlags::empty()) {
+                let unlinked = match &self.dir_fd {
+                    Some(dir) => unlinkat(dir, id, AtFlags::empty()),
+                    None => Ok(()),
+                };
+                match unlinked {
                     Ok(()) | Err(Errno::NOENT) => {}
                     Err(e) => tracing::debug!(layer = id, error = %e, "lock file left"),
                 }

@@ -22,6 +22,12 @@ pub struct StoreOptions {
     /// create or remove of the same id sweeps it first, and `fsck` with repair
     /// (or any open with the sweep on) sweeps them all.
     pub sweep_on_open: bool,
+    /// Open an existing store to read it and write nothing (default `false`):
+    /// no directory is made, nothing swept, no lock file made, and every call
+    /// that would write or lock fails with
+    /// [`Error::ReadOnly`](crate::Error::ReadOnly). For stores of another
+    /// owner, such as a Docker data root.
+    pub read_only: bool,
 }
 
 impl Default for StoreOptions {
@@ -30,6 +36,7 @@ impl Default for StoreOptions {
             max_depth: MAX_DEPTH,
             durable: true,
             sweep_on_open: true,
+            read_only: false,
         }
     }
 }
@@ -46,6 +53,13 @@ impl StoreOptions {
     #[must_use]
     pub fn with_durable(mut self, durable: bool) -> Self {
         self.durable = durable;
+        self
+    }
+
+    /// These options with [`StoreOptions::read_only`] set.
+    #[must_use]
+    pub fn with_read_only(mut self, read_only: bool) -> Self {
+        self.read_only = read_only;
         self
     }
 

@@ -9,8 +9,9 @@ use rustix::fs::{AtFlags, FileType, symlinkat, unlinkat};
 use rustix::io::Errno;
 
 use crate::disk::{
-    file_type, is_mount_point, list_names, make_dir, open_dir, open_or_make_dir, open_store_root,
-    read_link, read_small_file, remove_tree, rename_noreplace, sync, utf8_name, write_new_file,
+    file_type, is_mount_point, list_names, make_dir, open_dir, open_or_make_dir_with,
+    open_store_root_with, read_link, read_small_file, remove_tree, rename_noreplace, sync,
+    utf8_name, write_new_file,
 };
 use crate::error::{Error, Result, io_err};
 use crate::id::{CREATING_SUFFIX, REMOVING_SUFFIX, check_id, validate_id};
@@ -101,9 +102,21 @@ impl Overlay2Store {
     /// Fails on bad options, or when the home cannot be created or read.
     pub fn open(home: impl AsRef<Path>, opts: StoreOptions) -> Result<Self> {
         opts.check()?;
-        let (home, home_fd) = open_store_root(home.as_ref(), LAYER_DIR_MODE)?;
-        let link_fd = open_or_make_dir(&home_fd, &home, LINK_DIR, PRIVATE_DIR_MODE, opts.durable)?;
-        let locks = LayerLocks::open(&home)?;
+        let make = !opts.read_only;
+        let (home, home_fd) = open_store_root_with(home.as_ref(), LAYER_DIR_MODE, make)?;
+        let link_fd = open_or_make_dir_with(
+            &home_fd,
+            &home,
+            LINK_DIR,
+            PRIVATE_DIR_MODE,
+            opts.durable,
+            make,
+        )?;
+        let locks = if opts.read_only {
+            LayerLocks::read_only(&home)
+        } else {
+            LayerLocks::open(&home)?
+        };
         let store = Self {
             home,
             home_fd,
@@ -111,7 +124,7 @@ impl Overlay2Store {
             opts,
             locks,
         };
-        if store.opts.sweep_on_open {
+        if store.opts.sweep_on_open && !store.opts.read_only {
             store.sweep()?;
         }
         Ok(store)
@@ -378,9 +391,14 @@ impl Overlay2Store {
     /// [`StoreOptions::sweep_on_open`] is off.
     ///
     /// # Errors
-    /// The home cannot be read, a lock cannot be taken, a leftover cannot be
-    /// deleted.
+    /// [`Error::ReadOnly`] on a store opened read-only; the home cannot be
+    /// read, a lock cannot be taken, a leftover cannot be deleted.
     pub fn sweep(&self) -> Result<()> {
+        if self.opts.read_only {
+            return Err(Error::ReadOnly {
+                path: self.home.clone(),
+            });
+        }
         for (name, _) in list_names(&self.home_fd).map_err(|e| io_err("read", &self.home, e))? {
             let Some(name) = utf8_name(&name) else {
                 continue;

@@ -13,6 +13,7 @@ use std::process::{Command, Output};
 use sha2::{Digest as _, Sha256};
 
 mod containerd;
+mod docker_root;
 
 // ---------------------------------------------------------------- running plies
 

@@ -110,16 +110,21 @@ impl Aufs {
         }
         let store = AufsStore::open(
             &root,
-            StoreOptions::default().with_sweep_on_open(options.sweep_on_open),
+            StoreOptions::default()
+                .with_sweep_on_open(options.sweep_on_open)
+                .with_read_only(options.read_only),
         )
         .map_err(|e| Error::store("", e))?;
-        for dir in ["", "mnt", "diff", "layers"] {
-            remap.own(&root.join(dir))?;
+        if !options.read_only {
+            for dir in ["", "mnt", "diff", "layers"] {
+                remap.own(&root.join(dir))?;
+            }
         }
         let has_aufs = plies_kprobe::filesystems()
             .value()
             .is_some_and(|fs| fs.has("aufs"));
-        let dirperm1 = has_aufs && {
+        // A read-only open mounts nothing, so needs no probe of dirperm1.
+        let dirperm1 = has_aufs && !options.read_only && {
             // Probe scratch goes to the store's probe directory, never the layout.
             let dir = root
                 .join(plies_layerstore::STORE_DIR)

@@ -107,6 +107,37 @@ fn backing_of(dir: &Path) -> Result<plies_kprobe::BackingFs> {
     Ok(backing)
 }
 
+/// What a read-only open knows without a scratch mount: the checks that write
+/// nothing, and the module parameters. Native diff is taken as working unless
+/// `redirect_dir` or `metacopy` is on (as Docker's probe finds); a layer with a
+/// redirected directory is still caught when its changes are listed.
+pub(super) fn unprobed(home: &Path) -> Result<Features> {
+    check_kernel_and_backing(home)?;
+    let backing = backing_of(home)?;
+    let on = |name: &str| {
+        std::fs::read_to_string(format!("/sys/module/overlay/parameters/{name}"))
+            .is_ok_and(|v| v.trim() == "Y")
+    };
+    let native_diff = if on("redirect_dir") || on("metacopy") {
+        Outcome::Unsupported {
+            reason: "redirect_dir or metacopy is on (from the module parameters)".to_owned(),
+        }
+    } else {
+        Outcome::Supported { value: () }
+    };
+    let not_probed = || Outcome::Unsupported {
+        reason: "not probed: the store is opened read-only".to_owned(),
+    };
+    Ok(Features {
+        backing: backing.to_string(),
+        d_type: Outcome::Supported { value: () },
+        native_diff,
+        userxattr: false,
+        index_off: plies_kprobe::index_parameter().is_supported(),
+        lowerdir_plus: not_probed(),
+    })
+}
+
 /// Runs the mounting probes in `dir` (the store's probe directory).
 fn probe(dir: &Path) -> Result<Features> {
     let backing = backing_of(dir)?;

@@ -42,6 +42,8 @@ pub struct Overlay2 {
     remap: Remap,
     /// Layers held by `get`, with their count and whether a mount was made.
     refs: Refs,
+    /// Opened with [`Options::read_only`]: no scratch mounts for naive diffs.
+    read_only: bool,
 }
 
 impl Overlay2 {
@@ -62,6 +64,16 @@ impl Overlay2 {
         // made under the same kernel, filesystem and module parameters.
         let features = match home.is_dir().then(|| features::cached(&home)).flatten() {
             Some(f) => f,
+            None if options.read_only => {
+                if !home.is_dir() {
+                    return Err(Error::io(
+                        "open",
+                        &home,
+                        std::io::Error::from(std::io::ErrorKind::NotFound),
+                    ));
+                }
+                features::unprobed(&home)?
+            }
             None => Self::check_and_probe(&home)?,
         };
         let fsconfig_needed =
@@ -78,12 +90,18 @@ impl Overlay2 {
             &home,
             StoreOptions::default()
                 .with_max_depth(options.max_depth)
-                .with_sweep_on_open(options.sweep_on_open),
+                .with_sweep_on_open(options.sweep_on_open)
+                .with_read_only(options.read_only),
         )
         .map_err(|e| Error::store("", e))?;
-        let quota = LayerQuota::open(NAME, &home, &features.backing, options.overlay2_size)?;
-        remap.own(&home)?;
-        remap.own(&home.join("l"))?;
+        let quota = if options.read_only {
+            LayerQuota::none(NAME)
+        } else {
+            let quota = LayerQuota::open(NAME, &home, &features.backing, options.overlay2_size)?;
+            remap.own(&home)?;
+            remap.own(&home.join("l"))?;
+            quota
+        };
         let scratch = home
             .parent()
             .map_or_else(|| home.join("..tmp"), |p| p.join("tmp"));
@@ -97,6 +115,7 @@ impl Overlay2 {
             quota,
             remap,
             refs: Refs::default(),
+            read_only: options.read_only,
         })
     }
 
@@ -270,7 +289,19 @@ impl Overlay2 {
     }
 
     fn native_ok(&self, id: &str, parent: Option<&str>) -> Result<bool> {
-        Ok(self.native_diff() && self.is_direct_parent(id, parent)?)
+        let native = self.native_diff() && self.is_direct_parent(id, parent)?;
+        if !native && self.read_only {
+            return Err(self.read_only_err("a diff through a scratch mount"));
+        }
+        Ok(native)
+    }
+
+    fn read_only_err(&self, what: &'static str) -> Error {
+        Error::ReadOnly {
+            driver: NAME,
+            root: self.home.clone(),
+            what,
+        }
     }
 }
 
@@ -512,6 +543,9 @@ impl Driver for Overlay2 {
             self.ns(),
         ) {
             Ok(list) => Ok(list),
+            Err(ChangesError::RedirectedDir { .. }) if self.read_only => {
+                Err(self.read_only_err("listing changes through a scratch mount"))
+            }
             Err(ChangesError::RedirectedDir { .. }) => {
                 naive::changes(self, id, parent, &self.scratch)
             }

@@ -153,7 +153,7 @@ fn images_come_from_the_image_store_and_repositories_json() {
     assert_eq!(image.id, format!("sha256:{id}"));
     assert_eq!(
         image.tags,
-        [format!("test/image:1"), format!("test/image@sha256:{id}")]
+        ["test/image:1".to_owned(), format!("test/image@sha256:{id}")]
     );
     assert_eq!(image.chain_id.as_deref(), Some(TOP));
     assert_eq!(image.created.as_deref(), Some("2026-01-02T03:04:05Z"));

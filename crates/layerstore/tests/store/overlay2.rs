@@ -317,6 +317,40 @@ fn without_the_open_sweep_leftovers_go_with_their_id_or_a_sweep() {
 }
 
 #[test]
+fn a_read_only_store_reads_and_writes_nothing() {
+    let (tmp, s) = store();
+    s.create("a", None).unwrap();
+    s.create("b", Some("a")).unwrap();
+    let home = s.home().to_path_buf();
+    drop(s);
+    std::fs::remove_dir_all(home.join(".plies")).unwrap();
+    let ro = StoreOptions::default().with_read_only(true);
+    assert!(Overlay2Store::open(tmp.path().join("missing"), ro).is_err());
+    assert!(!tmp.path().join("missing").exists());
+    let s = Overlay2Store::open(&home, ro).unwrap();
+    assert_eq!(s.list().unwrap(), ["a", "b"]);
+    assert_eq!(s.lowers("b").unwrap().len(), 1);
+    assert!(s.fsck(false).unwrap().is_clean());
+    for refused in [
+        s.create("c", None).map(drop),
+        s.remove("a"),
+        s.sweep(),
+        s.fsck(true).map(drop),
+    ] {
+        assert!(
+            matches!(refused, Err(Error::ReadOnly { .. })),
+            "{refused:?}"
+        );
+    }
+    assert_eq!(s.list().unwrap(), ["a", "b"]);
+    assert!(
+        !home.join(".plies").exists(),
+        "a read-only open made .plies"
+    );
+    drop(tmp);
+}
+
+#[test]
 fn link_ids_are_base32_and_unique() {
     let mut seen = std::collections::HashSet::new();
     for _ in 0..1000 {
