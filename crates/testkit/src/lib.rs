@@ -5,6 +5,8 @@
 //! `PLIES_REQUIRE_KERNEL=1` is set (as CI sets it), where a missing requirement
 //! fails the test instead.
 
+pub mod dockerd;
+
 use std::path::{Path, PathBuf};
 
 /// Whether `PLIES_REQUIRE_KERNEL=1` asks for kernel tests to fail instead of skipping.

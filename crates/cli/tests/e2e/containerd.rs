@@ -232,7 +232,7 @@ const APPLETS: &[&str] = &[
 ];
 
 /// A layer with a static busybox, its applets as symlinks.
-fn busybox_layer(busybox: &[u8]) -> Vec<u8> {
+pub(super) fn busybox_layer(busybox: &[u8]) -> Vec<u8> {
     let mut b = tar::Builder::new(Vec::new());
     let mut h = tar::Header::new_ustar();
     h.set_mtime(1_700_000_000);
@@ -316,20 +316,8 @@ fn requirements(test: &str) -> Option<Vec<u8>> {
 /// Writes a `docker save` archive of `tars` (busybox's `PATH`) into the rig's
 /// directory, imports it into the plies snapshotter, and returns the chain ids.
 fn import(rig: &Rig, tars: Vec<Vec<u8>>) -> Vec<String> {
-    let diff_ids: Vec<String> = tars.iter().map(|t| sha256(t)).collect();
-    let config = serde_json::to_vec(&serde_json::json!({
-        "architecture": "amd64",
-        "os": "linux",
-        "config": {"Env": ["PATH=/bin"]},
-        "rootfs": {"type": "layers", "diff_ids": diff_ids},
-        "history": [],
-    }))
-    .unwrap();
-    let image = Built {
-        blobs: tars.clone(),
-        tars,
-        config,
-    };
+    let image = Built::with_busybox_path(tars);
+    let diff_ids = image.diff_ids();
     let archive = rig.path("image.tar");
     docker_archive(&archive, &image);
     rig.ctr_ok(&[

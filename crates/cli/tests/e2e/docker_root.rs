@@ -136,3 +136,203 @@ fn a_docker_data_root_reads_without_a_byte_written() {
     root.ok(&["umount", CONTAINER]);
     assert!(plies_testkit::mounts_under(&root.path()).is_empty());
 }
+
+/// Root, dockerd, overlayfs and a static busybox, or `None` after saying
+/// which is missing.
+fn dockerd_prerequisites(test: &str) -> Option<(PathBuf, Vec<u8>)> {
+    if !plies_testkit::require_overlay(test) {
+        return None;
+    }
+    let Some(dockerd) = plies_testkit::dockerd::dockerd_bin() else {
+        plies_testkit::require(test, false, "dockerd is not installed (Debian: docker.io)");
+        return None;
+    };
+    let Ok(busybox) = std::fs::read("/bin/busybox") else {
+        plies_testkit::require(
+            test,
+            false,
+            "no static /bin/busybox (Debian: busybox-static)",
+        );
+        return None;
+    };
+    Some((dockerd, busybox))
+}
+
+/// A data root dockerd 20.10 wrote (an image loaded, a container that wrote and
+/// deleted files), read by plies once dockerd stopped: the same layers, the
+/// container's tree as `docker export` gave it, its changes as `docker diff`
+/// gave them, and Docker's files as they were.
+#[test]
+fn a_root_dockerd_wrote_reads_as_docker_showed_it() {
+    const TEST: &str = "a_root_dockerd_wrote_reads_as_docker_showed_it";
+    let Some((dockerd, busybox)) = dockerd_prerequisites(TEST) else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let _unmount = Unmount(tmp.path().to_owned());
+    let mut tars = vec![super::containerd::busybox_layer(&busybox)];
+    tars.extend(super::Built::new(&super::image_layers(), &[super::Comp::Plain]).tars);
+    let image = super::Built::with_busybox_path(tars);
+    let archive = tmp.path().join("image.tar");
+    super::docker_archive(&archive, &image);
+
+    let mut d =
+        plies_testkit::dockerd::Dockerd::start(&dockerd, &tmp.path().join("d"), "overlay2", &[])
+            .unwrap_or_else(|e| panic!("{e}"));
+    d.docker(&["load", "-i", archive.to_str().unwrap()]);
+    d.docker(&[
+        "run",
+        "--name",
+        "c1",
+        "test/image:1",
+        "/bin/sh",
+        "-c",
+        "echo written > /app/new && rm /etc/passwd && mkdir -p /var/made",
+    ]);
+    let container = d
+        .docker(&["inspect", "-f", "{{.Id}}", "c1"])
+        .trim()
+        .to_owned();
+    let image_id = d
+        .docker(&["inspect", "-f", "{{.Id}}", "test/image:1"])
+        .trim()
+        .to_owned();
+    let mut docker_diff: Vec<String> = d
+        .docker(&["diff", "c1"])
+        .lines()
+        .map(str::to_owned)
+        .collect();
+    docker_diff.sort();
+    let exported = d
+        .command(&["export", "c1"])
+        .output()
+        .expect("docker export")
+        .stdout;
+    let data = tmp.path().join("d/data");
+    let plies_root = |args: &[&str]| {
+        let mut all = vec!["--root", data.to_str().unwrap()];
+        all.extend_from_slice(args);
+        super::plies(&all)
+    };
+    // While dockerd runs, plies reads but does not mount.
+    let refused = plies_root(&["mount", &container]);
+    assert_eq!(refused.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("running dockerd"),
+        "{}",
+        String::from_utf8_lossy(&refused.stderr)
+    );
+    d.stop();
+
+    let before = fingerprint(&data);
+    let ok = |args: &[&str]| {
+        let out = plies_root(args);
+        assert!(
+            out.status.success(),
+            "plies {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let images = ok(&["images"]);
+    assert!(images.contains("test/image:1"), "{images}");
+    assert!(images.contains(&image_id[7..19]), "{images}");
+    let ls: serde_json::Value = serde_json::from_str(&ok(&["--json", "ls"])).unwrap();
+    let chains = super::chain_ids(&image.diff_ids());
+    for chain in &chains {
+        assert!(
+            ls.as_array()
+                .unwrap()
+                .iter()
+                .any(|r| r["chain_id"] == *chain),
+            "{chain} not listed: {ls}"
+        );
+    }
+    let top = ls
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["chain_id"] == *chains.last().unwrap())
+        .unwrap();
+    assert_eq!(top["containers"], serde_json::json!([container]));
+    let mut changes: Vec<String> = ok(&["changes", &container[..12]])
+        .lines()
+        .map(str::to_owned)
+        .collect();
+    changes.sort();
+    assert_eq!(changes, docker_diff);
+    assert!(ok(&["fsck"]).contains("no problems"));
+    assert_eq!(
+        fingerprint(&data),
+        before,
+        "reading wrote into Docker's root"
+    );
+
+    // Mounted, the container's tree is what `docker export` gave.
+    let merged = PathBuf::from(ok(&["mount", &container]).trim());
+    let mut exported_names: Vec<String> = tar_names(&exported)
+        .into_iter()
+        .map(|n| n.trim_end_matches('/').to_owned())
+        .filter(|n| !n.is_empty() && n != "." && !n.starts_with(".dockerenv"))
+        .filter(|n| {
+            ![
+                "dev",
+                "proc",
+                "sys",
+                "etc/hostname",
+                "etc/hosts",
+                "etc/resolv.conf",
+                "etc/mtab",
+            ]
+            .iter()
+            .any(|skip| n == skip || n.starts_with(&format!("{skip}/")))
+        })
+        .collect();
+    exported_names.sort();
+    let mut mounted: Vec<String> = walkdir::WalkDir::new(&merged)
+        .min_depth(1)
+        .into_iter()
+        .map(|e| {
+            let e = e.unwrap();
+            e.path()
+                .strip_prefix(&merged)
+                .unwrap()
+                .display()
+                .to_string()
+        })
+        .filter(|n| !n.starts_with(".dockerenv"))
+        .filter(|n| {
+            ![
+                "dev",
+                "proc",
+                "sys",
+                "etc/hostname",
+                "etc/hosts",
+                "etc/resolv.conf",
+                "etc/mtab",
+            ]
+            .iter()
+            .any(|skip| n == skip || n.starts_with(&format!("{skip}/")))
+        })
+        .collect();
+    mounted.sort();
+    assert_eq!(mounted, exported_names);
+    assert_eq!(
+        std::fs::read_to_string(merged.join("app/new")).unwrap(),
+        "written\n"
+    );
+    ok(&["umount", &container]);
+}
+
+/// Unmounts what a test left under a directory, innermost first.
+struct Unmount(PathBuf);
+
+impl Drop for Unmount {
+    fn drop(&mut self) {
+        let mut mounts = plies_testkit::mounts_under(&self.0);
+        mounts.sort_by_key(|m| std::cmp::Reverse(m.components().count()));
+        for m in mounts {
+            let _ = rustix::mount::unmount(&m, rustix::mount::UnmountFlags::DETACH);
+        }
+    }
+}

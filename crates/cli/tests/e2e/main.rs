@@ -364,6 +364,24 @@ impl Built {
         }
     }
 
+    /// Uncompressed layers, with busybox's `PATH` (`/bin`) in the config.
+    fn with_busybox_path(tars: Vec<Vec<u8>>) -> Built {
+        let diff_ids: Vec<String> = tars.iter().map(|t| sha256(t)).collect();
+        let config = serde_json::to_vec(&serde_json::json!({
+            "architecture": "amd64",
+            "os": "linux",
+            "config": {"Env": ["PATH=/bin"]},
+            "rootfs": {"type": "layers", "diff_ids": diff_ids},
+            "history": [],
+        }))
+        .unwrap();
+        Built {
+            blobs: tars.clone(),
+            tars,
+            config,
+        }
+    }
+
     fn diff_ids(&self) -> Vec<String> {
         self.tars.iter().map(|t| sha256(t)).collect()
     }

@@ -4,10 +4,11 @@
 use std::collections::BTreeMap;
 use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Command, Stdio};
+use std::time::Instant;
 
 use plies_dockerplugin::{Config, DriverChoice};
+use plies_testkit::dockerd::{Dockerd, dockerd_bin};
 use sha2::{Digest, Sha256};
 
 use crate::protocol::Running;
@@ -26,21 +27,6 @@ impl Drop for UnmountOnDrop {
         for m in mounts {
             let _ = rustix::mount::unmount(&m, rustix::mount::UnmountFlags::DETACH);
         }
-    }
-}
-
-/// A private dockerd (with the containerd it manages), stopped by pid on drop.
-struct Dockerd {
-    child: Option<Child>,
-    dir: PathBuf,
-    host: String,
-}
-
-fn docker_cli() -> &'static str {
-    if Path::new("/usr/bin/docker").exists() {
-        "/usr/bin/docker"
-    } else {
-        "docker"
     }
 }
 
@@ -63,140 +49,6 @@ fn prerequisites(test: &str) -> Option<(PathBuf, Vec<u8>)> {
         return None;
     };
     Some((dockerd, busybox))
-}
-
-fn dockerd_bin() -> Option<PathBuf> {
-    [
-        "/usr/sbin/dockerd",
-        "/usr/bin/dockerd",
-        "/usr/local/bin/dockerd",
-    ]
-    .into_iter()
-    .map(PathBuf::from)
-    .find(|p| p.exists())
-}
-
-impl Dockerd {
-    /// Starts dockerd under `dir` on `storage_driver` with `extra` arguments;
-    /// `Err` with its log when it does not answer within a minute.
-    fn start(
-        bin: &Path,
-        dir: &Path,
-        storage_driver: &str,
-        extra: &[&str],
-    ) -> Result<Dockerd, String> {
-        std::fs::create_dir_all(dir).unwrap();
-        std::fs::write(dir.join("daemon.json"), b"{}").unwrap();
-        let log = std::fs::File::create(dir.join("dockerd.log")).unwrap();
-        let host = format!("unix://{}", dir.join("docker.sock").display());
-        let child = Command::new(bin)
-            .arg("--experimental")
-            .arg(format!("--storage-driver={storage_driver}"))
-            .arg("--config-file")
-            .arg(dir.join("daemon.json"))
-            .arg("--data-root")
-            .arg(dir.join("data"))
-            .arg("--exec-root")
-            .arg(dir.join("exec"))
-            .arg("--pidfile")
-            .arg(dir.join("dockerd.pid"))
-            .args(["-H", &host])
-            .args(["--iptables=false", "--ip6tables=false", "--bridge=none"])
-            .args(extra)
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .map_err(|e| format!("cannot run {bin:?}: {e}"))?;
-        let mut d = Dockerd {
-            child: Some(child),
-            dir: dir.to_path_buf(),
-            host,
-        };
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            if d.try_docker(&["version"]).is_ok() {
-                return Ok(d);
-            }
-            let exited = d.child.as_mut().unwrap().try_wait().unwrap();
-            if exited.is_some() || Instant::now() > deadline {
-                let log = std::fs::read_to_string(dir.join("dockerd.log")).unwrap_or_default();
-                let tail: Vec<&str> = log.lines().rev().take(15).collect();
-                return Err(format!(
-                    "dockerd ({exited:?}) did not start: {}",
-                    tail.into_iter().rev().collect::<Vec<_>>().join("\n")
-                ));
-            }
-            std::thread::sleep(Duration::from_millis(200));
-        }
-    }
-
-    fn command(&self, args: &[&str]) -> Command {
-        let mut c = Command::new(docker_cli());
-        c.env("DOCKER_CONFIG", &self.dir)
-            .args(["-H", &self.host])
-            .args(args)
-            .stdin(Stdio::null());
-        c
-    }
-
-    fn try_docker(&self, args: &[&str]) -> Result<Output, Output> {
-        let out = self.command(args).output().expect("run docker");
-        if out.status.success() {
-            Ok(out)
-        } else {
-            Err(out)
-        }
-    }
-
-    /// Runs `docker args…`, panicking with its stderr and dockerd's log on failure.
-    fn docker(&self, args: &[&str]) -> String {
-        match self.try_docker(args) {
-            Ok(out) => String::from_utf8(out.stdout).unwrap(),
-            Err(out) => {
-                let log = std::fs::read_to_string(self.dir.join("dockerd.log")).unwrap_or_default();
-                let tail: Vec<&str> = log.lines().rev().take(20).collect();
-                panic!(
-                    "docker {args:?} failed: {}\n--- dockerd log, last lines first ---\n{}",
-                    String::from_utf8_lossy(&out.stderr),
-                    tail.join("\n")
-                )
-            }
-        }
-    }
-
-    /// Stops dockerd with SIGTERM (SIGKILL after 30 s), then the containerd it
-    /// managed if it outlived it.
-    fn stop(&mut self) {
-        let Some(mut child) = self.child.take() else {
-            return;
-        };
-        let pid = rustix::process::Pid::from_child(&child);
-        let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while child.try_wait().unwrap().is_none() {
-            if Instant::now() > deadline {
-                let _ = child.kill();
-                let _ = child.wait();
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        let pidfile = self.dir.join("exec/containerd/containerd.pid");
-        if let Some(pid) = std::fs::read_to_string(pidfile)
-            .ok()
-            .and_then(|p| p.trim().parse::<i32>().ok())
-            .and_then(rustix::process::Pid::from_raw)
-        {
-            let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
-        }
-    }
-}
-
-impl Drop for Dockerd {
-    fn drop(&mut self) {
-        self.stop();
-    }
 }
 
 fn sha256_hex(bytes: &[u8]) -> String {
