@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use super::{Built, E, Node, chain_ids, docker_archive, expected_tree, image_layers, sha256};
+use super::{Built, E, Node, chain_ids, docker_archive, expected_tree, image_layers};
 
 /// What the test starts, stopped and removed when dropped, even after a failure.
 struct Rig {
