@@ -211,6 +211,9 @@ mod tests {
         assert_eq!(pax.path.as_deref(), Some(&b"ab"[..]));
         assert_eq!(pax.size, Some(7));
         assert!(!pax.sparse);
+        // Records are counted, not split at newlines: a value may hold one.
+        let pax = parse_pax(b"11 mtime=\n\n11 path=ab\n").unwrap();
+        assert_eq!(pax.path.as_deref(), Some(&b"ab"[..]));
         assert!(parse_pax(b"10 path=ab\n").is_err());
         assert!(parse_pax(b"9 path=a\0\n").is_err());
         assert!(parse_pax(b"8 size=x\n").is_err());
