@@ -31,7 +31,11 @@ fn layer() -> (Vec<u8>, HashMap<Vec<u8>, Vec<u8>>) {
         for f in 0..100 {
             let len = (d * 100 + f) * 7919 % 8192;
             let data = (0..len).map(|i| (i * 31 + f) as u8).collect();
-            add(&mut builder, format!("usr/share/dir{d:03}/file{f:03}"), data);
+            add(
+                &mut builder,
+                format!("usr/share/dir{d:03}/file{f:03}"),
+                data,
+            );
         }
     }
     for big in 0..3 {

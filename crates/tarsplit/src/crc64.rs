@@ -16,7 +16,11 @@ const fn tables() -> [[u64; 256]; 8] {
         let mut crc = i as u64;
         let mut bit = 0;
         while bit < 8 {
-            crc = if crc & 1 == 1 { (crc >> 1) ^ POLY } else { crc >> 1 };
+            crc = if crc & 1 == 1 {
+                (crc >> 1) ^ POLY
+            } else {
+                crc >> 1
+            };
             bit += 1;
         }
         t[0][i] = crc;
@@ -87,7 +91,11 @@ mod tests {
         for &b in data {
             crc ^= u64::from(b);
             for _ in 0..8 {
-                crc = if crc & 1 == 1 { (crc >> 1) ^ POLY } else { crc >> 1 };
+                crc = if crc & 1 == 1 {
+                    (crc >> 1) ^ POLY
+                } else {
+                    crc >> 1
+                };
             }
         }
         !crc
@@ -98,7 +106,11 @@ mod tests {
         let data: Vec<u8> = (0..300u32).map(|i| (i * 31 + 7) as u8).collect();
         for len in 0..data.len() {
             let want = bitwise(&data[..len]);
-            assert_eq!(u64::from_be_bytes(checksum(&data[..len])), want, "len {len}");
+            assert_eq!(
+                u64::from_be_bytes(checksum(&data[..len])),
+                want,
+                "len {len}"
+            );
             let mut split = Crc64::default();
             split.update(&data[..len / 3]);
             split.update(&data[len / 3..len]);
@@ -109,7 +121,10 @@ mod tests {
     #[test]
     fn known_values() {
         // The catalogue's check value of CRC-64/GO-ISO.
-        assert_eq!(u64::from_be_bytes(checksum(b"123456789")), 0xb909_56c7_75a4_1001);
+        assert_eq!(
+            u64::from_be_bytes(checksum(b"123456789")),
+            0xb909_56c7_75a4_1001
+        );
         assert_eq!(checksum(b""), [0; 8]);
     }
 }

@@ -78,7 +78,10 @@ pub(crate) fn encode(entry: &EntryKind, position: u64, out: &mut Vec<u8>) {
 
 fn encode_base64(bytes: &[u8], out: &mut Vec<u8>) {
     let start = out.len();
-    out.resize(start + base64::encoded_len(bytes.len(), true).unwrap_or(0), 0);
+    out.resize(
+        start + base64::encoded_len(bytes.len(), true).unwrap_or(0),
+        0,
+    );
     let written = BASE64
         .encode_slice(bytes, &mut out[start..])
         .unwrap_or_default();
@@ -155,13 +158,11 @@ pub(crate) fn decode(line: &[u8], position: u64, max_payload: usize) -> Result<E
                 limit: max_payload,
             });
         }
-        BASE64
-            .decode(text)
-            .map_err(|source| Error::Base64 {
-                position,
-                field,
-                source,
-            })
+        BASE64.decode(text).map_err(|source| Error::Base64 {
+            position,
+            field,
+            source,
+        })
     };
     match fields.kind.unwrap_or(0) {
         SEGMENT => {
@@ -183,7 +184,10 @@ pub(crate) fn decode(line: &[u8], position: u64, max_payload: usize) -> Result<E
                 _ => Vec::new(),
             };
             let name = if raw.is_empty() {
-                fields.name.map(|n| n.into_owned().into_bytes()).unwrap_or_default()
+                fields
+                    .name
+                    .map(|n| n.into_owned().into_bytes())
+                    .unwrap_or_default()
             } else {
                 raw
             };
@@ -198,12 +202,13 @@ pub(crate) fn decode(line: &[u8], position: u64, max_payload: usize) -> Result<E
                     });
                 }
                 (_, Some(text)) => {
-                    let sum: [u8; 8] = base64("payload", &text)?.try_into().map_err(|_| {
-                        Error::InvalidEntry {
-                            position,
-                            reason: "checksum is not 8 bytes",
-                        }
-                    })?;
+                    let sum: [u8; 8] =
+                        base64("payload", &text)?
+                            .try_into()
+                            .map_err(|_| Error::InvalidEntry {
+                                position,
+                                reason: "checksum is not 8 bytes",
+                            })?;
                     Some(sum)
                 }
             };
@@ -284,7 +289,11 @@ mod tests {
             EntryKind::file("<&>\u{2029}\t", b""),
         ] {
             let text = line(&entry, 7);
-            assert_eq!(decode(text.as_bytes(), 7, 1 << 20).unwrap(), entry, "{text}");
+            assert_eq!(
+                decode(text.as_bytes(), 7, 1 << 20).unwrap(),
+                entry,
+                "{text}"
+            );
         }
     }
 }

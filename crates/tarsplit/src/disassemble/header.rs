@@ -81,7 +81,11 @@ pub(super) fn parse_numeric(field: &[u8]) -> Option<i64> {
     if x >> 63 != 0 {
         return None;
     }
-    Some(if invert == 0xff { !(x as i64) } else { x as i64 })
+    Some(if invert == 0xff {
+        !(x as i64)
+    } else {
+        x as i64
+    })
 }
 
 /// The name a header gives, before any extended header: `prefix/name` where
@@ -202,7 +206,10 @@ mod tests {
             Some(256)
         );
         assert_eq!(parse_numeric(&[0xff; 12]), Some(-1));
-        assert_eq!(parse_numeric(&[0x80, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]), None);
+        assert_eq!(
+            parse_numeric(&[0x80, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]),
+            None
+        );
     }
 
     #[test]

@@ -276,7 +276,11 @@ impl Scanner {
 
     fn on_special_end(&mut self, sink: &mut dyn EntrySink) -> Result<(), Error> {
         let State::Special {
-            kind, name, size, at, ..
+            kind,
+            name,
+            size,
+            at,
+            ..
         } = mem::replace(&mut self.state, State::Header)
         else {
             unreachable!("called at the end of an extended header");

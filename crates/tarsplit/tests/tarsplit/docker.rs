@@ -33,8 +33,8 @@ fn extract_store(archive: &Path, into: &Path) {
     for member in store.entries().unwrap() {
         let mut member = member.unwrap();
         let path = member.path().unwrap().into_owned();
-        let wanted = path.starts_with("image/")
-            || path.components().any(|c| c.as_os_str() == "diff");
+        let wanted =
+            path.starts_with("image/") || path.components().any(|c| c.as_os_str() == "diff");
         let kind = member.header().entry_type();
         if wanted && (kind.is_file() || kind.is_dir()) {
             assert!(member.unpack_in(into).unwrap(), "{path:?} escapes");
@@ -85,7 +85,10 @@ fn docker_tar_split_assembles_and_disassembles_exactly() {
     if !plies_testkit::require(
         "docker_tar_split_assembles_and_disassembles_exactly",
         store.exists() && image.exists(),
-        &format!("the fixtures {STORE} and {IMAGE} are not in {}", fixtures.display()),
+        &format!(
+            "the fixtures {STORE} and {IMAGE} are not in {}",
+            fixtures.display()
+        ),
     ) {
         return;
     }
@@ -99,11 +102,14 @@ fn docker_tar_split_assembles_and_disassembles_exactly() {
         let tar = &layers[layer.diff_id.trim()];
 
         // Assembly: Docker's tar-split and the diff directory give the layer tar.
-        let files =
-            |name: &[u8]| File::open(layer.diff_dir.join(OsStr::from_bytes(name)));
+        let files = |name: &[u8]| File::open(layer.diff_dir.join(OsStr::from_bytes(name)));
         let mut assembled = Vec::new();
-        let written = assemble(Unpacker::gzip(&layer.tar_split_gz[..]), files, &mut assembled)
-            .unwrap();
+        let written = assemble(
+            Unpacker::gzip(&layer.tar_split_gz[..]),
+            files,
+            &mut assembled,
+        )
+        .unwrap();
         assert_eq!(written, tar.len() as u64);
         assert_eq!(sha256(&assembled), layer.diff_id.trim());
         assert!(assembled == *tar);

@@ -22,7 +22,10 @@ fn unpack_error(unpacker: Unpacker<impl Read>) -> Error {
             None => panic!("no error"),
         }
     };
-    assert!(unpacker.next().is_none(), "the unpacker stops after an error");
+    assert!(
+        unpacker.next().is_none(),
+        "the unpacker stops after an error"
+    );
     error
 }
 
@@ -32,7 +35,10 @@ fn error_of(json: &str) -> Error {
 
 fn a_layer() -> Vec<u8> {
     let mut builder = tar::Builder::new(Vec::new());
-    for (name, data) in [("etc/motd", &b"hello\n"[..]), ("etc/passwd", b"root:x:0:0\n")] {
+    for (name, data) in [
+        ("etc/motd", &b"hello\n"[..]),
+        ("etc/passwd", b"root:x:0:0\n"),
+    ] {
         let mut header = tar::Header::new_gnu();
         header.set_size(data.len() as u64);
         header.set_mode(0o644);
@@ -65,7 +71,16 @@ fn lines_are_bounded() {
         "A".repeat(200)
     );
     let error = unpack_error(Unpacker::new(long.as_bytes()).max_line_len(100));
-    assert!(matches!(error, Error::LineTooLong { position: 0, limit: 100 }), "{error:?}");
+    assert!(
+        matches!(
+            error,
+            Error::LineTooLong {
+                position: 0,
+                limit: 100
+            }
+        ),
+        "{error:?}"
+    );
 
     // An endless line ends at the default limit, not in memory exhaustion.
     let endless = io::repeat(b'a');
@@ -81,35 +96,90 @@ fn lines_are_bounded() {
     );
     let error = unpack_error(Unpacker::new(payload.as_bytes()).max_payload_len(10));
     assert!(
-        matches!(error, Error::PayloadTooLarge { position: 0, limit: 10, .. }),
+        matches!(
+            error,
+            Error::PayloadTooLarge {
+                position: 0,
+                limit: 10,
+                ..
+            }
+        ),
         "{error:?}"
     );
 }
 
+/// A malformed line, and what its error must match.
+type Case = (&'static str, fn(&Error) -> bool);
+
 #[test]
 fn malformed_entries() {
     let good = "{\"type\":2,\"payload\":\"AA==\",\"position\":0}\n";
-    let cases: [(&str, fn(&Error) -> bool); 10] = [
+    let cases: [Case; 10] = [
         ("{\"type\":2,\"payload\":\"!!!!\",\"position\":1}\n", |e| {
-            matches!(e, Error::Base64 { position: 1, field: "payload", .. })
+            matches!(
+                e,
+                Error::Base64 {
+                    position: 1,
+                    field: "payload",
+                    ..
+                }
+            )
         }),
         ("{\"type\":1,\"name_raw\":\"%%\",\"position\":1}\n", |e| {
-            matches!(e, Error::Base64 { position: 1, field: "name_raw", .. })
+            matches!(
+                e,
+                Error::Base64 {
+                    position: 1,
+                    field: "name_raw",
+                    ..
+                }
+            )
         }),
-        ("{\"type\":1,\"name\":\"a\",\"size\":-5,\"payload\":null,\"position\":1}\n", |e| {
-            matches!(e, Error::InvalidEntry { position: 1, reason: "negative size" })
-        }),
-        ("{\"type\":1,\"name\":\"a\",\"size\":5,\"payload\":null,\"position\":1}\n", |e| {
-            matches!(e, Error::InvalidEntry { position: 1, .. })
-        }),
-        ("{\"type\":1,\"name\":\"a\",\"size\":5,\"payload\":\"AAAA\",\"position\":1}\n", |e| {
-            matches!(e, Error::InvalidEntry { position: 1, reason: "checksum is not 8 bytes" })
-        }),
+        (
+            "{\"type\":1,\"name\":\"a\",\"size\":-5,\"payload\":null,\"position\":1}\n",
+            |e| {
+                matches!(
+                    e,
+                    Error::InvalidEntry {
+                        position: 1,
+                        reason: "negative size"
+                    }
+                )
+            },
+        ),
+        (
+            "{\"type\":1,\"name\":\"a\",\"size\":5,\"payload\":null,\"position\":1}\n",
+            |e| matches!(e, Error::InvalidEntry { position: 1, .. }),
+        ),
+        (
+            "{\"type\":1,\"name\":\"a\",\"size\":5,\"payload\":\"AAAA\",\"position\":1}\n",
+            |e| {
+                matches!(
+                    e,
+                    Error::InvalidEntry {
+                        position: 1,
+                        reason: "checksum is not 8 bytes"
+                    }
+                )
+            },
+        ),
         ("{\"type\":3,\"payload\":\"\",\"position\":1}\n", |e| {
-            matches!(e, Error::UnknownType { position: 1, kind: 3 })
+            matches!(
+                e,
+                Error::UnknownType {
+                    position: 1,
+                    kind: 3
+                }
+            )
         }),
         ("{\"type\":2,\"payload\":\"\",\"position\":7}\n", |e| {
-            matches!(e, Error::PositionMismatch { expected: 1, found: 7 })
+            matches!(
+                e,
+                Error::PositionMismatch {
+                    expected: 1,
+                    found: 7
+                }
+            )
         }),
         ("{\"type\":2,\"payload\":\"\",\"position\":1}{}\n", |e| {
             matches!(e, Error::Json { position: 1, .. })
@@ -129,7 +199,13 @@ fn malformed_entries() {
     let entries: Vec<_> = Unpacker::new(good.trim_end().as_bytes())
         .collect::<Result<_, _>>()
         .unwrap();
-    assert_eq!(entries, [Entry { position: 0, kind: EntryKind::Segment(vec![0]) }]);
+    assert_eq!(
+        entries,
+        [Entry {
+            position: 0,
+            kind: EntryKind::Segment(vec![0])
+        }]
+    );
 }
 
 /// Assembles `a_layer()`'s entries with `files` for its files.
@@ -148,11 +224,17 @@ fn assemble_layer(files: HashMap<&'static str, Vec<u8>>) -> Result<u64, Error> {
 #[test]
 fn files_that_changed_since() {
     let motd = || ("etc/motd", b"hello\n".to_vec());
-    let good = assemble_layer(HashMap::from([motd(), ("etc/passwd", b"root:x:0:0\n".to_vec())]));
+    let good = assemble_layer(HashMap::from([
+        motd(),
+        ("etc/passwd", b"root:x:0:0\n".to_vec()),
+    ]));
     assert_eq!(good.unwrap(), a_layer().len() as u64);
 
-    let error = assemble_layer(HashMap::from([motd(), ("etc/passwd", b"root:x:0:1\n".to_vec())]))
-        .unwrap_err();
+    let error = assemble_layer(HashMap::from([
+        motd(),
+        ("etc/passwd", b"root:x:0:1\n".to_vec()),
+    ]))
+    .unwrap_err();
     assert!(
         matches!(&error, Error::ChecksumMismatch { name, position: 3 } if name == b"etc/passwd"),
         "{error:?}"
@@ -166,8 +248,11 @@ fn files_that_changed_since() {
         "{error:?}"
     );
 
-    let error = assemble_layer(HashMap::from([motd(), ("etc/passwd", b"root:x:0:0\nmore".to_vec())]))
-        .unwrap_err();
+    let error = assemble_layer(HashMap::from([
+        motd(),
+        ("etc/passwd", b"root:x:0:0\nmore".to_vec()),
+    ]))
+    .unwrap_err();
     assert!(
         matches!(&error, Error::FileTooLong { name, expected: 11, .. } if name == b"etc/passwd"),
         "{error:?}"
@@ -207,7 +292,10 @@ fn failing_writers() {
     let files = |_: &[u8]| Ok(&b"hello\n"[..]);
     let error = assemble(entries.into_iter().map(Ok), files, Full { room: 700 }).unwrap_err();
     // The segment after the first file (its padding and the next header) fails.
-    assert!(matches!(error, Error::WriteTar { offset: 518, .. }), "{error:?}");
+    assert!(
+        matches!(error, Error::WriteTar { offset: 518, .. }),
+        "{error:?}"
+    );
 
     // The packer's failure stops the disassembler: its read fails, and finish
     // says why.
@@ -216,7 +304,10 @@ fn failing_writers() {
     let mut passed = Vec::new();
     assert!(reader.read_to_end(&mut passed).is_err());
     let error = reader.finish().unwrap_err();
-    assert!(matches!(error, Error::Write { position: 0, .. }), "{error:?}");
+    assert!(
+        matches!(error, Error::Write { position: 0, .. }),
+        "{error:?}"
+    );
 }
 
 /// Reads `tar` through a disassembler; returns the read's error and finish's.
@@ -245,7 +336,13 @@ fn malformed_tars() {
     assert_eq!(read.kind(), io::ErrorKind::InvalidData);
     assert!(read.to_string().contains("checksum"), "{read}");
     assert!(
-        matches!(error, Error::InvalidTar { offset: 0, reason: "header checksum mismatch" }),
+        matches!(
+            error,
+            Error::InvalidTar {
+                offset: 0,
+                reason: "header checksum mismatch"
+            }
+        ),
         "{error:?}"
     );
 
@@ -264,27 +361,50 @@ fn malformed_tars() {
     let mut tar = vec![0u8; 512];
     tar.extend_from_slice(&a_layer());
     let (_, error) = disassemble_error(&tar);
-    assert!(matches!(error, Error::InvalidTar { offset: 512, .. }), "{error:?}");
+    assert!(
+        matches!(error, Error::InvalidTar { offset: 512, .. }),
+        "{error:?}"
+    );
 
     // A negative size, in base-256.
     let mut bad = header("a", b'0', 0);
     bad.as_mut_bytes()[124..136].copy_from_slice(&[0xff; 12]);
     bad.set_cksum();
     let (_, error) = disassemble_error(bad.as_bytes());
-    assert!(matches!(error, Error::InvalidTar { offset: 0, reason: "negative size" }), "{error:?}");
+    assert!(
+        matches!(
+            error,
+            Error::InvalidTar {
+                offset: 0,
+                reason: "negative size"
+            }
+        ),
+        "{error:?}"
+    );
 
     // An extended header over 1 MiB, and one with a malformed record.
     let mut tar = header("pax", b'x', (1 << 20) + 1).as_bytes().to_vec();
     tar.resize(tar.len() + (2 << 20), b'9');
     let (_, error) = disassemble_error(&tar);
-    assert!(matches!(error, Error::InvalidTar { offset: 0, .. }), "{error:?}");
+    assert!(
+        matches!(error, Error::InvalidTar { offset: 0, .. }),
+        "{error:?}"
+    );
     let records = b"99 path=a\n";
-    let mut tar = header("pax", b'x', records.len() as u64).as_bytes().to_vec();
+    let mut tar = header("pax", b'x', records.len() as u64)
+        .as_bytes()
+        .to_vec();
     tar.extend_from_slice(records);
     tar.resize(2048, 0);
     let (_, error) = disassemble_error(&tar);
     assert!(
-        matches!(error, Error::InvalidTar { offset: 0, reason: "malformed PAX record" }),
+        matches!(
+            error,
+            Error::InvalidTar {
+                offset: 0,
+                reason: "malformed PAX record"
+            }
+        ),
         "{error:?}"
     );
 }

@@ -65,14 +65,25 @@ fn gnu_tar_sparse_files_are_recorded_as_segments() {
             .unwrap();
         assert!(status.success(), "{format:?}");
         let tar = std::fs::read(&out).unwrap();
-        assert!(tar.len() < 1 << 20, "{format:?}: the file was not stored sparse");
+        assert!(
+            tar.len() < 1 << 20,
+            "{format:?}: the file was not stored sparse"
+        );
 
         let entries = disassemble(&tar, vec![333]);
         let names: Vec<_> = files(&entries);
         assert_eq!(names.len(), 2, "{format:?}: {names:?}");
         match &names[0] {
-            EntryKind::File { name, size: 0, crc64: None } => {
-                assert!(name.ends_with(b"sparse"), "{format:?}: {}", name.escape_ascii());
+            EntryKind::File {
+                name,
+                size: 0,
+                crc64: None,
+            } => {
+                assert!(
+                    name.ends_with(b"sparse"),
+                    "{format:?}: {}",
+                    name.escape_ascii()
+                );
             }
             other => panic!("{format:?}: {other:?}"),
         }
