@@ -22,9 +22,10 @@ pub const DEFAULT_MAX_PAYLOAD_LEN: usize = 16 << 20;
 /// whatever is wrong comes back as an [`Error`] naming the entry's position.
 /// After the first error the iterator ends.
 ///
-/// Unlike Go's reader, a last line cut short is an error
-/// ([`Error::TruncatedEntry`]) rather than a silent end, and duplicate names are
-/// let through (the [`Packer`](crate::Packer) refuses to write them).
+/// A last line cut short is an error ([`Error::TruncatedEntry`]), as for Go's
+/// current reader (older tar-split, Docker 20.10's, ended there silently).
+/// Duplicate names are let through; the [`Packer`](crate::Packer) refuses to
+/// write them.
 #[derive(Debug)]
 pub struct Unpacker<R> {
     reader: BufReader<R>,
