@@ -110,6 +110,16 @@ pub enum Command {
         #[arg(short, long, value_name = "FILE")]
         output: Option<PathBuf>,
     },
+    /// Write images of a Docker data root as a `docker save` archive, each
+    /// layer reproduced byte for byte from its tar-split.
+    Save {
+        /// The images: names (`repo:tag`), ids or unique id prefixes.
+        #[arg(required = true)]
+        images: Vec<String>,
+        /// Write to this file instead of standard output.
+        #[arg(short, long, value_name = "FILE")]
+        output: Option<PathBuf>,
+    },
     /// List the paths a layer adds (A), changes (C) and deletes (D).
     Changes {
         /// The layer.

@@ -109,6 +109,9 @@ impl Docker {
         match command {
             Command::Ls => self.ls(out)?,
             Command::Images => self.images(out)?,
+            Command::Save { images, output } => {
+                crate::save::save(&self.db, &images, output.as_deref(), out)?
+            }
             Command::Changes { id, parent } => {
                 let (entry, parent) = self.layer(&id, parent.as_deref())?;
                 let changes = self

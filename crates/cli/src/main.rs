@@ -11,6 +11,7 @@ mod image;
 mod import;
 mod output;
 mod probe;
+mod save;
 mod store;
 
 use std::process::ExitCode;
@@ -45,9 +46,10 @@ fn run(cli: Cli, out: &Out) -> Result<ExitCode, Failure> {
         }
     }
     match cli.command {
-        Command::Images => {
+        Command::Images | Command::Save { .. } => {
             return Err(Failure::usage(format!(
-                "{} holds no Docker image store (plies lists images of Docker data roots)",
+                "{} holds no Docker image store (plies lists and saves images of Docker \
+                 data roots)",
                 g.root.display()
             )));
         }

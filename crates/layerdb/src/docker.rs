@@ -567,3 +567,141 @@ fn read_bounded(path: &Path, limit: u64) -> Result<Option<Vec<u8>>> {
     }
     Ok(Some(bytes))
 }
+
+impl DockerRoot {
+    /// The directory holding the files of the driver's layer `cache_id`:
+    /// `<root>/overlay2/<id>/diff` or `<root>/aufs/diff/<id>`.
+    pub fn layer_files(&self, cache_id: &str) -> PathBuf {
+        match self.driver.as_str() {
+            "aufs" => self.root.join("aufs").join("diff").join(cache_id),
+            "vfs" => self.root.join("vfs").join("dir").join(cache_id),
+            driver => self.root.join(driver).join(cache_id).join("diff"),
+        }
+    }
+
+    /// The size of the tar [`DockerRoot::write_layer_tar`] writes for
+    /// `chain_id`, from its tar-split alone.
+    ///
+    /// # Errors
+    /// As [`DockerRoot::write_layer_tar`], for the tar-split.
+    pub fn layer_tar_size(&self, chain_id: &str) -> Result<u64> {
+        let (layer, path) = self.tar_split_of(chain_id)?;
+        let mut size = 0u64;
+        for entry in tar_split_entries(&path)? {
+            let entry = entry.map_err(|source| Error::TarSplit {
+                chain_id: layer.chain_id.clone(),
+                source,
+            })?;
+            size += match entry.kind {
+                plies_tarsplit::EntryKind::Segment(bytes) => bytes.len() as u64,
+                plies_tarsplit::EntryKind::File { size, .. } => size,
+            };
+        }
+        Ok(size)
+    }
+
+    /// Writes the tar of the image layer `chain_id` to `out` byte for byte as
+    /// Docker loaded it: the headers and padding from its `tar-split.json.gz`,
+    /// the contents from the layer's files (each checked against the size and
+    /// CRC-64 recorded, names resolved beneath the layer's directory), and the
+    /// whole checked against the layer's diff id. Returns the bytes written.
+    ///
+    /// # Errors
+    /// [`Error::NoSuchLayer`]; [`Error::BadDockerFile`] for a layer without
+    /// tar-split; [`Error::TarSplit`] when the tar-split is bad or a file is
+    /// missing, escapes the layer, or differs from what was recorded;
+    /// [`Error::LayerDigest`] when the tar's digest is not the diff id. On
+    /// error `out` holds part of the tar.
+    pub fn write_layer_tar(&self, chain_id: &str, out: &mut dyn std::io::Write) -> Result<u64> {
+        use sha2::Digest as _;
+        let (layer, path) = self.tar_split_of(chain_id)?;
+        let dir = self.layer_files(&layer.cache_id);
+        let dir_fd = rustix::fs::open(
+            &dir,
+            rustix::fs::OFlags::RDONLY
+                | rustix::fs::OFlags::DIRECTORY
+                | rustix::fs::OFlags::CLOEXEC,
+            rustix::fs::Mode::empty(),
+        )
+        .map_err(|e| crate::error::io_err("open", &dir, e))?;
+        let files = |name: &[u8]| -> std::io::Result<std::fs::File> {
+            use std::os::unix::ffi::OsStrExt as _;
+            let mut name = name;
+            while let Some(rest) = name.strip_prefix(b"/") {
+                name = rest;
+            }
+            let fd = rustix::fs::openat2(
+                &dir_fd,
+                std::ffi::OsStr::from_bytes(name),
+                rustix::fs::OFlags::RDONLY
+                    | rustix::fs::OFlags::CLOEXEC
+                    | rustix::fs::OFlags::NOFOLLOW,
+                rustix::fs::Mode::empty(),
+                rustix::fs::ResolveFlags::BENEATH | rustix::fs::ResolveFlags::NO_MAGICLINKS,
+            )?;
+            Ok(std::fs::File::from(fd))
+        };
+        let mut hashing = HashingWriter {
+            inner: out,
+            hash: sha2::Sha256::new(),
+        };
+        let written = plies_tarsplit::assemble(tar_split_entries(&path)?, files, &mut hashing)
+            .map_err(|source| Error::TarSplit {
+                chain_id: layer.chain_id.clone(),
+                source,
+            })?;
+        let found = format!("sha256:{}", hex(&hashing.hash.finalize()));
+        if found != layer.diff_id {
+            return Err(Error::LayerDigest {
+                chain_id: layer.chain_id.clone(),
+                expected: layer.diff_id.clone(),
+                found,
+            });
+        }
+        Ok(written)
+    }
+
+    fn tar_split_of(&self, chain_id: &str) -> Result<(&DockerLayer, PathBuf)> {
+        let layer = self
+            .layers
+            .get(chain_id)
+            .ok_or_else(|| Error::NoSuchLayer {
+                id: chain_id.to_owned(),
+            })?;
+        let path = layer.tar_split.clone().ok_or_else(|| {
+            bad(
+                Self::layerdb_of(&self.root, &self.driver)
+                    .join("sha256")
+                    .join(chain_id.trim_start_matches("sha256:"))
+                    .join("tar-split.json.gz"),
+                "missing: the layer's tar cannot be reproduced",
+            )
+        })?;
+        Ok((layer, path))
+    }
+}
+
+/// The entries of a `tar-split.json.gz`.
+fn tar_split_entries(path: &Path) -> Result<plies_tarsplit::Unpacker<impl std::io::Read + use<>>> {
+    let file = std::fs::File::open(path).map_err(|e| crate::error::io_err("open", path, e))?;
+    Ok(plies_tarsplit::Unpacker::gzip(file))
+}
+
+/// A writer that hashes what goes through it.
+struct HashingWriter<'a> {
+    inner: &'a mut dyn std::io::Write,
+    hash: sha2::Sha256,
+}
+
+impl std::io::Write for HashingWriter<'_> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        use sha2::Digest as _;
+        let n = self.inner.write(buf)?;
+        self.hash.update(&buf[..n]);
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
+}

@@ -86,6 +86,25 @@ pub enum Error {
         /// What is wrong with it.
         reason: String,
     },
+    /// A layer's tar could not be reproduced from its tar-split.
+    #[error("layer {chain_id}: reproducing its tar from tar-split")]
+    TarSplit {
+        /// The layer's chain id.
+        chain_id: String,
+        /// What failed.
+        #[source]
+        source: plies_tarsplit::Error,
+    },
+    /// A layer's reproduced tar does not have the layer's diff id.
+    #[error("layer {chain_id}: the reproduced tar is {found}, not its diff id {expected}")]
+    LayerDigest {
+        /// The layer's chain id.
+        chain_id: String,
+        /// Its diff id.
+        expected: String,
+        /// The digest of what was reproduced.
+        found: String,
+    },
     /// No image of Docker's image store has this id, id prefix or name.
     #[error("image {name}: no such image")]
     NoSuchImage {

@@ -262,11 +262,25 @@ fn a_root_dockerd_wrote_reads_as_docker_showed_it() {
     changes.sort();
     assert_eq!(changes, docker_diff);
     assert!(ok(&["fsck"]).contains("no problems"));
+    // Saved with no dockerd running, the image loads elsewhere as the same image.
+    let saved = tmp.path().join("saved.tar");
+    ok(&["save", "test/image:1", "-o", saved.to_str().unwrap()]);
     assert_eq!(
         fingerprint(&data),
         before,
         "reading wrote into Docker's root"
     );
+    let mut fresh =
+        plies_testkit::dockerd::Dockerd::start(&dockerd, &tmp.path().join("e"), "overlay2", &[])
+            .unwrap_or_else(|e| panic!("{e}"));
+    fresh.docker(&["load", "-i", saved.to_str().unwrap()]);
+    assert_eq!(
+        fresh
+            .docker(&["inspect", "-f", "{{.Id}}", "test/image:1"])
+            .trim(),
+        image_id
+    );
+    fresh.stop();
 
     // Mounted, the container's tree is what `docker export` gave.
     let merged = PathBuf::from(ok(&["mount", &container]).trim());

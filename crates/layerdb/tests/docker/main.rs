@@ -206,3 +206,89 @@ fn files_docker_never_writes_are_refused_by_name() {
         1
     );
 }
+
+/// The layer tars in the fixture's `docker save` archive, by diff id.
+fn saved_layers() -> std::collections::BTreeMap<String, Vec<u8>> {
+    use sha2::Digest as _;
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../fixtures/docker-20.10-overlay2-store.image.tar");
+    let bytes = std::fs::read(path).unwrap();
+    let mut out = std::collections::BTreeMap::new();
+    for entry in tar::Archive::new(&bytes[..]).entries().unwrap() {
+        let mut entry = entry.unwrap();
+        if entry.path().unwrap().ends_with("layer.tar") {
+            let mut data = Vec::new();
+            std::io::Read::read_to_end(&mut entry, &mut data).unwrap();
+            let digest = sha2::Sha256::digest(&data);
+            let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+            out.insert(format!("sha256:{hex}"), data);
+        }
+    }
+    out
+}
+
+#[test]
+fn layer_tars_come_back_byte_for_byte_from_tar_split() {
+    const TEST: &str = "layer_tars_come_back_byte_for_byte_from_tar_split";
+    let Some(dir) = fixture_root(TEST) else {
+        return;
+    };
+    let db = DockerRoot::open(dir.path(), "overlay2").unwrap();
+    let saved = saved_layers();
+    assert_eq!(saved.len(), 3);
+    for layer in db.layers() {
+        let mut tar = Vec::new();
+        let n = db.write_layer_tar(&layer.chain_id, &mut tar).unwrap();
+        assert_eq!(n, tar.len() as u64);
+        assert_eq!(db.layer_tar_size(&layer.chain_id).unwrap(), n);
+        assert!(
+            saved[&layer.diff_id] == tar,
+            "layer {} differs from the tar Docker saved",
+            layer.chain_id
+        );
+    }
+    // A file changed in the layer is caught, by name.
+    let top = db.layer(TOP).unwrap();
+    let file = first_file(&db.layer_files(&top.cache_id)).expect("a file in the top layer");
+    let mut bytes = std::fs::read(&file).unwrap();
+    bytes[0] ^= 1;
+    std::fs::write(&file, bytes).unwrap();
+    match db.write_layer_tar(TOP, &mut Vec::new()) {
+        Err(Error::TarSplit { chain_id, .. }) => assert_eq!(chain_id, TOP),
+        other => panic!("{other:?}"),
+    }
+    // A tar-split naming a file outside the layer opens nothing there.
+    let base = db.layer(BASE).unwrap();
+    let hostile = {
+        let mut packer = plies_tarsplit::Packer::gzip(Vec::new());
+        packer
+            .add(&plies_tarsplit::EntryKind::file(
+                "../../../../etc/hostname",
+                b"x",
+            ))
+            .unwrap();
+        packer.finish().unwrap().finish().unwrap()
+    };
+    std::fs::write(base.tar_split.as_ref().unwrap(), hostile).unwrap();
+    match db.write_layer_tar(BASE, &mut Vec::new()) {
+        Err(Error::TarSplit { chain_id, .. }) => assert_eq!(chain_id, BASE),
+        other => panic!("{other:?}"),
+    }
+}
+
+/// A regular file with contents under `dir`.
+fn first_file(dir: &Path) -> Option<PathBuf> {
+    for entry in std::fs::read_dir(dir).ok()? {
+        let path = entry.ok()?.path();
+        let meta = path.symlink_metadata().ok()?;
+        if meta.is_file() && meta.len() > 0 {
+            return Some(path);
+        }
+        if meta.is_dir() {
+            if let Some(found) = first_file(&path) {
+                return Some(found);
+            }
+        }
+    }
+    None
+}

@@ -1,0 +1,139 @@
+//! `plies save`: images of a Docker data root as a `docker save` archive.
+//!
+//! The archive holds, per image, its config (`<id>.json`, the bytes its id is
+//! the digest of) and each layer as `<diff-id>/layer.tar`, reproduced from the
+//! layer's tar-split and files so that its digest is the diff id the config
+//! names; `manifest.json` lists them with the image's tags. `docker load`
+//! elsewhere then gives the same image ids. A layer two images share is
+//! written once.
+
+use std::collections::BTreeSet;
+use std::fs::File;
+use std::io::{self, IsTerminal, Write};
+use std::path::Path;
+
+use anyhow::{Context, Result};
+use plies_layerdb::docker::{DockerRoot, chain_id};
+use serde::Serialize;
+
+use crate::output::{Failure, Out};
+
+/// One image of `manifest.json`.
+#[derive(Serialize)]
+struct ManifestEntry {
+    #[serde(rename = "Config")]
+    config: String,
+    #[serde(rename = "RepoTags")]
+    repo_tags: Option<Vec<String>>,
+    #[serde(rename = "Layers")]
+    layers: Vec<String>,
+}
+
+/// Writes `names` to `output` (a file, fsynced, removed again on failure) or
+/// standard output (never a terminal).
+pub fn save(
+    db: &DockerRoot,
+    names: &[String],
+    output: Option<&Path>,
+    out: &Out,
+) -> Result<(), Failure> {
+    if output.is_none() && io::stdout().is_terminal() {
+        return Err(Failure::usage(
+            "refusing to write an image archive to a terminal: redirect it or use -o FILE",
+        ));
+    }
+    match output {
+        None => {
+            let mut stdout = io::BufWriter::with_capacity(1 << 20, io::stdout().lock());
+            write_archive(db, names, &mut stdout)?;
+            stdout.flush()?;
+        }
+        Some(path) => {
+            let written = (|| -> Result<()> {
+                let file = File::create(path).with_context(|| format!("{}", path.display()))?;
+                let mut w = io::BufWriter::with_capacity(1 << 20, file);
+                write_archive(db, names, &mut w)?;
+                let file = w.into_inner().map_err(|e| e.into_error())?;
+                file.sync_all()?;
+                Ok(())
+            })();
+            if written.is_err() {
+                let _ = std::fs::remove_file(path);
+            }
+            written?;
+            out.note(format!("saved {} to {}", names.join(", "), path.display()))?;
+        }
+    }
+    Ok(())
+}
+
+fn write_archive(db: &DockerRoot, names: &[String], w: &mut dyn Write) -> Result<()> {
+    let mut manifest = Vec::new();
+    let mut written = BTreeSet::new();
+    for name in names {
+        let (image, config) = db.image(name)?;
+        let config_name = format!("{}.json", &image.id["sha256:".len()..]);
+        if written.insert(config_name.clone()) {
+            member(w, &config_name, config.len() as u64, &mut |w| {
+                w.write_all(&config).map_err(anyhow::Error::from)
+            })?;
+        }
+        let mut layers = Vec::new();
+        for (i, diff_id) in image.diff_ids.iter().enumerate() {
+            let chain = chain_id(&image.diff_ids[..=i]).context("an image without layers")?;
+            let member_name = format!("{}/layer.tar", &diff_id["sha256:".len()..]);
+            if written.insert(member_name.clone()) {
+                let size = db.layer_tar_size(&chain)?;
+                member(w, &member_name, size, &mut |w| {
+                    let n = db.write_layer_tar(&chain, w)?;
+                    anyhow::ensure!(
+                        n == size,
+                        "layer {chain}: {n} bytes, not the {size} of its tar-split"
+                    );
+                    Ok(())
+                })?;
+            }
+            layers.push(member_name);
+        }
+        let tags: Vec<String> = image
+            .tags
+            .iter()
+            .filter(|t| !t.contains('@'))
+            .filter(|t| names.contains(t) || !names.iter().any(|n| image.tags.contains(n)))
+            .cloned()
+            .collect();
+        manifest.push(ManifestEntry {
+            config: config_name,
+            repo_tags: (!tags.is_empty()).then_some(tags),
+            layers,
+        });
+    }
+    let manifest = serde_json::to_vec(&manifest)?;
+    member(w, "manifest.json", manifest.len() as u64, &mut |w| {
+        w.write_all(&manifest).map_err(anyhow::Error::from)
+    })?;
+    // The end of the archive: two zero blocks.
+    w.write_all(&[0; 1024])?;
+    Ok(())
+}
+
+/// One regular member of `size` bytes that `body` writes, padded to a block.
+fn member(
+    w: &mut dyn Write,
+    name: &str,
+    size: u64,
+    body: &mut dyn FnMut(&mut dyn Write) -> Result<()>,
+) -> Result<()> {
+    let mut header = tar::Header::new_ustar();
+    header.set_path(name)?;
+    header.set_size(size);
+    header.set_mode(0o644);
+    header.set_mtime(0);
+    header.set_entry_type(tar::EntryType::Regular);
+    header.set_cksum();
+    w.write_all(header.as_bytes())?;
+    body(w)?;
+    let pad = (512 - size % 512) % 512;
+    w.write_all(&vec![0; pad as usize])?;
+    Ok(())
+}
