@@ -254,12 +254,16 @@ fn from_upper(upper: &Path, lowers: &[PathBuf], marks: Marks) -> Result<Vec<Chan
         };
         let old = walk.lookup_lower(&top.old.dirs, &name, &path)?;
         if !is_dir(&stat) {
-            let kind = if old.is_some() {
-                ChangeKind::Modified
-            } else {
-                ChangeKind::Added
-            };
-            out.push(path, kind);
+            match &old {
+                None => out.push(path, ChangeKind::Added),
+                // Copied up without a change (a hard link made to it, an open
+                // for writing that wrote nothing): what a comparison of the two
+                // trees would not report either.
+                Some((old_stat, position))
+                    if !stat_differs(old_stat, &stat)
+                        && walk.same_xattrs(&top.old.dirs[*position], top.new.as_fd(), &name, &path)? => {}
+                Some(_) => out.push(path, ChangeKind::Modified),
+            }
             continue;
         }
         let next = walk.enter_dir(top, &name, path, &stat, old, &mut out)?;
@@ -383,6 +387,20 @@ impl Walk<'_> {
 
     /// The entry the lowers show for `name`, and the position in `dirs` of the
     /// directory it is in.
+    /// Whether `name` has the same xattrs in the lower directory `lower` (a
+    /// layer and its handle) as in the upper directory `upper`.
+    fn same_xattrs(
+        &self,
+        lower: &(usize, OwnedFd),
+        upper: BorrowedFd<'_>,
+        name: &[u8],
+        path: &[u8],
+    ) -> Result<bool, ChangesError> {
+        let (layer, dir) = lower;
+        Ok(self.lowers[*layer].xattrs(dir.as_fd(), name, path)?
+            == self.upper.xattrs(upper, name, path)?)
+    }
+
     fn lookup_lower(
         &self,
         dirs: &[(usize, OwnedFd)],

@@ -423,6 +423,7 @@ fn overlay_upper_agrees_with_full_comparison() {
     write(&lower2, "dir2/x", "old x");
     write(&lower2, "dir2/sub/y", "y");
     write(&lower2, "usr/bin/ls", "ls");
+    write(&lower2, "usr/bin/tool", "tool");
     write(&lower2, "keep/file", "k");
     write(&lower2, "gone-in-lower1", "g");
     write(&lower2, "opaque-lower/hidden", "h");
@@ -456,6 +457,9 @@ fn overlay_upper_agrees_with_full_comparison() {
     fs::rename(m("keep/file"), m("keep/file2")).unwrap();
     fs::remove_file(m("usr/bin/sh")).unwrap();
     write(&merged, "gone-in-lower1", "back");
+    // A hard link copies its target up unchanged: only the link is new.
+    fs::hard_link(m("usr/bin/tool"), m("usr/bin/tool2")).unwrap();
+    assert!(upper.join("usr/bin/tool").exists());
 
     let expected = [
         "A /added",
@@ -476,6 +480,7 @@ fn overlay_upper_agrees_with_full_comparison() {
         "C /usr/bin",
         "C /usr/bin/ls",
         "D /usr/bin/sh",
+        "A /usr/bin/tool2",
     ];
     let from_upper = from_overlay_upper(
         &upper,
@@ -495,7 +500,7 @@ fn overlay_upper_agrees_with_full_comparison() {
     // The size of what the layer adds, read through the mounted view.
     assert_eq!(
         changes_size(&merged, &full).unwrap(),
-        ["new x", "root", "ls --color", "f", "a", "k", "back"]
+        ["new x", "root", "ls --color", "f", "a", "k", "back", "tool"]
             .iter()
             .map(|s| s.len() as u64)
             .sum::<u64>()
