@@ -74,11 +74,8 @@ pub enum EntryError {
     /// The name is empty after normalisation, or holds a NUL byte.
     #[error("invalid name: {0}")]
     InvalidName(&'static str),
-    /// The name is absolute.
-    #[error("absolute name")]
-    Absolute,
-    /// The name (or a hard link target) has a `..` component.
-    #[error("name has a `..` component")]
+    /// The name (or a hard link target) climbs above the layer root with `..`.
+    #[error("name climbs above the layer root with `..`")]
     DotDot,
     /// A non-directory entry names the layer root itself.
     #[error("entry would replace the layer root")]

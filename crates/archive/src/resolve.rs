@@ -14,20 +14,24 @@ use rustix::fs::{Mode, OFlags, ResolveFlags};
 
 use crate::error::EntryError;
 
-/// Splits a tar name into its components: no empty or `.` components, no
-/// `..`, not absolute, no NUL. An empty result names the root.
+/// Splits a tar name into its components, cleaned as Docker cleans names
+/// before it joins them to the layer root: a leading `/` names the root, empty
+/// and `.` components go, and `..` takes back the component before it. A `..`
+/// that would climb above the root, and a NUL byte, are refused. An empty
+/// result names the root.
 pub(crate) fn components(name: &[u8]) -> Result<Vec<&OsStr>, EntryError> {
     if name.contains(&0) {
         return Err(EntryError::InvalidName("NUL byte in name"));
-    }
-    if name.first() == Some(&b'/') {
-        return Err(EntryError::Absolute);
     }
     let mut out = Vec::new();
     for comp in name.split(|b| *b == b'/') {
         match comp {
             b"" | b"." => {}
-            b".." => return Err(EntryError::DotDot),
+            b".." => {
+                if out.pop().is_none() {
+                    return Err(EntryError::DotDot);
+                }
+            }
             _ => out.push(OsStr::from_bytes(comp)),
         }
     }
@@ -176,8 +180,11 @@ mod tests {
         }
         assert_eq!(c("./a//b/./c/").unwrap(), ["a", "b", "c"]);
         assert!(c("./").unwrap().is_empty());
-        assert!(matches!(c("/etc"), Err(EntryError::Absolute)));
-        assert!(matches!(c("a/../b"), Err(EntryError::DotDot)));
+        assert_eq!(c("/etc/passwd").unwrap(), ["etc", "passwd"]);
+        assert_eq!(c("//etc/./x/../y").unwrap(), ["etc", "y"]);
+        assert!(c("/").unwrap().is_empty());
+        assert!(matches!(c("a/../../b"), Err(EntryError::DotDot)));
+        assert!(matches!(c("/.."), Err(EntryError::DotDot)));
         assert!(matches!(c(".."), Err(EntryError::DotDot)));
         assert!(matches!(
             components(b"a\0b"),

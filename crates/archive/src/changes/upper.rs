@@ -261,7 +261,12 @@ fn from_upper(upper: &Path, lowers: &[PathBuf], marks: Marks) -> Result<Vec<Chan
                 // trees would not report either.
                 Some((old_stat, position))
                     if !stat_differs(old_stat, &stat)
-                        && walk.same_xattrs(&top.old.dirs[*position], top.new.as_fd(), &name, &path)? => {}
+                        && walk.same_xattrs(
+                            &top.old.dirs[*position],
+                            top.new.as_fd(),
+                            &name,
+                            &path,
+                        )? => {}
                 Some(_) => out.push(path, ChangeKind::Modified),
             }
             continue;
