@@ -567,19 +567,19 @@ async fn apply_diff(state: &State, req: hyper::Request<Incoming>) -> HttpRespons
     let mut reader = body::read_body(req.into_body());
     let applied = run_blocking(move || {
         let parent = (!parent.is_empty()).then_some(parent.as_str());
-        let size = driver
-            .apply_diff(&id, parent, &mut reader)
-            .map_err(|source| Error::Driver {
-                endpoint: endpoint.to_owned(),
-                id: id.clone(),
-                source: Box::new(source),
-            })?;
-        // The tar ends before its padding; the rest of the body is read so
-        // that the connection can take the next request.
+        let applied = driver.apply_diff(&id, parent, &mut reader);
+        // The tar ends before its padding, and a refused one before its end:
+        // the rest of the body is read either way, so that dockerd, still
+        // uploading, gets the answer (and the reason) instead of a closed
+        // pipe, and the connection can take the next request.
         if let Err(e) = io::copy(&mut reader, &mut io::sink()) {
             tracing::debug!(layer = id, error = %e, "body ended badly after the layer tar");
         }
-        Ok(size)
+        applied.map_err(|source| Error::Driver {
+            endpoint: endpoint.to_owned(),
+            id: id.clone(),
+            source: Box::new(source),
+        })
     })
     .await;
     answer(applied.map(|size| Response {

@@ -60,6 +60,31 @@ fn sent(written: std::io::Result<()>) {
     }
 }
 
+/// [`post_chunked`] that expects the server to read the whole body (every
+/// write succeeds), as dockerd expects of a plugin that refuses a layer.
+pub fn post_chunked_whole<'a>(
+    socket: &Path,
+    path: &str,
+    chunks: impl IntoIterator<Item = &'a [u8]>,
+) -> Reply {
+    let mut s = UnixStream::connect(socket).expect("connect");
+    write!(
+        s,
+        "POST {path} HTTP/1.1\r\nHost: plugin\r\nContent-Type: application/x-tar\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    for chunk in chunks {
+        write!(s, "{:x}\r\n", chunk.len()).expect("the server stopped reading the body");
+        s.write_all(chunk)
+            .expect("the server stopped reading the body");
+        s.write_all(b"\r\n")
+            .expect("the server stopped reading the body");
+    }
+    s.write_all(b"0\r\n\r\n")
+        .expect("the server stopped reading the body");
+    read_reply(s)
+}
+
 /// `POST path` with a chunked body: each item of `chunks` is one HTTP chunk.
 pub fn post_chunked<'a>(
     socket: &Path,
