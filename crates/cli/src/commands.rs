@@ -278,3 +278,39 @@ pub fn umount(store: &Store, id: &str, out: &Out) -> Result<()> {
     let (id, path) = store.unmount(id)?;
     out.note(format!("{id}: unmounted {}", path.display()))
 }
+
+/// `plies images`: the images of a Docker data root, or those `plies import`
+/// kept; their names and top layers.
+pub fn images(store: &dyn plies_layerdb::ImageStore, out: &Out) -> Result<()> {
+    let images = store.images()?;
+    if out.json {
+        return out.json(&images);
+    }
+    if out.quiet {
+        for i in &images {
+            out.line(&i.id)?;
+        }
+        return Ok(());
+    }
+    out.line(format!(
+        "{:<12}  {:>6}  {:<12}  {:<20}  NAMES",
+        "IMAGE ID", "LAYERS", "TOP CHAIN", "CREATED"
+    ))?;
+    for i in &images {
+        out.line(format!(
+            "{:<12}  {:>6}  {:<12}  {:<20}  {}",
+            short(&i.id),
+            i.diff_ids.len(),
+            i.chain_id.as_deref().map_or("-", short),
+            i.created
+                .as_deref()
+                .map_or("-", |c| c.get(..19).unwrap_or(c)),
+            if i.tags.is_empty() {
+                "<none>".to_owned()
+            } else {
+                i.tags.join(", ")
+            },
+        ))?;
+    }
+    Ok(())
+}

@@ -108,7 +108,7 @@ impl Docker {
     pub fn run(&self, g: &Global, command: Command, out: &Out) -> Result<(), Failure> {
         match command {
             Command::Ls => self.ls(out)?,
-            Command::Images => self.images(out)?,
+            Command::Images => crate::commands::images(&self.db, out)?,
             Command::Save { images, output } => {
                 crate::save::save(&self.db, &images, output.as_deref(), out)?
             }
@@ -226,41 +226,6 @@ impl Docker {
                         .map(|c| short_id(c))
                         .collect::<Vec<_>>()
                         .join(",")
-                },
-            ))?;
-        }
-        Ok(())
-    }
-
-    /// `plies images`: Docker's images, their names and top layers.
-    fn images(&self, out: &Out) -> Result<()> {
-        let images = self.db.images()?;
-        if out.json {
-            return out.json(&images);
-        }
-        if out.quiet {
-            for i in &images {
-                out.line(&i.id)?;
-            }
-            return Ok(());
-        }
-        out.line(format!(
-            "{:<12}  {:>6}  {:<12}  {:<20}  NAMES",
-            "IMAGE ID", "LAYERS", "TOP CHAIN", "CREATED"
-        ))?;
-        for i in &images {
-            out.line(format!(
-                "{:<12}  {:>6}  {:<12}  {:<20}  {}",
-                short(&i.id),
-                i.diff_ids.len(),
-                i.chain_id.as_deref().map_or("-", short),
-                i.created
-                    .as_deref()
-                    .map_or("-", |c| c.get(..19).unwrap_or(c)),
-                if i.tags.is_empty() {
-                    "<none>".to_owned()
-                } else {
-                    i.tags.join(", ")
                 },
             ))?;
         }

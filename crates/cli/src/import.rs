@@ -10,6 +10,8 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use plies_drivers::CreateOptions;
 use serde::Serialize;
 
+use plies_tarsplit::{Disassembler, EntryKind, EntrySink, Packer};
+
 use crate::digest::HashedStream;
 use crate::image::{self, Image, LayerRef, Platform, Source};
 use crate::store::{Record, Store};
@@ -208,6 +210,8 @@ fn import_image(
         parent = Some(id);
     }
     batch.commit()?;
+    // The config, kept for `plies images` and `plies save`, once its layers are.
+    store.add_image(&image.config_bytes, &image.tags)?;
     bar.finish_and_clear();
     Ok(Imported {
         format: image.format,
@@ -231,28 +235,94 @@ fn import_layer(
 ) -> Result<u64> {
     let id = layer.chain_id.as_str();
     let record = Record::new(id, parent, false).with_diff_id(layer.diff_id.to_string());
+    let tar_split = batch.tar_split_path(id);
     let made = batch.make(record, &CreateOptions::default(), |driver| -> Result<u64> {
         let (raw, _) = source.open_member(&layer.blob)?;
         let raw = Interruptible::new(bar.wrap_read(raw), Arc::clone(interrupted));
         let (_, tar) = crate::compression::decompress(raw)
             .with_context(|| format!("layer {id}: blob {}", layer.blob))?;
+        // The tar's headers and padding go to its tar-split as it is applied,
+        // so that `plies save` gives it back byte for byte.
+        let dir = tar_split.parent().unwrap_or(Path::new("."));
+        std::fs::create_dir_all(dir).with_context(|| format!("{}", dir.display()))?;
+        let partial = tar_split.with_extension("gz.partial");
+        let file = std::fs::File::create(&partial)
+            .with_context(|| format!("{}", partial.display()))?;
         // Decompression and the digest run on a second thread beside the apply.
-        let (size, digest) = std::thread::scope(|s| -> Result<_> {
+        let applied = std::thread::scope(|s| -> Result<_> {
             let mut hashed = HashedStream::spawn(s, tar);
-            let size = driver.apply_diff(id, parent, &mut hashed)?;
+            let sink = KeepIfWritable::new(Packer::gzip(file));
+            let mut split = Disassembler::new(&mut hashed, sink);
+            let size = driver.apply_diff(id, parent, &mut split)?;
+            let kept = split
+                .finish()
+                .with_context(|| format!("layer {id}: recording its tar-split"))?
+                .into_inner()
+                .and_then(|packer| {
+                    let gz = packer.finish()?;
+                    gz.finish().map_err(|source| plies_tarsplit::Error::Write {
+                        position: 0,
+                        source,
+                    })
+                });
             let (digest, _) = hashed
                 .finish()
                 .with_context(|| format!("layer {id}: reading blob {}", layer.blob))?;
-            Ok((size, digest))
-        })?;
+            Ok((size, digest, kept.map(drop)))
+        });
+        let (size, digest, kept) = match applied {
+            Ok(done) => done,
+            Err(e) => {
+                let _ = std::fs::remove_file(&partial);
+                return Err(e);
+            }
+        };
         if digest != layer.diff_id {
+            let _ = std::fs::remove_file(&partial);
             bail!(
                 "layer {id}: digest mismatch: the uncompressed blob {} is {digest}, the config says {}",
                 layer.blob,
                 layer.diff_id
             );
         }
+        match kept {
+            // Made durable with the layer, by the batch's one sync.
+            Ok(()) => std::fs::rename(&partial, &tar_split)
+                .with_context(|| format!("layer {id}: {}", tar_split.display()))?,
+            // A tar tar-split cannot describe (a path twice, as Docker's
+            // packer refuses too): the layer is kept, `plies save` of it fails.
+            Err(e) => {
+                let _ = std::fs::remove_file(&partial);
+                tracing::warn!(layer = id, error = %e, "no tar-split kept: the layer cannot be saved byte for byte");
+            }
+        }
         Ok(size)
     })?;
     Ok(made.size)
+}
+
+/// A tar-split sink that stops recording at its first failure instead of
+/// failing the read of the tar it records: the layer is applied all the same.
+struct KeepIfWritable<S>(Result<S, plies_tarsplit::Error>);
+
+impl<S: EntrySink> KeepIfWritable<S> {
+    fn new(inner: S) -> Self {
+        KeepIfWritable(Ok(inner))
+    }
+
+    /// The sink, or the failure that stopped it.
+    fn into_inner(self) -> Result<S, plies_tarsplit::Error> {
+        self.0
+    }
+}
+
+impl<S: EntrySink> EntrySink for KeepIfWritable<S> {
+    fn push(&mut self, entry: EntryKind) -> Result<(), plies_tarsplit::Error> {
+        if let Ok(inner) = &mut self.0 {
+            if let Err(e) = inner.push(entry) {
+                self.0 = Err(e);
+            }
+        }
+        Ok(())
+    }
 }

@@ -46,12 +46,9 @@ fn run(cli: Cli, out: &Out) -> Result<ExitCode, Failure> {
         }
     }
     match cli.command {
-        Command::Images | Command::Save { .. } => {
-            return Err(Failure::usage(format!(
-                "{} holds no Docker image store (plies lists and saves images of Docker \
-                 data roots)",
-                g.root.display()
-            )));
+        Command::Images => commands::images(&*open(Access::Read)?, out)?,
+        Command::Save { images, output } => {
+            save::save(&*open(Access::Read)?, &images, output.as_deref(), out)?
         }
         Command::Probe => probe::run(g, out)?,
         Command::Status => commands::status(&open(Access::Read)?, out)?,

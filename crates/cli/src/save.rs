@@ -1,4 +1,5 @@
-//! `plies save`: images of a Docker data root as a `docker save` archive.
+//! `plies save`: images of a Docker data root, or those `plies import` kept,
+//! as a `docker save` archive.
 //!
 //! The archive holds, per image, its config (`<id>.json`, the bytes its id is
 //! the digest of) and each layer as `<diff-id>/layer.tar`, reproduced from the
@@ -13,7 +14,7 @@ use std::io::{self, IsTerminal, Write};
 use std::path::Path;
 
 use anyhow::{Context, Result};
-use plies_layerdb::docker::{DockerRoot, chain_id};
+use plies_layerdb::{ImageStore, chain_id};
 use serde::Serialize;
 
 use crate::output::{Failure, Out};
@@ -32,7 +33,7 @@ struct ManifestEntry {
 /// Writes `names` to `output` (a file, fsynced, removed again on failure) or
 /// standard output (never a terminal).
 pub fn save(
-    db: &DockerRoot,
+    db: &dyn ImageStore,
     names: &[String],
     output: Option<&Path>,
     out: &Out,
@@ -67,7 +68,7 @@ pub fn save(
     Ok(())
 }
 
-fn write_archive(db: &DockerRoot, names: &[String], w: &mut dyn Write) -> Result<()> {
+fn write_archive(db: &dyn ImageStore, names: &[String], w: &mut dyn Write) -> Result<()> {
     let mut manifest = Vec::new();
     let mut written = BTreeSet::new();
     for name in names {

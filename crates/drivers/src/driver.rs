@@ -99,6 +99,15 @@ pub trait Driver: Send + Sync + std::fmt::Debug {
     /// [`Error::NoSuchLayer`](crate::Error::NoSuchLayer).
     fn metadata(&self, id: &str) -> Result<BTreeMap<String, String>>;
 
+    /// The directory holding the files the layer's own tar put there, read
+    /// without a mount: overlay2's `<id>/diff`, aufs' `diff/<id>`, vfs' layer
+    /// directory (its whole tree). Docker's tar-split rebuilds a layer's tar
+    /// from it.
+    ///
+    /// # Errors
+    /// [`Error::NoSuchLayer`](crate::Error::NoSuchLayer).
+    fn layer_files(&self, id: &str) -> Result<PathBuf>;
+
     /// Unmounts every mount the driver made under its root.
     ///
     /// # Errors

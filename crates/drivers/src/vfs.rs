@@ -386,6 +386,14 @@ impl Driver for Vfs {
         Ok(BTreeMap::new())
     }
 
+    fn layer_files(&self, id: &str) -> Result<PathBuf> {
+        Self::check_id(id)?;
+        if !self.exists(id) {
+            return Err(Error::NoSuchLayer { id: id.to_owned() });
+        }
+        Ok(self.layer(id))
+    }
+
     fn cleanup(&self) -> Result<()> {
         // Nothing is ever mounted.
         Ok(())

@@ -17,6 +17,10 @@ use std::path::{Path, PathBuf};
 use serde::Serialize;
 
 use crate::error::{Error, Result};
+pub use crate::images::chain_id;
+use crate::images::{
+    Image, ImageStore, image_of_config, is_digest, is_hex64, reproduce, tar_split_size,
+};
 
 /// The most bytes read from one of Docker's small files (ids, sizes).
 const MAX_SMALL_FILE: u64 = 4096;
@@ -55,22 +59,6 @@ pub struct DockerContainer {
     pub init_id: Option<String>,
     /// The chain id of the image layer under them.
     pub parent: Option<String>,
-}
-
-/// An image of Docker's image store.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-#[non_exhaustive]
-pub struct DockerImage {
-    /// `sha256:<hex>` of the image's config.
-    pub id: String,
-    /// Its names (`repo:tag`, `repo@sha256:…`) from `repositories.json`.
-    pub tags: Vec<String>,
-    /// The diff ids of its layers, lowest first, from its config.
-    pub diff_ids: Vec<String>,
-    /// The chain id of its top layer (`None` for an image without layers).
-    pub chain_id: Option<String>,
-    /// The config's `created` time, as written.
-    pub created: Option<String>,
 }
 
 /// What kind of layer a [`DockerEntry`] is.
@@ -322,14 +310,16 @@ impl DockerRoot {
         }
     }
 
+    fn image_dir(&self) -> PathBuf {
+        self.root.join("image").join(&self.driver)
+    }
+}
+
+impl ImageStore for DockerRoot {
     /// The images in `image/<driver>/imagedb`, with their names from
     /// `repositories.json`, ordered by id.
-    ///
-    /// # Errors
-    /// [`Error::Io`] when a directory cannot be read, [`Error::BadDockerFile`]
-    /// for a config or `repositories.json` that does not parse.
-    pub fn images(&self) -> Result<Vec<DockerImage>> {
-        let base = self.root.join("image").join(&self.driver);
+    fn images(&self) -> Result<Vec<Image>> {
+        let base = self.image_dir();
         let content = base.join("imagedb").join("content").join("sha256");
         let mut tags: BTreeMap<String, Vec<String>> = BTreeMap::new();
         let repos = base.join("repositories.json");
@@ -348,122 +338,54 @@ impl DockerRoot {
         }
         for hex in list_ids(&content)? {
             let path = content.join(&hex);
-            let Some(bytes) = read_bounded(&path, MAX_JSON_FILE)? else {
+            let Some(config) = read_bounded(&path, MAX_JSON_FILE)? else {
                 continue;
             };
-            let config: ImageConfig = serde_json::from_slice(&bytes)
-                .map_err(|e| bad(path.clone(), &format!("not an image config: {e}")))?;
-            let diff_ids = config.rootfs.map(|r| r.diff_ids).unwrap_or_default();
-            for d in &diff_ids {
-                check_digest(d).map_err(|reason| bad(path.clone(), &reason))?;
-            }
-            let id = format!("sha256:{hex}");
-            let mut names = tags.remove(&id).unwrap_or_default();
+            let mut names = tags.remove(&format!("sha256:{hex}")).unwrap_or_default();
             names.sort();
-            out.push(DockerImage {
-                chain_id: chain_id(&diff_ids),
-                tags: names,
-                diff_ids,
-                created: config.created,
-                id,
-            });
+            out.push(image_of_config(&path, &config, names)?);
         }
         Ok(out)
     }
 
-    /// The raw config of image `id` (`sha256:<hex>` or a unique prefix of the
-    /// hex, or one of its names), as stored: the bytes its id is the sha256 of.
-    ///
-    /// # Errors
-    /// [`Error::NoSuchImage`], [`Error::Ambiguous`], [`Error::Io`].
-    pub fn image(&self, name: &str) -> Result<(DockerImage, Vec<u8>)> {
-        let images = self.images()?;
-        let hex = name.strip_prefix("sha256:").unwrap_or(name);
-        let by_name = images
-            .iter()
-            .filter(|i| {
-                i.tags
-                    .iter()
-                    .any(|t| t == name || t == &format!("{name}:latest"))
-            })
-            .collect::<Vec<_>>();
-        let hits = if by_name.is_empty() {
-            images
-                .iter()
-                .filter(|i| !hex.is_empty() && i.id["sha256:".len()..].starts_with(hex))
-                .collect::<Vec<_>>()
-        } else {
-            by_name
-        };
-        let image = match hits.as_slice() {
-            [] => {
-                return Err(Error::NoSuchImage {
-                    name: name.to_owned(),
-                });
-            }
-            [one] => (*one).clone(),
-            many => {
-                return Err(Error::Ambiguous {
-                    id: name.to_owned(),
-                    count: many.len(),
-                });
-            }
-        };
-        let path = self
-            .root
-            .join("image")
-            .join(&self.driver)
-            .join("imagedb/content/sha256")
-            .join(&image.id["sha256:".len()..]);
-        let bytes = read_bounded(&path, MAX_JSON_FILE)?
-            .ok_or_else(|| bad(path, "the image config is gone"))?;
-        Ok((image, bytes))
+    fn config(&self, id: &str) -> Result<Vec<u8>> {
+        let hex = id
+            .strip_prefix("sha256:")
+            .filter(|h| is_hex64(h))
+            .ok_or_else(|| Error::NoSuchImage {
+                name: id.to_owned(),
+            })?;
+        let path = self.image_dir().join("imagedb/content/sha256").join(hex);
+        read_bounded(&path, MAX_JSON_FILE)?.ok_or_else(|| Error::NoSuchImage {
+            name: id.to_owned(),
+        })
     }
-}
 
-/// The chain id of a stack of diff ids, lowest first (the OCI definition:
-/// `ChainID(L0) = DiffID(L0)`, `ChainID(Ln) = sha256(ChainID(Ln-1) + " " + DiffID(Ln))`).
-pub fn chain_id(diff_ids: &[String]) -> Option<String> {
-    use sha2::Digest as _;
-    let mut chain: Option<String> = None;
-    for diff in diff_ids {
-        chain = Some(match chain {
-            None => diff.clone(),
-            Some(below) => {
-                let hash = sha2::Sha256::digest(format!("{below} {diff}").as_bytes());
-                format!("sha256:{}", hex(&hash))
-            }
-        });
+    fn layer_tar_size(&self, chain_id: &str) -> Result<u64> {
+        let (layer, path) = self.tar_split_of(chain_id)?;
+        tar_split_size(&path, &layer.chain_id)
     }
-    chain
-}
 
-fn hex(bytes: &[u8]) -> String {
-    use std::fmt::Write as _;
-    bytes.iter().fold(String::new(), |mut s, b| {
-        let _ = write!(s, "{b:02x}");
-        s
-    })
+    /// Docker's layer tar: the headers and padding from the layer's
+    /// `tar-split.json.gz`, the contents from its files (each checked against
+    /// the size and CRC-64 recorded, names resolved beneath the layer's
+    /// directory), the whole checked against the diff id.
+    fn write_layer_tar(&self, chain_id: &str, out: &mut dyn std::io::Write) -> Result<u64> {
+        let (layer, path) = self.tar_split_of(chain_id)?;
+        reproduce(
+            &path,
+            &self.layer_files(&layer.cache_id),
+            &layer.chain_id,
+            &layer.diff_id,
+            out,
+        )
+    }
 }
 
 #[derive(serde::Deserialize)]
 struct Repositories {
     #[serde(rename = "Repositories", default)]
     repositories: BTreeMap<String, BTreeMap<String, String>>,
-}
-
-#[derive(serde::Deserialize)]
-struct ImageConfig {
-    #[serde(default)]
-    created: Option<String>,
-    #[serde(default)]
-    rootfs: Option<RootFs>,
-}
-
-#[derive(serde::Deserialize)]
-struct RootFs {
-    #[serde(default)]
-    diff_ids: Vec<String>,
 }
 
 fn bad(path: PathBuf, reason: &str) -> Error {
@@ -490,17 +412,12 @@ fn list_ids(dir: &Path) -> Result<Vec<String>> {
     Ok(out)
 }
 
-fn is_hex64(s: &str) -> bool {
-    s.len() == 64
-        && s.bytes()
-            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
-}
-
 /// `sha256:` and 64 lowercase hex digits.
 fn check_digest(s: &str) -> std::result::Result<(), String> {
-    match s.strip_prefix("sha256:") {
-        Some(hex) if is_hex64(hex) => Ok(()),
-        _ => Err(format!("{s:?} is not a sha256 digest")),
+    if is_digest(s) {
+        Ok(())
+    } else {
+        Err(format!("{s:?} is not a sha256 digest"))
     }
 }
 
@@ -579,88 +496,6 @@ impl DockerRoot {
         }
     }
 
-    /// The size of the tar [`DockerRoot::write_layer_tar`] writes for
-    /// `chain_id`, from its tar-split alone.
-    ///
-    /// # Errors
-    /// As [`DockerRoot::write_layer_tar`], for the tar-split.
-    pub fn layer_tar_size(&self, chain_id: &str) -> Result<u64> {
-        let (layer, path) = self.tar_split_of(chain_id)?;
-        let mut size = 0u64;
-        for entry in tar_split_entries(&path)? {
-            let entry = entry.map_err(|source| Error::TarSplit {
-                chain_id: layer.chain_id.clone(),
-                source,
-            })?;
-            size += match entry.kind {
-                plies_tarsplit::EntryKind::Segment(bytes) => bytes.len() as u64,
-                plies_tarsplit::EntryKind::File { size, .. } => size,
-            };
-        }
-        Ok(size)
-    }
-
-    /// Writes the tar of the image layer `chain_id` to `out` byte for byte as
-    /// Docker loaded it: the headers and padding from its `tar-split.json.gz`,
-    /// the contents from the layer's files (each checked against the size and
-    /// CRC-64 recorded, names resolved beneath the layer's directory), and the
-    /// whole checked against the layer's diff id. Returns the bytes written.
-    ///
-    /// # Errors
-    /// [`Error::NoSuchLayer`]; [`Error::BadDockerFile`] for a layer without
-    /// tar-split; [`Error::TarSplit`] when the tar-split is bad or a file is
-    /// missing, escapes the layer, or differs from what was recorded;
-    /// [`Error::LayerDigest`] when the tar's digest is not the diff id. On
-    /// error `out` holds part of the tar.
-    pub fn write_layer_tar(&self, chain_id: &str, out: &mut dyn std::io::Write) -> Result<u64> {
-        use sha2::Digest as _;
-        let (layer, path) = self.tar_split_of(chain_id)?;
-        let dir = self.layer_files(&layer.cache_id);
-        let dir_fd = rustix::fs::open(
-            &dir,
-            rustix::fs::OFlags::RDONLY
-                | rustix::fs::OFlags::DIRECTORY
-                | rustix::fs::OFlags::CLOEXEC,
-            rustix::fs::Mode::empty(),
-        )
-        .map_err(|e| crate::error::io_err("open", &dir, e))?;
-        let files = |name: &[u8]| -> std::io::Result<std::fs::File> {
-            use std::os::unix::ffi::OsStrExt as _;
-            let mut name = name;
-            while let Some(rest) = name.strip_prefix(b"/") {
-                name = rest;
-            }
-            let fd = rustix::fs::openat2(
-                &dir_fd,
-                std::ffi::OsStr::from_bytes(name),
-                rustix::fs::OFlags::RDONLY
-                    | rustix::fs::OFlags::CLOEXEC
-                    | rustix::fs::OFlags::NOFOLLOW,
-                rustix::fs::Mode::empty(),
-                rustix::fs::ResolveFlags::BENEATH | rustix::fs::ResolveFlags::NO_MAGICLINKS,
-            )?;
-            Ok(std::fs::File::from(fd))
-        };
-        let mut hashing = HashingWriter {
-            inner: out,
-            hash: sha2::Sha256::new(),
-        };
-        let written = plies_tarsplit::assemble(tar_split_entries(&path)?, files, &mut hashing)
-            .map_err(|source| Error::TarSplit {
-                chain_id: layer.chain_id.clone(),
-                source,
-            })?;
-        let found = format!("sha256:{}", hex(&hashing.hash.finalize()));
-        if found != layer.diff_id {
-            return Err(Error::LayerDigest {
-                chain_id: layer.chain_id.clone(),
-                expected: layer.diff_id.clone(),
-                found,
-            });
-        }
-        Ok(written)
-    }
-
     fn tar_split_of(&self, chain_id: &str) -> Result<(&DockerLayer, PathBuf)> {
         let layer = self
             .layers
@@ -678,30 +513,5 @@ impl DockerRoot {
             )
         })?;
         Ok((layer, path))
-    }
-}
-
-/// The entries of a `tar-split.json.gz`.
-fn tar_split_entries(path: &Path) -> Result<plies_tarsplit::Unpacker<impl std::io::Read + use<>>> {
-    let file = std::fs::File::open(path).map_err(|e| crate::error::io_err("open", path, e))?;
-    Ok(plies_tarsplit::Unpacker::gzip(file))
-}
-
-/// A writer that hashes what goes through it.
-struct HashingWriter<'a> {
-    inner: &'a mut dyn std::io::Write,
-    hash: sha2::Sha256,
-}
-
-impl std::io::Write for HashingWriter<'_> {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        use sha2::Digest as _;
-        let n = self.inner.write(buf)?;
-        self.hash.update(&buf[..n]);
-        Ok(n)
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        self.inner.flush()
     }
 }

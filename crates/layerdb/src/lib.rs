@@ -4,6 +4,7 @@
 mod check;
 pub mod docker;
 mod error;
+mod images;
 mod lock;
 mod record;
 
@@ -16,6 +17,7 @@ use plies_drivers::{CreateOptions, Driver};
 
 pub use check::{Area, Finding};
 pub use error::{Error, Result};
+pub use images::{Image, ImageStore, chain_id};
 pub use record::Record;
 
 use error::{driver_err, io_err};
@@ -69,6 +71,7 @@ pub struct LayerDb {
     root: PathBuf,
     dir: PathBuf,
     records: record::Records,
+    images: images::OwnImages,
     _lock: Option<File>,
 }
 
@@ -95,6 +98,7 @@ impl LayerDb {
         let db = LayerDb {
             driver,
             root: root.to_path_buf(),
+            images: images::OwnImages::new(&dir),
             dir,
             records,
             _lock: lock,
@@ -150,7 +154,32 @@ impl LayerDb {
     /// # Errors
     /// [`Error::Io`].
     pub fn delete_record(&self, id: &str) -> Result<()> {
+        // The layer's tar-split goes first: a record never outlives it.
+        let tar_split = self.tar_split_path(id);
+        match std::fs::remove_file(&tar_split) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(io_err("remove", tar_split, e)),
+        }
         self.records.delete(id)
+    }
+
+    /// Where the tar-split of layer `id` is kept
+    /// (`<root>/plies/<driver>/tar-split/<id>.json.gz`): written by an import
+    /// as it applies the layer's tar, so that [`ImageStore::write_layer_tar`]
+    /// gives the same tar back byte for byte. Deleted with the record.
+    pub fn tar_split_path(&self, id: &str) -> PathBuf {
+        self.dir.join("tar-split").join(format!("{id}.json.gz"))
+    }
+
+    /// Keeps an imported image's config (the bytes its id is the digest of)
+    /// and points `tags` at it (taking them from any image that had them);
+    /// returns the image's id. Written durably.
+    ///
+    /// # Errors
+    /// [`Error::Io`].
+    pub fn add_image(&self, config: &[u8], tags: &[String]) -> Result<String> {
+        self.images.add(config, tags)
     }
 
     /// The record of an existing, complete layer, found by its id or by a unique
@@ -419,6 +448,11 @@ pub struct Batch<'a> {
 }
 
 impl Batch<'_> {
+    /// [`LayerDb::tar_split_path`] of the database the batch writes to.
+    pub fn tar_split_path(&self, id: &str) -> PathBuf {
+        self.db.tar_split_path(id)
+    }
+
     /// Creates layer `record.id` on `record.parent` and fills it with `fill`
     /// (which returns the bytes it applied). The record is written incomplete
     /// (durably) before the layer is made; on any failure the layer and its
@@ -504,4 +538,48 @@ fn is_mount_point(path: &Path) -> bool {
         return false;
     };
     rustix::fs::stat(parent).is_ok_and(|p| p.st_dev != here.st_dev)
+}
+
+impl ImageStore for LayerDb {
+    /// The images `plies import` kept.
+    fn images(&self) -> Result<Vec<Image>> {
+        self.images.list()
+    }
+
+    fn config(&self, id: &str) -> Result<Vec<u8>> {
+        self.images.config(id)
+    }
+
+    fn layer_tar_size(&self, chain_id: &str) -> Result<u64> {
+        let (record, path) = self.tar_split_of(chain_id)?;
+        images::tar_split_size(&path, &record.id)
+    }
+
+    /// The layer's tar as imported: the headers and padding from the
+    /// tar-split the import kept, the contents from the driver's files of the
+    /// layer, the whole checked against the layer's diff id.
+    fn write_layer_tar(&self, chain_id: &str, out: &mut dyn std::io::Write) -> Result<u64> {
+        let (record, path) = self.tar_split_of(chain_id)?;
+        let files = self
+            .driver
+            .layer_files(&record.id)
+            .map_err(driver_err(&record.id))?;
+        let diff_id = record.diff_id.clone().unwrap_or_default();
+        images::reproduce(&path, &files, &record.id, &diff_id, out)
+    }
+}
+
+impl LayerDb {
+    /// The complete record of `chain_id` and its tar-split.
+    fn tar_split_of(&self, chain_id: &str) -> Result<(Record, PathBuf)> {
+        let record = self.layer(chain_id)?;
+        let path = self.tar_split_path(&record.id);
+        if !path.is_file() {
+            return Err(Error::BadDockerFile {
+                path,
+                reason: "missing: the layer was not imported with its tar-split".to_owned(),
+            });
+        }
+        Ok((record, path))
+    }
 }

@@ -37,6 +37,9 @@ impl Driver for Shared {
     fn get(&self, id: &str, mount_label: Option<&str>) -> Result<PathBuf> {
         self.0.get(id, mount_label)
     }
+    fn layer_files(&self, id: &str) -> Result<PathBuf> {
+        self.0.layer_files(id)
+    }
     fn put(&self, id: &str) -> Result<()> {
         self.0.put(id)
     }

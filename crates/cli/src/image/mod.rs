@@ -25,6 +25,8 @@ pub struct Image {
     pub format: &'static str,
     /// The config's digest (its file name, for a docker archive).
     pub config: Digest,
+    /// The config as read: the bytes its digest is of.
+    pub config_bytes: Vec<u8>,
     /// Tags the archive names (`RepoTags`, or the OCI `ref.name` annotation).
     pub tags: Vec<String>,
     /// The layers, bottom first.
@@ -168,6 +170,7 @@ fn read_docker(source: &Source) -> Result<Vec<Image>> {
             Ok(Image {
                 format: "docker-archive",
                 config: digest,
+                config_bytes,
                 tags: entry.repo_tags.unwrap_or_default(),
                 layers: layer_refs(diff_ids, entry.layers),
             })
@@ -212,6 +215,7 @@ fn read_oci(source: &Source, platform: &Platform) -> Result<Image> {
     Ok(Image {
         format: "oci-layout",
         config: Digest::parse(&config_name).map_err(|e| anyhow!(e))?,
+        config_bytes,
         tags,
         layers: layer_refs(diff_ids, blobs),
     })

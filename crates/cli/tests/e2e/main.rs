@@ -1255,3 +1255,80 @@ fn commands_after_the_first_use_the_cached_probes() {
     root.ok(&["ls"]);
     assert!(cache.exists());
 }
+
+/// The members of a tar, by name.
+fn tar_members(bytes: &[u8]) -> BTreeMap<String, Vec<u8>> {
+    let mut out = BTreeMap::new();
+    for entry in tar::Archive::new(bytes).entries().unwrap() {
+        let mut entry = entry.unwrap();
+        let name = entry.path().unwrap().display().to_string();
+        let mut data = Vec::new();
+        entry.read_to_end(&mut data).unwrap();
+        out.insert(name, data);
+    }
+    out
+}
+
+/// The layer tars of a `docker save` archive, bottom first, and its config.
+fn saved_image(bytes: &[u8]) -> (Vec<u8>, Vec<Vec<u8>>) {
+    let members = tar_members(bytes);
+    let manifest: serde_json::Value = serde_json::from_slice(&members["manifest.json"]).unwrap();
+    let config = members[manifest[0]["Config"].as_str().unwrap()].clone();
+    let layers = manifest[0]["Layers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| members[l.as_str().unwrap()].clone())
+        .collect();
+    (config, layers)
+}
+
+/// `plies import` keeps each layer's tar-split and the image's config, so
+/// `plies save` gives back the very layer tars and config it read: the real
+/// image Docker saved, and one of gzip-compressed layers (saved uncompressed,
+/// as their diff ids name them).
+#[test]
+fn import_then_save_gives_the_same_layer_tars_back() {
+    let root = Root::new();
+    let fixture = plies_testkit::fixtures_dir().join("docker-20.10-overlay2-store.image.tar");
+    root.ok(&["import", fixture.to_str().unwrap()]);
+    let img = Built::new(&image_layers(), &[Comp::Gzip]);
+    let archive = root.dir.path().join("image.tar");
+    docker_archive(&archive, &img);
+    root.ok(&["import", archive.to_str().unwrap()]);
+
+    let images: serde_json::Value = serde_json::from_str(&root.ok(&["--json", "images"])).unwrap();
+    assert_eq!(images.as_array().unwrap().len(), 2, "{images}");
+    assert!(root.ok(&["images"]).contains("test/image:1"));
+
+    let (want_config, want_layers) = saved_image(&std::fs::read(&fixture).unwrap());
+    let out = root.dir.path().join("saved.tar");
+    let id = sha256(&want_config);
+    root.ok(&["save", &hex(&id)[..12], "-o", out.to_str().unwrap()]);
+    let (config, layers) = saved_image(&std::fs::read(&out).unwrap());
+    assert_eq!(config, want_config);
+    assert_eq!(layers.len(), want_layers.len());
+    for (i, (got, want)) in layers.iter().zip(&want_layers).enumerate() {
+        assert!(got == want, "layer {i} differs from the one imported");
+    }
+
+    root.ok(&["save", "test/image:1", "-o", out.to_str().unwrap()]);
+    let (config, layers) = saved_image(&std::fs::read(&out).unwrap());
+    assert_eq!(config, img.config);
+    assert_eq!(layers, img.tars);
+    let members = tar_members(&std::fs::read(&out).unwrap());
+    let manifest: serde_json::Value = serde_json::from_slice(&members["manifest.json"]).unwrap();
+    assert_eq!(manifest[0]["RepoTags"], serde_json::json!(["test/image:1"]));
+
+    // A removed layer makes the save fail, by name, and no file is left.
+    let top = img.top();
+    let removed = root.ok(&["rm", &top]);
+    assert!(removed.contains(hex(&top)), "{removed}");
+    std::fs::remove_file(&out).unwrap();
+    root.fails(
+        &["save", "test/image:1", "-o", out.to_str().unwrap()],
+        1,
+        "no such layer",
+    );
+    assert!(!out.exists());
+}

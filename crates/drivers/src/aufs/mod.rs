@@ -399,6 +399,13 @@ impl Driver for Aufs {
         Ok(BTreeMap::new())
     }
 
+    fn layer_files(&self, id: &str) -> Result<PathBuf> {
+        if !self.store.exists(id) {
+            return Err(Error::NoSuchLayer { id: id.to_owned() });
+        }
+        Ok(self.store.diff_dir(id))
+    }
+
     fn cleanup(&self) -> Result<()> {
         let held = self.refs.mounted();
         let mut first = None;

@@ -462,6 +462,13 @@ impl Driver for Overlay2 {
             .collect())
     }
 
+    fn layer_files(&self, id: &str) -> Result<PathBuf> {
+        if !self.store.exists(id) {
+            return Err(Error::NoSuchLayer { id: id.to_owned() });
+        }
+        Ok(self.store.diff_dir(id))
+    }
+
     fn cleanup(&self) -> Result<()> {
         let mut first = None;
         for mount in mounts::mounts_under(&self.home) {
