@@ -59,6 +59,9 @@ pub struct DockerContainer {
     pub init_id: Option<String>,
     /// The chain id of the image layer under them.
     pub parent: Option<String>,
+    /// The container's name (without Docker's leading `/`), from
+    /// `containers/<id>/config.v2.json`, when that is there.
+    pub name: Option<String>,
 }
 
 /// What kind of layer a [`DockerEntry`] is.
@@ -168,10 +171,11 @@ impl DockerRoot {
                     continue;
                 };
                 containers.push(DockerContainer {
-                    id,
+                    name: container_name(root, &id),
                     mount_id,
                     init_id: read_id(&dir.join("init-id"), check_driver_id)?,
                     parent: read_id(&dir.join("parent"), check_digest)?,
+                    id,
                 });
             }
         }
@@ -270,9 +274,9 @@ impl DockerRoot {
     }
 
     /// The driver's id of the layer `name` names: a chain id (with or
-    /// without `sha256:`), a driver (cache, mount or init) id, a container id,
-    /// or a unique prefix of any of them. A container names its read-write
-    /// layer.
+    /// without `sha256:`), a driver (cache, mount or init) id, a container id
+    /// or name, or a unique prefix of any id. A container names its
+    /// read-write layer.
     ///
     /// # Errors
     /// [`Error::NoSuchLayer`], or [`Error::Ambiguous`] for a prefix of several.
@@ -287,6 +291,11 @@ impl DockerRoot {
         }
         for c in &self.containers {
             named.push((c.id.clone(), c.mount_id.clone()));
+        }
+        // A container's name names it whole, never as a prefix.
+        let bare = name.strip_prefix('/').unwrap_or(name);
+        if let Some(c) = self.containers.iter().find(|c| c.name.as_deref() == Some(bare)) {
+            return Ok(c.mount_id.clone());
         }
         if let Some((_, id)) = named.iter().find(|(n, _)| n == hex || n == name) {
             return Ok(id.clone());
@@ -386,6 +395,21 @@ impl ImageStore for DockerRoot {
 struct Repositories {
     #[serde(rename = "Repositories", default)]
     repositories: BTreeMap<String, BTreeMap<String, String>>,
+}
+
+/// The name in `containers/<id>/config.v2.json`, if it reads (a best effort:
+/// names are a convenience, the ids are what count).
+fn container_name(root: &Path, id: &str) -> Option<String> {
+    #[derive(serde::Deserialize)]
+    struct Config {
+        #[serde(rename = "Name")]
+        name: String,
+    }
+    let path = root.join("containers").join(id).join("config.v2.json");
+    let bytes = read_bounded(&path, MAX_JSON_FILE).ok()??;
+    let config: Config = serde_json::from_slice(&bytes).ok()?;
+    let name = config.name.trim_start_matches('/');
+    (!name.is_empty()).then(|| name.to_owned())
 }
 
 fn bad(path: PathBuf, reason: &str) -> Error {

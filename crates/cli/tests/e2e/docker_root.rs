@@ -261,6 +261,9 @@ fn a_root_dockerd_wrote_reads_as_docker_showed_it() {
         .collect();
     changes.sort();
     assert_eq!(changes, docker_diff);
+    // Its name names it too.
+    let by_name = ok(&["changes", "c1"]);
+    assert_eq!(by_name, ok(&["changes", &container]));
     assert!(ok(&["fsck"]).contains("no problems"));
     // Saved with no dockerd running, the image loads elsewhere as the same image.
     let saved = tmp.path().join("saved.tar");
