@@ -46,6 +46,16 @@ pub struct Global {
     pub verbose: u8,
 }
 
+/// The layout `plies save` writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum SaveFormat {
+    /// `docker save`'s: `manifest.json`, `<id>.json`, `<diff-id>/layer.tar`.
+    Docker,
+    /// An OCI image layout: `oci-layout`, `index.json`, `blobs/sha256/`
+    /// (layers uncompressed).
+    Oci,
+}
+
 /// The driver to use.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum DriverArg {
@@ -119,6 +129,9 @@ pub enum Command {
         /// Write to this file instead of standard output.
         #[arg(short, long, value_name = "FILE")]
         output: Option<PathBuf>,
+        /// The archive's layout.
+        #[arg(long, value_enum, default_value_t = SaveFormat::Docker)]
+        format: SaveFormat,
     },
     /// List the paths a layer adds (A), changes (C) and deletes (D).
     Changes {

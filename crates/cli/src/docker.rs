@@ -109,9 +109,11 @@ impl Docker {
         match command {
             Command::Ls => self.ls(out)?,
             Command::Images => crate::commands::images(&self.db, out)?,
-            Command::Save { images, output } => {
-                crate::save::save(&self.db, &images, output.as_deref(), out)?
-            }
+            Command::Save {
+                images,
+                output,
+                format,
+            } => crate::save::save(&self.db, &images, output.as_deref(), format, out)?,
             Command::Changes { id, parent } => {
                 let (entry, parent) = self.layer(&id, parent.as_deref())?;
                 let changes = self

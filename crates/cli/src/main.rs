@@ -47,9 +47,17 @@ fn run(cli: Cli, out: &Out) -> Result<ExitCode, Failure> {
     }
     match cli.command {
         Command::Images => commands::images(&*open(Access::Read)?, out)?,
-        Command::Save { images, output } => {
-            save::save(&*open(Access::Read)?, &images, output.as_deref(), out)?
-        }
+        Command::Save {
+            images,
+            output,
+            format,
+        } => save::save(
+            &*open(Access::Read)?,
+            &images,
+            output.as_deref(),
+            format,
+            out,
+        )?,
         Command::Probe => probe::run(g, out)?,
         Command::Status => commands::status(&open(Access::Read)?, out)?,
         Command::Create {

@@ -1320,6 +1320,23 @@ fn import_then_save_gives_the_same_layer_tars_back() {
     let manifest: serde_json::Value = serde_json::from_slice(&members["manifest.json"]).unwrap();
     assert_eq!(manifest[0]["RepoTags"], serde_json::json!(["test/image:1"]));
 
+    // As an OCI layout, which another store imports as the same image.
+    let oci = root.dir.path().join("saved-oci.tar");
+    root.ok(&[
+        "save",
+        "--format",
+        "oci",
+        "test/image:1",
+        "-o",
+        oci.to_str().unwrap(),
+    ]);
+    let other = Root::new();
+    let top = other.ok(&["import", oci.to_str().unwrap()]);
+    assert_eq!(top.trim(), img.top());
+    let theirs: serde_json::Value = serde_json::from_str(&other.ok(&["--json", "images"])).unwrap();
+    assert_eq!(theirs[0]["id"], sha256(&img.config));
+    assert_eq!(theirs[0]["tags"], serde_json::json!(["test/image:1"]));
+
     // A removed layer makes the save fail, by name, and no file is left.
     let top = img.top();
     let removed = root.ok(&["rm", &top]);
