@@ -89,7 +89,7 @@ pub fn short(id: &str) -> &str {
 /// `plies ls` (`-q` and `--json` give full ids).
 pub fn ls(store: &Store, out: &Out) -> Result<()> {
     let records: BTreeMap<String, Record> = store
-        .records()?
+        .lineage()?
         .into_iter()
         .filter(|r| r.complete)
         .map(|r| (r.id.clone(), r))

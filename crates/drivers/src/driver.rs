@@ -86,6 +86,15 @@ pub trait Driver: Send + Sync + std::fmt::Debug {
     /// when the check itself cannot proceed (a repair that fails).
     fn fsck(&self, repair: bool) -> Result<plies_layerstore::FsckReport>;
 
+    /// The layer under `id` as the store itself records it (overlay2's
+    /// `lower` through `l/`, aufs' `layers/<id>`); `None` for a base layer,
+    /// and always for vfs, which keeps no lineage.
+    ///
+    /// # Errors
+    /// [`Error::NoSuchLayer`](crate::Error::NoSuchLayer), or a store whose
+    /// lineage files are damaged.
+    fn parent(&self, id: &str) -> Result<Option<String>>;
+
     /// Whether the layer `id` exists.
     fn exists(&self, id: &str) -> bool;
 

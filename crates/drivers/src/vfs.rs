@@ -394,6 +394,13 @@ impl Driver for Vfs {
         Ok(self.layer(id))
     }
 
+    fn parent(&self, id: &str) -> Result<Option<String>> {
+        if !self.exists(id) {
+            return Err(Error::NoSuchLayer { id: id.to_owned() });
+        }
+        Ok(None)
+    }
+
     fn cleanup(&self) -> Result<()> {
         // Nothing is ever mounted.
         Ok(())

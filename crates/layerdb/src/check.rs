@@ -6,7 +6,7 @@ use std::path::Path;
 
 use plies_layerstore::Outcome;
 
-use crate::error::{Result, driver_err, io_err};
+use crate::error::{Result, io_err, store_err};
 use crate::{LayerDb, Record};
 
 /// Which part of a root a [`Finding`] is about.
@@ -74,7 +74,10 @@ impl LayerDb {
             // reads them (their names start with `.`), so only a repair goes there.
             self.records.sweep_temporaries();
         }
-        let report = self.driver.fsck(repair).map_err(driver_err(""))?;
+        let report = self
+            .driver
+            .fsck(repair)
+            .map_err(store_err(self.driver.name()))?;
         for e in report.entries {
             findings.push(Finding {
                 area: Area::Store,
@@ -85,7 +88,7 @@ impl LayerDb {
         let on_disk: BTreeSet<String> = self
             .driver
             .list()
-            .map_err(driver_err(""))?
+            .map_err(store_err(self.driver.name()))?
             .into_iter()
             .collect();
         let records = self.records()?;
@@ -141,7 +144,13 @@ impl LayerDb {
                 }
             }
         }
-        for id in on_disk.iter().filter(|id| !known.contains(id.as_str())) {
+        // A root plies holds no record on is another front end's (dockerd's
+        // through `plies serve docker`): its layers' lineage is the store's.
+        let unrecorded = records.is_empty();
+        for id in on_disk
+            .iter()
+            .filter(|id| !unrecorded && !known.contains(id.as_str()))
+        {
             findings.push(Finding {
                 area: Area::Records,
                 text: format!(

@@ -294,7 +294,11 @@ impl DockerRoot {
         }
         // A container's name names it whole, never as a prefix.
         let bare = name.strip_prefix('/').unwrap_or(name);
-        if let Some(c) = self.containers.iter().find(|c| c.name.as_deref() == Some(bare)) {
+        if let Some(c) = self
+            .containers
+            .iter()
+            .find(|c| c.name.as_deref() == Some(bare))
+        {
             return Ok(c.mount_id.clone());
         }
         if let Some((_, id)) = named.iter().find(|(n, _)| n == hex || n == name) {

@@ -72,7 +72,7 @@ pub enum Error {
     /// The driver refused or failed.
     #[error("layer {id}")]
     Driver {
-        /// The layer (empty for driver-wide operations).
+        /// The layer.
         id: String,
         /// The driver's error.
         #[source]
@@ -111,6 +111,15 @@ pub enum Error {
         /// The name as given.
         name: String,
     },
+    /// The driver failed on the store as a whole (listing it, checking it).
+    #[error("the {driver} store")]
+    Store {
+        /// The driver's name.
+        driver: &'static str,
+        /// The driver's error.
+        #[source]
+        source: Box<plies_drivers::Error>,
+    },
     /// A system call on a database path failed.
     #[error("{op} {path}")]
     Io {
@@ -143,6 +152,13 @@ pub(crate) fn io_err(op: &'static str, path: impl Into<PathBuf>, e: impl Into<io
         op,
         path: path.into(),
         source: e.into(),
+    }
+}
+
+pub(crate) fn store_err(driver: &'static str) -> impl FnOnce(plies_drivers::Error) -> Error {
+    move |source| Error::Store {
+        driver,
+        source: Box::new(source),
     }
 }
 

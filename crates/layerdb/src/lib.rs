@@ -20,7 +20,7 @@ pub use error::{Error, Result};
 pub use images::{Image, ImageStore, chain_id};
 pub use record::Record;
 
-use error::{driver_err, io_err};
+use error::{driver_err, io_err, store_err};
 
 /// How a [`LayerDb`] is opened: what it may change, and so which lock it holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -202,12 +202,48 @@ impl LayerDb {
         }
     }
 
-    /// The record whose id starts with `prefix` (or `sha256:<prefix>`), when
-    /// exactly one does.
+    /// Every layer with its lineage: the records; on a root plies holds no
+    /// record for (a store `plies serve docker` wrote for dockerd, a bare
+    /// store in Docker's layout), the store's own lineage (overlay2's `lower`,
+    /// aufs' `layers/<id>`), every layer complete.
+    ///
+    /// # Errors
+    /// As [`LayerDb::records`], and the driver's when the store's lineage is
+    /// read.
+    pub fn lineage(&self) -> Result<Vec<Record>> {
+        if !self.is_unrecorded()? {
+            return self.records();
+        }
+        let mut out = Vec::new();
+        for id in self.driver.list().map_err(store_err(self.driver.name()))? {
+            let parent = self.driver.parent(&id).map_err(driver_err(&id))?;
+            let mut record = Record::new(&id, parent.as_deref(), false);
+            record.complete = true;
+            record.mounted = self.records.mounted(&id);
+            out.push(record);
+        }
+        Ok(out)
+    }
+
+    /// Whether plies holds no record on this root at all: its layers, if any,
+    /// were made by another front end on the driver (dockerd through `plies
+    /// serve docker`), whose lineage is the store's own.
+    ///
+    /// # Errors
+    /// As [`LayerDb::records`].
+    pub fn is_unrecorded(&self) -> Result<bool> {
+        Ok(self.records()?.is_empty() && self.records.pending()?.is_empty())
+    }
+
+    /// The layer whose id is `prefix`, else whose id starts with `prefix` (or
+    /// `sha256:<prefix>`), when exactly one does.
     fn by_prefix(&self, prefix: &str) -> Result<Option<Record>> {
         let sha = format!("sha256:{prefix}");
-        let mut matches: Vec<Record> = self
-            .records()?
+        let lineage = self.lineage()?;
+        if let Some(exact) = lineage.iter().find(|r| r.id == prefix) {
+            return Ok(Some(exact.clone()));
+        }
+        let mut matches: Vec<Record> = lineage
             .into_iter()
             .filter(|r| r.id.starts_with(prefix) || r.id.starts_with(&sha))
             .collect();
@@ -319,7 +355,7 @@ impl LayerDb {
             .iter()
             .map(|id| self.layer(id).map(|r| r.id))
             .collect::<Result<Vec<String>>>()?;
-        let records = self.records()?;
+        let records = self.lineage()?;
         for id in &ids {
             let children: Vec<&str> = records
                 .iter()

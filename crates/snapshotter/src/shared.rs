@@ -37,6 +37,9 @@ impl Driver for Shared {
     fn get(&self, id: &str, mount_label: Option<&str>) -> Result<PathBuf> {
         self.0.get(id, mount_label)
     }
+    fn parent(&self, id: &str) -> Result<Option<String>> {
+        self.0.parent(id)
+    }
     fn layer_files(&self, id: &str) -> Result<PathBuf> {
         self.0.layer_files(id)
     }

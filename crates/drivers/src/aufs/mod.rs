@@ -406,6 +406,10 @@ impl Driver for Aufs {
         Ok(self.store.diff_dir(id))
     }
 
+    fn parent(&self, id: &str) -> Result<Option<String>> {
+        self.store.parent(id).map_err(|e| Error::store(id, e))
+    }
+
     fn cleanup(&self) -> Result<()> {
         let held = self.refs.mounted();
         let mut first = None;

@@ -469,6 +469,10 @@ impl Driver for Overlay2 {
         Ok(self.store.diff_dir(id))
     }
 
+    fn parent(&self, id: &str) -> Result<Option<String>> {
+        self.store.parent(id).map_err(|e| Error::store(id, e))
+    }
+
     fn cleanup(&self) -> Result<()> {
         let mut first = None;
         for mount in mounts::mounts_under(&self.home) {

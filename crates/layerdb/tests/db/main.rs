@@ -174,3 +174,66 @@ fn fsck_repairs_records_of_layers_that_are_gone() {
     assert_eq!(repaired[0].outcome, Outcome::Repaired);
     assert!(db.fsck(false).unwrap().is_empty());
 }
+
+/// Root with overlayfs, or `None` after saying why (a failure when
+/// `PLIES_REQUIRE_KERNEL=1` asks for the kernel tests).
+fn overlay_here(test: &str) -> Option<()> {
+    let root = rustix::process::geteuid().is_root();
+    let overlay = std::fs::read_to_string("/proc/filesystems")
+        .is_ok_and(|f| f.lines().any(|l| l.ends_with("\toverlay")));
+    if root && overlay {
+        return Some(());
+    }
+    assert!(
+        std::env::var_os("PLIES_REQUIRE_KERNEL").is_none(),
+        "{test}: needs root and overlayfs"
+    );
+    eprintln!("skipping {test}: needs root and overlayfs");
+    None
+}
+
+/// Layers made on the driver alone, as dockerd makes them through `plies serve
+/// docker`: plies holds no record there, so the store's own lineage stands in,
+/// fsck finds nothing amiss, and removal still goes children first.
+#[test]
+fn a_store_without_records_shows_the_stores_own_lineage() {
+    const TEST: &str = "a_store_without_records_shows_the_stores_own_lineage";
+    if overlay_here(TEST).is_none() {
+        return;
+    }
+    let root = tempfile::tempdir().unwrap();
+    let options = Options::default();
+    {
+        let driver = plies_drivers::open(root.path(), DriverChoice::Overlay2, &options).unwrap();
+        driver.create("base", None, &none()).unwrap();
+        driver.create("mid", Some("base"), &none()).unwrap();
+        driver
+            .create_read_write("ctr", Some("mid"), &none())
+            .unwrap();
+    }
+    let driver = plies_drivers::open(root.path(), DriverChoice::Overlay2, &options).unwrap();
+    let db = LayerDb::open(root.path(), driver, Access::Write).unwrap();
+    assert!(db.is_unrecorded().unwrap());
+    let lineage: Vec<(String, Option<String>)> = db
+        .lineage()
+        .unwrap()
+        .into_iter()
+        .map(|r| (r.id, r.parent))
+        .collect();
+    assert_eq!(
+        lineage,
+        [
+            ("base".to_owned(), None),
+            ("ctr".to_owned(), Some("mid".to_owned())),
+            ("mid".to_owned(), Some("base".to_owned())),
+        ]
+    );
+    assert!(db.fsck(false).unwrap().is_empty());
+    assert_eq!(db.layer("mi").unwrap().id, "mid");
+    assert!(matches!(
+        db.remove(&["base"]),
+        Err(Error::HasChildren { .. })
+    ));
+    assert_eq!(db.remove(&["ctr", "mid"]).unwrap(), ["ctr", "mid"]);
+    assert_eq!(db.lineage().unwrap().len(), 1);
+}

@@ -5,9 +5,9 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use plies_layerdb::{Error, ImageStore};
 use plies_layerdb::chain_id;
 use plies_layerdb::docker::{DockerKind, DockerRoot};
+use plies_layerdb::{Error, ImageStore};
 
 const BASE: &str = "sha256:4105d678e27883a7bb1186388949143d5a0a577ce403ebd0d80c83375268110a";
 const MID: &str = "sha256:0ceab6faad160e475e8ffad229c4e0b44567d4544b6a200c35d5b3375d137e8e";
