@@ -1349,3 +1349,32 @@ fn import_then_save_gives_the_same_layer_tars_back() {
     );
     assert!(!out.exists());
 }
+
+/// A store plies holds no record for (as `plies serve docker` leaves one for
+/// dockerd) lists with the store's own lineage and checks clean.
+#[test]
+fn a_store_without_records_lists_its_own_lineage() {
+    let root = Root::new();
+    if root.driver != "overlay2" {
+        eprintln!("skipping a_store_without_records_lists_its_own_lineage: vfs keeps no lineage");
+        assert!(!plies_testkit::kernel_required());
+        return;
+    }
+    let fixture = plies_testkit::fixtures_dir().join("docker-20.10-overlay2-store.image.tar");
+    let top = root
+        .ok(&["import", fixture.to_str().unwrap()])
+        .trim()
+        .to_owned();
+    root.ok(&["create", "--rw", "--parent", &top, "ctr"]);
+    std::fs::remove_dir_all(root.path().join("plies")).unwrap();
+    let ls: serde_json::Value = serde_json::from_str(&root.ok(&["--json", "ls"])).unwrap();
+    let rows = ls.as_array().unwrap();
+    assert_eq!(rows.len(), 4, "{ls}");
+    let ctr = rows.iter().find(|r| r["id"] == "ctr").unwrap();
+    assert_eq!(ctr["parent"], top.as_str());
+    assert_eq!(ctr["depth"], 3);
+    assert!(root.ok(&["fsck"]).contains("clean"));
+    root.ok(&["mount", "ctr"]);
+    root.ok(&["umount", "ctr"]);
+    root.fails(&["rm", &top], 1, "it is the parent of ctr");
+}
