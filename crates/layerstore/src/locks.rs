@@ -14,6 +14,7 @@
 use std::collections::HashMap;
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Condvar, Mutex, MutexGuard, PoisonError};
 use std::thread::ThreadId;
 use std::time::{Duration, Instant};
@@ -55,6 +56,9 @@ pub struct LayerLocks {
     wait: Option<Duration>,
     held: Mutex<HashMap<String, Held>>,
     released: Condvar,
+    /// Threads of this process waiting on `released`: a release wakes them
+    /// only when there are any (a wake is a system call).
+    waiters: AtomicUsize,
 }
 
 #[derive(Debug)]
@@ -91,6 +95,7 @@ impl LayerLocks {
             wait: Some(DEFAULT_LOCK_WAIT),
             held: Mutex::new(HashMap::new()),
             released: Condvar::new(),
+            waiters: AtomicUsize::new(0),
         })
     }
 
@@ -106,6 +111,7 @@ impl LayerLocks {
             wait: Some(DEFAULT_LOCK_WAIT),
             held: Mutex::new(HashMap::new()),
             released: Condvar::new(),
+            waiters: AtomicUsize::new(0),
         }
     }
 
@@ -206,22 +212,26 @@ impl LayerLocks {
                     return Ok(());
                 }
                 Some(_) => {
-                    state = match deadline {
+                    let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
+                    if left.is_some_and(|l| l.is_zero()) {
+                        return Err(self.busy(id, deadline));
+                    }
+                    // Counted under the map's mutex, which the wait releases:
+                    // a releaser that takes the mutex after sees the count.
+                    self.waiters.fetch_add(1, Ordering::SeqCst);
+                    state = match left {
                         None => self
                             .released
                             .wait(state)
                             .unwrap_or_else(PoisonError::into_inner),
-                        Some(d) => {
-                            let left = d.saturating_duration_since(Instant::now());
-                            if left.is_zero() {
-                                return Err(self.busy(id, deadline));
-                            }
+                        Some(left) => {
                             self.released
                                 .wait_timeout(state, left)
                                 .unwrap_or_else(PoisonError::into_inner)
                                 .0
                         }
                     };
+                    self.waiters.fetch_sub(1, Ordering::SeqCst);
                 }
                 None => break,
             }
@@ -247,7 +257,7 @@ impl LayerLocks {
             }
             Err(e) => {
                 self.state().remove(id);
-                self.released.notify_all();
+                self.wake();
                 Err(e)
             }
         }
@@ -337,7 +347,14 @@ impl LayerLocks {
             drop(h.file);
         }
         drop(state);
-        self.released.notify_all();
+        self.wake();
+    }
+
+    /// Wakes the threads waiting for a release, if there are any.
+    fn wake(&self) {
+        if self.waiters.load(Ordering::SeqCst) > 0 {
+            self.released.notify_all();
+        }
     }
 }
 

@@ -605,6 +605,25 @@ impl Overlay2Store {
             .collect())
     }
 
+    /// What mounting `id` needs from its directory, read through one handle:
+    /// its `lower` entries (as [`Overlay2Store::lower_entries`]) and whether
+    /// it is `committed` (as [`Overlay2Store::is_committed`]).
+    ///
+    /// # Errors
+    /// As [`Overlay2Store::lower_entries`].
+    pub fn mount_facts(&self, id: &str) -> Result<(Vec<String>, bool)> {
+        let dir = self.open_layer(id)?;
+        let lowers = self
+            .read_lower(id, &dir)?
+            .iter()
+            .map(LinkId::lower_entry)
+            .collect();
+        let committed = file_type(&dir, "committed")
+            .map_err(|e| io_err("stat", self.layer_dir(id).join("committed"), e))?
+            .is_some();
+        Ok((lowers, committed))
+    }
+
     /// The layer's link id, from its `link` file.
     pub fn link_id(&self, id: &str) -> Result<LinkId> {
         let dir = self.open_layer(id)?;

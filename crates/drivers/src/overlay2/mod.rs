@@ -214,11 +214,13 @@ impl Overlay2 {
     }
 
     /// Mounts `id` at its `merged` dir; a failure leaves no mount and no `merged`.
-    fn mount(&self, id: &str, label: Option<&str>, lowers: Vec<String>) -> Result<PathBuf> {
-        let committed = self
-            .store
-            .is_committed(id)
-            .map_err(|e| Error::store(id, e))?;
+    fn mount(
+        &self,
+        id: &str,
+        label: Option<&str>,
+        lowers: Vec<String>,
+        committed: bool,
+    ) -> Result<PathBuf> {
         let (own, upper) = if committed {
             (Some(format!("{id}/diff")), None)
         } else {
@@ -354,9 +356,9 @@ impl Driver for Overlay2 {
                 self.store.diff_dir(id)
             });
         }
-        let lowers = self
+        let (lowers, committed) = self
             .store
-            .lower_entries(id)
+            .mount_facts(id)
             .map_err(|e| Error::store(id, e))?;
         let merged = self.home.join(id).join("merged");
         if !lowers.is_empty() && mounts::is_mount_point(&merged) {
@@ -369,7 +371,7 @@ impl Driver for Overlay2 {
         let (path, mounted) = if lowers.is_empty() {
             (self.store.diff_dir(id), false)
         } else {
-            (self.mount(id, mount_label, lowers)?, true)
+            (self.mount(id, mount_label, lowers, committed)?, true)
         };
         self.refs.hold(id, 1, mounted);
         Ok(path)
