@@ -43,6 +43,9 @@ use crate::Result;
 /// The containerd namespace the bench works in.
 const NAMESPACE: &str = "plies-bench";
 
+/// The containerd lease the Prepare+Mounts+Remove calls through containerd are made in.
+const LEASE: &str = "plies-bench";
+
 /// The snapshotters compared, in the order of the table's columns.
 const SNAPSHOTTERS: [&str; 2] = ["overlayfs", "plies"];
 
@@ -320,6 +323,11 @@ impl Ctx<'_> {
             }
         }
 
+        // In a lease, as an engine makes them: containerd's GC removes active
+        // snapshots nothing refers to.
+        self.rig
+            .ctr_ok(&["leases", "create", "--expires", "0", "--id", LEASE])?;
+        via.set_lease(Some(LEASE))?;
         let mut times = [
             Vec::with_capacity(iterations),
             Vec::with_capacity(iterations),
@@ -338,6 +346,8 @@ impl Ctx<'_> {
                 }
             }
         }
+        via.set_lease(None)?;
+        self.rig.ctr_ok(&["leases", "rm", "--sync", LEASE])?;
         self.remove_images()?;
         let [mut o, mut p] = times;
         Ok(LatencyRow {
@@ -720,6 +730,8 @@ struct ListSnapshotsResponse {
 /// snapshotter's own), calling in the bench's namespace.
 struct Client {
     grpc: tonic::client::Grpc<Channel>,
+    /// The containerd lease the calls are made in (`containerd-lease`).
+    lease: Option<tonic::metadata::AsciiMetadataValue>,
 }
 
 impl Client {
@@ -737,15 +749,31 @@ impl Client {
             .map_err(|e| format!("connecting to {}: {e}", socket.display()))?;
         Ok(Client {
             grpc: tonic::client::Grpc::new(channel),
+            lease: None,
         })
     }
 
-    fn request<T>(message: T) -> tonic::Request<T> {
+    /// Makes the calls in lease `id` (none for `None`).
+    fn set_lease(&mut self, id: Option<&str>) -> Result {
+        self.lease = id
+            .map(|id| {
+                id.parse()
+                    .map_err(|_| format!("lease id '{id}' is no header value"))
+            })
+            .transpose()?;
+        Ok(())
+    }
+
+    fn request<T>(&self, message: T) -> tonic::Request<T> {
         let mut r = tonic::Request::new(message);
-        r.metadata_mut().insert(
+        let metadata = r.metadata_mut();
+        metadata.insert(
             "containerd-namespace",
             tonic::metadata::MetadataValue::from_static(NAMESPACE),
         );
+        if let Some(lease) = &self.lease {
+            metadata.insert("containerd-lease", lease.clone());
+        }
         r
     }
 
@@ -760,7 +788,7 @@ impl Client {
             .map_err(|e| format!("{method}: {e}"))?;
         self.grpc
             .unary(
-                Self::request(message),
+                self.request(message),
                 PathAndQuery::from_static(method),
                 tonic::codec::ProstCodec::default(),
             )
@@ -812,7 +840,7 @@ impl Client {
     async fn list(&mut self, snapshotter: &str) -> Result<Vec<Info>> {
         const LIST: &str = "/containerd.services.snapshots.v1.Snapshots/List";
         self.grpc.ready().await.map_err(|e| format!("List: {e}"))?;
-        let request = Self::request(ListSnapshotsRequest {
+        let request = self.request(ListSnapshotsRequest {
             snapshotter: snapshotter.to_string(),
         });
         let codec =
