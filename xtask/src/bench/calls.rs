@@ -233,7 +233,7 @@ fn table(
     out
 }
 
-pub(super) fn goal(what: &str, got: &str, met: bool) -> String {
+fn goal(what: &str, got: &str, met: bool) -> String {
     format!(
         "{what:<48} {got:>12}  {}",
         if met { "met" } else { "NOT met" }

@@ -35,7 +35,7 @@ use std::time::{Duration, Instant};
 use tonic::codegen::http::uri::PathAndQuery;
 use tonic::transport::{Channel, Endpoint, Uri};
 
-use super::calls::{Stats, goal, remove_mounted_tree};
+use super::calls::{Stats, remove_mounted_tree};
 use super::docker::terminate;
 use super::{Rng, docker_save, load_average, read_input, sync_and_drop_caches, timed};
 use crate::Result;
@@ -73,7 +73,7 @@ pub(super) fn containerd(
     sweep_dead_runs(bench);
     let many = many_layers_archive(bench)?;
     let mut images = images.to_vec();
-    images.push((format!("{MANY} layers"), many.clone()));
+    images.push((format!("{MANY}-layer"), many.clone()));
 
     let rig = Rig::start(bench, plies_bin)?;
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -155,7 +155,7 @@ fn table(
             ratio
         );
         goals.push(goal(
-            &format!("ctr image import, {name} <= {GOAL}x overlayfs"),
+            &format!("ctr image import of the {name} image <= {GOAL}x overlayfs"),
             &format!("{ratio:.2}x"),
             ratio <= GOAL,
         ));
@@ -167,15 +167,15 @@ fn table(
     );
     let _ = writeln!(
         out,
-        "{:<8} {:<24} {:<24} {:>7}   {:<24}",
+        "{:<10} {:<24} {:<24} {:>7}   {:<24}",
         "parent", "overlayfs", "plies", "ratio", "plies, no containerd hop"
     );
     for row in latencies {
         let ratio = row.via[1].p50 / row.via[0].p50;
         let _ = writeln!(
             out,
-            "{:<8} {:<24} {:<24} {:>6.2}x   {:<24}",
-            format!("{} lay.", row.depth),
+            "{:<10} {:<24} {:<24} {:>6.2}x   {}",
+            layers(row.depth),
             row.via[0].show(),
             row.via[1].show(),
             ratio,
@@ -183,8 +183,8 @@ fn table(
         );
         goals.push(goal(
             &format!(
-                "prepare+mounts+remove, {}-layer parent <= {GOAL}x overlayfs",
-                row.depth
+                "prepare+mounts+remove on {} <= {GOAL}x overlayfs",
+                layers(row.depth)
             ),
             &format!("{ratio:.2}x"),
             ratio <= GOAL,
@@ -204,6 +204,19 @@ fn table(
         let _ = writeln!(out, "  {g}");
     }
     out
+}
+
+/// `1 layer`, `120 layers`.
+fn layers(n: usize) -> String {
+    format!("{n} layer{}", if n == 1 { "" } else { "s" })
+}
+
+/// One line of the goals.
+fn goal(what: &str, got: &str, met: bool) -> String {
+    format!(
+        "{what:<58} {got:>7}  {}",
+        if met { "met" } else { "NOT met" }
+    )
 }
 
 /// What the measurements share.
