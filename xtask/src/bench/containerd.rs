@@ -214,7 +214,7 @@ fn layers(n: usize) -> String {
 /// One line of the goals.
 fn goal(what: &str, got: &str, met: bool) -> String {
     format!(
-        "{what:<58} {got:>7}  {}",
+        "{what:<62} {got:>7}  {}",
         if met { "met" } else { "NOT met" }
     )
 }
