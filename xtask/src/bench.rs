@@ -17,6 +17,13 @@
 //! plies behind the graph-driver plugin and into dockerd on its own overlay2
 //! (`--no-docker` skips it, `--docker-only` runs nothing else; see `bench/docker.rs`).
 //!
+//! Then containerd with plies as its proxy snapshotter beside containerd's own
+//! overlayfs snapshotter, in one private containerd: `ctr image import` of the
+//! generated image, the Debian minbase image and a 120-layer image, and
+//! Prepare+Mounts+Remove through containerd's snapshots service
+//! (`--no-containerd` skips it, `--containerd-only` runs nothing else; its
+//! Prepare+Mounts+Remove runs `--calls-iterations` times; see `bench/containerd.rs`).
+//!
 //! Last, every call against the kernel's floor: the library's `get`+`put` beside a
 //! raw `mount(2)`+`umount2(2)` loop of the same stacks, `plies mount`/`umount` and
 //! `plies create`/`rm` as processes (`--no-calls` skips it, `--calls-only` runs
@@ -31,6 +38,7 @@ use std::time::{Duration, Instant};
 use crate::{Result, cargo, root, run, target_dir};
 
 mod calls;
+mod containerd;
 mod docker;
 
 struct Options {
@@ -39,6 +47,8 @@ struct Options {
     /// The comparisons with GNU tar.
     tar: bool,
     docker: bool,
+    /// The section of `bench/containerd.rs`.
+    containerd: bool,
     /// The section of `bench/calls.rs`.
     calls: bool,
     calls_iterations: usize,
@@ -50,6 +60,7 @@ fn parse(args: &[String]) -> Result<Options> {
         debian: true,
         tar: true,
         docker: true,
+        containerd: true,
         calls: true,
         calls_iterations: 200,
     };
@@ -64,10 +75,20 @@ fn parse(args: &[String]) -> Result<Options> {
             }
             "--no-debian" => opts.debian = false,
             "--no-docker" => opts.docker = false,
-            "--docker-only" => (opts.tar, opts.debian, opts.calls) = (false, false, false),
+            "--docker-only" => {
+                (opts.tar, opts.debian, opts.containerd, opts.calls) = (false, false, false, false);
+            }
+            "--no-containerd" => opts.containerd = false,
+            "--containerd-only" => (opts.tar, opts.docker, opts.calls) = (false, false, false),
             "--no-calls" => opts.calls = false,
             "--calls-only" => {
-                (opts.tar, opts.debian, opts.docker, opts.calls) = (false, false, false, true);
+                (
+                    opts.tar,
+                    opts.debian,
+                    opts.docker,
+                    opts.containerd,
+                    opts.calls,
+                ) = (false, false, false, false, true);
             }
             "--calls-iterations" => {
                 let v = it.next().ok_or("--calls-iterations needs a number")?;
@@ -83,7 +104,7 @@ fn parse(args: &[String]) -> Result<Options> {
 
 pub fn bench(args: &[String]) -> Result {
     let opts = parse(args)?;
-    if !(opts.tar || opts.docker) {
+    if !(opts.tar || opts.docker || opts.containerd) {
         return if opts.calls {
             calls::calls(opts.calls_iterations)
         } else {
@@ -92,21 +113,23 @@ pub fn bench(args: &[String]) -> Result {
     }
     let dir = root().join("target/bench");
     std::fs::create_dir_all(&dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
-    run(cargo().args([
-        "build",
-        "--release",
-        "-p",
-        "plies-archive",
-        "--example",
-        "layer",
-    ]))?;
+    if opts.tar {
+        run(cargo().args([
+            "build",
+            "--release",
+            "-p",
+            "plies-archive",
+            "--example",
+            "layer",
+        ]))?;
+    }
     run(cargo().args(["build", "--release", "-p", "plies"]))?;
     let target = target_dir();
     let layer_bin = target.join("release/examples/layer");
     let plies_bin = target.join("release/plies");
 
     let mut inputs = vec![("generated", generated_tree(&dir)?)];
-    if opts.debian {
+    if opts.debian && (opts.tar || opts.containerd) {
         match debian_tree(&dir) {
             Ok(tree) => inputs.push(("debian-minbase", tree)),
             Err(why) => eprintln!("bench: skipping the Debian minbase tree: {why}"),
@@ -225,6 +248,20 @@ pub fn bench(args: &[String]) -> Result {
             );
         }
         println!("load average before: {before}; after: {after}");
+    }
+    if opts.containerd {
+        // The same `docker save` archives as above: the generated image first.
+        let mut images = Vec::new();
+        for (name, tree) in &inputs {
+            let tar = layer_tar(&dir, name, tree)?;
+            images.push((name.to_string(), docker_save_archive(&dir, name, &tar)?));
+        }
+        let only = !(opts.tar || opts.docker || opts.calls);
+        match containerd::containerd(opts.runs, opts.calls_iterations, &dir, &images, &plies_bin) {
+            Ok(()) => {}
+            Err(why) if only => return Err(why),
+            Err(why) => eprintln!("bench: skipping containerd: {why}"),
+        }
     }
     if opts.calls {
         calls::calls(opts.calls_iterations)?;

@@ -4,8 +4,10 @@
 //!   docs, packaging, fuzz build.
 //! - `cargo xtask fuzz [TARGET] [--seconds N]` — run one fuzz target, or each in turn.
 //! - `cargo xtask package` — `cargo package --workspace` against a local registry.
-//! - `cargo xtask bench` — plies side by side with GNU tar on the same input, and
-//!   every mount call against the kernel's floor (`--calls-only`).
+//! - `cargo xtask bench` — plies side by side with GNU tar on the same input,
+//!   docker load and containerd's import and snapshot calls on plies against their
+//!   own overlay snapshotters (`--containerd-only`), and every mount call against
+//!   the kernel's floor (`--calls-only`).
 //! - `cargo xtask trials` — `plies` commands SIGKILLed at random points, the store
 //!   checked after each; then many processes on one root at once.
 //! - `cargo xtask powercut` — qemu killed at random points of a workload on one
@@ -54,9 +56,11 @@ const USAGE: &str = "usage: cargo xtask <task>
   fuzz [TARGET] [--seconds N]  run cargo-fuzz targets (all in turn when no TARGET)
   package                      cargo package --workspace
   bench [--runs N] [--no-debian] [--no-docker | --docker-only]
-        [--no-calls | --calls-only] [--calls-iterations N]
-                               plies vs GNU tar, docker load on plies vs overlay2, and
-                               get+put, mount, umount, create, rm against raw mount(2)
+        [--no-containerd | --containerd-only] [--no-calls | --calls-only]
+        [--calls-iterations N]
+                               plies vs GNU tar, docker load on plies vs overlay2,
+                               containerd on plies vs overlayfs, and get+put, mount,
+                               umount, create, rm against raw mount(2)
   vm-test [--kernel NAME]... [--filter TEST]  kernel tests under Debian kernels in qemu (xtask/VM.md)
   trials [--per-kind N] [--procs K] [--rounds M] [--seed S] [--kinds a,b,c] [--keep]
          [--verbose] [--bin PLIES]

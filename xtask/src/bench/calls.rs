@@ -31,14 +31,14 @@ const DEPTHS: [usize; 4] = [1, 16, 128, 400];
 
 /// Median and spread of a set of times, in milliseconds.
 #[derive(Clone, Copy)]
-struct Stats {
-    p50: f64,
-    p10: f64,
-    p90: f64,
+pub(super) struct Stats {
+    pub(super) p50: f64,
+    pub(super) p10: f64,
+    pub(super) p90: f64,
 }
 
 impl Stats {
-    fn of(times: &mut [Duration]) -> Stats {
+    pub(super) fn of(times: &mut [Duration]) -> Stats {
         times.sort();
         let at = |q: usize| times[(times.len() - 1) * q / 100].as_secs_f64() * 1e3;
         Stats {
@@ -49,7 +49,7 @@ impl Stats {
     }
 
     /// `1.234 [1.100-1.500]`.
-    fn show(self) -> String {
+    pub(super) fn show(self) -> String {
         format!(
             "{} [{}-{}]",
             fmt_ms(self.p50),
@@ -458,7 +458,7 @@ fn sweep_dead_runs(bench: &Path) {
 }
 
 /// Detaches every mount at or under `dir` (deepest first), then removes it.
-fn remove_mounted_tree(dir: &Path) -> Result {
+pub(super) fn remove_mounted_tree(dir: &Path) -> Result {
     for _ in 0..10 {
         let mut mounts = mounts_under(dir);
         if mounts.is_empty() {

@@ -81,7 +81,7 @@ fn remove(dir: &Path) -> Result {
 }
 
 /// Sends SIGTERM to `pid` and waits up to `grace` for `child` to exit, then kills it.
-fn terminate(child: &mut Child, grace: Duration) {
+pub(super) fn terminate(child: &mut Child, grace: Duration) {
     let _ = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status();
