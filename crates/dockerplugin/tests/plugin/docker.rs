@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use plies_dockerplugin::{Config, DriverChoice};
 use plies_testkit::dockerd::{Dockerd, dockerd_bin};
@@ -119,6 +119,55 @@ fn image_tar(busybox: &[u8]) -> Vec<u8> {
     b.into_inner().unwrap()
 }
 
+/// A `docker save` archive of one layer whose first entry is `../escape`,
+/// followed by 8 MiB of file data.
+fn hostile_image_tar() -> Vec<u8> {
+    let big = vec![7u8; 8 << 20];
+    let mut l1 = layer(&[Entry::File("xx/escape", b"x"), Entry::File("big", &big)]);
+    // The tar crate refuses to write `..`: the name is patched in, and the
+    // header's checksum made again.
+    l1[..9].copy_from_slice(b"../escape");
+    let sum: u32 = l1[..512]
+        .iter()
+        .enumerate()
+        .map(|(i, b)| {
+            if (148..156).contains(&i) {
+                32
+            } else {
+                u32::from(*b)
+            }
+        })
+        .sum();
+    l1[148..156].copy_from_slice(format!("{sum:06o}\0 ").as_bytes());
+    let id = sha256_hex(&l1);
+    let config = serde_json::json!({
+        "architecture": "amd64",
+        "os": "linux",
+        "rootfs": {"type": "layers", "diff_ids": [format!("sha256:{id}")]},
+    })
+    .to_string();
+    let config_name = format!("{}.json", sha256_hex(config.as_bytes()));
+    let manifest = serde_json::json!([{
+        "Config": config_name,
+        "RepoTags": ["plies-e2e:hostile"],
+        "Layers": [format!("{id}/layer.tar")],
+    }])
+    .to_string();
+    let mut b = tar::Builder::new(Vec::new());
+    for (name, data) in [
+        (format!("{id}/layer.tar"), &l1[..]),
+        (config_name, config.as_bytes()),
+        ("manifest.json".to_owned(), manifest.as_bytes()),
+    ] {
+        let mut h = tar::Header::new_gnu();
+        h.set_mode(0o644);
+        h.set_mtime(1_600_000_000);
+        h.set_size(data.len() as u64);
+        b.append_data(&mut h, name, data).unwrap();
+    }
+    b.into_inner().unwrap()
+}
+
 /// One exported entry, all but its times.
 #[derive(Debug, PartialEq, Eq)]
 struct Exported {
@@ -192,6 +241,22 @@ fn docker_workflow(test: &str, driver: DriverChoice) {
     std::fs::write(&image, image_tar(&busybox)).unwrap();
     let out = a.docker(&["load", "-i", image.to_str().unwrap()]);
     assert!(out.contains("Loaded image: plies-e2e:1"), "{out}");
+
+    // A layer plies refuses (its first entry climbs out of the layer), 8 MiB
+    // long: docker load fails at once with plies' reason, not a closed pipe.
+    let hostile = tmp.path().join("hostile.tar");
+    std::fs::write(&hostile, hostile_image_tar()).unwrap();
+    let refused_at = Instant::now();
+    let refused = a
+        .try_docker(&["load", "-i", hostile.to_str().unwrap()])
+        .expect_err("a layer climbing out of its root was loaded");
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(stderr.contains("climbs above the layer root"), "{stderr}");
+    assert!(
+        refused_at.elapsed() < Duration::from_secs(10),
+        "the refusal took {:?}: {stderr}",
+        refused_at.elapsed()
+    );
 
     // Containers read the merged tree.
     let run = ["run", "--rm", "--network", "none"];
