@@ -353,3 +353,87 @@ impl Drop for Unmount {
         }
     }
 }
+
+/// A Docker data root in Docker's aufs layout, made from the fixture's
+/// overlay2 one: the same layerdb under `image/aufs/`, each layer's files in
+/// `aufs/diff/<cache-id>` with its overlay whiteouts turned into aufs `.wh.`
+/// files, `aufs/layers/<cache-id>` naming its ancestors, and the image's
+/// config in the image store. Docker 24 and later no longer open such a root;
+/// plies lists it and saves its image byte for byte with no aufs in the
+/// kernel (no mount is needed for either).
+#[test]
+fn an_aufs_docker_root_is_rescued_without_aufs() {
+    const TEST: &str = "an_aufs_docker_root_is_rescued_without_aufs";
+    let Some(src) = docker_root(TEST) else {
+        return;
+    };
+    let mut root = Root::new();
+    // Found by its layer database, as `--driver auto` finds it.
+    root.driver = "auto";
+    let r = root.path();
+    let from = src.path();
+    let cp = |a: &Path, b: &Path| {
+        std::fs::create_dir_all(b.parent().unwrap()).unwrap();
+        let ok = Command::new("cp")
+            .args(["-a", "--preserve=all"])
+            .arg(a)
+            .arg(b)
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "cp {} {}", a.display(), b.display());
+    };
+    let layerdb = from.join("image/overlay2/layerdb/sha256");
+    let mut cache_of = BTreeMap::new();
+    for chain in [BASE_CHAIN, MID_CHAIN, TOP_CHAIN] {
+        let hex = &chain["sha256:".len()..];
+        let dir = layerdb.join(hex);
+        cp(&dir, &r.join("image/aufs/layerdb/sha256").join(hex));
+        let cache = std::fs::read_to_string(dir.join("cache-id")).unwrap();
+        let diff = r.join("aufs/diff").join(&cache);
+        cp(&from.join("overlay2").join(&cache).join("diff"), &diff);
+        let fd = std::fs::File::open(&diff).unwrap();
+        plies_whiteout::convert::overlay_to_aufs(&fd, plies_whiteout::XattrNamespace::Trusted)
+            .unwrap();
+        cache_of.insert(chain, cache);
+    }
+    let layers = r.join("aufs/layers");
+    std::fs::create_dir_all(&layers).unwrap();
+    let [base, mid, top] = [BASE_CHAIN, MID_CHAIN, TOP_CHAIN].map(|c| cache_of[c].clone());
+    std::fs::write(layers.join(&base), "").unwrap();
+    std::fs::write(layers.join(&mid), format!("{base}\n")).unwrap();
+    std::fs::write(layers.join(&top), format!("{mid}\n{base}\n")).unwrap();
+    let image = plies_testkit::fixtures_dir().join("docker-20.10-overlay2-store.image.tar");
+    let (config, saved_layers) = super::saved_image(&std::fs::read(&image).unwrap());
+    let id = super::sha256(&config);
+    let content = r.join("image/aufs/imagedb/content/sha256");
+    std::fs::create_dir_all(&content).unwrap();
+    std::fs::write(content.join(super::hex(&id)), &config).unwrap();
+    std::fs::write(
+        r.join("image/aufs/repositories.json"),
+        format!(r#"{{"Repositories":{{"hidden/test":{{"hidden/test:1":"{id}"}}}}}}"#),
+    )
+    .unwrap();
+
+    let before = fingerprint(&r);
+    let ls: serde_json::Value = serde_json::from_str(&root.ok(&["--json", "ls"])).unwrap();
+    assert_eq!(ls.as_array().unwrap().len(), 3, "{ls}");
+    let top_row = ls
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|l| l["id"] == *top)
+        .unwrap();
+    assert_eq!(top_row["chain_id"], TOP_CHAIN);
+    assert_eq!(top_row["parent"], *mid);
+    assert!(root.ok(&["images"]).contains("hidden/test:1"));
+    let out = root.dir.path().join("rescued.tar");
+    root.ok(&["save", "hidden/test:1", "-o", out.to_str().unwrap()]);
+    let (saved_config, layers) = super::saved_image(&std::fs::read(&out).unwrap());
+    assert_eq!(saved_config, config);
+    assert!(
+        layers == saved_layers,
+        "the rescued layers differ from Docker's"
+    );
+    assert_eq!(fingerprint(&r), before, "rescuing wrote into the root");
+}
