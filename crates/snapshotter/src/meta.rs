@@ -120,9 +120,11 @@ impl MetaFile {
         std::fs::create_dir_all(&self.dir).map_err(|e| io_err("create", &self.dir, e))?;
         let tmp = self.dir.join(".snapshots.json.tmp");
         let written = (|| -> std::io::Result<()> {
+            // One write: serde_json writes a token at a time.
+            let mut bytes = serde_json::to_vec(meta)?;
+            bytes.push(b'\n');
             let mut f = File::create(&tmp)?;
-            serde_json::to_writer(&mut f, meta)?;
-            f.write_all(b"\n")?;
+            f.write_all(&bytes)?;
             f.sync_all()?;
             std::fs::rename(&tmp, &self.path)?;
             File::open(&self.dir)?.sync_all()
