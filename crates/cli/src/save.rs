@@ -94,9 +94,7 @@ fn write_docker(db: &dyn ImageStore, names: &[String], w: &mut dyn Write) -> Res
         let (image, config) = db.image(name)?;
         let config_name = format!("{}.json", &image.id["sha256:".len()..]);
         if written.insert(config_name.clone()) {
-            member(w, &config_name, config.len() as u64, &mut |w| {
-                w.write_all(&config).map_err(anyhow::Error::from)
-            })?;
+            member_bytes(w, &config_name, &config[..])?;
         }
         let mut layers = Vec::new();
         for (i, diff_id) in image.diff_ids.iter().enumerate() {
@@ -104,14 +102,7 @@ fn write_docker(db: &dyn ImageStore, names: &[String], w: &mut dyn Write) -> Res
             let member_name = format!("{}/layer.tar", &diff_id["sha256:".len()..]);
             if written.insert(member_name.clone()) {
                 let size = db.layer_tar_size(&chain)?;
-                member(w, &member_name, size, &mut |w| {
-                    let n = db.write_layer_tar(&chain, w)?;
-                    anyhow::ensure!(
-                        n == size,
-                        "layer {chain}: {n} bytes, not the {size} of its tar-split"
-                    );
-                    Ok(())
-                })?;
+                member_layer(w, &member_name, db, &chain, size)?;
             }
             layers.push(member_name);
         }
@@ -123,9 +114,7 @@ fn write_docker(db: &dyn ImageStore, names: &[String], w: &mut dyn Write) -> Res
         });
     }
     let manifest = serde_json::to_vec(&manifest)?;
-    member(w, "manifest.json", manifest.len() as u64, &mut |w| {
-        w.write_all(&manifest).map_err(anyhow::Error::from)
-    })?;
+    member_bytes(w, "manifest.json", &manifest[..])?;
     // The end of the archive: two zero blocks.
     w.write_all(&[0; 1024])?;
     Ok(())
@@ -151,29 +140,18 @@ fn write_oci(db: &dyn ImageStore, names: &[String], w: &mut dyn Write) -> Result
     let mut written = BTreeSet::new();
     let mut manifests = Vec::new();
     let layout = br#"{"imageLayoutVersion":"1.0.0"}"#;
-    member(w, "oci-layout", layout.len() as u64, &mut |w| {
-        w.write_all(layout).map_err(anyhow::Error::from)
-    })?;
+    member_bytes(w, "oci-layout", &layout[..])?;
     for name in names {
         let (image, config) = db.image(name)?;
         if written.insert(image.id.clone()) {
-            member(w, &blob(&image.id), config.len() as u64, &mut |w| {
-                w.write_all(&config).map_err(anyhow::Error::from)
-            })?;
+            member_bytes(w, &blob(&image.id), &config[..])?;
         }
         let mut layers = Vec::new();
         for (i, diff_id) in image.diff_ids.iter().enumerate() {
             let chain = chain_id(&image.diff_ids[..=i]).context("an image without layers")?;
             let size = db.layer_tar_size(&chain)?;
             if written.insert(diff_id.clone()) {
-                member(w, &blob(diff_id), size, &mut |w| {
-                    let n = db.write_layer_tar(&chain, w)?;
-                    anyhow::ensure!(
-                        n == size,
-                        "layer {chain}: {n} bytes, not the {size} of its tar-split"
-                    );
-                    Ok(())
-                })?;
+                member_layer(w, &blob(diff_id), db, &chain, size)?;
             }
             layers.push(descriptor(
                 "application/vnd.oci.image.layer.v1.tar",
@@ -196,9 +174,7 @@ fn write_oci(db: &dyn ImageStore, names: &[String], w: &mut dyn Write) -> Result
             )
         };
         if written.insert(digest.clone()) {
-            member(w, &blob(&digest), manifest.len() as u64, &mut |w| {
-                w.write_all(&manifest).map_err(anyhow::Error::from)
-            })?;
+            member_bytes(w, &blob(&digest), &manifest[..])?;
         }
         let tags = tags_to_write(&image.tags, names);
         if tags.is_empty() {
@@ -223,11 +199,35 @@ fn write_oci(db: &dyn ImageStore, names: &[String], w: &mut dyn Write) -> Result
         "mediaType": "application/vnd.oci.image.index.v1+json",
         "manifests": manifests,
     }))?;
-    member(w, "index.json", index.len() as u64, &mut |w| {
-        w.write_all(&index).map_err(anyhow::Error::from)
-    })?;
+    member_bytes(w, "index.json", &index[..])?;
     w.write_all(&[0; 1024])?;
     Ok(())
+}
+
+/// A member holding `bytes`.
+fn member_bytes(w: &mut dyn Write, name: &str, bytes: &[u8]) -> Result<()> {
+    member(w, name, bytes.len() as u64, &mut |w| {
+        w.write_all(bytes).map_err(anyhow::Error::from)
+    })
+}
+
+/// A member holding the layer tar of `chain`, `size` bytes as its tar-split
+/// says.
+fn member_layer(
+    w: &mut dyn Write,
+    name: &str,
+    db: &dyn ImageStore,
+    chain: &str,
+    size: u64,
+) -> Result<()> {
+    member(w, name, size, &mut |w| {
+        let n = db.write_layer_tar(chain, w)?;
+        anyhow::ensure!(
+            n == size,
+            "layer {chain}: {n} bytes, not the {size} of its tar-split"
+        );
+        Ok(())
+    })
 }
 
 /// One regular member of `size` bytes that `body` writes, padded to a block.

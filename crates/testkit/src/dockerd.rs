@@ -22,6 +22,29 @@ pub fn docker_cli() -> &'static str {
     }
 }
 
+/// What every dockerd test needs: root, dockerd and a static busybox (the
+/// only program of the tests' images): their paths and busybox's bytes, or
+/// `None`, with the skip reason said, when one is missing (a failure when
+/// `PLIES_REQUIRE_KERNEL=1`).
+pub fn prerequisites(test: &str) -> Option<(PathBuf, Vec<u8>)> {
+    if !crate::require_root(test) {
+        return None;
+    }
+    let Some(dockerd) = dockerd_bin() else {
+        crate::require(test, false, "dockerd is not installed (Debian: docker.io)");
+        return None;
+    };
+    let Ok(busybox) = std::fs::read("/bin/busybox") else {
+        crate::require(
+            test,
+            false,
+            "no static /bin/busybox (Debian: busybox-static)",
+        );
+        return None;
+    };
+    Some((dockerd, busybox))
+}
+
 /// Where dockerd is installed, if it is.
 pub fn dockerd_bin() -> Option<PathBuf> {
     [
@@ -158,4 +181,3 @@ impl Drop for Dockerd {
         self.stop();
     }
 }
-

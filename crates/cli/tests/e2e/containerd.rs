@@ -387,7 +387,6 @@ fn containerd_runs_a_container_on_plies_snapshots() {
         "-c",
         LIST_SCRIPT,
     ]);
-    let lines: Vec<&str> = run.lines().collect();
     // containerd unpacks here, not plies: its applier gives a hard link's inode
     // the mode of the link's own tar entry (0644), where Docker keeps the
     // target's.
@@ -398,17 +397,7 @@ fn containerd_runs_a_container_on_plies_snapshots() {
         }
     }
     let want = expected_lines(&tree);
-    let listing: Vec<String> = lines
-        .iter()
-        .filter(|l| l.starts_with("D ") || l.starts_with("F ") || l.starts_with("L "))
-        .map(|l| l.to_string())
-        .collect();
-    assert_eq!(listing, want, "the container's tree\n{run}");
-    assert_eq!(
-        lines[listing.len()..],
-        ["HARDLINKED", "DELETED", "written"],
-        "{run}"
-    );
+    check_listing(&run, &want, "the container's tree");
 
     // The container's active snapshot, as ctr shows it.
     let info = rig.ctr_ok(&["snapshots", "--snapshotter", "plies", "info", "c1"]);
@@ -465,18 +454,7 @@ fn containerd_runs_a_container_on_plies_snapshots() {
         "-c",
         LIST_SCRIPT,
     ]);
-    let lines: Vec<&str> = run.lines().collect();
-    let listing: Vec<String> = lines
-        .iter()
-        .filter(|l| l.starts_with("D ") || l.starts_with("F ") || l.starts_with("L "))
-        .map(|l| l.to_string())
-        .collect();
-    assert_eq!(listing, want, "the second container's tree\n{run}");
-    assert_eq!(
-        lines[listing.len()..],
-        ["HARDLINKED", "DELETED", "written"],
-        "{run}"
-    );
+    check_listing(&run, &want, "the second container's tree");
 
     // Everything removed: containerd's GC removes the snapshots through plies.
     rig.ctr_ok(&["containers", "rm", "c1"]);
@@ -518,6 +496,23 @@ fn containerd_runs_a_container_on_plies_snapshots() {
         rig.log("plies.log")
     );
     assert!(!rig.path("plies.sock").exists(), "the socket stays");
+}
+
+/// Checks what [`LIST_SCRIPT`] printed: the tree `want`, then what the
+/// script's writes and deletes gave.
+fn check_listing(run: &str, want: &[String], what: &str) {
+    let lines: Vec<&str> = run.lines().collect();
+    let listing: Vec<String> = lines
+        .iter()
+        .filter(|l| l.starts_with("D ") || l.starts_with("F ") || l.starts_with("L "))
+        .map(|l| l.to_string())
+        .collect();
+    assert_eq!(listing, want, "{what}\n{run}");
+    assert_eq!(
+        lines[listing.len()..],
+        ["HARDLINKED", "DELETED", "written"],
+        "{run}"
+    );
 }
 
 /// The snapshots `ctr snapshots ls` shows: (name, parent, kind) rows.

@@ -137,27 +137,6 @@ fn a_docker_data_root_reads_without_a_byte_written() {
     assert!(plies_testkit::mounts_under(&root.path()).is_empty());
 }
 
-/// Root, dockerd, overlayfs and a static busybox, or `None` after saying
-/// which is missing.
-fn dockerd_prerequisites(test: &str) -> Option<(PathBuf, Vec<u8>)> {
-    if !plies_testkit::require_overlay(test) {
-        return None;
-    }
-    let Some(dockerd) = plies_testkit::dockerd::dockerd_bin() else {
-        plies_testkit::require(test, false, "dockerd is not installed (Debian: docker.io)");
-        return None;
-    };
-    let Ok(busybox) = std::fs::read("/bin/busybox") else {
-        plies_testkit::require(
-            test,
-            false,
-            "no static /bin/busybox (Debian: busybox-static)",
-        );
-        return None;
-    };
-    Some((dockerd, busybox))
-}
-
 /// A data root dockerd 20.10 wrote (an image loaded, a container that wrote and
 /// deleted files), read by plies once dockerd stopped: the same layers, the
 /// container's tree as `docker export` gave it, its changes as `docker diff`
@@ -165,7 +144,10 @@ fn dockerd_prerequisites(test: &str) -> Option<(PathBuf, Vec<u8>)> {
 #[test]
 fn a_root_dockerd_wrote_reads_as_docker_showed_it() {
     const TEST: &str = "a_root_dockerd_wrote_reads_as_docker_showed_it";
-    let Some((dockerd, busybox)) = dockerd_prerequisites(TEST) else {
+    if !plies_testkit::require_overlay(TEST) {
+        return;
+    }
+    let Some((dockerd, busybox)) = plies_testkit::dockerd::prerequisites(TEST) else {
         return;
     };
     let tmp = tempfile::tempdir().unwrap();
@@ -290,20 +272,8 @@ fn a_root_dockerd_wrote_reads_as_docker_showed_it() {
     let mut exported_names: Vec<String> = tar_names(&exported)
         .into_iter()
         .map(|n| n.trim_end_matches('/').to_owned())
-        .filter(|n| !n.is_empty() && n != "." && !n.starts_with(".dockerenv"))
-        .filter(|n| {
-            ![
-                "dev",
-                "proc",
-                "sys",
-                "etc/hostname",
-                "etc/hosts",
-                "etc/resolv.conf",
-                "etc/mtab",
-            ]
-            .iter()
-            .any(|skip| n == skip || n.starts_with(&format!("{skip}/")))
-        })
+        .filter(|n| !n.is_empty() && n != ".")
+        .filter(|n| !runtime_path(n))
         .collect();
     exported_names.sort();
     let mut mounted: Vec<String> = walkdir::WalkDir::new(&merged)
@@ -317,20 +287,7 @@ fn a_root_dockerd_wrote_reads_as_docker_showed_it() {
                 .display()
                 .to_string()
         })
-        .filter(|n| !n.starts_with(".dockerenv"))
-        .filter(|n| {
-            ![
-                "dev",
-                "proc",
-                "sys",
-                "etc/hostname",
-                "etc/hosts",
-                "etc/resolv.conf",
-                "etc/mtab",
-            ]
-            .iter()
-            .any(|skip| n == skip || n.starts_with(&format!("{skip}/")))
-        })
+        .filter(|n| !runtime_path(n))
         .collect();
     mounted.sort();
     assert_eq!(mounted, exported_names);
@@ -339,6 +296,23 @@ fn a_root_dockerd_wrote_reads_as_docker_showed_it() {
         "written\n"
     );
     ok(&["umount", &container]);
+}
+
+/// A path the container runtime makes or mounts over in a container (so
+/// `docker export` shows what no layer holds).
+fn runtime_path(name: &str) -> bool {
+    name.starts_with(".dockerenv")
+        || [
+            "dev",
+            "proc",
+            "sys",
+            "etc/hostname",
+            "etc/hosts",
+            "etc/resolv.conf",
+            "etc/mtab",
+        ]
+        .iter()
+        .any(|skip| name == *skip || name.starts_with(&format!("{skip}/")))
 }
 
 /// Unmounts what a test left under a directory, innermost first.

@@ -67,22 +67,9 @@ pub fn post_chunked_whole<'a>(
     path: &str,
     chunks: impl IntoIterator<Item = &'a [u8]>,
 ) -> Reply {
-    let mut s = UnixStream::connect(socket).expect("connect");
-    write!(
-        s,
-        "POST {path} HTTP/1.1\r\nHost: plugin\r\nContent-Type: application/x-tar\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    for chunk in chunks {
-        write!(s, "{:x}\r\n", chunk.len()).expect("the server stopped reading the body");
-        s.write_all(chunk)
-            .expect("the server stopped reading the body");
-        s.write_all(b"\r\n")
-            .expect("the server stopped reading the body");
-    }
-    s.write_all(b"0\r\n\r\n")
-        .expect("the server stopped reading the body");
-    read_reply(s)
+    chunked(socket, path, chunks, |written| {
+        written.expect("the server stopped reading the body");
+    })
 }
 
 /// `POST path` with a chunked body: each item of `chunks` is one HTTP chunk.
@@ -90,6 +77,17 @@ pub fn post_chunked<'a>(
     socket: &Path,
     path: &str,
     chunks: impl IntoIterator<Item = &'a [u8]>,
+) -> Reply {
+    chunked(socket, path, chunks, sent)
+}
+
+/// Sends a chunked `POST`, each write's result checked by `check`, and
+/// reads the reply.
+fn chunked<'a>(
+    socket: &Path,
+    path: &str,
+    chunks: impl IntoIterator<Item = &'a [u8]>,
+    check: fn(std::io::Result<()>),
 ) -> Reply {
     let mut s = UnixStream::connect(socket).expect("connect");
     write!(
@@ -101,11 +99,11 @@ pub fn post_chunked<'a>(
         if chunk.is_empty() {
             continue;
         }
-        sent(write!(s, "{:x}\r\n", chunk.len()));
-        sent(s.write_all(chunk));
-        sent(s.write_all(b"\r\n"));
+        check(write!(s, "{:x}\r\n", chunk.len()));
+        check(s.write_all(chunk));
+        check(s.write_all(b"\r\n"));
     }
-    sent(s.write_all(b"0\r\n\r\n"));
+    check(s.write_all(b"0\r\n\r\n"));
     read_reply(s)
 }
 

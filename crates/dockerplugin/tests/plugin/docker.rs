@@ -8,7 +8,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use plies_dockerplugin::{Config, DriverChoice};
-use plies_testkit::dockerd::{Dockerd, dockerd_bin};
+use plies_testkit::dockerd::{Dockerd, prerequisites};
 use sha2::{Digest, Sha256};
 
 use crate::protocol::Running;
@@ -28,27 +28,6 @@ impl Drop for UnmountOnDrop {
             let _ = rustix::mount::unmount(&m, rustix::mount::UnmountFlags::DETACH);
         }
     }
-}
-
-/// What every dockerd test needs: root, dockerd and a static busybox (its
-/// image's only program); `None`, with the skip reason said, when one is missing.
-fn prerequisites(test: &str) -> Option<(PathBuf, Vec<u8>)> {
-    if !plies_testkit::require_root(test) {
-        return None;
-    }
-    let Some(dockerd) = dockerd_bin() else {
-        plies_testkit::require(test, false, "dockerd is not installed (Debian: docker.io)");
-        return None;
-    };
-    let Ok(busybox) = std::fs::read("/bin/busybox") else {
-        plies_testkit::require(
-            test,
-            false,
-            "no static /bin/busybox (Debian: busybox-static)",
-        );
-        return None;
-    };
-    Some((dockerd, busybox))
 }
 
 fn sha256_hex(bytes: &[u8]) -> String {
@@ -122,23 +101,7 @@ fn image_tar(busybox: &[u8]) -> Vec<u8> {
 /// A `docker save` archive of one layer whose first entry is `../escape`,
 /// followed by 8 MiB of file data.
 fn hostile_image_tar() -> Vec<u8> {
-    let big = vec![7u8; 8 << 20];
-    let mut l1 = layer(&[Entry::File("xx/escape", b"x"), Entry::File("big", &big)]);
-    // The tar crate refuses to write `..`: the name is patched in, and the
-    // header's checksum made again.
-    l1[..9].copy_from_slice(b"../escape");
-    let sum: u32 = l1[..512]
-        .iter()
-        .enumerate()
-        .map(|(i, b)| {
-            if (148..156).contains(&i) {
-                32
-            } else {
-                u32::from(*b)
-            }
-        })
-        .sum();
-    l1[148..156].copy_from_slice(format!("{sum:06o}\0 ").as_bytes());
+    let l1 = crate::tars::climbing_layer(8 << 20);
     let id = sha256_hex(&l1);
     let config = serde_json::json!({
         "architecture": "amd64",

@@ -224,21 +224,7 @@ fn every_endpoint_with_vfs() {
     // A refused tar (its first entry climbs out of the layer), 8 MiB long: the
     // whole upload is read, and the answer says why, as dockerd needs.
     ok(&call(&s, "/GraphDriver.Create", json!({"ID": "refused"})));
-    let big = vec![7u8; 8 << 20];
-    let mut hostile = layer(&[Entry::File("xx/escape", b"x"), Entry::File("big", &big)]);
-    hostile[..9].copy_from_slice(b"../escape");
-    let sum: u32 = hostile[..512]
-        .iter()
-        .enumerate()
-        .map(|(i, b)| {
-            if (148..156).contains(&i) {
-                32
-            } else {
-                u32::from(*b)
-            }
-        })
-        .sum();
-    hostile[148..156].copy_from_slice(format!("{sum:06o}\0 ").as_bytes());
+    let hostile = crate::tars::climbing_layer(8 << 20);
     let r = crate::client::post_chunked_whole(
         &s,
         "/GraphDriver.ApplyDiff?id=refused&parent=",

@@ -77,3 +77,25 @@ pub fn file(tar_bytes: &[u8], name: &str) -> Option<Vec<u8>> {
     }
     None
 }
+
+/// A layer tar whose first entry, `../escape`, climbs out of the layer,
+/// followed by a file of `size` bytes (the `tar` crate refuses to write `..`:
+/// the name is patched in and the header's checksum made again).
+pub fn climbing_layer(size: usize) -> Vec<u8> {
+    let big = vec![7u8; size];
+    let mut tar = layer(&[Entry::File("xx/escape", b"x"), Entry::File("big", &big)]);
+    tar[..9].copy_from_slice(b"../escape");
+    let sum: u32 = tar[..512]
+        .iter()
+        .enumerate()
+        .map(|(i, b)| {
+            if (148..156).contains(&i) {
+                32
+            } else {
+                u32::from(*b)
+            }
+        })
+        .sum();
+    tar[148..156].copy_from_slice(format!("{sum:06o}\0 ").as_bytes());
+    tar
+}
