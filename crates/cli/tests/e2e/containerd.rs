@@ -166,6 +166,22 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
         false
     }
 
+    /// Stops containerd, then the plies server, each expected to exit by
+    /// itself within 20 s.
+    fn stop_both(&mut self) {
+        let mut containerd = self.containerd.take().unwrap();
+        assert!(
+            Rig::stop(&mut containerd, Duration::from_secs(20)),
+            "containerd did not stop"
+        );
+        let mut plies = self.plies.take().unwrap();
+        assert!(
+            Rig::stop(&mut plies, Duration::from_secs(20)),
+            "plies did not stop:\n{}",
+            self.log("plies.log")
+        );
+    }
+
     /// The shims this containerd started (their command line names our socket).
     fn shims(&self) -> Vec<i32> {
         let ours = self.path("containerd.sock").display().to_string();
@@ -425,17 +441,7 @@ fn containerd_runs_a_container_on_plies_snapshots() {
     // snapshots, and a second container runs on the image as the first did.
     let mut before = snapshot_rows(&rig);
     before.sort();
-    let mut containerd = rig.containerd.take().unwrap();
-    assert!(
-        Rig::stop(&mut containerd, Duration::from_secs(20)),
-        "containerd did not stop"
-    );
-    let mut plies = rig.plies.take().unwrap();
-    assert!(
-        Rig::stop(&mut plies, Duration::from_secs(20)),
-        "plies did not stop:\n{}",
-        rig.log("plies.log")
-    );
+    rig.stop_both();
     rig.start_plies();
     rig.start_containerd();
     let mut after = snapshot_rows(&rig);
@@ -484,17 +490,7 @@ fn containerd_runs_a_container_on_plies_snapshots() {
         String::from_utf8_lossy(&fsck.stdout)
     );
 
-    let mut containerd = rig.containerd.take().unwrap();
-    assert!(
-        Rig::stop(&mut containerd, Duration::from_secs(20)),
-        "containerd did not stop"
-    );
-    let mut plies = rig.plies.take().unwrap();
-    assert!(
-        Rig::stop(&mut plies, Duration::from_secs(20)),
-        "plies did not stop:\n{}",
-        rig.log("plies.log")
-    );
+    rig.stop_both();
     assert!(!rig.path("plies.sock").exists(), "the socket stays");
 }
 
