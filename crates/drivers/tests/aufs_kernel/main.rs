@@ -1,0 +1,176 @@
+//! aufs through the kernel's own aufs: what a mount stacks as the kernel reports
+//! it (`/sys/fs/aufs/si_*/br*`, `xi_path`, the mount options), and its branch
+//! limit. Skipped on kernels without aufs, failed there under
+//! `PLIES_REQUIRE_AUFS=1` (the VM row of a kernel built with aufs).
+
+#[path = "../common/mod.rs"]
+mod common;
+
+use std::path::{Path, PathBuf};
+
+use plies_drivers::{CreateOptions, Driver, Error};
+use plies_mountopts::{AufsCall, AufsStack};
+
+/// The value of `key` in the driver's status.
+fn status(d: &dyn Driver, key: &str) -> String {
+    d.status()
+        .into_iter()
+        .find(|(k, _)| k == key)
+        .map(|(_, v)| v)
+        .unwrap_or_else(|| panic!("no {key} in the status"))
+}
+
+/// A chain of `n` empty layers with ids `<prefix><i>`, the first without a
+/// parent; returns the ids, base first.
+fn chain(d: &dyn Driver, prefix: &str, n: usize) -> Vec<String> {
+    let mut ids: Vec<String> = Vec::new();
+    for i in 0..n {
+        let id = format!("{prefix}{i:03}");
+        d.create(
+            &id,
+            ids.last().map(String::as_str),
+            &CreateOptions::default(),
+        )
+        .unwrap();
+        ids.push(id);
+    }
+    ids
+}
+
+/// The super-block options of the mount at `target` (mountinfo's last field).
+fn super_options(target: &Path) -> Option<(String, String)> {
+    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    info.lines().find_map(|line| {
+        let fields: Vec<&str> = line.split(' ').collect();
+        if Path::new(fields.get(4)?) != target {
+            return None;
+        }
+        let dash = fields.iter().position(|f| *f == "-")?;
+        Some((
+            fields.get(dash + 1)?.to_string(),
+            fields.get(dash + 3)?.to_string(),
+        ))
+    })
+}
+
+/// aufs's sysfs directory of the mount at `target` (`/sys/fs/aufs/si_<id>`).
+fn sysfs_dir(target: &Path) -> PathBuf {
+    let (fstype, options) = super_options(target)
+        .unwrap_or_else(|| panic!("nothing is mounted at {}", target.display()));
+    assert_eq!(fstype, "aufs", "{options}");
+    let si = options
+        .split(',')
+        .find_map(|o| o.strip_prefix("si="))
+        .unwrap_or_else(|| panic!("no si= in {options}"));
+    PathBuf::from(format!("/sys/fs/aufs/si_{si}"))
+}
+
+/// The branches of the mount at `target` as aufs lists them (`<path>=<perm>`), in order.
+fn kernel_branches(target: &Path) -> Vec<String> {
+    let dir = sysfs_dir(target);
+    (0..)
+        .map_while(|i| std::fs::read_to_string(dir.join(format!("br{i}"))).ok())
+        .map(|s| s.trim_end().to_owned())
+        .collect()
+}
+
+#[test]
+fn kernel_mount_stacks_the_planned_branches() {
+    let Some(rig) = common::aufs_kernel() else {
+        return;
+    };
+    let d = &*rig.driver;
+    // Long ids: the branches take more than one page, so appends follow the mount.
+    let prefix = "x".repeat(61);
+    let ids = chain(d, &prefix, 60);
+    let top = ids.last().unwrap();
+    std::fs::write(d.root().join("diff").join(&ids[0]).join("base"), b"b").unwrap();
+    let target = d.get(top, None).unwrap();
+    let diff = |id: &String| d.root().join("diff").join(id);
+    let dirperm1 = status(d, "Dirperm1 Supported") == "true";
+    let planned = plies_mountopts::plan_aufs(&AufsStack {
+        rw: diff(top),
+        ro: ids.iter().rev().skip(1).map(diff).collect(),
+        label: None,
+        dirperm1,
+    })
+    .unwrap();
+    assert!(planned.len() > 1, "the plan appends branches");
+    assert!(matches!(planned[1], AufsCall::Append(_)));
+
+    let want: Vec<String> = std::iter::once(format!("{}=rw", diff(top).display()))
+        .chain(
+            ids.iter()
+                .rev()
+                .skip(1)
+                .map(|id| format!("{}=ro+wh", diff(id).display())),
+        )
+        .collect();
+    assert_eq!(kernel_branches(&target), want);
+    let (_, options) = super_options(&target).unwrap();
+    assert_eq!(
+        options.split(',').any(|o| o == "dirperm1"),
+        dirperm1,
+        "dirperm1 in {options}, the driver's status says {dirperm1}"
+    );
+    // kprobe's answer is the kernel's: this kernel's aufs takes dirperm1.
+    assert!(dirperm1, "aufs takes dirperm1");
+    let xino = std::fs::read_to_string(sysfs_dir(&target).join("xi_path")).unwrap();
+    assert_eq!(xino.trim_end(), "/dev/shm/aufs.xino");
+    assert_eq!(std::fs::read(target.join("base")).unwrap(), b"b");
+    d.put(top).unwrap();
+    assert!(super_options(&target).is_none(), "put unmounts");
+}
+
+#[test]
+fn kernel_branch_limit() {
+    let Some(rig) = common::aufs_kernel() else {
+        return;
+    };
+    let d = &*rig.driver;
+    let max = plies_kprobe::aufs_branch_max()
+        .value()
+        .copied()
+        .expect("aufs lists its branch maximum in /sys/fs/aufs/config");
+    assert_eq!(status(d, "Max Branches"), max.to_string());
+
+    // The deepest chain mounts with every branch.
+    let ids = chain(d, "l", max);
+    let top = ids.last().unwrap();
+    let target = d.get(top, None).unwrap();
+    assert_eq!(kernel_branches(&target).len(), max);
+    d.put(top).unwrap();
+
+    // One more layer is refused when it is made, with the reason, and not made.
+    let err = d
+        .create("over", Some(top), &CreateOptions::default())
+        .unwrap_err();
+    assert!(
+        matches!(&err, Error::Store { source: plies_layerstore::Error::TooDeep { depth, max: m, .. }, .. }
+            if *depth == max && *m == max - 1),
+        "{err}"
+    );
+    assert!(!d.exists("over"));
+
+    // The kernel's own limit: one branch more fails the append that adds it
+    // (ENOSPC), and nothing stays mounted.
+    let rw = common::tempdir();
+    let mnt = common::tempdir();
+    let calls = plies_mountopts::plan_aufs(&AufsStack {
+        rw: rw.path().to_path_buf(),
+        ro: ids
+            .iter()
+            .rev()
+            .map(|id| d.root().join("diff").join(id))
+            .collect(),
+        label: None,
+        dirperm1: false,
+    })
+    .unwrap();
+    let err = plies_mountopts::mount::mount_aufs(&calls, mnt.path()).unwrap_err();
+    let plies_mountopts::Error::Mount { source, .. } = &err else {
+        panic!("{err}");
+    };
+    assert_eq!(source.raw_os_error(), Some(28), "{err}");
+    assert!(super_options(mnt.path()).is_none(), "nothing stays mounted");
+}
