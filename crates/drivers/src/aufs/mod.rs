@@ -27,6 +27,7 @@ use crate::refs::{Refs, Released};
 
 mod mounter;
 mod recording;
+mod staged_apply;
 
 pub use mounter::{DEFAULT_BRANCH_MAX, KernelMounter, Mounter};
 pub use recording::{Recorded, RecordingMounter};
@@ -210,7 +211,12 @@ impl Aufs {
     }
 
     fn unmount(&self, id: &str, retries: bool) -> Result<()> {
-        let target = self.store.mnt_dir(id);
+        self.unmount_at(id, &self.store.mnt_dir(id), retries)
+    }
+
+    /// Unmounts `target`, a mount of layer `id`; nothing mounted there is fine.
+    fn unmount_at(&self, id: &str, target: &Path, retries: bool) -> Result<()> {
+        let target = target.to_path_buf();
         let mut attempts = 0;
         loop {
             attempts += 1;
@@ -473,7 +479,7 @@ impl Driver for Aufs {
             let opts = self.remap.maps().apply_options(WhiteoutFormat::Aufs);
             native::apply_into(id, &own, diff, &opts, self.refcount(id) == 0)?
         } else {
-            naive::apply(self, id, diff, self.remap.maps(), Some(&own))?
+            self.apply_naive(id, diff)?
         };
         if stats.skipped_aufs_meta > 0 {
             // Older Docker only warned that such links were not supported.

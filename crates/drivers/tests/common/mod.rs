@@ -324,7 +324,9 @@ pub fn tar_listing(bytes: &[u8]) -> Vec<String> {
         entry.read_to_end(&mut data).unwrap();
         let mut hasher = std::collections::hash_map::DefaultHasher::new();
         data.hash(&mut hasher);
-        // Whiteouts carry the time they were made.
+        // Whiteouts carry the time they were made, and the mode of what made
+        // them (an overlay whiteout is written 0600, an aufs one keeps its
+        // file's: the tar's, or 0444 where aufs made it).
         let name = path.rsplit('/').next().unwrap_or_default();
         let whiteout = name.starts_with(".wh.") && name != ".wh..wh..opq";
         let mtime = if h.entry_type().is_dir() || whiteout {
@@ -332,10 +334,10 @@ pub fn tar_listing(bytes: &[u8]) -> Vec<String> {
         } else {
             Some(h.mtime().unwrap())
         };
+        let mode = if whiteout { 0 } else { h.mode().unwrap() };
         out.push(format!(
-            "{path} {:?} {:o} {}:{} {} {link:?} {xattrs:?} {:x} {mtime:?}",
+            "{path} {:?} {mode:o} {}:{} {} {link:?} {xattrs:?} {:x} {mtime:?}",
             h.entry_type(),
-            h.mode().unwrap(),
             h.uid().unwrap(),
             h.gid().unwrap(),
             data.len(),
