@@ -8,6 +8,7 @@ mod common;
 
 use std::path::{Path, PathBuf};
 
+use common::E;
 use plies_drivers::{CreateOptions, Driver, Error};
 use plies_mountopts::{AufsCall, AufsStack};
 
@@ -128,10 +129,23 @@ fn kernel_branch_limit() {
         return;
     };
     let d = &*rig.driver;
-    let max = plies_kprobe::aufs_branch_max()
-        .value()
-        .copied()
-        .expect("aufs lists its branch maximum in /sys/fs/aufs/config");
+    // Not every aufs lists its build options (`/sys/fs/aufs/config`); without
+    // them the driver takes the smallest maximum, which the mounts below check
+    // against the kernel's own limit.
+    let max = match plies_kprobe::aufs_branch_max() {
+        plies_kprobe::Outcome::Supported { value } => value,
+        plies_kprobe::Outcome::Unsupported { reason } => {
+            let listed: Vec<String> = std::fs::read_dir("/sys/fs/aufs")
+                .map(|d| {
+                    d.filter_map(|e| e.ok())
+                        .map(|e| e.file_name().to_string_lossy().into_owned())
+                        .collect()
+                })
+                .unwrap_or_default();
+            eprintln!("aufs branch maximum not listed ({reason}); /sys/fs/aufs has {listed:?}");
+            plies_drivers::AUFS_DEFAULT_BRANCH_MAX
+        }
+    };
     assert_eq!(status(d, "Max Branches"), max.to_string());
 
     // The deepest chain mounts with every branch.
@@ -173,4 +187,71 @@ fn kernel_branch_limit() {
     };
     assert_eq!(source.raw_os_error(), Some(28), "{err}");
     assert!(super_options(mnt.path()).is_none(), "nothing stays mounted");
+}
+
+/// What a container does through the kernel's aufs lands in the branch in
+/// aufs's own format (whiteouts, an opaque directory, a pseudo-link for a
+/// hard-linked file written to), and reads back as the same changes and diff
+/// as the same writes through overlay2.
+#[test]
+fn kernel_writes_read_back_as_overlay2s() {
+    let (Some(a), Some(o)) = (common::aufs_kernel(), common::overlay2()) else {
+        return;
+    };
+    let mut listings = Vec::new();
+    for d in [&*a.driver, &*o.driver] {
+        common::layer(
+            d,
+            "base",
+            None,
+            &[
+                E::Dir("etc", 0o755),
+                E::File("etc/passwd", "root", 0o644),
+                E::File("etc/hosts", "hosts", 0o644),
+                E::Dir("cache", 0o755),
+                E::File("cache/a", "a", 0o644),
+                E::File("cache/b", "b", 0o644),
+                E::File("bin-tool", "tool", 0o755),
+                E::Link("bin-tool-link", "bin-tool"),
+            ],
+        );
+        d.create_read_write("rw", Some("base"), &CreateOptions::default())
+            .unwrap();
+        let root = d.get("rw", None).unwrap();
+        std::fs::remove_file(root.join("etc/hosts")).unwrap();
+        std::fs::remove_dir_all(root.join("cache")).unwrap();
+        std::fs::create_dir(root.join("cache")).unwrap();
+        std::fs::write(root.join("cache/c"), b"c").unwrap();
+        std::fs::write(root.join("bin-tool"), b"new tool").unwrap();
+        std::fs::write(root.join("etc/passwd"), b"root:x").unwrap();
+        for written in ["cache/c", "bin-tool", "etc/passwd"] {
+            plies_testkit::set_times(&root.join(written), 1_600_000_000, 0);
+        }
+        if d.name() == "aufs" {
+            let branch = d.root().join("diff/rw");
+            assert!(branch.join("etc/.wh.hosts").exists(), "aufs whiteout");
+            assert!(
+                branch.join("cache/.wh..wh..opq").exists(),
+                "aufs opaque directory"
+            );
+            // aufs keeps the written file's other names through a pseudo-link.
+            let plnk: Vec<_> = std::fs::read_dir(branch.join(".wh..wh.plnk"))
+                .map(|d| d.filter_map(|e| e.ok()).map(|e| e.file_name()).collect())
+                .unwrap_or_default();
+            eprintln!("pseudo-links while mounted: {plnk:?}");
+            assert_eq!(
+                std::fs::read(root.join("bin-tool-link")).unwrap(),
+                b"new tool",
+                "a hard link stays one file through aufs"
+            );
+        }
+        d.put("rw").unwrap();
+        let mut changes = common::changes(d, "rw", Some("base"));
+        changes.sort();
+        let mut tar = Vec::new();
+        std::io::Read::read_to_end(&mut d.diff("rw", Some("base")).unwrap(), &mut tar).unwrap();
+        listings.push((changes, common::tar_listing(&tar)));
+    }
+    assert_eq!(listings[0].0, listings[1].0, "changes: aufs, overlay2");
+    assert_eq!(listings[0].1, listings[1].1, "diff: aufs, overlay2");
 }

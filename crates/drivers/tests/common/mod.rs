@@ -324,11 +324,12 @@ pub fn tar_listing(bytes: &[u8]) -> Vec<String> {
         entry.read_to_end(&mut data).unwrap();
         let mut hasher = std::collections::hash_map::DefaultHasher::new();
         data.hash(&mut hasher);
-        // Whiteouts carry the time they were made, and the mode of what made
-        // them (an overlay whiteout is written 0600, an aufs one keeps its
-        // file's: the tar's, or 0444 where aufs made it).
+        // Whiteouts and opaque markers carry the time they were made, and the
+        // mode of what made them (overlay writes a whiteout 0600 and a marker
+        // with its directory's mode, aufs's are files of their own: the tar's,
+        // or 0444 where aufs made them).
         let name = path.rsplit('/').next().unwrap_or_default();
-        let whiteout = name.starts_with(".wh.") && name != ".wh..wh..opq";
+        let whiteout = name.starts_with(".wh.");
         let mtime = if h.entry_type().is_dir() || whiteout {
             None
         } else {
