@@ -60,6 +60,8 @@ struct Suite {
     tests: &'static [&'static str],
     /// The scratch filesystems `TMPDIR` points at, one run each.
     scratch: &'static [&'static str],
+    /// Only the tests whose names hold this (libtest's filter), if set.
+    only: Option<&'static str>,
 }
 
 const SUITES_UNDER_TEST: &[Suite] = &[
@@ -69,6 +71,7 @@ const SUITES_UNDER_TEST: &[Suite] = &[
         features: &[],
         tests: &["kernel"],
         scratch: &["ext4", "xfs", "tmpfs"],
+        only: None,
     },
     Suite {
         dir: "mountopts",
@@ -76,6 +79,7 @@ const SUITES_UNDER_TEST: &[Suite] = &[
         features: &["mount"],
         tests: &["kernel"],
         scratch: &["ext4"],
+        only: None,
     },
     Suite {
         dir: "archive",
@@ -83,14 +87,33 @@ const SUITES_UNDER_TEST: &[Suite] = &[
         features: &[],
         tests: &["overlay", "apply"],
         scratch: &["ext4"],
+        only: None,
     },
     // The driver suites on ext4; stress (8 threads on one emulated CPU) stays out.
     Suite {
         dir: "drivers",
         package: "plies-drivers",
         features: &[],
-        tests: &["conformance", "overlay2", "aufs", "fixture", "differential"],
+        tests: &[
+            "conformance",
+            "overlay2",
+            "aufs",
+            "aufs_kernel",
+            "fixture",
+            "differential",
+        ],
         scratch: &["ext4"],
+        only: None,
+    },
+    // The stress on the kernel's aufs only (a skip without it); overlay2's,
+    // 8 threads on one emulated CPU, stays on the host.
+    Suite {
+        dir: "drivers",
+        package: "plies-drivers",
+        features: &[],
+        tests: &["stress"],
+        scratch: &["ext4"],
+        only: Some("aufs_kernel"),
     },
     // overlay2's own behaviour (project quota, d_type, status rows) on xfs too.
     Suite {
@@ -99,6 +122,7 @@ const SUITES_UNDER_TEST: &[Suite] = &[
         features: &[],
         tests: &["overlay2"],
         scratch: &["xfs"],
+        only: None,
     },
 ];
 
@@ -108,6 +132,8 @@ const MARK: &str = "@@plies-vm";
 
 struct Options {
     kernels: Vec<String>,
+    /// `--kernel-image` files: kernels built elsewhere, booted as they are.
+    images: Vec<PathBuf>,
     filter: Option<String>,
     jobs: usize,
     timeout: Duration,
@@ -117,6 +143,7 @@ struct Options {
 fn parse_args(args: &[String]) -> Result<Options> {
     let mut o = Options {
         kernels: Vec::new(),
+        images: Vec::new(),
         filter: None,
         jobs: 2,
         timeout: Duration::from_secs(40 * 60),
@@ -131,6 +158,7 @@ fn parse_args(args: &[String]) -> Result<Options> {
         };
         match arg.as_str() {
             "--kernel" => o.kernels.push(value("--kernel")?),
+            "--kernel-image" => o.images.push(PathBuf::from(value("--kernel-image")?)),
             "--filter" => o.filter = Some(value("--filter")?),
             "--jobs" => {
                 let v = value("--jobs")?;
@@ -151,13 +179,14 @@ fn parse_args(args: &[String]) -> Result<Options> {
             other => return Err(format!("vm-test: unknown argument '{other}'")),
         }
     }
-    if o.kernels.is_empty() {
+    if o.kernels.is_empty() && o.images.is_empty() {
         o.kernels = DEFAULT_KERNELS.iter().map(|s| s.to_string()).collect();
     }
     Ok(o)
 }
 
-/// `cargo xtask vm-test [--kernel NAME]… [--filter TEST] [--jobs N] [--timeout S] [--refresh]`.
+/// `cargo xtask vm-test [--kernel NAME]… [--kernel-image PATH]… [--filter TEST] [--jobs N]
+/// [--timeout S] [--refresh]`.
 pub fn vm_test(args: &[String]) -> Result {
     let opts = parse_args(args)?;
     for tool in [
@@ -176,17 +205,27 @@ pub fn vm_test(args: &[String]) -> Result {
         }
     }
     let vm = root().join("target/vm");
-    let apt = Apt::new(&vm.join("apt"))?;
-    apt.update(opts.refresh)?;
-
     let mut kernels = Vec::new();
+    for path in &opts.images {
+        kernels.push(Kernel::image(path)?);
+    }
+    let apt = if opts.kernels.is_empty() {
+        None
+    } else {
+        let apt = Apt::new(&vm.join("apt"))?;
+        apt.update(opts.refresh)?;
+        Some(apt)
+    };
     for name in &opts.kernels {
+        let apt = apt
+            .as_ref()
+            .expect("the apt configuration is set up for --kernel");
         let release = apt.resolve(name)?;
         if kernels.iter().any(|k: &Kernel| k.release == release) {
             continue;
         }
         let start = Instant::now();
-        let kernel = fetch(&apt, &vm.join("kernels"), name, &release)?;
+        let kernel = fetch(apt, &vm.join("kernels"), name, &release)?;
         eprintln!(
             "vm-test: kernel {name} is {release} ({:.1}s)",
             start.elapsed().as_secs_f64()
@@ -427,10 +466,43 @@ pub(crate) struct Kernel {
     pub(crate) name: String,
     /// `uname -r` of the kernel.
     pub(crate) release: String,
-    /// The unpacked packages, with `lib/modules/<release>` depmod'ed.
-    pub(crate) root: PathBuf,
+    /// The unpacked packages, with `lib/modules/<release>` depmod'ed; `None` for
+    /// a `--kernel-image`, which has what the guest needs built in.
+    pub(crate) root: Option<PathBuf>,
     /// The kernel image qemu boots.
     pub(crate) vmlinuz: PathBuf,
+    /// Whether the kernel has aufs: its row runs the aufs tests with
+    /// `PLIES_REQUIRE_AUFS=1`, so they fail instead of skipping without it.
+    pub(crate) aufs: bool,
+}
+
+impl Kernel {
+    /// A kernel image built elsewhere (`--kernel-image`), named after its file.
+    /// It has no modules: what the guest needs is built in. The `.config`
+    /// beside it (`<name>.config`, the image's extension replaced) says whether
+    /// it has aufs (`CONFIG_AUFS_FS=y`).
+    pub(crate) fn image(path: &Path) -> Result<Kernel> {
+        let vmlinuz = std::path::absolute(path)
+            .map_err(|e| format!("--kernel-image {}: {e}", path.display()))?;
+        if !vmlinuz.is_file() {
+            return Err(format!("--kernel-image {}: no such file", path.display()));
+        }
+        let name = vmlinuz
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .ok_or_else(|| format!("--kernel-image {}: no file name", path.display()))?;
+        let config = fs::read_to_string(vmlinuz.with_extension("config")).unwrap_or_default();
+        let aufs = config
+            .lines()
+            .any(|l| l.trim() == "CONFIG_AUFS_FS=y" || l.trim() == "CONFIG_AUFS_FS=m");
+        Ok(Kernel {
+            name: "image".into(),
+            release: name,
+            root: None,
+            vmlinuz,
+            aufs,
+        })
+    }
 }
 
 /// The kernel `release` (asked for as `name`) unpacked under `cache`, downloaded
@@ -494,8 +566,9 @@ pub(crate) fn fetch(apt: &Apt, cache: &Path, name: &str, release: &str) -> Resul
     Ok(Kernel {
         name: name.to_string(),
         release: release.to_string(),
-        root: unpacked,
+        root: Some(unpacked),
         vmlinuz,
+        aufs: false,
     })
 }
 
@@ -511,6 +584,8 @@ struct PlannedRun {
     scratch: &'static str,
     /// The crate's directory under `crates/`: cargo runs tests from there.
     crate_dir: &'static str,
+    /// The suite's own name filter, if any.
+    only: Option<&'static str>,
 }
 
 struct Payload {
@@ -595,6 +670,7 @@ fn build_payload(vm: &Path) -> Result<Payload> {
                     file: file.clone(),
                     scratch,
                     crate_dir: suite.dir,
+                    only: suite.only,
                 });
             }
         }
@@ -700,8 +776,11 @@ pub(crate) fn add_modules(kernel: &Kernel, tree: &Path, modules: &[&str]) -> Res
     let release = &kernel.release;
     let moddir = format!("lib/modules/{release}");
     let mut order = Vec::<String>::new();
+    let Some(kroot) = &kernel.root else {
+        return Ok(order); // everything built in
+    };
     for m in modules {
-        let Ok(deps) = output(Command::new("modprobe").arg("-d").arg(&kernel.root).args([
+        let Ok(deps) = output(Command::new("modprobe").arg("-d").arg(kroot).args([
             "-S",
             release,
             "--show-depends",
@@ -725,7 +804,7 @@ pub(crate) fn add_modules(kernel: &Kernel, tree: &Path, modules: &[&str]) -> Res
             if order.contains(&plain) {
                 continue;
             }
-            let src = kernel.root.join(&moddir).join(rel);
+            let src = kroot.join(&moddir).join(rel);
             let dst = tree.join(&moddir).join(&plain);
             mkdir(dst.parent().unwrap())?;
             let decompress = match Path::new(rel).extension().and_then(|e| e.to_str()) {
@@ -758,7 +837,7 @@ pub(crate) fn add_modules(kernel: &Kernel, tree: &Path, modules: &[&str]) -> Res
         "modules.builtin.modinfo",
         "modules.order",
     ] {
-        let src = kernel.root.join(&moddir).join(f);
+        let src = kroot.join(&moddir).join(f);
         if src.exists() {
             copy(&src, &tree.join(&moddir).join(f))?;
         }
@@ -832,10 +911,7 @@ mkdir -p /dev/pts /dev/shm /root /scratch/tmpfs /scratch/ext4 /scratch/xfs
 mount -t tmpfs -o mode=1777 shm /dev/shm
 ln -sf /proc/self/mounts /etc/mtab
 echo "{MARK} kernel $(uname -r)"
-for m in {modules}; do
-  insmod /lib/modules/{release}/$m || echo "{MARK} insmod-failed $m"
-done
-mount -t tmpfs -o size=256m tmpfs /scratch/tmpfs
+{insmod}mount -t tmpfs -o size=256m tmpfs /scratch/tmpfs
 for i in 1 2 3 4 5 6 7 8 9 10; do [ -b /dev/vdb ] && break; sleep 0.2; done
 mount -t ext4 /dev/vda /scratch/ext4 || echo "{MARK} scratch-failed ext4"
 mount -t xfs -o prjquota /dev/vdb /scratch/xfs || echo "{MARK} scratch-failed xfs"
@@ -845,7 +921,7 @@ run() {{
   if grep -q " /scratch/$fs " /proc/mounts; then
     mkdir -p /scratch/$fs/tmp /scratch/$fs/target-tmp {target_tmp}
     mount --bind /scratch/$fs/target-tmp {target_tmp}
-    (cd {repo}/crates/$dir && TMPDIR=/scratch/$fs/tmp PLIES_REQUIRE_KERNEL=1 RUST_BACKTRACE=1 \
+    (cd {repo}/crates/$dir && TMPDIR=/scratch/$fs/tmp PLIES_REQUIRE_KERNEL=1 {require_aufs}RUST_BACKTRACE=1 \
       /tests/$bin --test-threads=1 --nocapture "$@")
     rc=$?
     umount {target_tmp}
@@ -857,7 +933,21 @@ run() {{
   echo "{MARK} end $id $rc"
 }}
 "#,
-        modules = modules.join(" "),
+        // A kernel with everything built in has no modules to load.
+        insmod = if modules.is_empty() {
+            String::new()
+        } else {
+            format!(
+                "for m in {}; do\n  insmod /lib/modules/{release}/$m || echo \"{MARK} insmod-failed $m\"\ndone\n",
+                modules.join(" ")
+            )
+        },
+        // In the row of a kernel with aufs, the aufs tests fail instead of skipping.
+        require_aufs = if kernel.aufs {
+            "PLIES_REQUIRE_AUFS=1 "
+        } else {
+            ""
+        },
         // Tests keep scratch files in cargo's CARGO_TARGET_TMPDIR, a path compiled in.
         repo = root().display(),
         target_tmp = root()
@@ -868,6 +958,14 @@ run() {{
     );
     let filter = opts.filter.as_deref().map(shell_quote).unwrap_or_default();
     for r in &payload.runs {
+        // A suite's own filter, narrowed by --filter: a --filter it does not
+        // hold runs none of its tests.
+        let filter = match (r.only, opts.filter.as_deref()) {
+            (None, _) => filter.clone(),
+            (Some(only), None) => shell_quote(only),
+            (Some(only), Some(f)) if only.contains(f) => shell_quote(only),
+            (Some(_), Some(f)) => format!("--exact {}", shell_quote(&format!("{f}@none"))),
+        };
         let _ = writeln!(
             s,
             "run {} {} {} {} {filter}",
@@ -1155,7 +1253,7 @@ fn render(results: &[KernelResult], payload: &Payload) -> String {
     let ids: Vec<&str> = payload.runs.iter().map(|r| r.id.as_str()).collect();
     let _ = writeln!(
         s,
-        "{:<22} {:<8} {:<7} {:>6}  failed",
+        "{:<26} {:<8} {:<7} {:>6}  failed",
         "kernel", "asked", "result", "secs"
     );
     for r in results {
@@ -1171,7 +1269,7 @@ fn render(results: &[KernelResult], payload: &Payload) -> String {
             .collect();
         let _ = writeln!(
             s,
-            "{:<22} {:<8} {:<7} {:>6.0}  {}",
+            "{:<26} {:<8} {:<7} {:>6.0}  {}",
             r.release,
             r.name,
             if r.passed() { "pass" } else { "FAIL" },
@@ -1241,6 +1339,7 @@ mod tests {
                     file: String::new(),
                     scratch: "ext4",
                     crate_dir: "kprobe",
+                    only: None,
                 })
                 .collect(),
             has_cli: false,

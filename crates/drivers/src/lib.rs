@@ -18,7 +18,10 @@ mod vfs;
 
 use std::path::Path;
 
-pub use aufs::{Aufs, KernelMounter, Mounter, Recorded, RecordingMounter};
+pub use aufs::{
+    Aufs, DEFAULT_BRANCH_MAX as AUFS_DEFAULT_BRANCH_MAX, KernelMounter, Mounter, Recorded,
+    RecordingMounter,
+};
 pub use driver::Driver;
 pub use error::{Error, Result};
 pub use idmap::IdMaps;

@@ -18,7 +18,7 @@ mod sys;
 mod userns;
 mod version;
 
-pub use aufs::{aufs_present, dirperm1};
+pub use aufs::{AUFS_CONFIG, aufs_branch_max, aufs_present, dirperm1};
 pub use backing::{
     BackingFs, FS_MAGIC_NAMES, MAGIC_AUFS, MAGIC_BTRFS, MAGIC_ECRYPTFS, MAGIC_NFS, MAGIC_OVERLAY,
     MAGIC_XFS, MAGIC_ZFS, aufs_backing_ok, backing_fs, overlay2_backing_ok,

@@ -146,7 +146,14 @@ fn kernel_messages<Fd: AsFd>(fs: Fd) -> Vec<String> {
 
 /// Mounts aufs at `target` by carrying out `calls` in order; if an append fails, the
 /// first mount is undone so nothing stays mounted.
+///
+/// The calls of one mount run while no other `mount_aufs` of this process runs:
+/// aufs makes its xino files by creating the named file (`/dev/shm/aufs.xino`)
+/// and unlinking it, so two mounts sharing that name at once fail, one of them
+/// with `EINVAL` ("aufs.xino create err -17" in the kernel log).
 pub fn mount_aufs(calls: &[AufsCall], target: &Path) -> Result<()> {
+    static XINO: Mutex<()> = Mutex::new(());
+    let _one_at_a_time = XINO.lock().unwrap_or_else(PoisonError::into_inner);
     let fail = |step: &str, source: io::Error| Error::Mount {
         kind: PlanKind::Aufs,
         target: target.to_path_buf(),

@@ -58,6 +58,32 @@ pub fn require_overlay(test: &str) -> bool {
         )
 }
 
+/// Whether `PLIES_REQUIRE_AUFS=1` says the running kernel has aufs, so that a
+/// test needing it fails instead of skipping (the VM rig sets it for a kernel
+/// built with aufs; Debian's kernels have none, so `PLIES_REQUIRE_KERNEL=1` alone
+/// does not ask for it).
+pub fn aufs_required() -> bool {
+    std::env::var("PLIES_REQUIRE_AUFS").is_ok_and(|v| v == "1")
+}
+
+/// [`require`] for a test that mounts the kernel's aufs: root and the aufs
+/// filesystem. Without aufs the test skips with the reason, and fails instead
+/// when [`aufs_required`].
+pub fn require_aufs(test: &str) -> bool {
+    if !require_root(test) {
+        return false;
+    }
+    if kernel_has_filesystem("aufs") {
+        return true;
+    }
+    let reason = "the kernel has no aufs filesystem";
+    if aufs_required() {
+        panic!("{test}: PLIES_REQUIRE_AUFS=1 but {reason}");
+    }
+    eprintln!("skipping {test}: {reason}");
+    false
+}
+
 /// [`require`]'s counterpart for a feature that only some kernels have (`lowerdir+`
 /// since 6.8, say): without it the test prints why it skips and returns `false`,
 /// also under `PLIES_REQUIRE_KERNEL=1` — an older kernel lacking a newer feature is

@@ -15,6 +15,7 @@ use super::{
 };
 use crate::dir::remove_any;
 use crate::error::EntryError;
+use crate::format::WhiteoutFormat;
 use crate::pax;
 use crate::resolve;
 use crate::stream::{Entry, Input, Stream};
@@ -59,8 +60,18 @@ impl Applier<'_> {
             name,
             new_owner: (self.my_ids.0, parent.new_gid),
         };
+        // aufs: a name this layer makes again is no longer whited out in it (aufs
+        // would hide it behind its own `.wh.` file); a directory made again
+        // hides what the lower layers had there, as aufs's own rmdir + mkdir does.
+        let was_whited_out =
+            self.opts.whiteouts == WhiteoutFormat::Aufs && drop_aufs_whiteout(at.parent, name)?;
         match entry.header.entry_type() {
-            t if t.is_dir() => self.make_directory(meta, &at)?,
+            t if t.is_dir() => {
+                self.make_directory(meta, &at)?;
+                if was_whited_out {
+                    mark_aufs_opaque(at.parent, name)?;
+                }
+            }
             t if t.is_file() || t.is_contiguous() || t.is_gnu_sparse() => {
                 // The file's data is the entry's: nothing left to drain.
                 return self.make_file(stream, entry, meta, &at);
@@ -442,4 +453,34 @@ impl Applier<'_> {
         }
         Ok(())
     }
+}
+
+/// Removes the aufs whiteout of `name` in `parent`, if there is one; whether there was.
+fn drop_aufs_whiteout(parent: BorrowedFd<'_>, name: &OsStr) -> Result<bool, EntryError> {
+    let whiteout = plies_whiteout::whiteout_name(name);
+    match rustix::fs::unlinkat(parent, whiteout.as_os_str(), AtFlags::empty()) {
+        Ok(()) => Ok(true),
+        Err(Errno::NOENT | Errno::NAMETOOLONG) => Ok(false),
+        Err(e) => Err(io_err("remove the whiteout of a name made again")(e)),
+    }
+}
+
+/// Makes the directory `name` in `parent` opaque in aufs's format: an empty
+/// `.wh..wh..opq` file in it.
+fn mark_aufs_opaque(parent: BorrowedFd<'_>, name: &OsStr) -> Result<(), EntryError> {
+    let dir = rustix::fs::openat(
+        parent,
+        name,
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(io_err("open directory"))?;
+    rustix::fs::openat(
+        &dir,
+        plies_whiteout::OPAQUE_MARKER,
+        OFlags::WRONLY | OFlags::CREATE | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::from_raw_mode(0o444),
+    )
+    .map(drop)
+    .map_err(io_err("make the opaque marker"))
 }

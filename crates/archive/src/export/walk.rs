@@ -39,7 +39,12 @@ impl Export {
             op: "list directory",
             source: e,
         })?;
-        names.sort_unstable_by(|a, b| a.as_bytes().cmp(b.as_bytes()));
+        if self.opts.whiteouts == WhiteoutFormat::Aufs {
+            // A whiteout where the name it deletes sorts, as overlay's are.
+            names.sort_unstable_by(|a, b| aufs_order(a).cmp(&aufs_order(b)));
+        } else {
+            names.sort_unstable_by(|a, b| a.as_bytes().cmp(b.as_bytes()));
+        }
         let opaque = match self.opts.whiteouts {
             WhiteoutFormat::Overlay(ns) => {
                 plies_whiteout::is_opaque(&fd, ns).map_err(|e| Error::Export {
@@ -369,4 +374,14 @@ fn open_file(
         }
     }
     rustix::fs::openat(dir, name, flags, Mode::empty()).map_err(export_err(path, "open file"))
+}
+
+/// Where an aufs branch's name sorts: a whiteout (`.wh.<name>`, not aufs
+/// metadata) just before `<name>`, any other name as itself.
+fn aufs_order(name: &OsStr) -> (&[u8], bool) {
+    let bytes = name.as_bytes();
+    match bytes.strip_prefix(WHITEOUT_PREFIX.as_bytes()) {
+        Some(deleted) if !deleted.starts_with(WHITEOUT_PREFIX.as_bytes()) => (deleted, false),
+        _ => (bytes, true),
+    }
 }

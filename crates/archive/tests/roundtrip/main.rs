@@ -93,6 +93,20 @@ fn build(root: &Path, items: &[Item], format: WhiteoutFormat) {
         if std::fs::symlink_metadata(&p).is_ok() {
             continue;
         }
+        // An aufs branch never holds a name beside its own whiteout (aufs hides
+        // the name; an apply of both in one layer keeps the name, as OCI says).
+        if format == WhiteoutFormat::Aufs
+            && rel
+                .ancestors()
+                .filter(|a| !a.as_os_str().is_empty())
+                .any(|a| {
+                    let mut wh = OsStr::new(".wh.").to_os_string();
+                    wh.push(a.file_name().unwrap());
+                    std::fs::symlink_metadata(root.join(a).with_file_name(wh)).is_ok()
+                })
+        {
+            continue;
+        }
         // Parents must be real directories made by the tree itself.
         let mut ok = true;
         for anc in rel

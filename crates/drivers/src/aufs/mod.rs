@@ -27,8 +27,9 @@ use crate::refs::{Refs, Released};
 
 mod mounter;
 mod recording;
+mod staged_apply;
 
-pub use mounter::{KernelMounter, Mounter};
+pub use mounter::{DEFAULT_BRANCH_MAX, KernelMounter, Mounter};
 pub use recording::{Recorded, RecordingMounter};
 
 const NAME: &str = "aufs";
@@ -44,6 +45,7 @@ pub struct Aufs {
     mounter: Arc<dyn Mounter>,
     backing: String,
     dirperm1: bool,
+    branch_max: usize,
     remap: Remap,
     refs: Refs,
 }
@@ -78,7 +80,8 @@ impl Aufs {
     }
 
     /// [`Aufs::open`] with mounts made by `mounter` (the kernel's aufs is not
-    /// looked for: the mounter stands in for it).
+    /// looked for: the mounter stands in for it, and answers whether mounts take
+    /// `dirperm1` and how many branches they stack).
     ///
     /// # Errors
     /// As [`Aufs::open`], but for the kernel check.
@@ -120,11 +123,8 @@ impl Aufs {
                 remap.own(&root.join(dir))?;
             }
         }
-        let has_aufs = plies_kprobe::filesystems()
-            .value()
-            .is_some_and(|fs| fs.has("aufs"));
         // A read-only open mounts nothing, so needs no probe of dirperm1.
-        let dirperm1 = has_aufs && !options.read_only && {
+        let dirperm1 = !options.read_only && {
             // Probe scratch goes to the store's probe directory, never the layout.
             let dir = root
                 .join(plies_layerstore::STORE_DIR)
@@ -132,8 +132,9 @@ impl Aufs {
             std::fs::create_dir_all(&dir).map_err(|e| Error::io("mkdir", &dir, e))?;
             let _probing = crate::locks::lock(store.locks(), &[plies_layerstore::PROBE_LOCK])?;
             plies_layerstore::sweep_probe_scratch(&dir).map_err(|e| Error::store("", e))?;
-            plies_kprobe::dirperm1(&dir).is_supported()
+            mounter.dirperm1(&dir)
         };
+        let branch_max = mounter.branch_max().max(1);
         let scratch = root
             .parent()
             .map_or_else(|| root.join("..tmp"), |p| p.join("tmp"));
@@ -144,6 +145,7 @@ impl Aufs {
             mounter,
             backing: backing.to_string(),
             dirperm1,
+            branch_max,
             remap,
             refs: Refs::default(),
         })
@@ -209,7 +211,12 @@ impl Aufs {
     }
 
     fn unmount(&self, id: &str, retries: bool) -> Result<()> {
-        let target = self.store.mnt_dir(id);
+        self.unmount_at(id, &self.store.mnt_dir(id), retries)
+    }
+
+    /// Unmounts `target`, a mount of layer `id`; nothing mounted there is fine.
+    fn unmount_at(&self, id: &str, target: &Path, retries: bool) -> Result<()> {
+        let target = target.to_path_buf();
         let mut attempts = 0;
         loop {
             attempts += 1;
@@ -256,6 +263,25 @@ impl Driver for Aufs {
             });
         }
         let _guard = crate::locks::lock(self.store.locks(), &[id])?;
+        if let Some(parent) = parent.filter(|p| self.store.exists(p)) {
+            // Its branches: its own, its parent's and the parent's lowers. aufs
+            // refuses one past its maximum (ENOSPC) only when mounting.
+            let lowers = 1 + self
+                .store
+                .lowers(parent)
+                .map_err(|e| Error::store(parent, e))?
+                .len();
+            if lowers + 1 > self.branch_max {
+                return Err(Error::store(
+                    id,
+                    plies_layerstore::Error::TooDeep {
+                        id: id.to_owned(),
+                        depth: lowers,
+                        max: self.branch_max - 1,
+                    },
+                ));
+            }
+        }
         self.store
             .create(id, parent)
             .map_err(|e| Error::store(id, e))?;
@@ -389,6 +415,7 @@ impl Driver for Aufs {
             ("Backing Filesystem".to_owned(), self.backing.clone()),
             ("Dirs".to_owned(), dirs.to_string()),
             ("Dirperm1 Supported".to_owned(), self.dirperm1.to_string()),
+            ("Max Branches".to_owned(), self.branch_max.to_string()),
         ]
     }
 
@@ -456,7 +483,7 @@ impl Driver for Aufs {
             let opts = self.remap.maps().apply_options(WhiteoutFormat::Aufs);
             native::apply_into(id, &own, diff, &opts, self.refcount(id) == 0)?
         } else {
-            naive::apply(self, id, diff, self.remap.maps(), Some(&own))?
+            self.apply_naive(id, diff)?
         };
         if stats.skipped_aufs_meta > 0 {
             // Older Docker only warned that such links were not supported.

@@ -19,9 +19,28 @@ pub trait Mounter: Send + Sync + Debug {
     /// # Errors
     /// The errno.
     fn unmount(&self, target: &Path) -> std::io::Result<()>;
+
+    /// Whether mounts may add `dirperm1`; `probe_dir` is scratch space the
+    /// answer may be probed in (the driver holds the store's probe lock).
+    /// Unless a mounter says otherwise: no.
+    fn dirperm1(&self, probe_dir: &Path) -> bool {
+        let _ = probe_dir;
+        false
+    }
+
+    /// The most branches (the writable one included) one mount may stack.
+    /// Unless a mounter says otherwise: [`DEFAULT_BRANCH_MAX`].
+    fn branch_max(&self) -> usize {
+        DEFAULT_BRANCH_MAX
+    }
 }
 
-/// The kernel: `plies_mountopts::mount::mount_aufs` and `umount2`.
+/// The smallest branch maximum aufs is built with (`CONFIG_AUFS_BRANCH_MAX_127`,
+/// the default), assumed where the kernel does not say.
+pub const DEFAULT_BRANCH_MAX: usize = 127;
+
+/// The kernel: `plies_mountopts::mount::mount_aufs` and `umount2`; `dirperm1`
+/// and the branch maximum as kprobe finds them.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct KernelMounter;
 
@@ -32,5 +51,16 @@ impl Mounter for KernelMounter {
 
     fn unmount(&self, target: &Path) -> std::io::Result<()> {
         rustix::mount::unmount(target, rustix::mount::UnmountFlags::NOFOLLOW).map_err(Into::into)
+    }
+
+    fn dirperm1(&self, probe_dir: &Path) -> bool {
+        plies_kprobe::dirperm1(probe_dir).is_supported()
+    }
+
+    fn branch_max(&self) -> usize {
+        plies_kprobe::aufs_branch_max()
+            .value()
+            .copied()
+            .unwrap_or(DEFAULT_BRANCH_MAX)
     }
 }

@@ -10,7 +10,7 @@ use rustix::fd::{AsFd, BorrowedFd};
 use rustix::fs::{AtFlags, FileType, Mode};
 use rustix::io::Errno;
 
-use super::Mounter;
+use super::{DEFAULT_BRANCH_MAX, Mounter};
 use crate::copy::{Copier, list, open_dir, open_dir_at};
 
 /// One call a [`RecordingMounter`] saw.
@@ -34,18 +34,48 @@ pub enum Recorded {
 /// copy of the union its branches describe (aufs whiteouts and opaque markers
 /// applied, private `.wh..wh.*` entries left out), which the "unmount" empties.
 /// The copy is a snapshot for reading; what is written into it is not carried to
-/// the writable branch.
-#[derive(Debug, Default)]
+/// the writable branch. It stands in for the kernel's answers too: no `dirperm1`
+/// and [`DEFAULT_BRANCH_MAX`] branches unless set otherwise, whatever the running
+/// kernel has.
+#[derive(Debug)]
 pub struct RecordingMounter {
     calls: Mutex<Vec<Recorded>>,
     mounted: Mutex<Vec<PathBuf>>,
     fail_next: Mutex<Option<Errno>>,
+    dirperm1: bool,
+    branch_max: usize,
+}
+
+impl Default for RecordingMounter {
+    fn default() -> Self {
+        Self {
+            calls: Mutex::default(),
+            mounted: Mutex::default(),
+            fail_next: Mutex::default(),
+            dirperm1: false,
+            branch_max: DEFAULT_BRANCH_MAX,
+        }
+    }
 }
 
 impl RecordingMounter {
     /// A mounter with nothing recorded.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// This mounter, answering that mounts take `dirperm1` (or not).
+    #[must_use]
+    pub fn with_dirperm1(mut self, dirperm1: bool) -> Self {
+        self.dirperm1 = dirperm1;
+        self
+    }
+
+    /// This mounter, answering that a mount stacks at most `max` branches.
+    #[must_use]
+    pub fn with_branch_max(mut self, max: usize) -> Self {
+        self.branch_max = max;
+        self
     }
 
     /// Every call so far, in order.
@@ -205,6 +235,14 @@ impl Mounter for RecordingMounter {
         };
         mounted.remove(at);
         empty_dir(target)
+    }
+
+    fn dirperm1(&self, _probe_dir: &Path) -> bool {
+        self.dirperm1
+    }
+
+    fn branch_max(&self) -> usize {
+        self.branch_max
     }
 }
 

@@ -66,13 +66,17 @@ pub fn overlay2_fsconfig() -> Option<Rig> {
     })
 }
 
-/// aufs through the recording mounter (the kernel has no aufs), and the mounter.
+/// The directory name of the recording aufs driver's root.
+const RECORDED_ROOT: &str = "aufs-recorded";
+
+/// aufs through the recording mounter (whether or not the kernel has aufs), and
+/// the mounter.
 pub fn aufs_recorded() -> Option<(Rig, std::sync::Arc<plies_drivers::RecordingMounter>)> {
     plies_testkit::require_root("aufs conformance (owners, devices)").then(|| {
         let dir = tempdir();
         let mounter = std::sync::Arc::new(plies_drivers::RecordingMounter::new());
         let driver = plies_drivers::Aufs::open_with(
-            &dir.path().join("aufs"),
+            &dir.path().join(RECORDED_ROOT),
             &Options::default(),
             mounter.clone(),
         )
@@ -85,6 +89,28 @@ pub fn aufs_recorded() -> Option<(Rig, std::sync::Arc<plies_drivers::RecordingMo
             mounter,
         )
     })
+}
+
+/// Whether `d` is the recording aufs driver of [`aufs_recorded`], whose mounts
+/// are read-only snapshots: what is written through them never reaches a branch.
+pub fn recorded(d: &dyn Driver) -> bool {
+    d.name() == "aufs" && d.root().file_name() == Some(std::ffi::OsStr::new(RECORDED_ROOT))
+}
+
+/// aufs through the kernel, where the kernel has it: skipped without it, failed
+/// under `PLIES_REQUIRE_AUFS=1` (the VM row of a kernel built with aufs).
+pub fn aufs_kernel() -> Option<Rig> {
+    plies_testkit::require_aufs("aufs kernel conformance").then(|| rig(DriverChoice::Aufs, &[]))
+}
+
+/// The deepest chain `d` stacks: the branch maximum aufs reports in its status,
+/// 128 layers (Docker's format) for the others.
+pub fn max_chain(d: &dyn Driver) -> usize {
+    d.status()
+        .iter()
+        .find(|(k, _)| k == "Max Branches")
+        .and_then(|(_, v)| v.parse().ok())
+        .map_or(128, |n: usize| n.min(128))
 }
 
 /// One entry of a layer tar.
@@ -298,18 +324,21 @@ pub fn tar_listing(bytes: &[u8]) -> Vec<String> {
         entry.read_to_end(&mut data).unwrap();
         let mut hasher = std::collections::hash_map::DefaultHasher::new();
         data.hash(&mut hasher);
-        // Whiteouts carry the time they were made.
+        // Whiteouts and opaque markers carry the time they were made, and the
+        // mode of what made them (overlay writes a whiteout 0600 and a marker
+        // with its directory's mode, aufs's are files of their own: the tar's,
+        // or 0444 where aufs made them).
         let name = path.rsplit('/').next().unwrap_or_default();
-        let whiteout = name.starts_with(".wh.") && name != ".wh..wh..opq";
+        let whiteout = name.starts_with(".wh.");
         let mtime = if h.entry_type().is_dir() || whiteout {
             None
         } else {
             Some(h.mtime().unwrap())
         };
+        let mode = if whiteout { 0 } else { h.mode().unwrap() };
         out.push(format!(
-            "{path} {:?} {:o} {}:{} {} {link:?} {xattrs:?} {:x} {mtime:?}",
+            "{path} {:?} {mode:o} {}:{} {} {link:?} {xattrs:?} {:x} {mtime:?}",
             h.entry_type(),
-            h.mode().unwrap(),
             h.uid().unwrap(),
             h.gid().unwrap(),
             data.len(),

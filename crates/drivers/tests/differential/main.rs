@@ -183,7 +183,21 @@ fn overlay2_and_vfs_agree() {
     let (Some(o), Some(v)) = (common::overlay2(), common::vfs()) else {
         return;
     };
-    let (o, v): (&Rig, &Rig) = (&o, &v);
+    agree(&o, &v);
+}
+
+/// The kernel's aufs (where it has it) against vfs: the same trees, changes and diffs.
+#[test]
+fn aufs_kernel_and_vfs_agree() {
+    let (Some(a), Some(v)) = (common::aufs_kernel(), common::vfs()) else {
+        return;
+    };
+    agree(&a, &v);
+}
+
+/// Random stacks of layers applied to both drivers give the same trees (as the
+/// tars describe them), changes, diffs and diff sizes.
+fn agree(o: &Rig, v: &Rig) {
     for seed in 0..6u64 {
         let mut rng = StdRng::seed_from_u64(seed);
         let mut model = Model::new();

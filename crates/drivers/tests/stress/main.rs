@@ -1,5 +1,6 @@
 //! Stress: 8 threads × 1000 random get/put/create/apply/remove on shared chains
-//! of one overlay2 driver. Afterwards no mount is left and every refcount is zero.
+//! of one driver: overlay2, and aufs where the kernel has it. Afterwards no mount
+//! is left and every refcount is zero.
 
 #[path = "../common/mod.rs"]
 mod common;
@@ -8,7 +9,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use common::{E, layer};
-use plies_drivers::{CreateOptions, Driver, Options, Overlay2};
+use plies_drivers::{Aufs, CreateOptions, Driver, Options, Overlay2};
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
 
@@ -25,6 +26,53 @@ fn broken_tar() -> Vec<u8> {
     tar
 }
 
+/// What the stress needs of a driver beyond [`Driver`].
+trait Stressed: Driver + Send + Sync + 'static {
+    fn held(&self, id: &str) -> usize;
+    fn parent_of(&self, id: &str) -> Option<String>;
+    fn layers(&self) -> Vec<String>;
+    fn clean(&self) -> bool;
+    /// Whether `id` kept anything of a mount (overlay2's `merged`, aufs's
+    /// `mnt/<id>` holding files).
+    fn view_left(&self, id: &str) -> bool;
+}
+
+impl Stressed for Overlay2 {
+    fn held(&self, id: &str) -> usize {
+        self.refcount(id)
+    }
+    fn parent_of(&self, id: &str) -> Option<String> {
+        self.store().parent(id).unwrap()
+    }
+    fn layers(&self) -> Vec<String> {
+        self.store().list().unwrap()
+    }
+    fn clean(&self) -> bool {
+        self.store().fsck(false).unwrap().is_clean()
+    }
+    fn view_left(&self, id: &str) -> bool {
+        self.store().layer_dir(id).join("merged").exists()
+    }
+}
+
+impl Stressed for Aufs {
+    fn held(&self, id: &str) -> usize {
+        self.refcount(id)
+    }
+    fn parent_of(&self, id: &str) -> Option<String> {
+        self.store().parent(id).unwrap()
+    }
+    fn layers(&self) -> Vec<String> {
+        self.store().list().unwrap()
+    }
+    fn clean(&self) -> bool {
+        self.store().fsck(false).unwrap().is_clean()
+    }
+    fn view_left(&self, id: &str) -> bool {
+        std::fs::read_dir(self.store().mnt_dir(id)).is_ok_and(|mut d| d.next().is_some())
+    }
+}
+
 #[test]
 fn random_get_put_create_remove() {
     if !plies_testkit::require_overlay("random_get_put_create_remove") {
@@ -32,6 +80,21 @@ fn random_get_put_create_remove() {
     }
     let dir = common::tempdir();
     let d = Arc::new(Overlay2::open(&dir.path().join("overlay2"), &Options::default()).unwrap());
+    stress(&dir, d);
+}
+
+/// The same on the kernel's aufs, where the kernel has it.
+#[test]
+fn aufs_kernel_random_get_put_create_remove() {
+    if !plies_testkit::require_aufs("aufs_kernel_random_get_put_create_remove") {
+        return;
+    }
+    let dir = common::tempdir();
+    let d = Arc::new(Aufs::open(&dir.path().join("aufs"), &Options::default()).unwrap());
+    stress(&dir, d);
+}
+
+fn stress<D: Stressed>(dir: &tempfile::TempDir, d: Arc<D>) {
     let mut parent: Option<&str> = None;
     for (i, id) in CHAIN.iter().enumerate() {
         let file: &'static str = Box::leak(format!("f{i}").into_boxed_str());
@@ -82,7 +145,7 @@ fn random_get_put_create_remove() {
                                 continue;
                             }
                             let id = free[rng.random_range(0..free.len())].clone();
-                            let parent = d.store().parent(&id).unwrap();
+                            let parent = d.parent_of(&id);
                             let before = d.changes(&id, parent.as_deref()).unwrap();
                             if rng.random_bool(0.5) {
                                 let tar = common::layer_tar(&[E::File("applied", "a", 0o644)]);
@@ -123,13 +186,10 @@ fn random_get_put_create_remove() {
         plies_testkit::mounts_under(dir.path()).is_empty(),
         "no mount is left"
     );
-    assert_eq!(d.store().list().unwrap(), CHAIN, "only the chain is left");
+    assert_eq!(d.layers(), CHAIN, "only the chain is left");
     for id in CHAIN {
-        assert_eq!(d.refcount(id), 0, "{id}");
-        assert!(
-            !d.store().layer_dir(id).join("merged").exists(),
-            "{id} has no merged dir"
-        );
+        assert_eq!(d.held(id), 0, "{id}");
+        assert!(!d.view_left(id), "{id} kept nothing of a mount");
     }
-    assert!(d.store().fsck(false).unwrap().is_clean());
+    assert!(d.clean());
 }

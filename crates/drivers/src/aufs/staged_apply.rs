@@ -1,0 +1,102 @@
+//! A diff applied against another layer than the direct parent: through an aufs
+//! mount over a copy of the layer's branch that replaces it only once the apply
+//! succeeded, as overlay2 does with its upper.
+
+use std::io::Read;
+
+use plies_archive::WhiteoutFormat;
+use plies_mountopts::AufsStack;
+
+use super::Aufs;
+use crate::copy::{copy_tree, remove_tree};
+use crate::error::{Error, Result};
+use crate::{naive, native};
+
+impl Aufs {
+    /// A diff against another layer than the direct parent, applied onto the
+    /// mounted view of `id`. When the layer's branch holds a diff already and
+    /// the layer is not mounted, the view is an aufs mount (at
+    /// `mnt/<id>-applying`) over a copy of the branch (`diff/<id>-applying`)
+    /// that replaces the branch only once the apply succeeded; otherwise the
+    /// naive apply runs on the layer's own mount (its branch emptied again on
+    /// failure when it was empty).
+    pub(super) fn apply_naive(
+        &self,
+        id: &str,
+        diff: &mut dyn Read,
+    ) -> Result<plies_archive::ApplyStats> {
+        let own = self.store.diff_dir(id);
+        let maps = self.remap.maps();
+        if self.refcount(id) > 0 || native::is_empty(&own)? {
+            return naive::apply(self, id, diff, maps, Some(&own));
+        }
+        let guard = crate::locks::lock(self.store.locks(), &[id])?;
+        if self.refcount(id) > 0 {
+            drop(guard);
+            return naive::apply(self, id, diff, maps, Some(&own));
+        }
+        let opts = maps.apply_options(WhiteoutFormat::Merged);
+        let lowers = self.store.lowers(id).map_err(|e| Error::store(id, e))?;
+        if lowers.is_empty() {
+            // Nothing below: the view is the branch itself.
+            return native::apply_into(id, &own, diff, &opts, true);
+        }
+        let staging = native::applying_path(&own);
+        let target = native::applying_path(&self.store.mnt_dir(id));
+        remove_tree(&staging)?;
+        let mut still_mounted = false;
+        let result = (|| {
+            for dir in [&staging, &target] {
+                match rustix::fs::mkdir(dir, rustix::fs::Mode::from_raw_mode(0o700)) {
+                    Ok(()) | Err(rustix::io::Errno::EXIST) => {}
+                    Err(e) => return Err(Error::io("mkdir", dir, e)),
+                }
+            }
+            copy_tree(&own, &staging)?;
+            self.remap.own(&staging)?;
+            let calls = plies_mountopts::plan_aufs(&AufsStack {
+                rw: staging.clone(),
+                ro: lowers,
+                label: None,
+                dirperm1: self.dirperm1,
+            })
+            .map_err(|source| Error::Mount {
+                id: id.to_owned(),
+                source,
+            })?;
+            self.mounter
+                .mount(&calls, &target)
+                .map_err(|source| Error::Mount {
+                    id: id.to_owned(),
+                    source,
+                })?;
+            let applied = plies_archive::apply(diff, &target, &opts);
+            if let Err(e) = self.unmount_at(id, &target, true) {
+                still_mounted = true;
+                return Err(e);
+            }
+            let stats = applied.map_err(|source| Error::Archive {
+                id: id.to_owned(),
+                source,
+            })?;
+            native::exchange(&staging, &own)?;
+            Ok(stats)
+        })();
+        if still_mounted {
+            // Nothing under a live mount is deleted; the copies go with the
+            // layer, or with fsck.
+            return result;
+        }
+        // `staging` holds the replaced branch after a success, the failed copy
+        // otherwise.
+        if let Err(e) = remove_tree(&staging) {
+            tracing::warn!(layer = id, error = %e, "a copy made for an apply was left behind");
+        }
+        match std::fs::remove_dir(&target) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => tracing::warn!(layer = id, error = %e, "could not remove a mount point"),
+        }
+        result
+    }
+}
