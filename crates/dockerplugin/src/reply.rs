@@ -46,11 +46,8 @@ fn message(e: &Error) -> String {
     let mut out = e.to_string();
     let mut source = std::error::Error::source(e);
     while let Some(cause) = source {
-        let text = cause.to_string();
-        if !out.ends_with(&text) {
-            out.push_str(": ");
-            out.push_str(&text);
-        }
+        out.push_str(": ");
+        out.push_str(&cause.to_string());
         source = cause.source();
     }
     out

@@ -272,7 +272,8 @@ async fn call(state: &State, endpoint: Endpoint, r: Request) -> Result<Response>
     }
     let driver = state.driver(endpoint)?;
     run_blocking(move || {
-        let id = r.id.clone();
+        // Cleanup is the one call here not on a layer.
+        let id = (endpoint != Endpoint::Cleanup).then(|| r.id.clone());
         let parent = (!r.parent.is_empty()).then_some(r.parent.as_str());
         let label = (!r.mount_label.is_empty()).then_some(r.mount_label.as_str());
         let driver_err = |source| Error::Driver {
@@ -353,7 +354,7 @@ async fn diff(state: &State, r: Request) -> HttpResponse {
         let parent = (!r.parent.is_empty()).then_some(r.parent.as_str());
         driver.diff(&r.id, parent).map_err(|source| Error::Driver {
             endpoint: endpoint.as_str().to_owned(),
-            id: r.id.clone(),
+            id: Some(r.id.clone()),
             source: Box::new(source),
         })
     })
@@ -391,7 +392,7 @@ async fn apply_diff(state: &State, req: hyper::Request<Incoming>) -> HttpRespons
         }
         applied.map_err(|source| Error::Driver {
             endpoint: endpoint.as_str().to_owned(),
-            id: id.clone(),
+            id: Some(id.clone()),
             source: Box::new(source),
         })
     })
