@@ -347,7 +347,7 @@ impl Driver for Vfs {
                     Finding::UnexpectedEntry {
                         path: Path::new("dir").join(&name),
                     },
-                    plies_layerstore::Outcome::Unrepairable,
+                    plies_layerstore::Repair::Unrepairable,
                 ),
                 None => {}
             }

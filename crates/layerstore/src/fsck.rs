@@ -228,7 +228,7 @@ impl Finding {
 
 /// What became of a finding.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Outcome {
+pub enum Repair {
     /// Repaired.
     Repaired,
     /// Repairable, but `fsck` ran without `repair`.
@@ -243,7 +243,7 @@ pub struct FsckEntry {
     /// What was found.
     pub finding: Finding,
     /// What was done about it.
-    pub outcome: Outcome,
+    pub outcome: Repair,
 }
 
 /// Everything `fsck` found, in the order found.
@@ -263,12 +263,12 @@ impl FsckReport {
     pub fn unrepairable(&self) -> impl Iterator<Item = &Finding> {
         self.entries
             .iter()
-            .filter(|e| e.outcome == Outcome::Unrepairable)
+            .filter(|e| e.outcome == Repair::Unrepairable)
             .map(|e| &e.finding)
     }
 
     /// Records a finding with what was done about it.
-    pub fn push(&mut self, finding: Finding, outcome: Outcome) {
+    pub fn push(&mut self, finding: Finding, outcome: Repair) {
         tracing::debug!(?finding, ?outcome, "fsck");
         self.entries.push(FsckEntry { finding, outcome });
     }
@@ -285,12 +285,12 @@ impl FsckReport {
         fix: impl FnOnce() -> Result<()>,
     ) -> Result<()> {
         let outcome = if !finding.is_repairable() {
-            Outcome::Unrepairable
+            Repair::Unrepairable
         } else if repair {
             fix()?;
-            Outcome::Repaired
+            Repair::Repaired
         } else {
-            Outcome::Repairable
+            Repair::Repairable
         };
         self.push(finding, outcome);
         Ok(())
@@ -427,7 +427,7 @@ impl Overlay2Store {
                     Finding::UnexpectedEntry {
                         path: PathBuf::from(String::from_utf8_lossy(&name).into_owned()),
                     },
-                    Outcome::Unrepairable,
+                    Repair::Unrepairable,
                 );
                 continue;
             };
@@ -494,7 +494,7 @@ impl Overlay2Store {
                     Finding::UnexpectedEntry {
                         path: PathBuf::from(LINK_DIR).join(name),
                     },
-                    Outcome::Unrepairable,
+                    Repair::Unrepairable,
                 );
                 continue;
             };
@@ -589,7 +589,7 @@ impl Overlay2Store {
                     Finding::UnexpectedEntry {
                         path: PathBuf::from(layer),
                     },
-                    Outcome::Unrepairable,
+                    Repair::Unrepairable,
                 );
                 continue;
             }
@@ -598,7 +598,7 @@ impl Overlay2Store {
                     Finding::MissingDiff {
                         layer: layer.clone(),
                     },
-                    Outcome::Unrepairable,
+                    Repair::Unrepairable,
                 );
             }
             match self.read_link_file(layer, &dir) {
@@ -612,7 +612,7 @@ impl Overlay2Store {
                             link: link.as_str().to_owned(),
                             owner: owner.clone(),
                         },
-                        Outcome::Unrepairable,
+                        Repair::Unrepairable,
                     ),
                     None => {
                         let finding = Finding::MissingLink {
@@ -646,7 +646,7 @@ impl Overlay2Store {
                                 layer: layer.clone(),
                                 restored: None,
                             },
-                            Outcome::Repairable,
+                            Repair::Repairable,
                         );
                         continue;
                     }
@@ -669,7 +669,7 @@ impl Overlay2Store {
                             layer: layer.clone(),
                             restored: Some(link.as_str().to_owned()),
                         },
-                        Outcome::Repaired,
+                        Repair::Repaired,
                     );
                 }
                 Err(e) => return Err(e),
@@ -707,7 +707,7 @@ impl Overlay2Store {
                             depth: count,
                             max,
                         },
-                        Outcome::Unrepairable,
+                        Repair::Unrepairable,
                     );
                     continue;
                 }
@@ -717,7 +717,7 @@ impl Overlay2Store {
                             layer: layer.clone(),
                             reason: source.to_string(),
                         },
-                        Outcome::Unrepairable,
+                        Repair::Unrepairable,
                     );
                     continue;
                 }
@@ -727,7 +727,7 @@ impl Overlay2Store {
                             layer: layer.clone(),
                             reason: source.to_string(),
                         },
-                        Outcome::Unrepairable,
+                        Repair::Unrepairable,
                     );
                     continue;
                 }
@@ -748,9 +748,9 @@ impl Overlay2Store {
                             if let Some(new) = s.canonical.get(owner) {
                                 rewrite.insert(link.clone(), new.clone());
                             }
-                            Outcome::Repaired
+                            Repair::Repaired
                         } else {
-                            Outcome::Repairable
+                            Repair::Repairable
                         };
                         if index == 0 {
                             parents.insert(layer.clone(), owner.clone());
@@ -771,7 +771,7 @@ impl Overlay2Store {
                         Finding::Cycle {
                             layer: layer.clone(),
                         },
-                        Outcome::Unrepairable,
+                        Repair::Unrepairable,
                     ),
                     Some(owner) => {
                         if index == 0 {
@@ -783,14 +783,14 @@ impl Overlay2Store {
                             layer: layer.clone(),
                             entry: link.lower_entry(),
                         },
-                        Outcome::Unrepairable,
+                        Repair::Unrepairable,
                     ),
                     None => s.report.push(
                         Finding::MissingLower {
                             layer: layer.clone(),
                             entry: link.lower_entry(),
                         },
-                        Outcome::Unrepairable,
+                        Repair::Unrepairable,
                     ),
                 }
             }
@@ -813,7 +813,7 @@ impl Overlay2Store {
                             Finding::Cycle {
                                 layer: layer.clone(),
                             },
-                            Outcome::Unrepairable,
+                            Repair::Unrepairable,
                         );
                     }
                     break;
