@@ -281,10 +281,10 @@ async fn call(state: &State, endpoint: Endpoint, r: Request) -> Result<Response>
             id: id.clone(),
             source: Box::new(source),
         };
-        let create_options = || CreateOptions {
-            mount_label: label.map(str::to_owned),
-            storage_opt: r.storage_opt.clone(),
-            ..CreateOptions::default()
+        let create_options = || {
+            CreateOptions::default()
+                .with_mount_label(label.map(str::to_owned))
+                .with_storage_opt(r.storage_opt.clone())
         };
         let mut response = Response::default();
         match endpoint {
