@@ -221,11 +221,9 @@ fuzz_target!(|data: &[u8]| {
         1 => WhiteoutFormat::Aufs,
         _ => WhiteoutFormat::Merged,
     };
-    let opts = ApplyOptions {
-        whiteouts,
-        privileged: selector & 4 == 0,
-        ..ApplyOptions::default()
-    };
+    let opts = ApplyOptions::default()
+        .with_whiteouts(whiteouts)
+        .with_privileged(selector & 4 == 0);
     let before = (listing(tmp.path()), listing(&canary));
     let _ = apply(tar.as_slice(), &root, &opts);
     assert_eq!(

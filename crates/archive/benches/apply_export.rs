@@ -52,19 +52,13 @@ fn generate(root: &Path, files: usize) {
 fn layer(c: &mut Criterion) {
     let src = tempfile::tempdir().unwrap();
     generate(src.path(), 2000);
-    let export_opts = ExportOptions {
-        whiteouts: WhiteoutFormat::Merged,
-        ..ExportOptions::default()
-    };
+    let export_opts = ExportOptions::default().with_whiteouts(WhiteoutFormat::Merged);
     let mut tar = Vec::new();
     export(src.path(), &export_opts)
         .unwrap()
         .read_to_end(&mut tar)
         .unwrap();
-    let apply_opts = ApplyOptions {
-        whiteouts: WhiteoutFormat::Merged,
-        ..ApplyOptions::default()
-    };
+    let apply_opts = ApplyOptions::default().with_whiteouts(WhiteoutFormat::Merged);
 
     let mut group = c.benchmark_group("layer_2k_files");
     group.sample_size(10);

@@ -22,18 +22,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     {
         ["apply", tar, dir] => {
             let file = std::fs::File::open(tar)?;
-            let opts = ApplyOptions {
-                whiteouts: WhiteoutFormat::Merged,
-                ..ApplyOptions::default()
-            };
+            let opts = ApplyOptions::default().with_whiteouts(WhiteoutFormat::Merged);
             let stats = apply_file(&file, Path::new(dir), &opts)?;
             eprintln!("{} entries, {} bytes of content", stats.entries, stats.size);
         }
         ["export", dir] => {
-            let opts = ExportOptions {
-                whiteouts: WhiteoutFormat::Merged,
-                ..ExportOptions::default()
-            };
+            let opts = ExportOptions::default().with_whiteouts(WhiteoutFormat::Merged);
             export(Path::new(dir), &opts)?.write_to(std::io::stdout().lock())?;
         }
         _ => {

@@ -114,8 +114,8 @@ pub enum EntryError {
     #[error("sparse file of {0} bytes is larger than allowed")]
     TooLarge(u64),
     /// A hard link entry without a target, or with an invalid target.
-    #[error("hard link target: {0}")]
-    LinkTarget(Box<EntryError>),
+    #[error("hard link target")]
+    LinkTarget(#[source] Box<EntryError>),
     /// A symlink or hard link entry without a link name.
     #[error("link entry without a target")]
     MissingLinkTarget,

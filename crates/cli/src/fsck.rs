@@ -2,7 +2,7 @@
 //! and the mounts.
 
 use anyhow::Result;
-use plies_layerstore::Outcome;
+use plies_layerstore::Repair;
 use serde::Serialize;
 
 use crate::output::Out;
@@ -19,10 +19,10 @@ pub struct Finding {
     pub outcome: &'static str,
 }
 
-fn outcome(o: Outcome) -> &'static str {
+fn outcome(o: Repair) -> &'static str {
     match o {
-        Outcome::Repaired => "repaired",
-        Outcome::Repairable => "repairable",
+        Repair::Repaired => "repaired",
+        Repair::Repairable => "repairable",
         _ => "unrepairable",
     }
 }

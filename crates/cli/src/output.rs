@@ -65,20 +65,11 @@ impl<E: Into<anyhow::Error>> From<E> for Failure {
     }
 }
 
-/// The error and its causes joined by `: `, skipping a cause whose text the
-/// previous one already ends with (library errors often print their source).
+/// The error and its causes joined by `: `, each made [`printable`].
 pub fn one_line(error: &anyhow::Error) -> String {
-    let mut parts: Vec<String> = Vec::new();
-    for cause in error.chain() {
-        let text = cause.to_string();
-        if parts.last().is_some_and(|last| last.ends_with(&text)) {
-            continue;
-        }
-        parts.push(text);
-    }
-    parts
-        .iter()
-        .map(|p| printable(p))
+    error
+        .chain()
+        .map(|cause| printable(&cause.to_string()))
         .collect::<Vec<_>>()
         .join(": ")
 }
@@ -168,7 +159,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn causes_are_joined_once_and_printable() {
+    fn causes_are_joined_and_printable() {
         let inner = std::io::Error::other("bad\u{fffd}\nbytes\u{1b}[2J\u{9b}");
         let e = anyhow::Error::new(inner).context("reading x");
         assert_eq!(one_line(&e), "reading x: bad?\\nbytes\\x1b[2J\\u{9b}");

@@ -76,13 +76,14 @@ pub enum Error {
         /// What is wrong with it.
         reason: String,
     },
-    /// The driver refused or failed the operation on a layer.
-    #[error("{endpoint} of layer {id:?}")]
+    /// The driver refused or failed the operation on a layer, or on the whole
+    /// store (`Cleanup`).
+    #[error("{endpoint}{}", id.as_ref().map_or_else(String::new, |id| format!(" of layer {id:?}")))]
     Driver {
         /// The endpoint called.
         endpoint: String,
-        /// The layer.
-        id: String,
+        /// The layer, `None` for an operation on the whole store.
+        id: Option<String>,
         /// The driver's error.
         #[source]
         source: Box<plies_drivers::Error>,

@@ -2,10 +2,14 @@
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 mod body;
+mod config;
 mod error;
 pub mod protocol;
+mod reply;
+mod routes;
 mod server;
 
+pub use config::{Config, DEFAULT_SOCKET};
 pub use error::{Error, Result};
 pub use plies_drivers::DriverChoice;
-pub use server::{Config, DEFAULT_SOCKET, Server, serve};
+pub use server::{Server, serve};

@@ -81,12 +81,13 @@ pub enum Error {
         id: String,
     },
     /// An id that cannot name a layer (empty, `.`/`..`, a `/`, too long, …).
-    #[error("invalid layer id {id:?}: {reason}")]
+    #[error("invalid layer id {id:?}")]
     InvalidId {
         /// The id as given.
         id: String,
         /// Why it is refused.
-        reason: String,
+        #[source]
+        reason: plies_layerstore::IdError,
     },
     /// The driver was opened read-only and the call would write.
     #[error("{driver} under {root:?} is opened read-only: {what} would write")]
@@ -236,21 +237,25 @@ impl Error {
         }
     }
 
+    /// The store's error on layer `id`; the store's own "not found", "exists"
+    /// and "invalid id" become the driver's.
     pub(crate) fn store(id: &str, source: plies_layerstore::Error) -> Self {
         match source {
             plies_layerstore::Error::NotFound { .. } => Error::NoSuchLayer { id: id.to_owned() },
             plies_layerstore::Error::Exists { .. } => Error::LayerExists { id: id.to_owned() },
-            plies_layerstore::Error::InvalidId { id, reason } => Error::InvalidId {
-                id,
-                reason: reason.to_string(),
-            },
+            plies_layerstore::Error::InvalidId { id, reason } => Error::InvalidId { id, reason },
             plies_layerstore::Error::ParentNotFound { parent, .. } => {
                 Error::NoSuchLayer { id: parent }
             }
             source => Error::Store {
-                id: (!id.is_empty()).then(|| id.to_owned()),
+                id: Some(id.to_owned()),
                 source,
             },
         }
+    }
+
+    /// The store's error in an operation on the whole store (open, list, fsck).
+    pub(crate) fn store_wide(source: plies_layerstore::Error) -> Self {
+        Error::Store { id: None, source }
     }
 }

@@ -101,21 +101,18 @@ impl Remap {
 impl IdMaps {
     /// Apply options writing `whiteouts`, owners mapped container to host.
     pub(crate) fn apply_options(&self, whiteouts: WhiteoutFormat) -> ApplyOptions {
-        ApplyOptions {
-            whiteouts,
-            uid_map: self.uid.clone(),
-            gid_map: self.gid.clone(),
-            ..ApplyOptions::default()
-        }
+        ApplyOptions::default()
+            .with_whiteouts(whiteouts)
+            .with_uid_map(self.uid.clone())
+            .with_gid_map(self.gid.clone())
     }
 
     /// Export options reading `whiteouts`, owners mapped host to container.
     pub(crate) fn export_options(&self, whiteouts: WhiteoutFormat) -> ExportOptions {
-        ExportOptions {
-            whiteouts,
-            uid_map: self.uid.clone(),
-            gid_map: self.gid.clone(),
-        }
+        ExportOptions::default()
+            .with_whiteouts(whiteouts)
+            .with_uid_map(self.uid.clone())
+            .with_gid_map(self.gid.clone())
     }
 }
 

@@ -213,7 +213,9 @@ impl Options {
     }
 }
 
-/// Options of one new layer: Docker's `CreateOpts`.
+/// Options of one new layer, Docker's `CreateOpts`: [`CreateOptions::default`]
+/// and the `with_*` setters.
+#[non_exhaustive]
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct CreateOptions {
     /// SELinux label for the layer's files and mount.
@@ -225,6 +227,26 @@ pub struct CreateOptions {
     /// (as `plies-layerdb` does with its pending records), so the driver skips
     /// the fsyncs of its own creation steps. Off by default: the driver syncs.
     pub deferred_sync: bool,
+}
+
+impl CreateOptions {
+    /// The same options with the SELinux label `mount_label` (`None` for none).
+    pub fn with_mount_label(mut self, mount_label: Option<String>) -> CreateOptions {
+        self.mount_label = mount_label;
+        self
+    }
+
+    /// The same options with the per-layer storage options `storage_opt`.
+    pub fn with_storage_opt(mut self, storage_opt: BTreeMap<String, String>) -> CreateOptions {
+        self.storage_opt = storage_opt;
+        self
+    }
+
+    /// The same options with the layer's durability left to the caller or not.
+    pub fn with_deferred_sync(mut self, deferred_sync: bool) -> CreateOptions {
+        self.deferred_sync = deferred_sync;
+        self
+    }
 }
 
 fn parse_bool(value: &str) -> Option<bool> {

@@ -64,7 +64,7 @@ impl Vfs {
                 .map_err(|e| Error::io("chmod", &root, e))?;
             remap.own(&dir)?;
         }
-        let locks = plies_layerstore::LayerLocks::open(&root).map_err(|e| Error::store("", e))?;
+        let locks = plies_layerstore::LayerLocks::open(&root).map_err(Error::store_wide)?;
         if options.sweep_on_open {
             sweep(&dir, &locks)?;
         }
@@ -86,7 +86,7 @@ impl Vfs {
     fn check_id(id: &str) -> Result<()> {
         plies_layerstore::validate_id(id).map_err(|reason| Error::InvalidId {
             id: id.to_owned(),
-            reason: reason.to_string(),
+            reason,
         })
     }
 
@@ -347,7 +347,7 @@ impl Driver for Vfs {
                     Finding::UnexpectedEntry {
                         path: Path::new("dir").join(&name),
                     },
-                    plies_layerstore::Outcome::Unrepairable,
+                    plies_layerstore::Repair::Unrepairable,
                 ),
                 None => {}
             }

@@ -33,7 +33,7 @@ pub enum Error {
         text: String,
     },
     /// The directory to probe could not be inspected.
-    #[error("cannot probe {path}: {source}")]
+    #[error("cannot probe {path}")]
     ProbeDir {
         /// The directory given to the probe.
         path: PathBuf,
@@ -58,7 +58,7 @@ pub enum Error {
         reason: String,
     },
     /// A quota system call or a file operation for it failed.
-    #[error("{call} on {path}: {source}")]
+    #[error("{call} on {path}")]
     QuotaCall {
         /// The call, e.g. `quotactl(Q_XSETQLIM) for project 7`.
         call: String,

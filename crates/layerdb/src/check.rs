@@ -4,7 +4,7 @@
 use std::collections::BTreeSet;
 use std::path::Path;
 
-use plies_layerstore::Outcome;
+use plies_layerstore::Repair;
 
 use crate::error::{Result, io_err, store_err};
 use crate::{LayerDb, Record};
@@ -38,14 +38,14 @@ pub struct Finding {
     /// What, in words.
     pub text: String,
     /// What was done about it.
-    pub outcome: Outcome,
+    pub outcome: Repair,
 }
 
 impl std::fmt::Display for Finding {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let outcome = match self.outcome {
-            Outcome::Repaired => "repaired",
-            Outcome::Repairable => "repairable",
+            Repair::Repaired => "repaired",
+            Repair::Repairable => "repairable",
             _ => "unrepairable",
         };
         write!(f, "{outcome}: {}: {}", self.area.as_str(), self.text)
@@ -106,9 +106,9 @@ impl LayerDb {
     ) {
         let outcome = |fixed: bool| {
             if fixed {
-                Outcome::Repaired
+                Repair::Repaired
             } else {
-                Outcome::Repairable
+                Repair::Repairable
             }
         };
         let known: BTreeSet<&str> = records.iter().map(|r| r.id.as_str()).collect();
@@ -139,7 +139,7 @@ impl LayerDb {
                     findings.push(Finding {
                         area: Area::Records,
                         text: format!("layer {}: its parent {p} is not recorded", r.id),
-                        outcome: Outcome::Unrepairable,
+                        outcome: Repair::Unrepairable,
                     });
                 }
             }
@@ -157,7 +157,7 @@ impl LayerDb {
                     "layer {id} is in the {} store but has no record",
                     self.driver.name()
                 ),
-                outcome: Outcome::Unrepairable,
+                outcome: Repair::Unrepairable,
             });
         }
     }
@@ -190,9 +190,9 @@ impl LayerDb {
                         m.display()
                     ),
                     outcome: if fixed {
-                        Outcome::Repaired
+                        Repair::Repaired
                     } else {
-                        Outcome::Repairable
+                        Repair::Repairable
                     },
                 });
             }

@@ -513,10 +513,7 @@ impl Batch<'_> {
         db.write_record(&record)?;
         // The pending record, synced above, marks the layer until the batch's
         // one syncfs: the driver need not sync each step of its creation.
-        let opts = &CreateOptions {
-            deferred_sync: true,
-            ..opts.clone()
-        };
+        let opts = &opts.clone().with_deferred_sync(true);
         let made = if record.rw {
             db.driver
                 .create_read_write(&id, record.parent.as_deref(), opts)

@@ -13,7 +13,7 @@ use crate::disk::{
     read_small_file, remove_tree, rename_noreplace, sync, utf8_name, write_new_file,
 };
 use crate::error::{Error, Result, io_err};
-use crate::fsck::{Finding, FsckReport, Outcome};
+use crate::fsck::{Finding, FsckReport, Repair};
 use crate::id::{APPLYING_SUFFIX, CREATING_SUFFIX, REMOVING_SUFFIX, check_id, validate_id};
 use crate::locks::LayerLocks;
 use crate::options::StoreOptions;
@@ -545,14 +545,14 @@ impl AufsStore {
                                 entry: a.clone(),
                             }
                         };
-                        report.push(finding, Outcome::Unrepairable);
+                        report.push(finding, Repair::Unrepairable);
                     }
                 }
                 Err(Error::Cycle { .. }) => report.push(
                     Finding::Cycle {
                         layer: layer.clone(),
                     },
-                    Outcome::Unrepairable,
+                    Repair::Unrepairable,
                 ),
                 Err(Error::BadLayersFile { reason, line, .. }) => {
                     let finding = if reason.starts_with("more than") {
@@ -567,7 +567,7 @@ impl AufsStore {
                             reason: format!("line {line}: {reason}"),
                         }
                     };
-                    report.push(finding, Outcome::Unrepairable);
+                    report.push(finding, Repair::Unrepairable);
                 }
                 Err(e) => return Err(e),
             }
@@ -576,7 +576,7 @@ impl AufsStore {
                     Finding::MissingDiff {
                         layer: layer.clone(),
                     },
-                    Outcome::Unrepairable,
+                    Repair::Unrepairable,
                 );
             }
             if self.stat(&self.mnt_fd, layer, "mnt")?.is_none() {
@@ -598,7 +598,7 @@ impl AufsStore {
         for (name, _) in list_names(&self.diff_fd).map_err(|e| io_err("read", &diff_base, e))? {
             let name = String::from_utf8_lossy(&name).into_owned();
             if !live.contains(name.as_str()) {
-                report.push(Finding::OrphanDiff { id: name }, Outcome::Unrepairable);
+                report.push(Finding::OrphanDiff { id: name }, Repair::Unrepairable);
             }
         }
         Ok(report)

@@ -15,11 +15,12 @@ use crate::lower::LowerError;
 #[non_exhaustive]
 pub enum Error {
     /// The id breaks the id rules; nothing was written.
-    #[error("invalid layer id {id:?}: {reason}")]
+    #[error("invalid layer id {id:?}")]
     InvalidId {
         /// The id as given.
         id: String,
         /// Which rule it breaks.
+        #[source]
         reason: IdError,
     },
     /// The store options are out of range.

@@ -13,7 +13,7 @@ mod overlay2;
 
 pub use aufs::{AufsPaths, AufsStore};
 pub use error::{Error, Result};
-pub use fsck::{Finding, FsckEntry, FsckReport, Outcome, sweep_probe_scratch};
+pub use fsck::{Finding, FsckEntry, FsckReport, Repair, sweep_probe_scratch};
 pub use id::{APPLYING_SUFFIX, CREATING_SUFFIX, IdError, MAX_ID_LEN, REMOVING_SUFFIX, validate_id};
 pub use link::{LinkError, LinkId, LinkTargetError, parse_link_target};
 pub use locks::{

@@ -101,8 +101,8 @@ pub enum LinkTargetError {
     #[error("target is not of the form ../<id>/diff")]
     NotLayerDiff,
     /// The `<id>` part is not a valid layer id.
-    #[error("target names an invalid layer id: {0}")]
-    BadId(crate::IdError),
+    #[error("target names an invalid layer id")]
+    BadId(#[source] crate::IdError),
 }
 
 /// Parses the target of a `l/<linkid>` symlink, which must be exactly

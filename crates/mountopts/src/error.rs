@@ -103,7 +103,7 @@ pub enum Error {
         reason: &'static str,
     },
     /// A syscall carrying out a plan failed.
-    #[error("{kind} at {target:?}: {step} failed: {source}{}", kernel_log_suffix(.kernel_log))]
+    #[error("{kind} at {target:?}: {step} failed{}", kernel_log_suffix(.kernel_log))]
     Mount {
         /// The kind of plan being carried out.
         kind: PlanKind,

@@ -71,10 +71,10 @@ pub enum Error {
         source: Box<plies_layerdb::Error>,
     },
     /// The driver failed.
-    #[error("driver, layer {layer}")]
+    #[error("driver{}", layer.as_ref().map_or_else(String::new, |layer| format!(", layer {layer}")))]
     Driver {
-        /// The layer.
-        layer: String,
+        /// The layer, `None` for an operation on the whole store (opening it).
+        layer: Option<String>,
         /// The driver's error.
         #[source]
         source: Box<plies_drivers::Error>,

@@ -78,7 +78,7 @@ impl Snapshotter {
         std::fs::create_dir_all(root).map_err(|e| io_err("create", root, e))?;
         let root = std::path::absolute(root).map_err(|e| io_err("resolve", root, e))?;
         let driver_err = |source| Error::Driver {
-            layer: String::new(),
+            layer: None,
             source: Box::new(source),
         };
         let backend = match choice {

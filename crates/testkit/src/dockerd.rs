@@ -7,6 +7,7 @@ use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 /// A private dockerd (with the containerd it manages), stopped by pid on drop.
+#[derive(Debug)]
 pub struct Dockerd {
     child: Option<Child>,
     dir: PathBuf,

@@ -19,10 +19,9 @@ pub enum Error {
     /// EPERM where creating one needs `CAP_MKNOD` (kernels before 5.8, for
     /// example in a user namespace), EACCES without write access to the directory.
     #[error(
-        "cannot create overlay whiteout {name:?}: mknod refused ({source}); \
-         without the right to create 0/0 devices the overlay format (a `userxattr` \
-         overlay too) is out of reach, so store this layer in the aufs format \
-         (`.wh.` files) instead"
+        "cannot create overlay whiteout {name:?}: without the right to create 0/0 \
+         devices the overlay format (a `userxattr` overlay too) is out of reach, so \
+         store this layer in the aufs format (`.wh.` files) instead; mknod refused"
     )]
     MknodRefused {
         /// The name of the whiteout that could not be created.
@@ -31,7 +30,7 @@ pub enum Error {
         source: std::io::Error,
     },
     /// A system call failed.
-    #[error("{op} {name:?}: {source}")]
+    #[error("{op} {name:?}")]
     Io {
         /// The operation, such as `mknodat` or `fsetxattr trusted.overlay.opaque`.
         op: &'static str,

@@ -27,7 +27,8 @@ use crate::pax;
 use crate::resolve::{self, Root};
 use crate::stream::{Entry, FileInput, Input, NextError, Reader, Stream};
 
-/// Options of [`apply`].
+/// Options of [`apply`]: [`ApplyOptions::default`] and the `with_*` setters.
+#[non_exhaustive]
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ApplyOptions {
     /// The whiteout format of the target directory.
@@ -51,6 +52,32 @@ impl Default for ApplyOptions {
             gid_map: Vec::new(),
             privileged: rustix::process::geteuid().is_root(),
         }
+    }
+}
+
+impl ApplyOptions {
+    /// The same options with the target's whiteout format `whiteouts`.
+    pub fn with_whiteouts(mut self, whiteouts: WhiteoutFormat) -> ApplyOptions {
+        self.whiteouts = whiteouts;
+        self
+    }
+
+    /// The same options with container-to-host uid ranges `uid_map`.
+    pub fn with_uid_map(mut self, uid_map: Vec<IdMap>) -> ApplyOptions {
+        self.uid_map = uid_map;
+        self
+    }
+
+    /// The same options with container-to-host gid ranges `gid_map`.
+    pub fn with_gid_map(mut self, gid_map: Vec<IdMap>) -> ApplyOptions {
+        self.gid_map = gid_map;
+        self
+    }
+
+    /// The same options, making device nodes and setting owners or not.
+    pub fn with_privileged(mut self, privileged: bool) -> ApplyOptions {
+        self.privileged = privileged;
+        self
     }
 }
 

@@ -21,7 +21,8 @@ use crate::error::Error;
 use crate::format::WhiteoutFormat;
 use crate::idmap::IdMap;
 
-/// Options of [`export`].
+/// Options of [`export`]: [`ExportOptions::default`] and the `with_*` setters.
+#[non_exhaustive]
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ExportOptions {
     /// The whiteout format of the directory being exported:
@@ -36,6 +37,26 @@ pub struct ExportOptions {
     pub uid_map: Vec<IdMap>,
     /// Container-to-host gid ranges; groups are mapped back to container ids.
     pub gid_map: Vec<IdMap>,
+}
+
+impl ExportOptions {
+    /// The same options with the exported directory's whiteout format `whiteouts`.
+    pub fn with_whiteouts(mut self, whiteouts: WhiteoutFormat) -> ExportOptions {
+        self.whiteouts = whiteouts;
+        self
+    }
+
+    /// The same options with container-to-host uid ranges `uid_map`.
+    pub fn with_uid_map(mut self, uid_map: Vec<IdMap>) -> ExportOptions {
+        self.uid_map = uid_map;
+        self
+    }
+
+    /// The same options with container-to-host gid ranges `gid_map`.
+    pub fn with_gid_map(mut self, gid_map: Vec<IdMap>) -> ExportOptions {
+        self.gid_map = gid_map;
+        self
+    }
 }
 
 /// Reads a layer directory as a tar stream, entry by entry.

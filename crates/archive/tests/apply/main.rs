@@ -11,11 +11,9 @@ use common::{Raw, RawTar};
 use plies_archive::{ApplyOptions, IdMap, WhiteoutFormat, XattrNamespace, apply};
 
 fn opts(whiteouts: WhiteoutFormat) -> ApplyOptions {
-    ApplyOptions {
-        whiteouts,
-        privileged: true,
-        ..ApplyOptions::default()
-    }
+    ApplyOptions::default()
+        .with_whiteouts(whiteouts)
+        .with_privileged(true)
 }
 
 fn overlay() -> ApplyOptions {
@@ -243,11 +241,7 @@ fn id_maps_shift_owners() {
         host_id: 100_000,
         size: 65536,
     }];
-    let o = ApplyOptions {
-        uid_map: map.clone(),
-        gid_map: map,
-        ..overlay()
-    };
+    let o = overlay().with_uid_map(map.clone()).with_gid_map(map);
     apply(tar.as_slice(), tmp.path(), &o).unwrap();
     let m = std::fs::metadata(tmp.path().join("a/f")).unwrap();
     assert_eq!((m.uid(), m.gid()), (101_000, 100_002));

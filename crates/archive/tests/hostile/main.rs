@@ -61,11 +61,9 @@ fn outside(dir: &Path) -> BTreeMap<PathBuf, Node> {
 }
 
 fn overlay() -> ApplyOptions {
-    ApplyOptions {
-        whiteouts: WhiteoutFormat::Overlay(XattrNamespace::Trusted),
-        privileged: true,
-        ..ApplyOptions::default()
-    }
+    ApplyOptions::default()
+        .with_whiteouts(WhiteoutFormat::Overlay(XattrNamespace::Trusted))
+        .with_privileged(true)
 }
 
 #[track_caller]
@@ -339,10 +337,7 @@ fn whiteout_through_symlink_stays_inside() {
 #[test]
 fn merged_whiteout_of_symlink_removes_only_the_symlink() {
     let s = Sandbox::new();
-    let opts = ApplyOptions {
-        whiteouts: WhiteoutFormat::Merged,
-        ..overlay()
-    };
+    let opts = overlay().with_whiteouts(WhiteoutFormat::Merged);
     let tar = RawTar::new()
         .symlink("x", "../canary")
         .file(".wh.x", b"")
@@ -354,10 +349,7 @@ fn merged_whiteout_of_symlink_removes_only_the_symlink() {
 #[test]
 fn merged_opaque_through_outside_symlink() {
     let s = Sandbox::new();
-    let opts = ApplyOptions {
-        whiteouts: WhiteoutFormat::Merged,
-        ..overlay()
-    };
+    let opts = overlay().with_whiteouts(WhiteoutFormat::Merged);
     let target = s.tmp.path().join("canary");
     let tar = RawTar::new()
         .symlink("d", target.to_str().unwrap())
@@ -688,10 +680,7 @@ fn unprivileged_skips_devices_and_owners() {
     dev.uid = 5;
     t.entry(dev);
     let tar = t.file("f", b"x").finish();
-    let opts = ApplyOptions {
-        privileged: false,
-        ..overlay()
-    };
+    let opts = overlay().with_privileged(false);
     let stats = s.apply_with(&tar, &opts).unwrap();
     assert_eq!(stats.skipped_devices, 1);
     assert!(std::fs::symlink_metadata(s.root().join("null")).is_err());
@@ -704,19 +693,17 @@ fn unmapped_owner() {
     let mut e = Raw::new(b"f", b'0');
     e.uid = 70_000;
     let tar = RawTar::new().entry(e).finish();
-    let opts = ApplyOptions {
-        uid_map: vec![plies_archive::IdMap {
+    let opts = overlay()
+        .with_uid_map(vec![plies_archive::IdMap {
             container_id: 0,
             host_id: 100_000,
             size: 65536,
-        }],
-        gid_map: vec![plies_archive::IdMap {
+        }])
+        .with_gid_map(vec![plies_archive::IdMap {
             container_id: 0,
             host_id: 100_000,
             size: 65536,
-        }],
-        ..overlay()
-    };
+        }]);
     let e = entry_error(s.apply_with(&tar, &opts), "f");
     assert!(matches!(
         e,

@@ -130,11 +130,9 @@ fn gnu_tar_archive(format: &str, sparse_version: Option<&str>) {
         extract.args(["--xattrs", "--xattrs-include=*"]);
     }
     run(&mut extract);
-    let opts = ApplyOptions {
-        whiteouts: WhiteoutFormat::Overlay(XattrNamespace::Trusted),
-        privileged: true,
-        ..ApplyOptions::default()
-    };
+    let opts = ApplyOptions::default()
+        .with_whiteouts(WhiteoutFormat::Overlay(XattrNamespace::Trusted))
+        .with_privileged(true);
     apply(std::fs::File::open(&archive).unwrap(), &ours, &opts).unwrap();
     assert_eq!(common::snapshot(&ours), common::snapshot(&theirs));
     if format == "posix" {
@@ -220,10 +218,7 @@ fn exported_whiteouts_are_wh_files_for_gnu_tar() {
     let mut tar = Vec::new();
     export(
         &src,
-        &ExportOptions {
-            whiteouts: WhiteoutFormat::Overlay(ns),
-            ..ExportOptions::default()
-        },
+        &ExportOptions::default().with_whiteouts(WhiteoutFormat::Overlay(ns)),
     )
     .unwrap()
     .read_to_end(&mut tar)

@@ -82,11 +82,9 @@ fn applied_whiteouts_hide_lower_files() {
         .file("d/.wh..wh..opq", b"")
         .file("d/new", b"new")
         .finish();
-    let opts = ApplyOptions {
-        whiteouts: WhiteoutFormat::Overlay(XattrNamespace::Trusted),
-        privileged: true,
-        ..ApplyOptions::default()
-    };
+    let opts = ApplyOptions::default()
+        .with_whiteouts(WhiteoutFormat::Overlay(XattrNamespace::Trusted))
+        .with_privileged(true);
     apply(tar.as_slice(), &layer, &opts).unwrap();
     {
         let _m = Mount::new(&merged, &[&layer, &lower], None);
@@ -124,10 +122,8 @@ fn upper_deletions_export_as_whiteouts() {
     }
     assert!(plies_testkit::mounts_under(tmp.path()).is_empty());
     let mut tar = Vec::new();
-    let opts = ExportOptions {
-        whiteouts: WhiteoutFormat::Overlay(XattrNamespace::Trusted),
-        ..ExportOptions::default()
-    };
+    let opts =
+        ExportOptions::default().with_whiteouts(WhiteoutFormat::Overlay(XattrNamespace::Trusted));
     export(&p("upper"), &opts)
         .unwrap()
         .read_to_end(&mut tar)
@@ -189,11 +185,9 @@ fn aufs_plnk_links_apply_onto_a_mounted_overlay() {
         .dir("b/")
         .hardlink("b/c", ".wh..wh.plnk/1234.5678")
         .finish();
-    let opts = ApplyOptions {
-        whiteouts: WhiteoutFormat::Merged,
-        privileged: true,
-        ..ApplyOptions::default()
-    };
+    let opts = ApplyOptions::default()
+        .with_whiteouts(WhiteoutFormat::Merged)
+        .with_privileged(true);
     {
         let _m = Mount::new(&merged, &[&lower], Some((&upper, &work)));
         let stats = apply(tar.as_slice(), &merged, &opts).unwrap();

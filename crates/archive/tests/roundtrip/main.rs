@@ -213,16 +213,10 @@ fn build(root: &Path, items: &[Item], format: WhiteoutFormat) {
 
 fn export_bytes(root: &Path, format: WhiteoutFormat) -> Vec<u8> {
     let mut out = Vec::new();
-    export(
-        root,
-        &ExportOptions {
-            whiteouts: format,
-            ..ExportOptions::default()
-        },
-    )
-    .unwrap()
-    .read_to_end(&mut out)
-    .unwrap();
+    export(root, &ExportOptions::default().with_whiteouts(format))
+        .unwrap()
+        .read_to_end(&mut out)
+        .unwrap();
     out
 }
 
@@ -239,11 +233,9 @@ fn round_trip(items: &[Item], format: WhiteoutFormat) -> Result<(), TestCaseErro
     apply(
         tar.as_slice(),
         dst.path(),
-        &ApplyOptions {
-            whiteouts: format,
-            privileged: true,
-            ..ApplyOptions::default()
-        },
+        &ApplyOptions::default()
+            .with_whiteouts(format)
+            .with_privileged(true),
     )
     .unwrap();
     let before = common::snapshot(src.path());
@@ -342,11 +334,10 @@ fn export_details() {
         host_id: 100_000,
         size: 65536,
     }];
-    let opts = ExportOptions {
-        whiteouts: WhiteoutFormat::Aufs,
-        uid_map: map.clone(),
-        gid_map: map,
-    };
+    let opts = ExportOptions::default()
+        .with_whiteouts(WhiteoutFormat::Aufs)
+        .with_uid_map(map.clone())
+        .with_gid_map(map);
     let mut tar = Vec::new();
     export(r, &opts).unwrap().read_to_end(&mut tar).unwrap();
     let got = entries(&tar);
@@ -386,11 +377,10 @@ fn export_maps_owners_but_keeps_whiteouts_outside_the_map() {
         host_id: 100_000,
         size: 65536,
     }];
-    let opts = ExportOptions {
-        whiteouts: WhiteoutFormat::Overlay(XattrNamespace::Trusted),
-        uid_map: map.clone(),
-        gid_map: map,
-    };
+    let opts = ExportOptions::default()
+        .with_whiteouts(WhiteoutFormat::Overlay(XattrNamespace::Trusted))
+        .with_uid_map(map.clone())
+        .with_gid_map(map);
     let mut tar = Vec::new();
     export(r, &opts).unwrap().read_to_end(&mut tar).unwrap();
     let owners: Vec<(String, u64)> = entries(&tar)
@@ -435,10 +425,8 @@ fn export_refuses_redirects() {
         b"/old",
     )
     .unwrap();
-    let opts = ExportOptions {
-        whiteouts: WhiteoutFormat::Overlay(XattrNamespace::Trusted),
-        ..ExportOptions::default()
-    };
+    let opts =
+        ExportOptions::default().with_whiteouts(WhiteoutFormat::Overlay(XattrNamespace::Trusted));
     let err = export(src.path(), &opts)
         .unwrap()
         .read_to_end(&mut Vec::new())
@@ -525,11 +513,9 @@ fn xattrs_of_symlinks_and_devices_round_trip() {
     let stats = apply(
         tar.as_slice(),
         dst.path(),
-        &ApplyOptions {
-            whiteouts: format,
-            privileged: true,
-            ..ApplyOptions::default()
-        },
+        &ApplyOptions::default()
+            .with_whiteouts(format)
+            .with_privileged(true),
     )
     .unwrap();
     assert_eq!(stats.skipped_xattrs, 0);
@@ -554,10 +540,7 @@ fn user_xattrs_on_a_symlink_are_skipped_and_counted() {
     let stats = apply(
         tar.as_slice(),
         dst.path(),
-        &ApplyOptions {
-            whiteouts: WhiteoutFormat::Overlay(XattrNamespace::Trusted),
-            ..ApplyOptions::default()
-        },
+        &ApplyOptions::default().with_whiteouts(WhiteoutFormat::Overlay(XattrNamespace::Trusted)),
     )
     .unwrap();
     assert_eq!((stats.entries, stats.skipped_xattrs), (1, 1));
@@ -616,10 +599,7 @@ fn write_to_gives_the_same_bytes_to_files_and_pipes() {
     }
     std::fs::hard_link(r.join("d/f4"), r.join("hard")).unwrap();
     std::os::unix::fs::symlink("d/f1", r.join("link")).unwrap();
-    let opts = ExportOptions {
-        whiteouts: WhiteoutFormat::Merged,
-        ..ExportOptions::default()
-    };
+    let opts = ExportOptions::default().with_whiteouts(WhiteoutFormat::Merged);
     assert_write_to_matches_read(r, &opts);
 }
 
@@ -746,10 +726,7 @@ fn sparse_files_export_as_gnu_sparse_entries_and_apply_back_sparse() {
     );
 
     let dst = tempfile::tempdir().unwrap();
-    let opts = ApplyOptions {
-        whiteouts: WhiteoutFormat::Merged,
-        ..ApplyOptions::default()
-    };
+    let opts = ApplyOptions::default().with_whiteouts(WhiteoutFormat::Merged);
     apply(tar.as_slice(), dst.path(), &opts).unwrap();
     for name in [
         "big",
@@ -793,10 +770,7 @@ fn write_to_gives_the_same_bytes_for_sparse_files() {
     );
     std::fs::write(r.join("plain"), common::pattern(300_000, 4)).unwrap();
     std::fs::hard_link(r.join("mixed"), r.join("second")).unwrap();
-    let opts = ExportOptions {
-        whiteouts: WhiteoutFormat::Merged,
-        ..ExportOptions::default()
-    };
+    let opts = ExportOptions::default().with_whiteouts(WhiteoutFormat::Merged);
     let tar = assert_write_to_matches_read(r, &opts);
     let sparse: Vec<String> = contents(&tar)
         .into_iter()
@@ -812,10 +786,7 @@ fn write_to_gives_the_same_bytes_for_sparse_files() {
         ]
     );
     let dst = tempfile::tempdir().unwrap();
-    let aopts = ApplyOptions {
-        whiteouts: WhiteoutFormat::Merged,
-        ..ApplyOptions::default()
-    };
+    let aopts = ApplyOptions::default().with_whiteouts(WhiteoutFormat::Merged);
     apply(tar.as_slice(), dst.path(), &aopts).unwrap();
     for name in ["big", "ends-in-data", "mixed", "plain", "second"] {
         common::assert_same_content(&r.join(name), &dst.path().join(name));
@@ -826,10 +797,7 @@ fn write_to_gives_the_same_bytes_for_sparse_files() {
 fn a_sparse_file_cut_short_while_exported_is_an_error() {
     let src = tempfile::tempdir().unwrap();
     let r = src.path();
-    let opts = ExportOptions {
-        whiteouts: WhiteoutFormat::Merged,
-        ..ExportOptions::default()
-    };
+    let opts = ExportOptions::default().with_whiteouts(WhiteoutFormat::Merged);
     let data = common::pattern(64 << 10, 1);
     for to_pipe in [false, true] {
         common::sparse_file(&r.join("f"), 64 << 20, &[(0, &data), (32 << 20, &data)]);

@@ -117,7 +117,7 @@ impl Aufs {
                 .with_sweep_on_open(options.sweep_on_open)
                 .with_read_only(options.read_only),
         )
-        .map_err(|e| Error::store("", e))?;
+        .map_err(Error::store_wide)?;
         if !options.read_only {
             for dir in ["", "mnt", "diff", "layers"] {
                 remap.own(&root.join(dir))?;
@@ -131,7 +131,7 @@ impl Aufs {
                 .join(plies_layerstore::PROBE_DIR);
             std::fs::create_dir_all(&dir).map_err(|e| Error::io("mkdir", &dir, e))?;
             let _probing = crate::locks::lock(store.locks(), &[plies_layerstore::PROBE_LOCK])?;
-            plies_layerstore::sweep_probe_scratch(&dir).map_err(|e| Error::store("", e))?;
+            plies_layerstore::sweep_probe_scratch(&dir).map_err(Error::store_wide)?;
             mounter.dirperm1(&dir)
         };
         let branch_max = mounter.branch_max().max(1);
@@ -397,11 +397,11 @@ impl Driver for Aufs {
     }
 
     fn list(&self) -> Result<Vec<String>> {
-        self.store.list().map_err(|e| Error::store("", e))
+        self.store.list().map_err(Error::store_wide)
     }
 
     fn fsck(&self, repair: bool) -> Result<plies_layerstore::FsckReport> {
-        self.store.fsck(repair).map_err(|e| Error::store("", e))
+        self.store.fsck(repair).map_err(Error::store_wide)
     }
 
     fn exists(&self, id: &str) -> bool {

@@ -44,7 +44,7 @@ pub(super) fn features(home: &Path) -> Result<Features> {
     if let Some(f) = plies_kprobe::cache::load::<Features>(&cache_file, &key) {
         return Ok(f);
     }
-    let locks = plies_layerstore::LayerLocks::open(home).map_err(|e| Error::store("", e))?;
+    let locks = plies_layerstore::LayerLocks::open(home).map_err(Error::store_wide)?;
     // One prober at a time; the others then find its answers in the cache.
     let _guard = crate::locks::lock(&locks, &[plies_layerstore::PROBE_LOCK])?;
     if let Some(f) = plies_kprobe::cache::load::<Features>(&cache_file, &key) {
@@ -53,7 +53,7 @@ pub(super) fn features(home: &Path) -> Result<Features> {
     let dir = store_dir.join(plies_layerstore::PROBE_DIR);
     std::fs::create_dir_all(&dir).map_err(|e| Error::io("mkdir", &dir, e))?;
     // What a killed prober left; nobody else probes while the lock is held.
-    plies_layerstore::sweep_probe_scratch(&dir).map_err(|e| Error::store("", e))?;
+    plies_layerstore::sweep_probe_scratch(&dir).map_err(Error::store_wide)?;
     let features = probe(&dir)?;
     if let Err(e) = plies_kprobe::cache::store(&cache_file, &key, &features) {
         tracing::warn!(file = %cache_file.display(), error = %e, "probe cache not written");

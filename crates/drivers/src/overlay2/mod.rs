@@ -93,7 +93,7 @@ impl Overlay2 {
                 .with_sweep_on_open(options.sweep_on_open)
                 .with_read_only(options.read_only),
         )
-        .map_err(|e| Error::store("", e))?;
+        .map_err(Error::store_wide)?;
         let quota = if options.read_only {
             LayerQuota::none(NAME)
         } else {
@@ -417,11 +417,11 @@ impl Driver for Overlay2 {
     }
 
     fn list(&self) -> Result<Vec<String>> {
-        self.store.list().map_err(|e| Error::store("", e))
+        self.store.list().map_err(Error::store_wide)
     }
 
     fn fsck(&self, repair: bool) -> Result<plies_layerstore::FsckReport> {
-        self.store.fsck(repair).map_err(|e| Error::store("", e))
+        self.store.fsck(repair).map_err(Error::store_wide)
     }
 
     fn exists(&self, id: &str) -> bool {

@@ -6,7 +6,7 @@ use std::path::Path;
 
 use plies_drivers::{CreateOptions, DriverChoice, Options};
 use plies_layerdb::{Access, Area, Error, LayerDb, Record};
-use plies_layerstore::Outcome;
+use plies_layerstore::Repair;
 
 fn open(root: &Path, access: Access) -> LayerDb {
     let driver = plies_drivers::open(root, DriverChoice::Vfs, &Options::default()).unwrap();
@@ -126,7 +126,7 @@ fn a_dead_writers_incomplete_layer_is_reported_then_swept() {
     let findings = open(root.path(), Access::Inspect).fsck(false).unwrap();
     assert_eq!(findings.len(), 1, "{findings:?}");
     assert_eq!(findings[0].area, Area::Records);
-    assert_eq!(findings[0].outcome, Outcome::Repairable);
+    assert_eq!(findings[0].outcome, Repair::Repairable);
     assert!(findings[0].text.contains("layer half is incomplete"));
     let db = open(root.path(), Access::Write);
     assert_eq!(db.record("half").unwrap(), None);
@@ -171,7 +171,7 @@ fn fsck_repairs_records_of_layers_that_are_gone() {
     assert_eq!(found.len(), 1);
     assert!(found[0].text.contains("recorded but missing"), "{found:?}");
     let repaired = db.fsck(true).unwrap();
-    assert_eq!(repaired[0].outcome, Outcome::Repaired);
+    assert_eq!(repaired[0].outcome, Repair::Repaired);
     assert!(db.fsck(false).unwrap().is_empty());
 }
 

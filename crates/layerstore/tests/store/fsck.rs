@@ -1,6 +1,6 @@
 //! fsck: each half-done state is found, typed and (where safe) repaired.
 
-use plies_layerstore::{Finding, Outcome};
+use plies_layerstore::{Finding, Repair};
 
 use crate::{ino, store};
 
@@ -25,9 +25,9 @@ fn dangling_link_is_removed() {
             layer: "gone".into()
         }]
     );
-    assert_eq!(r.entries[0].outcome, Outcome::Repairable);
+    assert_eq!(r.entries[0].outcome, Repair::Repairable);
     let r = s.fsck(true).unwrap();
-    assert_eq!(r.entries[0].outcome, Outcome::Repaired);
+    assert_eq!(r.entries[0].outcome, Repair::Repaired);
     assert!(s.fsck(false).unwrap().is_clean());
 }
 

@@ -1,4 +1,4 @@
-//! Checking a store and repairing what can be repaired safely.
+//! [`Overlay2Store::fsck`]: the phases of the overlay2 check and their repairs.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
@@ -16,286 +16,8 @@ use crate::locks::STORE_DIR;
 use crate::lower::{LowerError, format_lower};
 use crate::overlay2::{LINK_DIR, Overlay2Store};
 
-/// One thing found wrong in a store.
-#[derive(Debug, Clone, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum Finding {
-    /// A `-creating` or `-removing` entry an interrupted operation left
-    /// (repair: finish the removal or roll the create back), or a copy of a
-    /// layer's diff that an interrupted apply left, `-applying` (repair: delete
-    /// the copy; the layer's own diff is whole).
-    Leftover {
-        /// The entry, relative to the store root.
-        path: PathBuf,
-    },
-    /// Something the store does not know (a non-link in `l/`, a bad name);
-    /// left alone.
-    UnexpectedEntry {
-        /// The entry.
-        path: PathBuf,
-    },
-    /// An `l/` link to a layer that does not exist (repair: delete the link).
-    DanglingLink {
-        /// The link id.
-        link: String,
-        /// The layer it names.
-        layer: String,
-    },
-    /// An `l/` link that does not point at `../<id>/diff` (repair: delete the link;
-    /// it holds no data).
-    BadLinkTarget {
-        /// The link id.
-        link: String,
-        /// Its target (lossy).
-        target: String,
-    },
-    /// A layer whose `l/<link>` is missing (repair: recreate it from the `link` file).
-    MissingLink {
-        /// The layer.
-        layer: String,
-        /// Its link id.
-        link: String,
-    },
-    /// A layer whose `link` file is missing, empty or malformed (repair: restore
-    /// it from an `l/` link pointing at the layer, else draw a new link id).
-    BadLinkFile {
-        /// The layer.
-        layer: String,
-        /// The link id written by the repair, when repaired.
-        restored: Option<String>,
-    },
-    /// A layer's `link` file names a link that points at another layer.
-    LinkConflict {
-        /// The layer.
-        layer: String,
-        /// The link id.
-        link: String,
-        /// The layer the link points at.
-        owner: String,
-    },
-    /// A second `l/` link to a layer that nothing uses (repair: delete it).
-    ExtraLink {
-        /// The layer.
-        layer: String,
-        /// The unused link id.
-        link: String,
-    },
-    /// A layer without its `diff` directory. Never repaired.
-    MissingDiff {
-        /// The layer.
-        layer: String,
-    },
-    /// A malformed `lower` file (or aufs `layers/<id>` file).
-    BadLower {
-        /// The layer.
-        layer: String,
-        /// What is wrong.
-        reason: String,
-    },
-    /// A layer whose parent is gone: its first lower entry names no layer.
-    ParentGone {
-        /// The layer.
-        layer: String,
-        /// The lower entry (link id, or aufs parent id).
-        entry: String,
-    },
-    /// A lower entry below the parent that names no layer.
-    MissingLower {
-        /// The layer.
-        layer: String,
-        /// The lower entry (link id, or aufs ancestor id).
-        entry: String,
-    },
-    /// A lower entry naming a link id a layer lost with its `link` file; the layer
-    /// is known by the rest of the chain (repair: rewrite the entry to the
-    /// layer's new link id).
-    StaleLowerEntry {
-        /// The layer whose `lower` holds the entry.
-        layer: String,
-        /// The stale entry (`l/<old>`).
-        entry: String,
-        /// The layer it belonged to.
-        owner: String,
-    },
-    /// A layer whose ancestry loops.
-    Cycle {
-        /// The layer.
-        layer: String,
-    },
-    /// A layer with more lower layers than the store allows.
-    TooDeep {
-        /// The layer.
-        layer: String,
-        /// Its depth (or a lower bound).
-        depth: usize,
-        /// The store's maximum.
-        max: usize,
-    },
-    /// An aufs layer without its `mnt/<id>` directory (repair: create it).
-    MissingMountDir {
-        /// The layer.
-        layer: String,
-    },
-    /// An aufs `diff/<id>` without `layers/<id>`: data of no layer. Never deleted.
-    OrphanDiff {
-        /// The id.
-        id: String,
-    },
-}
-
-impl std::fmt::Display for Finding {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Finding::Leftover { path } => {
-                write!(f, "{}: left by an interrupted operation", path.display())
-            }
-            Finding::UnexpectedEntry { path } => {
-                write!(f, "{}: not part of the store's layout", path.display())
-            }
-            Finding::DanglingLink { link, layer } => {
-                write!(
-                    f,
-                    "link l/{link} points at layer {layer}, which does not exist"
-                )
-            }
-            Finding::BadLinkTarget { link, target } => {
-                write!(
-                    f,
-                    "link l/{link} points at {target:?}, not at a layer's diff"
-                )
-            }
-            Finding::MissingLink { layer, link } => {
-                write!(f, "layer {layer}: its link l/{link} is missing")
-            }
-            Finding::BadLinkFile { layer, restored } => match restored {
-                Some(link) => write!(f, "layer {layer}: bad link file, restored as {link}"),
-                None => write!(f, "layer {layer}: its link file is missing or malformed"),
-            },
-            Finding::LinkConflict { layer, link, owner } => write!(
-                f,
-                "layer {layer}: its link file names l/{link}, which points at layer {owner}"
-            ),
-            Finding::ExtraLink { layer, link } => {
-                write!(f, "layer {layer}: unused second link l/{link}")
-            }
-            Finding::MissingDiff { layer } => write!(f, "layer {layer}: its diff is missing"),
-            Finding::BadLower { layer, reason } => {
-                write!(f, "layer {layer}: bad lower file: {reason}")
-            }
-            Finding::ParentGone { layer, entry } => {
-                write!(f, "layer {layer}: its parent {entry} is gone")
-            }
-            Finding::MissingLower { layer, entry } => {
-                write!(f, "layer {layer}: lower {entry} names no layer")
-            }
-            Finding::StaleLowerEntry {
-                layer,
-                entry,
-                owner,
-            } => write!(
-                f,
-                "layer {layer}: lower entry {entry} is the old link of layer {owner}"
-            ),
-            Finding::Cycle { layer } => write!(f, "layer {layer}: its ancestry loops"),
-            Finding::TooDeep { layer, depth, max } => write!(
-                f,
-                "layer {layer}: {depth} lower layers, more than the maximum of {max}"
-            ),
-            Finding::MissingMountDir { layer } => {
-                write!(f, "layer {layer}: its mount directory is missing")
-            }
-            Finding::OrphanDiff { id } => write!(f, "diff/{id}: data of no layer"),
-        }
-    }
-}
-
-impl Finding {
-    /// Whether `fsck(true)` knows a safe repair for this finding.
-    pub fn is_repairable(&self) -> bool {
-        matches!(
-            self,
-            Finding::Leftover { .. }
-                | Finding::DanglingLink { .. }
-                | Finding::BadLinkTarget { .. }
-                | Finding::MissingLink { .. }
-                | Finding::BadLinkFile { .. }
-                | Finding::ExtraLink { .. }
-                | Finding::StaleLowerEntry { .. }
-                | Finding::MissingMountDir { .. }
-        )
-    }
-}
-
-/// What became of a finding.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Outcome {
-    /// Repaired.
-    Repaired,
-    /// Repairable, but `fsck` ran without `repair`.
-    Repairable,
-    /// No safe repair: it needs a person (or it is data the store never deletes).
-    Unrepairable,
-}
-
-/// A finding and its outcome.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct FsckEntry {
-    /// What was found.
-    pub finding: Finding,
-    /// What was done about it.
-    pub outcome: Outcome,
-}
-
-/// Everything `fsck` found, in the order found.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct FsckReport {
-    /// The findings.
-    pub entries: Vec<FsckEntry>,
-}
-
-impl FsckReport {
-    /// True when nothing was found.
-    pub fn is_clean(&self) -> bool {
-        self.entries.is_empty()
-    }
-
-    /// The findings left without a repair.
-    pub fn unrepairable(&self) -> impl Iterator<Item = &Finding> {
-        self.entries
-            .iter()
-            .filter(|e| e.outcome == Outcome::Unrepairable)
-            .map(|e| &e.finding)
-    }
-
-    /// Records a finding with what was done about it.
-    pub fn push(&mut self, finding: Finding, outcome: Outcome) {
-        tracing::debug!(?finding, ?outcome, "fsck");
-        self.entries.push(FsckEntry { finding, outcome });
-    }
-
-    /// Records a finding: repaired by `fix` when `repair` is set and the finding is
-    /// repairable, else marked as such.
-    ///
-    /// # Errors
-    /// What `fix` failed with.
-    pub fn handle(
-        &mut self,
-        finding: Finding,
-        repair: bool,
-        fix: impl FnOnce() -> Result<()>,
-    ) -> Result<()> {
-        let outcome = if !finding.is_repairable() {
-            Outcome::Unrepairable
-        } else if repair {
-            fix()?;
-            Outcome::Repaired
-        } else {
-            Outcome::Repairable
-        };
-        self.push(finding, outcome);
-        Ok(())
-    }
-}
+use super::scratch::{PROBE_SCRATCH_PREFIX, check_probe_scratch, remove_scratch};
+use super::{Finding, FsckReport, Repair};
 
 /// What the phases of [`Overlay2Store::fsck`] learn and hand on.
 #[derive(Default)]
@@ -314,80 +36,6 @@ struct Scan {
     linkless: BTreeSet<String>,
     /// The links some `lower` names.
     referenced: BTreeSet<LinkId>,
-}
-
-/// Prefix of the scratch directories `plies-kprobe` makes for a probe.
-pub(crate) const PROBE_SCRATCH_PREFIX: &str = ".kprobe-";
-
-/// Removes probe scratch `name` under `dir` (at `path`): first the mounts a killed
-/// probe left in it (one level down, where probes mount), then the tree.
-pub(crate) fn remove_scratch(dir: &OwnedFd, path: &std::path::Path, name: &str) -> Result<()> {
-    let at = path.join(name);
-    if let Ok(scratch) = crate::disk::open_dir(dir, name) {
-        let subdirs = list_names(&scratch).map_err(|e| io_err("read", &at, e))?;
-        for (sub, _) in subdirs {
-            let Some(sub) = utf8_name(&sub) else { continue };
-            // Stacked mounts come off one by one.
-            while crate::disk::is_mount_point(&scratch, sub).unwrap_or(false) {
-                rustix::mount::unmount(at.join(sub), rustix::mount::UnmountFlags::DETACH)
-                    .map_err(|e| io_err("unmount", at.join(sub), e))?;
-            }
-        }
-    }
-    remove_tree(dir, name).map_err(|e| io_err("remove", at, e))
-}
-
-/// Removes every probe scratch directory (`.kprobe-*`) in `probe_dir` and the
-/// mounts a killed probe left in them; returns how many it removed. The caller
-/// holds [`PROBE_LOCK`](crate::PROBE_LOCK), so no probe is running there.
-///
-/// # Errors
-/// [`Error::Io`] naming the entry that could not be unmounted or removed.
-pub fn sweep_probe_scratch(probe_dir: &std::path::Path) -> Result<usize> {
-    let dir = match crate::disk::open_dir(rustix::fs::CWD, &probe_dir.to_string_lossy()) {
-        Ok(d) => d,
-        Err(Errno::NOENT) => return Ok(0),
-        Err(e) => return Err(io_err("open", probe_dir, e)),
-    };
-    let mut removed = 0;
-    for (name, _) in list_names(&dir).map_err(|e| io_err("read", probe_dir, e))? {
-        let Some(name) = utf8_name(&name).filter(|n| n.starts_with(PROBE_SCRATCH_PREFIX)) else {
-            continue;
-        };
-        remove_scratch(&dir, probe_dir, name)?;
-        removed += 1;
-    }
-    Ok(removed)
-}
-
-/// Reports (and with `repair` removes) what killed probes left in the store's
-/// probe directory, unless a probe is running there now.
-pub(crate) fn check_probe_scratch(
-    root: &std::path::Path,
-    locks: &crate::LayerLocks,
-    repair: bool,
-    report: &mut FsckReport,
-) -> Result<()> {
-    let probe_dir = root.join(STORE_DIR).join(crate::PROBE_DIR);
-    let Ok(entries) = std::fs::read_dir(&probe_dir) else {
-        return Ok(());
-    };
-    let Some(_guard) = locks.try_lock(&[crate::PROBE_LOCK])? else {
-        return Ok(());
-    };
-    for entry in entries.flatten() {
-        let name = entry.file_name().to_string_lossy().into_owned();
-        if !name.starts_with(PROBE_SCRATCH_PREFIX) {
-            continue;
-        }
-        let path = PathBuf::from(STORE_DIR).join(crate::PROBE_DIR).join(&name);
-        report.handle(Finding::Leftover { path }, repair, || {
-            let dir = crate::disk::open_dir(rustix::fs::CWD, &probe_dir.to_string_lossy())
-                .map_err(|e| io_err("open", &probe_dir, e))?;
-            remove_scratch(&dir, &probe_dir, &name)
-        })?;
-    }
-    Ok(())
 }
 
 impl Overlay2Store {
@@ -427,7 +75,7 @@ impl Overlay2Store {
                     Finding::UnexpectedEntry {
                         path: PathBuf::from(String::from_utf8_lossy(&name).into_owned()),
                     },
-                    Outcome::Unrepairable,
+                    Repair::Unrepairable,
                 );
                 continue;
             };
@@ -494,7 +142,7 @@ impl Overlay2Store {
                     Finding::UnexpectedEntry {
                         path: PathBuf::from(LINK_DIR).join(name),
                     },
-                    Outcome::Unrepairable,
+                    Repair::Unrepairable,
                 );
                 continue;
             };
@@ -589,7 +237,7 @@ impl Overlay2Store {
                     Finding::UnexpectedEntry {
                         path: PathBuf::from(layer),
                     },
-                    Outcome::Unrepairable,
+                    Repair::Unrepairable,
                 );
                 continue;
             }
@@ -598,7 +246,7 @@ impl Overlay2Store {
                     Finding::MissingDiff {
                         layer: layer.clone(),
                     },
-                    Outcome::Unrepairable,
+                    Repair::Unrepairable,
                 );
             }
             match self.read_link_file(layer, &dir) {
@@ -612,7 +260,7 @@ impl Overlay2Store {
                             link: link.as_str().to_owned(),
                             owner: owner.clone(),
                         },
-                        Outcome::Unrepairable,
+                        Repair::Unrepairable,
                     ),
                     None => {
                         let finding = Finding::MissingLink {
@@ -646,7 +294,7 @@ impl Overlay2Store {
                                 layer: layer.clone(),
                                 restored: None,
                             },
-                            Outcome::Repairable,
+                            Repair::Repairable,
                         );
                         continue;
                     }
@@ -669,7 +317,7 @@ impl Overlay2Store {
                             layer: layer.clone(),
                             restored: Some(link.as_str().to_owned()),
                         },
-                        Outcome::Repaired,
+                        Repair::Repaired,
                     );
                 }
                 Err(e) => return Err(e),
@@ -707,7 +355,7 @@ impl Overlay2Store {
                             depth: count,
                             max,
                         },
-                        Outcome::Unrepairable,
+                        Repair::Unrepairable,
                     );
                     continue;
                 }
@@ -717,7 +365,7 @@ impl Overlay2Store {
                             layer: layer.clone(),
                             reason: source.to_string(),
                         },
-                        Outcome::Unrepairable,
+                        Repair::Unrepairable,
                     );
                     continue;
                 }
@@ -727,7 +375,7 @@ impl Overlay2Store {
                             layer: layer.clone(),
                             reason: source.to_string(),
                         },
-                        Outcome::Unrepairable,
+                        Repair::Unrepairable,
                     );
                     continue;
                 }
@@ -748,9 +396,9 @@ impl Overlay2Store {
                             if let Some(new) = s.canonical.get(owner) {
                                 rewrite.insert(link.clone(), new.clone());
                             }
-                            Outcome::Repaired
+                            Repair::Repaired
                         } else {
-                            Outcome::Repairable
+                            Repair::Repairable
                         };
                         if index == 0 {
                             parents.insert(layer.clone(), owner.clone());
@@ -771,7 +419,7 @@ impl Overlay2Store {
                         Finding::Cycle {
                             layer: layer.clone(),
                         },
-                        Outcome::Unrepairable,
+                        Repair::Unrepairable,
                     ),
                     Some(owner) => {
                         if index == 0 {
@@ -783,14 +431,14 @@ impl Overlay2Store {
                             layer: layer.clone(),
                             entry: link.lower_entry(),
                         },
-                        Outcome::Unrepairable,
+                        Repair::Unrepairable,
                     ),
                     None => s.report.push(
                         Finding::MissingLower {
                             layer: layer.clone(),
                             entry: link.lower_entry(),
                         },
-                        Outcome::Unrepairable,
+                        Repair::Unrepairable,
                     ),
                 }
             }
@@ -813,7 +461,7 @@ impl Overlay2Store {
                             Finding::Cycle {
                                 layer: layer.clone(),
                             },
-                            Outcome::Unrepairable,
+                            Repair::Unrepairable,
                         );
                     }
                     break;
