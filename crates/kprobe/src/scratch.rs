@@ -226,7 +226,10 @@ mod tests {
         assert_eq!(answer, Outcome::unsupported("the probe panicked"));
         assert_eq!(entries(parent.path()), 0);
         let mounts = crate::mount_points().expect("mountinfo");
-        assert!(!mounts.iter().any(|m| m.starts_with(parent.path())), "{mounts:?}");
+        assert!(
+            !mounts.iter().any(|m| m.starts_with(parent.path())),
+            "{mounts:?}"
+        );
     }
 
     #[test]
