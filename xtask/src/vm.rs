@@ -115,6 +115,15 @@ const SUITES_UNDER_TEST: &[Suite] = &[
         scratch: &["ext4"],
         only: Some("aufs_kernel"),
     },
+    // The command line on the kernel's aufs beside overlay2 (a skip without aufs).
+    Suite {
+        dir: "cli",
+        package: "plies",
+        features: &[],
+        tests: &["e2e"],
+        scratch: &["ext4"],
+        only: Some("cli_on_kernel_aufs"),
+    },
     // overlay2's own behaviour (project quota, d_type, status rows) on xfs too.
     Suite {
         dir: "drivers",
@@ -921,7 +930,7 @@ run() {{
   if grep -q " /scratch/$fs " /proc/mounts; then
     mkdir -p /scratch/$fs/tmp /scratch/$fs/target-tmp {target_tmp}
     mount --bind /scratch/$fs/target-tmp {target_tmp}
-    (cd {repo}/crates/$dir && TMPDIR=/scratch/$fs/tmp PLIES_REQUIRE_KERNEL=1 {require_aufs}RUST_BACKTRACE=1 \
+    (cd {repo}/crates/$dir && TMPDIR=/scratch/$fs/tmp PLIES_REQUIRE_KERNEL=1 {require_aufs}RUST_BACKTRACE=1 PLIES_BIN=/tests/plies \
       /tests/$bin --test-threads=1 --nocapture "$@")
     rc=$?
     umount {target_tmp}

@@ -79,7 +79,7 @@ impl Rig {
         let root = self.path("plies");
         let socket = self.path("plies.sock");
         let log = std::fs::File::create(self.path("plies.log")).unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_plies"))
+        let child = Command::new(super::plies_bin())
             .args([
                 "--root",
                 root.to_str().unwrap(),

@@ -109,8 +109,15 @@ impl Drop for Root {
     }
 }
 
+/// The `plies` executable: the one cargo built, or `PLIES_BIN` where the
+/// tests run elsewhere (the kernel matrix's guests).
+fn plies_bin() -> PathBuf {
+    std::env::var_os("PLIES_BIN")
+        .map_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_plies")), PathBuf::from)
+}
+
 fn plies(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_plies"))
+    Command::new(plies_bin())
         .args(args)
         .output()
         .expect("running plies")
@@ -1017,7 +1024,7 @@ fn an_interrupted_import_leaves_the_store_as_it_was() {
     )
     .unwrap();
 
-    let mut child = Command::new(env!("CARGO_BIN_EXE_plies"))
+    let mut child = Command::new(plies_bin())
         .args([
             "--root",
             root.path().to_str().unwrap(),
@@ -1377,4 +1384,46 @@ fn a_store_without_records_lists_its_own_lineage() {
     root.ok(&["mount", "ctr"]);
     root.ok(&["umount", "ctr"]);
     root.fails(&["rm", &top], 1, "it is the parent of ctr");
+}
+
+/// The command line on the kernel's aufs gives what it gives on overlay2: the
+/// same image imported into a store of each, its top layer mounted, the same
+/// merged tree, the same changes and the same diff entries; then unmounted.
+#[test]
+fn cli_on_kernel_aufs_matches_overlay2() {
+    const TEST: &str = "cli_on_kernel_aufs_matches_overlay2";
+    if !plies_testkit::require_aufs(TEST) || !plies_testkit::require_overlay(TEST) {
+        return;
+    }
+    let img = Built::new(&image_layers(), &[Comp::Gzip, Comp::Plain]);
+    let mut seen = Vec::new();
+    for driver in ["aufs", "overlay2"] {
+        let mut root = Root::new();
+        root.driver = driver;
+        let archive = root.dir.path().join("image.tar");
+        docker_archive(&archive, &img);
+        let top = root
+            .ok(&["import", archive.to_str().unwrap()])
+            .trim()
+            .to_owned();
+        assert_eq!(top, img.top());
+        let merged = PathBuf::from(root.ok(&["mount", &top]).trim());
+        let tree = read_tree(&merged);
+        let changes = root.ok(&["changes", &top]);
+        let out = root.dir.path().join("diff.tar");
+        root.ok(&["diff", &top, "-o", out.to_str().unwrap()]);
+        let mut diff = tar_names(&std::fs::read(&out).unwrap());
+        diff.sort();
+        root.ok(&["umount", &top]);
+        assert!(
+            plies_testkit::mounts_under(root.dir.path()).is_empty(),
+            "{driver}: a mount is left"
+        );
+        seen.push((driver, tree, changes, diff));
+    }
+    let (aufs, overlay2) = (&seen[0], &seen[1]);
+    assert_eq!(aufs.1, overlay2.1, "merged trees differ");
+    assert_eq!(aufs.1, expected_tree(&image_layers()));
+    assert_eq!(aufs.2, overlay2.2, "changes differ");
+    assert_eq!(aufs.3, overlay2.3, "diff entries differ");
 }

@@ -25,6 +25,7 @@ use crate::native;
 use crate::options::{CreateOptions, Options};
 use crate::refs::{Refs, Released};
 
+mod alias;
 mod mounter;
 mod recording;
 mod staged_apply;
@@ -317,6 +318,7 @@ impl Driver for Aufs {
             self.unmount(id, true)?;
         }
         self.refs.forget(id);
+        alias::forget(self.store.root(), &self.store.diff_dir(id));
         self.store.remove(id).map_err(|e| Error::store(id, e))
     }
 
@@ -334,9 +336,13 @@ impl Driver for Aufs {
             self.refs.hold(id, 1, false);
             return Ok(self.store.diff_dir(id));
         }
+        let root = self.store.root();
         let stack = AufsStack {
-            rw: self.store.diff_dir(id),
-            ro: lowers,
+            rw: alias::mountable(root, self.store.diff_dir(id))?,
+            ro: lowers
+                .into_iter()
+                .map(|p| alias::mountable(root, p))
+                .collect::<Result<_>>()?,
             label: mount_label.filter(|l| !l.is_empty()).map(str::to_owned),
             dirperm1: self.dirperm1,
         };

@@ -54,9 +54,13 @@ impl Aufs {
             }
             copy_tree(&own, &staging)?;
             self.remap.own(&staging)?;
+            let root = self.store.root();
             let calls = plies_mountopts::plan_aufs(&AufsStack {
-                rw: staging.clone(),
-                ro: lowers,
+                rw: super::alias::mountable(root, staging.clone())?,
+                ro: lowers
+                    .into_iter()
+                    .map(|p| super::alias::mountable(root, p))
+                    .collect::<Result<_>>()?,
                 label: None,
                 dirperm1: self.dirperm1,
             })
@@ -64,12 +68,16 @@ impl Aufs {
                 id: id.to_owned(),
                 source,
             })?;
-            self.mounter
+            let mounted = self
+                .mounter
                 .mount(&calls, &target)
                 .map_err(|source| Error::Mount {
                     id: id.to_owned(),
                     source,
-                })?;
+                });
+            // aufs resolved the staging branch's alias when it mounted.
+            super::alias::forget(root, &staging);
+            mounted?;
             let applied = plies_archive::apply(diff, &target, &opts);
             if let Err(e) = self.unmount_at(id, &target, true) {
                 still_mounted = true;
