@@ -211,8 +211,10 @@ impl LayerDb {
     /// As [`LayerDb::records`], and the driver's when the store's lineage is
     /// read.
     pub fn lineage(&self) -> Result<Vec<Record>> {
-        if !self.is_unrecorded()? {
-            return self.records();
+        // The records are read once: they are the answer unless there are none.
+        let records = self.records()?;
+        if !records.is_empty() || !self.records.pending()?.is_empty() {
+            return Ok(records);
         }
         let mut out = Vec::new();
         for id in self.driver.list().map_err(store_err(self.driver.name()))? {
