@@ -18,7 +18,7 @@ use plies_drivers::{CreateOptions, Driver};
 pub use check::{Area, Finding};
 pub use error::{Error, Result};
 pub use images::{Image, ImageStore, chain_id};
-pub use record::Record;
+pub use record::{Generation, Record};
 
 use error::{driver_err, io_err, store_err};
 
@@ -130,6 +130,19 @@ impl LayerDb {
     /// [`Error::InvalidId`], [`Error::BadRecord`], [`Error::Io`].
     pub fn record(&self, id: &str) -> Result<Option<Record>> {
         self.records.read(id)
+    }
+
+    /// The records' generation: it changes before any record is written or
+    /// deleted (the mount state, kept apart, is not covered). A copy of
+    /// [`LayerDb::records`] taken under a lock ([`Access::Inspect`] or
+    /// [`Access::Write`]) at one generation is exact for as long as the
+    /// generation reads the same, so a long-lived process can keep one instead
+    /// of reading every record on each call.
+    ///
+    /// # Errors
+    /// [`Error::Io`].
+    pub fn generation(&self) -> Result<Generation> {
+        self.records.generation()
     }
 
     /// Every record, sorted by id.
@@ -340,9 +353,9 @@ impl LayerDb {
             .driver
             .apply_diff(&id, record.parent.as_deref(), tar)
             .map_err(driver_err(&id))?;
-        self.sync_data()?;
         record.size = n;
-        self.write_record(&record)?;
+        self.records
+            .write_complete(std::slice::from_ref(&record), || self.sync_data())?;
         Ok(n)
     }
 
@@ -512,7 +525,7 @@ impl Batch<'_> {
             return Err(Error::Exists { id }.into());
         }
         record.complete = false;
-        db.write_record(&record)?;
+        db.records.write_pending(&record)?;
         // The pending record, synced above, marks the layer until the batch's
         // one syncfs: the driver need not sync each step of its creation.
         let opts = &opts.clone().with_deferred_sync(true);
@@ -547,11 +560,13 @@ impl Batch<'_> {
     /// # Errors
     /// [`Error::Io`]; the batch's layers are removed then.
     pub fn commit(mut self) -> Result<Vec<Record>> {
-        // Durable before they are called complete: a power cut keeps them whole.
-        self.db.sync_data()?;
+        // Durable before they are called complete: a power cut keeps them
+        // whole. The sync covers the staged records too.
+        self.db
+            .records
+            .write_complete(&self.made, || self.db.sync_data())?;
         for record in &mut self.made {
             record.complete = true;
-            self.db.write_record(record)?;
         }
         Ok(std::mem::take(&mut self.made))
     }

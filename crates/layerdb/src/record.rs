@@ -1,7 +1,9 @@
 //! The record files: one JSON file per layer, written atomically.
 
+use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::Write;
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -31,6 +33,12 @@ pub struct Record {
     /// [`LayerDb::unmount`](crate::LayerDb::unmount).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mounted: Option<PathBuf>,
+    /// What a front end keeps with the layer, under the front end's own name
+    /// (the containerd snapshotter keeps its snapshot's key, kind and labels
+    /// under `containerd`): written and deleted with the record, in the same
+    /// atomic step.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub attached: BTreeMap<String, serde_json::Value>,
 }
 
 impl Record {
@@ -44,6 +52,7 @@ impl Record {
             size: 0,
             complete: false,
             mounted: None,
+            attached: BTreeMap::new(),
         }
     }
 
@@ -74,7 +83,14 @@ pub(crate) struct Records {
     layers: PathBuf,
     pending: PathBuf,
     mounts: PathBuf,
+    generation: PathBuf,
 }
+
+/// A token that changes before any record is written or deleted: a copy of the
+/// records read under the lock at one generation is still exact while the
+/// generation reads the same (see [`LayerDb::generation`](crate::LayerDb::generation)).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Generation(u128);
 
 impl Records {
     /// The record directories under `dir`, made if missing.
@@ -83,6 +99,7 @@ impl Records {
             layers: dir.join("layers"),
             pending: dir.join("pending"),
             mounts: dir.join("mounts"),
+            generation: dir.join("generation"),
         };
         for d in [&records.layers, &records.pending, &records.mounts] {
             std::fs::create_dir_all(d).map_err(|e| io_err("create", d, e))?;
@@ -95,7 +112,7 @@ impl Records {
     pub(crate) fn read(&self, id: &str) -> Result<Option<Record>> {
         let record = match read(&self.layers, id)? {
             Some(r) => Some(r),
-            None => read(&self.pending, id)?,
+            None => read_pending(&self.pending, id)?,
         };
         Ok(record.map(|mut r| {
             if r.mounted.is_none() {
@@ -134,7 +151,12 @@ impl Records {
     /// Every record, complete or pending, sorted by id.
     pub(crate) fn read_all(&self) -> Result<Vec<Record>> {
         let mut all = read_all(&self.layers)?;
-        for r in read_all(&self.pending)? {
+        for r in self
+            .pending()?
+            .iter()
+            .filter_map(|id| read_pending(&self.pending, id).transpose())
+        {
+            let r = r?;
             if !all.iter().any(|c| c.id == r.id) {
                 all.push(r);
             }
@@ -152,8 +174,39 @@ impl Records {
     pub(crate) fn read_stored(&self, id: &str) -> Result<Option<Record>> {
         match read(&self.layers, id)? {
             Some(r) => Ok(Some(r)),
-            None => read(&self.pending, id),
+            None => read_pending(&self.pending, id),
         }
+    }
+
+    /// The generation token; a root without one is at the zero generation.
+    pub(crate) fn generation(&self) -> Result<Generation> {
+        match std::fs::read(&self.generation) {
+            Ok(bytes) => Ok(Generation(
+                std::str::from_utf8(&bytes)
+                    .ok()
+                    .and_then(|t| u128::from_str_radix(t.trim_end(), 16).ok())
+                    // Unreadable (torn, or cut short by a crash): a value no
+                    // copy was taken at.
+                    .unwrap_or(u128::MAX),
+            )),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Generation(0)),
+            Err(e) => Err(io_err("read", &self.generation, e)),
+        }
+    }
+
+    /// Moves to a new generation, before a change: a reader that copies the
+    /// records between this and the change copies them under the lock, which
+    /// the change holds, so it waits. Not synced: copies do not outlive a crash.
+    fn bump(&self) -> Result<()> {
+        let token: u128 = rand::random::<u128>() | 1;
+        let text = format!("{token:032x}\n");
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&self.generation)
+            .and_then(|f| f.write_all_at(text.as_bytes(), 0))
+            .map_err(|e| io_err("write", &self.generation, e))
     }
 
     /// Writes a record where its state says: a complete one to `layers/` (and
@@ -164,6 +217,7 @@ impl Records {
             mounted: None,
             ..record.clone()
         };
+        self.bump()?;
         if record.complete {
             write(&self.layers, record)?;
             // A pending record left by a crash right here is swept: the
@@ -175,7 +229,82 @@ impl Records {
     }
 
     /// Deletes both records of `id`, and its mount file.
+    /// Writes the incomplete record of a layer about to be made: only its name
+    /// must be durable before the layer is made (one fsync, of the directory),
+    /// for a pending record is read leniently: one a crash left empty or cut
+    /// short still names the layer to remove.
+    pub(crate) fn write_pending(&self, record: &Record) -> Result<()> {
+        check_id(&record.id)?;
+        self.bump()?;
+        let path = path_of(&self.pending, &record.id);
+        let record = &Record {
+            mounted: None,
+            complete: false,
+            ..record.clone()
+        };
+        let written = (|| -> std::io::Result<()> {
+            let mut bytes = serde_json::to_vec_pretty(record)?;
+            bytes.push(b'\n');
+            File::create(&path)?.write_all(&bytes)?;
+            File::open(&self.pending)?.sync_all()
+        })();
+        written.map_err(|e| io_err("write", path, e))
+    }
+
+    /// Writes `records` complete in one step with the data they describe:
+    /// each written to a temporary file, then `sync` (which must make the
+    /// filesystem's data durable: the layers' and these files'), then each
+    /// renamed into place and the directory fsynced once. A failure leaves the
+    /// records as they were.
+    pub(crate) fn write_complete(
+        &self,
+        records: &[Record],
+        sync: impl FnOnce() -> Result<()>,
+    ) -> Result<()> {
+        let mut staged: Vec<(PathBuf, PathBuf)> = Vec::with_capacity(records.len());
+        let result = (|| -> Result<()> {
+            for record in records {
+                check_id(&record.id)?;
+                let record = &Record {
+                    mounted: None,
+                    complete: true,
+                    ..record.clone()
+                };
+                let path = path_of(&self.layers, &record.id);
+                let tmp = tmp_of(&self.layers, &record.id);
+                staged.push((tmp.clone(), path.clone()));
+                let mut bytes = serde_json::to_vec_pretty(record)
+                    .map_err(|e| io_err("encode", &path, std::io::Error::from(e)))?;
+                bytes.push(b'\n');
+                File::create(&tmp)
+                    .and_then(|mut f| f.write_all(&bytes))
+                    .map_err(|e| io_err("write", &tmp, e))?;
+            }
+            sync()?;
+            self.bump()?;
+            for (tmp, path) in &staged {
+                std::fs::rename(tmp, path).map_err(|e| io_err("rename", tmp, e))?;
+            }
+            File::open(&self.layers)
+                .and_then(|d| d.sync_all())
+                .map_err(|e| io_err("fsync", &self.layers, e))
+        })();
+        if result.is_err() {
+            for (tmp, _) in &staged {
+                let _ = std::fs::remove_file(tmp);
+            }
+            return result;
+        }
+        // A pending record left by a crash right here is swept: the complete
+        // one wins.
+        for record in records {
+            delete(&self.pending, &record.id)?;
+        }
+        Ok(())
+    }
+
     pub(crate) fn delete(&self, id: &str) -> Result<()> {
+        self.bump()?;
         if delete(&self.layers, id)? {
             // The layer is gone: its record must not come back after a crash.
             File::open(&self.layers)
@@ -232,6 +361,24 @@ fn read(dir: &Path, id: &str) -> Result<Option<Record>> {
     }
 }
 
+/// A pending record: one that does not parse (a crash cut it short) still
+/// names an incomplete layer.
+fn read_pending(dir: &Path, id: &str) -> Result<Option<Record>> {
+    match read(dir, id) {
+        Err(Error::BadRecord { .. }) => Ok(Some(Record::new(id, None, false))),
+        other => other.map(|r| {
+            r.map(|mut r| {
+                r.complete = false;
+                r
+            })
+        }),
+    }
+}
+
+fn tmp_of(dir: &Path, id: &str) -> PathBuf {
+    dir.join(format!(".{}.{}.tmp", id, std::process::id()))
+}
+
 fn read_all(dir: &Path) -> Result<Vec<Record>> {
     let mut out = Vec::new();
     for entry in std::fs::read_dir(dir).map_err(|e| io_err("read", dir, e))? {
@@ -256,7 +403,7 @@ fn read_all(dir: &Path) -> Result<Vec<Record>> {
 fn write(dir: &Path, record: &Record) -> Result<()> {
     check_id(&record.id)?;
     let path = path_of(dir, &record.id);
-    let tmp = dir.join(format!(".{}.{}.tmp", record.id, std::process::id()));
+    let tmp = tmp_of(dir, &record.id);
     let written = (|| -> std::io::Result<()> {
         let mut bytes = serde_json::to_vec_pretty(record)?;
         bytes.push(b'\n');

@@ -343,7 +343,10 @@ impl Overlay2Store {
         rename_noreplace(&self.home_fd, id, &removing)
             .map_err(|e| io_err("rename", self.layer_dir(id), e))?;
         sync(&self.home_fd, self.opts.durable).map_err(|e| io_err("fsync", &self.home, e))?;
-        self.drop_half_layer(&removing, id)?;
+        // The rename is the durable step: a `-removing` tree or an `l/` link
+        // that comes back after a power cut is swept or repaired, so the rest
+        // is not synced.
+        self.drop_half_layer_with(&removing, id, false)?;
         guard.forget(id);
         Ok(())
     }
@@ -352,6 +355,12 @@ impl Overlay2Store {
     /// its `l/` link when that link points at `../<id>/diff` and no live layer
     /// `id` owns it.
     pub(crate) fn drop_half_layer(&self, name: &str, id: &str) -> Result<()> {
+        self.drop_half_layer_with(name, id, self.opts.durable)
+    }
+
+    /// [`Overlay2Store::drop_half_layer`], syncing the link directory and the
+    /// home only when `durable`.
+    fn drop_half_layer_with(&self, name: &str, id: &str, durable: bool) -> Result<()> {
         let link = open_dir(&self.home_fd, name)
             .ok()
             .and_then(|d| read_small_file(&d, "link").ok().flatten())
@@ -370,12 +379,12 @@ impl Overlay2Store {
                         ));
                     }
                 }
-                sync(&self.link_fd, self.opts.durable)
+                sync(&self.link_fd, durable)
                     .map_err(|e| io_err("fsync", self.home.join(LINK_DIR), e))?;
             }
         }
         remove_tree(&self.home_fd, name).map_err(|e| io_err("remove", self.home.join(name), e))?;
-        sync(&self.home_fd, self.opts.durable).map_err(|e| io_err("fsync", &self.home, e))
+        sync(&self.home_fd, durable).map_err(|e| io_err("fsync", &self.home, e))
     }
 
     /// The link id in a live layer's `link` file, if it has a valid one.
@@ -678,7 +687,8 @@ impl Overlay2Store {
     pub fn mark_committed(&self, id: &str) -> Result<()> {
         let _guard = self.locks.lock(&[id])?;
         let dir = self.open_layer(id)?;
-        match write_new_file(&dir, "committed", b"", COMMITTED_MODE, self.opts.durable) {
+        // Empty: its name is all there is to make durable (the directory's sync).
+        match write_new_file(&dir, "committed", b"", COMMITTED_MODE, false) {
             Ok(()) => {}
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => return Ok(()),
             Err(e) => return Err(io_err("write", self.layer_dir(id).join("committed"), e)),

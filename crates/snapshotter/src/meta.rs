@@ -1,15 +1,13 @@
-//! The snapshot metadata: which plies layer each snapshot key names, its kind,
-//! parent, labels and times, in one JSON file rewritten atomically.
+//! The snapshot metadata: a snapshot's key, kind, parent, labels and times,
+//! kept in its layer's record (under [`ATTACHED`]), so that a change writes one
+//! file, atomically, with the layer's own state: `Commit` rewrites the record
+//! under the new name, `Remove` deletes it with the layer.
 //!
-//! One file rather than one per snapshot: `Commit` moves an entry from its key to
-//! its name, and one atomic rename of the whole file makes that a single step
-//! that a crash leaves either before or after, with no roll-forward rule. The
-//! file is small (a few hundred bytes per snapshot), and every change holds the
-//! database's exclusive lock anyway, so rewriting it costs no concurrency.
+//! Versions before kept every entry in one file, `snapshots.json`;
+//! [`MetaFile`] reads it once to move its entries into the records.
 
 use std::collections::BTreeMap;
 use std::fs::File;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
@@ -45,6 +43,22 @@ impl Kind {
     }
 }
 
+/// Where in a layer record's `attached` a snapshot is kept.
+pub(crate) const ATTACHED: &str = "containerd";
+
+/// A snapshot as its layer's record keeps it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Attached {
+    key: String,
+    kind: Kind,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    parent: Option<String>,
+    #[serde(default)]
+    labels: BTreeMap<String, String>,
+    created: SystemTime,
+    updated: SystemTime,
+}
+
 /// One snapshot.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) struct Entry {
@@ -61,6 +75,48 @@ pub(crate) struct Entry {
 }
 
 impl Entry {
+    /// The snapshot a layer record keeps, with its key; `None` for a layer
+    /// no snapshot names (or whose entry does not parse).
+    pub(crate) fn from_record(record: &plies_layerdb::Record) -> Option<(String, Entry)> {
+        let value = record.attached.get(ATTACHED)?;
+        let a: Attached = match serde_json::from_value(value.clone()) {
+            Ok(a) => a,
+            Err(e) => {
+                tracing::warn!(layer = %record.id, error = %e, "a snapshot entry that does not parse");
+                return None;
+            }
+        };
+        Some((
+            a.key,
+            Entry {
+                layer: record.id.clone(),
+                kind: a.kind,
+                parent: a.parent,
+                labels: a.labels,
+                created: a.created,
+                updated: a.updated,
+            },
+        ))
+    }
+
+    /// Puts the snapshot `key` into its layer's record.
+    pub(crate) fn attach(&self, key: &str, record: &mut plies_layerdb::Record) -> Result<()> {
+        let a = Attached {
+            key: key.to_owned(),
+            kind: self.kind,
+            parent: self.parent.clone(),
+            labels: self.labels.clone(),
+            created: self.created,
+            updated: self.updated,
+        };
+        // Only a time before 1970 fails to encode.
+        let value = serde_json::to_value(a).map_err(|e| Error::InvalidArgument {
+            reason: format!("snapshot {key:?}: {e}"),
+        })?;
+        record.attached.insert(ATTACHED.to_owned(), value);
+        Ok(())
+    }
+
     pub(crate) fn info(&self, key: &str) -> proto::Info {
         proto::Info {
             name: key.to_owned(),
@@ -83,7 +139,7 @@ pub(crate) struct Meta {
     pub snapshots: BTreeMap<String, Entry>,
 }
 
-/// The metadata file `<dir>/snapshots.json`.
+/// The metadata file of earlier versions, `<dir>/snapshots.json`.
 #[derive(Debug, Clone)]
 pub(crate) struct MetaFile {
     dir: PathBuf,
@@ -98,8 +154,9 @@ impl MetaFile {
         }
     }
 
-    pub(crate) fn path(&self) -> &Path {
-        &self.path
+    /// Whether the file is there.
+    pub(crate) fn exists(&self) -> bool {
+        self.path.exists()
     }
 
     /// The metadata; a missing file is an empty store.
@@ -114,24 +171,10 @@ impl MetaFile {
         }
     }
 
-    /// Replaces the file atomically: a temporary file, fsync, rename, fsync of
-    /// the directory. Only called with the database's exclusive lock held.
-    pub(crate) fn save(&self, meta: &Meta) -> Result<()> {
-        std::fs::create_dir_all(&self.dir).map_err(|e| io_err("create", &self.dir, e))?;
-        let tmp = self.dir.join(".snapshots.json.tmp");
-        let written = (|| -> std::io::Result<()> {
-            // One write: serde_json writes a token at a time.
-            let mut bytes = serde_json::to_vec(meta)?;
-            bytes.push(b'\n');
-            let mut f = File::create(&tmp)?;
-            f.write_all(&bytes)?;
-            f.sync_all()?;
-            std::fs::rename(&tmp, &self.path)?;
-            File::open(&self.dir)?.sync_all()
-        })();
-        if written.is_err() {
-            let _ = std::fs::remove_file(&tmp);
-        }
-        written.map_err(|e| io_err("write", &self.path, e))
+    /// Deletes the file (its entries are in the records by then), durably.
+    pub(crate) fn remove(&self) -> Result<()> {
+        std::fs::remove_file(&self.path)
+            .and_then(|()| File::open(&self.dir)?.sync_all())
+            .map_err(|e| io_err("remove", &self.path, e))
     }
 }

@@ -3,16 +3,16 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::SystemTime;
 
 use plies_drivers::{CreateOptions, Driver, DriverChoice, Options, Overlay2, Vfs};
-use plies_layerdb::{Access, LayerDb, Record};
+use plies_layerdb::{Access, Generation, LayerDb, Record};
 use rand::RngExt;
 
 use crate::error::{Error, Result, io_err};
 use crate::filter::{self, Filter};
-use crate::meta::{Entry, Kind, Meta, MetaFile};
+use crate::meta::{Entry, Kind, MetaFile};
 use crate::proto::{Info, Mount};
 use crate::shared::Shared;
 
@@ -37,27 +37,78 @@ pub struct Usage {
 ///
 /// Every snapshot is a plies layer: a committed snapshot is an image layer, an
 /// active one a read-write layer on its parent's, a view a layer on its
-/// parent's that is only ever mounted read-only. Snapshot keys (any string)
-/// name layers with random 64-hex ids in one metadata file,
-/// `<root>/plies/<driver>/containerd/snapshots.json`, replaced atomically.
+/// parent's that is only ever mounted read-only. A snapshot's key, kind,
+/// parent, labels and times are kept in its layer's record (a
+/// [`plies_layerdb::Record`]'s `attached`, under `containerd`), so each change
+/// writes one file, atomically, together with the layer's own state.
 ///
 /// Each call opens the [`LayerDb`] for that call only: changes take its
 /// exclusive lock (so `plies` commands on the same root run between two
 /// requests, and a request waits for a command in progress), reads take no
-/// lock. A layer is made by the database's crash-safe make, and the
-/// metadata entry is written inside it, before the layer is marked complete:
-/// an entry counts only while its layer is complete, so a process killed at any
-/// point leaves nothing half made that a later call would show, and the next
-/// change (under the lock) removes the incomplete layer; [`Snapshotter::cleanup`]
-/// drops the entries whose layers are gone.
+/// lock. A layer is made by the database's crash-safe make, its record, with
+/// the snapshot in it, marked complete last: a snapshot counts only while its
+/// layer is complete, so a process killed at any point leaves nothing half made
+/// that a later call would show, and the next change (under the lock) removes
+/// the incomplete layer; [`Snapshotter::cleanup`] drops the records whose
+/// layers are gone.
+///
+/// The records are read once and kept, by key, for as long as the database's
+/// [`Generation`] stays the same: a call reads one small file to know, instead
+/// of every record.
 ///
 /// The methods block; the gRPC service runs them on blocking threads.
 #[derive(Debug)]
 pub struct Snapshotter {
     root: PathBuf,
     backend: Backend,
-    meta: MetaFile,
+    index: Mutex<Index>,
     index_off: bool,
+}
+
+/// The snapshots by key, and how many layers sit on each layer, as the records
+/// of one generation say.
+#[derive(Debug, Default)]
+struct Index {
+    generation: Option<Generation>,
+    by_key: HashMap<String, Entry>,
+    children: HashMap<String, usize>,
+}
+
+impl Index {
+    fn build(generation: Generation, records: &[Record]) -> Index {
+        let mut index = Index {
+            generation: Some(generation),
+            ..Index::default()
+        };
+        for record in records {
+            if let Some(p) = &record.parent {
+                *index.children.entry(p.clone()).or_default() += 1;
+            }
+            if !record.complete {
+                continue;
+            }
+            if let Some((key, entry)) = Entry::from_record(record) {
+                index.by_key.insert(key, entry);
+            }
+        }
+        index
+    }
+
+    fn insert(&mut self, key: &str, entry: Entry, parent_layer: Option<&str>) {
+        if let Some(p) = parent_layer {
+            *self.children.entry(p.to_owned()).or_default() += 1;
+        }
+        self.by_key.insert(key.to_owned(), entry);
+    }
+
+    fn remove(&mut self, key: &str, parent_layer: Option<&str>) {
+        self.by_key.remove(key);
+        if let Some(p) = parent_layer {
+            if let Some(n) = self.children.get_mut(p) {
+                *n = n.saturating_sub(1);
+            }
+        }
+    }
 }
 
 /// The parameter the overlay module has where `index=off` is understood.
@@ -68,7 +119,8 @@ impl Snapshotter {
     /// `overlay2`, `vfs`, or `auto` (overlay2 where this system runs it, else vfs).
     ///
     /// Opening recovers what a killed server left, as [`Snapshotter::cleanup`]
-    /// does (it takes the database's lock for that).
+    /// does (it takes the database's lock for that), and moves the entries of
+    /// an earlier version's `snapshots.json` into the layers' records.
     ///
     /// # Errors
     /// [`Error::Unsupported`] for aufs (containerd mounts what the snapshotter
@@ -107,18 +159,14 @@ impl Snapshotter {
             }
         };
         let snapshotter = Snapshotter {
-            meta: MetaFile::new(
-                &root
-                    .join("plies")
-                    .join(driver_name(&backend))
-                    .join("containerd"),
-            ),
             root,
             backend,
+            index: Mutex::new(Index::default()),
             index_off: Path::new(INDEX_PARAMETER).exists(),
         };
+        snapshotter.migrate()?;
         // What a killed server left: incomplete layers (removed by the write
-        // lock's sweep) and entries whose layers are gone.
+        // lock's sweep) and records whose layers are gone.
         let dropped = snapshotter.cleanup()?;
         if dropped > 0 {
             tracing::info!(
@@ -139,11 +187,6 @@ impl Snapshotter {
         &self.root
     }
 
-    /// The metadata file.
-    pub fn metadata_path(&self) -> &Path {
-        self.meta.path()
-    }
-
     fn driver(&self) -> Arc<dyn Driver> {
         match &self.backend {
             Backend::Overlay2(d) => d.clone(),
@@ -160,17 +203,86 @@ impl Snapshotter {
         })
     }
 
-    /// Whether the entry's layer is complete: only then does the snapshot exist.
+    /// Moves the entries of an earlier version's `snapshots.json` into their
+    /// layers' records, then deletes the file. Killed halfway, it runs again.
+    fn migrate(&self) -> Result<()> {
+        let file = MetaFile::new(
+            &self
+                .root
+                .join("plies")
+                .join(self.driver_name())
+                .join("containerd"),
+        );
+        if !file.exists() {
+            return Ok(());
+        }
+        let db = self.db(Access::Write)?;
+        let meta = file.load()?;
+        for (key, entry) in &meta.snapshots {
+            let mut record = match db.record(&entry.layer)? {
+                Some(r) if r.complete => r,
+                // Its layer never completed: the snapshot never existed.
+                _ => continue,
+            };
+            entry.attach(key, &mut record)?;
+            db.write_record(&record)?;
+        }
+        file.remove()?;
+        tracing::info!(
+            snapshots = meta.snapshots.len(),
+            "moved the snapshot entries of snapshots.json into the layer records"
+        );
+        Ok(())
+    }
+
+    /// The index, current for `db`: kept while the generation is the same,
+    /// else read again. A database opened without a lock gives a fresh index
+    /// that is not kept (a writer may be between two changes). The kept index
+    /// is locked only while it is read: a change copies what it needs out and
+    /// lets go before its I/O.
+    fn index<'s>(&'s self, db: &LayerDb, locked: bool) -> Result<IndexRef<'s>> {
+        let generation = db.generation()?;
+        let kept = self.index.lock().unwrap_or_else(|p| p.into_inner());
+        if kept.generation == Some(generation) {
+            return Ok(IndexRef::Kept(kept));
+        }
+        drop(kept);
+        let fresh = Index::build(generation, &db.records()?);
+        if locked {
+            let mut kept = self.index.lock().unwrap_or_else(|p| p.into_inner());
+            *kept = fresh;
+            Ok(IndexRef::Kept(kept))
+        } else {
+            Ok(IndexRef::Fresh(Box::new(fresh)))
+        }
+    }
+
+    /// After a change of this process's, under the write lock (which every
+    /// change that keeps the index holds, so the index was not replaced
+    /// meanwhile): `f` updates the kept index, which moves to the generation
+    /// the change left.
+    fn changed(&self, db: &LayerDb, f: impl FnOnce(&mut Index)) -> Result<()> {
+        let generation = db.generation()?;
+        let mut kept = self.index.lock().unwrap_or_else(|p| p.into_inner());
+        f(&mut kept);
+        kept.generation = Some(generation);
+        Ok(())
+    }
+
+    /// Whether the entry's layer is there: a record is complete only once its
+    /// layer is, but a layer can go before its record (a remove killed
+    /// between the two).
     fn live(db: &LayerDb, entry: &Entry) -> bool {
-        matches!(db.record(&entry.layer), Ok(Some(r)) if r.complete)
-            && db.driver().exists(&entry.layer)
+        db.driver().exists(&entry.layer)
     }
 
     /// The live entry of `key`.
-    fn entry<'m>(db: &LayerDb, meta: &'m Meta, key: &str) -> Result<&'m Entry> {
-        meta.snapshots
+    fn entry(db: &LayerDb, index: &Index, key: &str) -> Result<Entry> {
+        index
+            .by_key
             .get(key)
             .filter(|e| Self::live(db, e))
+            .cloned()
             .ok_or_else(|| Error::NotFound {
                 key: key.to_owned(),
             })
@@ -219,24 +331,25 @@ impl Snapshotter {
             });
         }
         let db = self.db(Access::Write)?;
-        let mut meta = self.meta.load()?;
-        if meta.snapshots.get(key).is_some_and(|e| Self::live(&db, e)) {
+        let index = self.index(&db, true)?;
+        if index.by_key.get(key).is_some_and(|e| Self::live(&db, e)) {
             return Err(Error::AlreadyExists {
                 key: key.to_owned(),
             });
         }
         let parent = (!parent.is_empty()).then_some(parent);
-        let parent_layer = match parent {
-            None => None,
-            Some(p) => {
-                let e = Self::entry(&db, &meta, p)?;
+        let parent_entry = parent.map(|p| Self::entry(&db, &index, p)).transpose()?;
+        drop(index);
+        let parent_layer = match (parent, parent_entry) {
+            (Some(p), Some(e)) => {
                 if e.kind != Kind::Committed {
                     return Err(Error::InvalidArgument {
                         reason: format!("parent {p:?} is not a committed snapshot"),
                     });
                 }
-                Some(e.layer.clone())
+                Some(e.layer)
             }
+            _ => None,
         };
         let layer = new_layer_id();
         let now = SystemTime::now();
@@ -248,13 +361,11 @@ impl Snapshotter {
             created: now,
             updated: now,
         };
-        meta.snapshots.insert(key.to_owned(), entry.clone());
-        let record = Record::new(&layer, parent_layer.as_deref(), kind == Kind::Active);
-        // The entry is written inside the make: it counts once the layer is
-        // complete, and a kill before that leaves an incomplete layer the next
-        // writer removes.
-        db.make(record, &CreateOptions::default(), |_| {
-            self.meta.save(&meta).map(|()| 0)
+        let mut record = Record::new(&layer, parent_layer.as_deref(), kind == Kind::Active);
+        entry.attach(key, &mut record)?;
+        db.make(record, &CreateOptions::default(), |_| Ok::<_, Error>(0))?;
+        self.changed(&db, |ix| {
+            ix.insert(key, entry.clone(), parent_layer.as_deref())
         })?;
         self.mounts_of(&entry)
     }
@@ -265,20 +376,19 @@ impl Snapshotter {
     /// [`Error::NotFound`]; [`Error::FailedPrecondition`] for a committed snapshot.
     pub fn mounts(&self, key: &str) -> Result<Vec<Mount>> {
         let db = self.db(Access::Read)?;
-        let meta = self.meta.load()?;
-        let entry = Self::entry(&db, &meta, key)?;
+        let entry = Self::entry(&db, &*self.index(&db, false)?, key)?;
         if entry.kind == Kind::Committed {
             return Err(Error::FailedPrecondition {
                 key: key.to_owned(),
                 reason: "a committed snapshot has no mounts".to_owned(),
             });
         }
-        self.mounts_of(entry)
+        self.mounts_of(&entry)
     }
 
     /// Commits the active snapshot `key` as `name` with `labels`: its layer
-    /// becomes an image layer (overlay2's `committed` mark), and the key's
-    /// entry moves to the name, without copying a file. `parent` (containerd's
+    /// becomes an image layer (overlay2's `committed` mark), and its record is
+    /// rewritten under the name, without copying a file. `parent` (containerd's
     /// `rebase`) must be empty or the snapshot's own parent.
     ///
     /// # Errors
@@ -298,8 +408,10 @@ impl Snapshotter {
             });
         }
         let db = self.db(Access::Write)?;
-        let mut meta = self.meta.load()?;
-        let entry = Self::entry(&db, &meta, key)?.clone();
+        let index = self.index(&db, true)?;
+        let entry = Self::entry(&db, &index, key)?;
+        let name_taken = index.by_key.get(name).is_some_and(|e| Self::live(&db, e));
+        drop(index);
         if entry.kind != Kind::Active {
             return Err(Error::FailedPrecondition {
                 key: key.to_owned(),
@@ -314,7 +426,7 @@ impl Snapshotter {
                 ),
             });
         }
-        if meta.snapshots.get(name).is_some_and(|e| Self::live(&db, e)) {
+        if name_taken {
             return Err(Error::AlreadyExists {
                 key: name.to_owned(),
             });
@@ -328,52 +440,58 @@ impl Snapshotter {
                 })?;
         }
         let mut record = db.layer(&entry.layer)?;
-        record.rw = false;
-        db.write_record(&record)?;
+        let parent_layer = record.parent.clone();
         let now = SystemTime::now();
-        meta.snapshots.remove(key);
-        meta.snapshots.insert(
-            name.to_owned(),
-            Entry {
-                kind: Kind::Committed,
-                labels: labels.into_iter().collect(),
-                created: now,
-                updated: now,
-                ..entry
-            },
-        );
-        self.meta.save(&meta)
+        let committed = Entry {
+            kind: Kind::Committed,
+            labels: labels.into_iter().collect(),
+            created: now,
+            updated: now,
+            ..entry
+        };
+        record.rw = false;
+        record.attached.clear();
+        committed.attach(name, &mut record)?;
+        // One write moves the snapshot from its key to its name.
+        db.write_record(&record)?;
+        self.changed(&db, |ix| {
+            ix.remove(key, parent_layer.as_deref());
+            ix.insert(name, committed, parent_layer.as_deref());
+        })
     }
 
     /// Removes the snapshot `key` and its layer.
     ///
     /// # Errors
     /// [`Error::NotFound`]; [`Error::FailedPrecondition`] when another snapshot
-    /// sits on it.
+    /// (or another layer) sits on it.
     pub fn remove(&self, key: &str) -> Result<()> {
         let db = self.db(Access::Write)?;
-        let mut meta = self.meta.load()?;
-        let entry = Self::entry(&db, &meta, key)?.clone();
-        let children: Vec<&str> = meta
-            .snapshots
-            .iter()
-            .filter(|(_, e)| e.parent.as_deref() == Some(key) && Self::live(&db, e))
-            .map(|(k, _)| k.as_str())
-            .collect();
-        if !children.is_empty() {
+        let index = self.index(&db, true)?;
+        let entry = Self::entry(&db, &index, key)?;
+        if index.children.get(&entry.layer).is_some_and(|&n| n > 0) {
+            let mut children: Vec<&str> = index
+                .by_key
+                .iter()
+                .filter(|(_, e)| e.parent.as_deref() == Some(key))
+                .map(|(k, _)| k.as_str())
+                .collect();
+            children.sort_unstable();
+            let children = if children.is_empty() {
+                "plies layers".to_owned()
+            } else {
+                children.join(", ")
+            };
             return Err(Error::FailedPrecondition {
                 key: key.to_owned(),
-                reason: format!(
-                    "cannot remove a snapshot with children ({})",
-                    children.join(", ")
-                ),
+                reason: format!("cannot remove a snapshot with children ({children})"),
             });
         }
-        // The layer first: an entry whose layer is gone no longer counts, and
-        // cleanup drops it.
-        db.remove(&[entry.layer.as_str()])?;
-        meta.snapshots.remove(key);
-        self.meta.save(&meta)
+        drop(index);
+        let parent_layer = db.record(&entry.layer)?.and_then(|r| r.parent);
+        // The layer, then its record (which holds the snapshot): each durably.
+        db.remove_layer(&entry.layer)?;
+        self.changed(&db, |ix| ix.remove(key, parent_layer.as_deref()))
     }
 
     /// The info of the snapshot `key`.
@@ -382,8 +500,7 @@ impl Snapshotter {
     /// [`Error::NotFound`].
     pub fn stat(&self, key: &str) -> Result<Info> {
         let db = self.db(Access::Read)?;
-        let meta = self.meta.load()?;
-        Ok(Self::entry(&db, &meta, key)?.info(key))
+        Ok(Self::entry(&db, &*self.index(&db, false)?, key)?.info(key))
     }
 
     /// Updates the labels of the snapshot `info.name` as containerd does:
@@ -396,8 +513,7 @@ impl Snapshotter {
     pub fn update(&self, info: &Info, paths: &[String]) -> Result<Info> {
         let key = info.name.as_str();
         let db = self.db(Access::Write)?;
-        let mut meta = self.meta.load()?;
-        let mut entry = Self::entry(&db, &meta, key)?.clone();
+        let mut entry = Self::entry(&db, &*self.index(&db, true)?, key)?;
         if paths.is_empty() {
             entry.labels = info.labels.clone().into_iter().collect();
         }
@@ -417,8 +533,12 @@ impl Snapshotter {
         }
         entry.updated = SystemTime::now();
         let out = entry.info(key);
-        meta.snapshots.insert(key.to_owned(), entry);
-        self.meta.save(&meta)?;
+        let mut record = db.layer(&entry.layer)?;
+        entry.attach(key, &mut record)?;
+        db.write_record(&record)?;
+        self.changed(&db, |ix| {
+            ix.by_key.insert(key.to_owned(), entry);
+        })?;
         Ok(out)
     }
 
@@ -433,13 +553,15 @@ impl Snapshotter {
             .map(|f| Filter::parse(f))
             .collect::<Result<Vec<_>>>()?;
         let db = self.db(Access::Read)?;
-        let meta = self.meta.load()?;
-        Ok(meta
-            .snapshots
+        let index = self.index(&db, false)?;
+        let mut out: Vec<Info> = index
+            .by_key
             .iter()
             .filter(|(k, e)| Self::live(&db, e) && filter::any_matches(&filters, k, e))
             .map(|(k, e)| e.info(k))
-            .collect())
+            .collect();
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(out)
     }
 
     /// The disk usage of the snapshot's own layer: a walk of its directory
@@ -449,42 +571,45 @@ impl Snapshotter {
     /// [`Error::NotFound`]; [`Error::Io`] naming what could not be read.
     pub fn usage(&self, key: &str) -> Result<Usage> {
         let db = self.db(Access::Read)?;
-        let meta = self.meta.load()?;
-        let entry = Self::entry(&db, &meta, key)?;
+        let entry = Self::entry(&db, &*self.index(&db, false)?, key)?;
         disk_usage(&self.own_dir(&entry.layer))
     }
 
-    /// Drops the entries whose layers are gone (a remove or a make that a kill
-    /// interrupted); the lock it takes also removes the layers a killed call
-    /// left incomplete. Returns how many entries it dropped.
+    /// Drops the records of snapshots whose layers are gone (a remove that a
+    /// kill interrupted); the lock it takes also removes the layers a killed
+    /// call left incomplete. Returns how many snapshots it dropped.
     ///
     /// # Errors
-    /// The layer database's and the metadata file's.
+    /// The layer database's.
     pub fn cleanup(&self) -> Result<usize> {
         let db = self.db(Access::Write)?;
-        let mut meta = self.meta.load()?;
-        let before = meta.snapshots.len();
-        meta.snapshots.retain(|_, e| Self::live(&db, e));
-        let dropped = before - meta.snapshots.len();
-        if dropped > 0 {
-            self.meta.save(&meta)?;
+        let gone: Vec<(String, Entry)> = self
+            .index(&db, true)?
+            .by_key
+            .iter()
+            .filter(|(_, e)| !Self::live(&db, e))
+            .map(|(k, e)| (k.clone(), e.clone()))
+            .collect();
+        for (key, entry) in &gone {
+            let parent_layer = db.record(&entry.layer)?.and_then(|r| r.parent);
+            db.delete_record(&entry.layer)?;
+            self.changed(&db, |ix| ix.remove(key, parent_layer.as_deref()))?;
         }
-        Ok(dropped)
+        Ok(gone.len())
     }
 
     /// Every snapshot key and the plies layer it names.
     ///
     /// # Errors
-    /// The metadata file's.
+    /// The layer database's.
     pub fn layers(&self) -> Result<BTreeMap<String, String>> {
         let db = self.db(Access::Read)?;
-        Ok(self
-            .meta
-            .load()?
-            .snapshots
-            .into_iter()
+        let index = self.index(&db, false)?;
+        Ok(index
+            .by_key
+            .iter()
             .filter(|(_, e)| Self::live(&db, e))
-            .map(|(k, e)| (k, e.layer))
+            .map(|(k, e)| (k.clone(), e.layer.clone()))
             .collect())
     }
 
@@ -551,6 +676,22 @@ impl Snapshotter {
             target: String::new(),
             options,
         }])
+    }
+}
+
+/// The index a call reads: the kept one, locked, or a fresh copy.
+enum IndexRef<'s> {
+    Kept(MutexGuard<'s, Index>),
+    Fresh(Box<Index>),
+}
+
+impl std::ops::Deref for IndexRef<'_> {
+    type Target = Index;
+    fn deref(&self) -> &Index {
+        match self {
+            IndexRef::Kept(g) => g,
+            IndexRef::Fresh(i) => i,
+        }
     }
 }
 

@@ -424,9 +424,10 @@ fn overlay2_serves_every_method_and_its_mounts_mount() {
     h.block_on(life_of_a_chain(&h));
 }
 
-/// What a kill leaves, made by hand: an entry whose layer never completed, and
-/// an entry whose layer a remove took. Neither shows; the next change removes the
-/// incomplete layer, cleanup (and a restart) drops both entries.
+/// What a kill leaves, made by hand: a snapshot whose layer never completed
+/// (its record still pending), and a snapshot whose layer a remove took before
+/// its record. Neither shows; the next change removes the incomplete layer,
+/// cleanup (and a restart) drops the other record.
 #[test]
 fn half_made_snapshots_never_show_and_cleanup_drops_them() {
     use plies_layerdb::{Access, LayerDb};
@@ -439,35 +440,28 @@ fn half_made_snapshots_never_show_and_cleanup_drops_them() {
     s.prepare("removed", "", HashMap::new()).unwrap();
     let layers = s.layers().unwrap();
 
-    // A killed Prepare: the layer made, its record still incomplete, the entry written.
     let db = || {
         let driver = plies_drivers::open(&root, DriverChoice::Vfs, &Options::default()).unwrap();
         LayerDb::open(&root, driver, Access::Write).unwrap()
     };
-    let mut record = db().record(&layers["kept"]).unwrap().unwrap();
-    let text = std::fs::read_to_string(s.metadata_path()).unwrap();
+    // A killed Prepare: the layer made, its record (naming the key "half")
+    // still incomplete.
+    let kept = db().record(&layers["kept"]).unwrap().unwrap();
     let half = "f".repeat(64);
     {
         let db = db();
         db.driver()
             .create(&half, None, &Default::default())
             .unwrap();
+        let mut record = kept.clone();
         record.id = half.clone();
         record.complete = false;
+        let text = serde_json::to_string(&record.attached).unwrap();
+        record.attached = serde_json::from_str(&text.replace("\"kept\"", "\"half\"")).unwrap();
         db.write_record(&record).unwrap();
     }
-    let text = text.replacen(
-        "\"snapshots\":{",
-        &format!(
-            "\"snapshots\":{{\"half\":{{\"layer\":\"{half}\",\"kind\":\"active\",\"labels\":{{}},\
-             \"created\":{{\"secs_since_epoch\":1,\"nanos_since_epoch\":0}},\
-             \"updated\":{{\"secs_since_epoch\":1,\"nanos_since_epoch\":0}}}},"
-        ),
-        1,
-    );
-    std::fs::write(s.metadata_path(), text).unwrap();
-    // A killed Remove: the layer gone, the entry left.
-    db().remove(&[layers["removed"].as_str()]).unwrap();
+    // A killed Remove: the layer gone, the record left.
+    db().driver().remove(&layers["removed"]).unwrap();
 
     assert_eq!(s.stat("half").unwrap_err().status().code(), Code::NotFound);
     assert_eq!(
@@ -479,14 +473,80 @@ fn half_made_snapshots_never_show_and_cleanup_drops_them() {
     s.prepare("half", "", HashMap::new()).unwrap();
     s.remove("half").unwrap();
 
-    assert_eq!(s.cleanup().unwrap(), 1, "the removed entry");
-    let text = std::fs::read_to_string(s.metadata_path()).unwrap();
-    assert!(!text.contains("removed") && !text.contains(&half), "{text}");
+    assert_eq!(s.cleanup().unwrap(), 1, "the removed snapshot's record");
+    assert!(db().record(&layers["removed"]).unwrap().is_none());
     assert!(
         db().record(&half).unwrap().is_none(),
-        "the incomplete layer stays"
+        "the incomplete layer is gone with its record"
     );
     assert_eq!(s.layers().unwrap().keys().collect::<Vec<_>>(), ["kept"]);
+}
+
+/// A store written by an earlier version kept every snapshot in one
+/// `snapshots.json`: opening it moves each entry into its layer's record and
+/// deletes the file; what it said stays what the server says.
+#[test]
+fn an_earlier_snapshots_json_moves_into_the_records() {
+    use plies_layerdb::{Access, LayerDb};
+    use plies_snapshotter::{Options, Snapshotter};
+
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("root");
+    let s = Snapshotter::open(&root, DriverChoice::Vfs, &Options::default()).unwrap();
+    s.prepare("base-key", "", HashMap::new()).unwrap();
+    s.commit("base", "base-key", labels(&[("a", "1")]), "")
+        .unwrap();
+    s.prepare("top", "base", HashMap::new()).unwrap();
+    let layers = s.layers().unwrap();
+    drop(s);
+    // The same store as an earlier version left it: no snapshot in any
+    // record, every entry in snapshots.json.
+    let db = || {
+        let driver = plies_drivers::open(&root, DriverChoice::Vfs, &Options::default()).unwrap();
+        LayerDb::open(&root, driver, Access::Write).unwrap()
+    };
+    for layer in layers.values() {
+        let db = db();
+        let mut record = db.record(layer).unwrap().unwrap();
+        record.attached.clear();
+        db.write_record(&record).unwrap();
+    }
+    let entry = |layer: &str, kind: &str, parent: Option<&str>, labels: &str| {
+        let parent = parent
+            .map(|p| format!(",\"parent\":\"{p}\""))
+            .unwrap_or_default();
+        format!(
+            "{{\"layer\":\"{layer}\",\"kind\":\"{kind}\"{parent},\"labels\":{{{labels}}},\
+             \"created\":{{\"secs_since_epoch\":1,\"nanos_since_epoch\":0}},\
+             \"updated\":{{\"secs_since_epoch\":2,\"nanos_since_epoch\":0}}}}"
+        )
+    };
+    let text = format!(
+        "{{\"snapshots\":{{\"base\":{},\"top\":{},\"ghost\":{}}}}}\n",
+        entry(&layers["base"], "committed", None, "\"a\":\"1\""),
+        entry(&layers["top"], "active", Some("base"), ""),
+        entry(&"e".repeat(64), "active", None, ""),
+    );
+    let file = root.join("plies/vfs/containerd/snapshots.json");
+    std::fs::create_dir_all(file.parent().unwrap()).unwrap();
+    std::fs::write(&file, text).unwrap();
+
+    let s = Snapshotter::open(&root, DriverChoice::Vfs, &Options::default()).unwrap();
+    assert!(!file.exists(), "snapshots.json stays after the move");
+    assert_eq!(s.layers().unwrap(), layers);
+    let base = s.stat("base").unwrap();
+    assert_eq!(base.kind, Kind::Committed as i32);
+    assert_eq!(base.labels.get("a").map(String::as_str), Some("1"));
+    let top = s.stat("top").unwrap();
+    assert_eq!(
+        (top.kind, top.parent.as_str()),
+        (Kind::Active as i32, "base")
+    );
+    assert_eq!(top.created_at.unwrap().seconds, 1);
+    assert_eq!(s.stat("ghost").unwrap_err().status().code(), Code::NotFound);
+    s.remove("top").unwrap();
+    s.remove("base").unwrap();
+    assert!(s.layers().unwrap().is_empty());
 }
 
 /// A `plies` command holding the database's lock does not stop reads; a change
