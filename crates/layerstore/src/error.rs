@@ -77,6 +77,14 @@ pub enum Error {
         /// The store's maximum.
         max: usize,
     },
+    /// A layer asked to move onto a parent already sits on another one.
+    #[error("layer {id} already sits on a parent other than {parent}")]
+    Rebased {
+        /// The layer.
+        id: String,
+        /// The parent asked for.
+        parent: String,
+    },
     /// A system call on a store path failed.
     #[error("{op} {path}")]
     Io {

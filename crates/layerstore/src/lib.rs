@@ -10,6 +10,7 @@ mod locks;
 mod lower;
 mod options;
 mod overlay2;
+mod rebase;
 
 pub use aufs::{AufsPaths, AufsStore};
 pub use error::{Error, Result};

@@ -25,11 +25,11 @@ pub(crate) const LINK_DIR: &str = "l";
 /// Mode of the home and of each layer directory (Docker 20.10: `drwx--x---`).
 const LAYER_DIR_MODE: u32 = 0o710;
 /// Mode of `l/` and `work/`.
-const PRIVATE_DIR_MODE: u32 = 0o700;
+pub(crate) const PRIVATE_DIR_MODE: u32 = 0o700;
 /// Mode of `diff/`.
 const DIFF_MODE: u32 = 0o755;
 /// Mode of `link` and `lower`.
-const META_FILE_MODE: u32 = 0o644;
+pub(crate) const META_FILE_MODE: u32 = 0o644;
 /// Mode of `committed`.
 const COMMITTED_MODE: u32 = 0o600;
 /// How many link ids `create` draws before giving up.

@@ -1,7 +1,7 @@
 //! The snapshotter: containerd's snapshot operations on plies layers.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::os::unix::fs::MetadataExt;
+use std::os::unix::fs::{DirBuilderExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::SystemTime;
@@ -363,7 +363,21 @@ impl Snapshotter {
         };
         let mut record = Record::new(&layer, parent_layer.as_deref(), kind == Kind::Active);
         entry.attach(key, &mut record)?;
-        db.make(record, &CreateOptions::default(), |_| Ok::<_, Error>(0))?;
+        let work = match (&self.backend, kind, &parent_layer) {
+            (Backend::Overlay2(d), Kind::Active, None) => Some(d.root().join(&layer).join("work")),
+            _ => None,
+        };
+        db.make(record, &CreateOptions::default(), |_| {
+            // An overlay2 layer without parent has no work dir; this one is
+            // mounted as an overlay (see `mounts_of`), which needs one.
+            if let Some(work) = &work {
+                std::fs::DirBuilder::new()
+                    .mode(0o700)
+                    .create(work)
+                    .map_err(|e| io_err("create", work, e))?;
+            }
+            Ok::<_, Error>(0)
+        })?;
         self.changed(&db, |ix| {
             ix.insert(key, entry.clone(), parent_layer.as_deref())
         })?;
@@ -388,13 +402,20 @@ impl Snapshotter {
 
     /// Commits the active snapshot `key` as `name` with `labels`: its layer
     /// becomes an image layer (overlay2's `committed` mark), and its record is
-    /// rewritten under the name, without copying a file. `parent` (containerd's
-    /// `rebase`) must be empty or the snapshot's own parent.
+    /// rewritten under the name, without copying a file.
+    ///
+    /// `parent` is containerd's `rebase` (its parallel unpack applies each
+    /// layer on no parent, then commits it onto the layer below): empty or the
+    /// snapshot's own parent changes nothing; a snapshot without parent is put
+    /// on the committed snapshot `parent` (overlay2 writes the layer's `lower`
+    /// file: its `diff`, whiteouts included, is its own changes whatever sits
+    /// below).
     ///
     /// # Errors
     /// [`Error::NotFound`], [`Error::AlreadyExists`] for `name`,
-    /// [`Error::FailedPrecondition`] when `key` is not active or `parent`
-    /// asks for another parent.
+    /// [`Error::FailedPrecondition`] when `key` is not active, when `parent`
+    /// asks a snapshot that has a parent to move, or for a rebase on vfs;
+    /// [`Error::InvalidArgument`] when `parent` is not committed.
     pub fn commit(
         &self,
         name: &str,
@@ -418,32 +439,71 @@ impl Snapshotter {
                 reason: format!("is a {}, not an active snapshot", entry.kind.as_str()),
             });
         }
-        if !parent.is_empty() && entry.parent.as_deref() != Some(parent) {
-            return Err(Error::FailedPrecondition {
-                key: key.to_owned(),
-                reason: format!(
-                    "a commit onto another parent ({parent:?}) is not supported (no rebase)"
-                ),
-            });
-        }
+        // containerd's `rebase` (parallel unpack): a layer applied on no
+        // parent is committed onto its real one.
+        let rebase = match (parent, entry.parent.as_deref()) {
+            ("", _) => None,
+            (p, Some(own)) if p == own => None,
+            (p, Some(own)) => {
+                return Err(Error::FailedPrecondition {
+                    key: key.to_owned(),
+                    reason: format!(
+                        "sits on {own:?}; only a snapshot without parent moves onto {p:?}"
+                    ),
+                });
+            }
+            (p, None) => {
+                let target = Self::entry(&db, &*self.index(&db, true)?, p)?;
+                if target.kind != Kind::Committed {
+                    return Err(Error::InvalidArgument {
+                        reason: format!("parent {p:?} is not a committed snapshot"),
+                    });
+                }
+                Some((p.to_owned(), target.layer))
+            }
+        };
         if name_taken {
             return Err(Error::AlreadyExists {
                 key: name.to_owned(),
             });
         }
-        if let Backend::Overlay2(d) = &self.backend {
-            d.store()
-                .mark_committed(&entry.layer)
-                .map_err(|source| Error::Store {
-                    layer: entry.layer.clone(),
-                    source: Box::new(source),
-                })?;
+        let store_err = |source| Error::Store {
+            layer: entry.layer.clone(),
+            source: Box::new(source),
+        };
+        match (&self.backend, &rebase) {
+            (Backend::Overlay2(d), rebase) => {
+                if let Some((_, layer)) = rebase {
+                    // The layer's `lower` first: a kill before the record is
+                    // written leaves the snapshot active, and the commit is
+                    // repeated as it was.
+                    d.store().rebase(&entry.layer, layer).map_err(store_err)?;
+                }
+                d.store().mark_committed(&entry.layer).map_err(store_err)?;
+            }
+            (Backend::Vfs(_), Some(_)) => {
+                return Err(Error::FailedPrecondition {
+                    key: key.to_owned(),
+                    reason: "a vfs layer is a full copy and cannot move onto a parent (rebase \
+                             needs overlay2)"
+                        .to_owned(),
+                });
+            }
+            (Backend::Vfs(_), None) => {}
         }
         let mut record = db.layer(&entry.layer)?;
+        let old_parent_layer = record.parent.clone();
+        if let Some((_, layer)) = &rebase {
+            record.parent = Some(layer.clone());
+        }
         let parent_layer = record.parent.clone();
         let now = SystemTime::now();
         let committed = Entry {
             kind: Kind::Committed,
+            parent: match rebase {
+                Some((key, _)) => Some(key),
+                None => entry.parent,
+            },
             labels: labels.into_iter().collect(),
             created: now,
             updated: now,
@@ -455,7 +515,7 @@ impl Snapshotter {
         // One write moves the snapshot from its key to its name.
         db.write_record(&record)?;
         self.changed(&db, |ix| {
-            ix.remove(key, parent_layer.as_deref());
+            ix.remove(key, old_parent_layer.as_deref());
             ix.insert(name, committed, parent_layer.as_deref());
         })
     }
@@ -622,6 +682,21 @@ impl Snapshotter {
         }
     }
 
+    /// `<root>/plies/overlay2/containerd/empty`: the lower of an overlay on no
+    /// parent. Made when missing; never written to (a lower is read-only).
+    fn empty_lower(&self) -> Result<PathBuf> {
+        let dir = self
+            .root
+            .join("plies")
+            .join(self.driver_name())
+            .join("containerd")
+            .join("empty");
+        if !dir.is_dir() {
+            std::fs::create_dir_all(&dir).map_err(|e| io_err("create", &dir, e))?;
+        }
+        Ok(dir)
+    }
+
     /// The mounts of a snapshot, as containerd's own overlayfs snapshotter
     /// gives them.
     fn mounts_of(&self, entry: &Entry) -> Result<Vec<Mount>> {
@@ -655,17 +730,23 @@ impl Snapshotter {
             .iter()
             .map(|l| escape(&home.join(l)))
             .collect();
-        match (entry.kind, lowers.len()) {
+        let dir = home.join(&entry.layer);
+        let lowers = match (entry.kind, lowers.len()) {
+            // Active without parent: an overlay on an empty lower rather than
+            // a bind, so that containerd's applier stores a layer's whiteouts
+            // and opaque dirs as overlayfs does, which a layer applied on no
+            // parent and rebased at commit (parallel unpack) needs. A layer
+            // an earlier version made has no work dir: a bind, as then.
+            (Kind::Active, 0) if dir.join("work").is_dir() => vec![escape(&self.empty_lower()?)],
             (_, 0) => return Ok(bind(&self.own_dir(&entry.layer))),
             (Kind::View | Kind::Committed, 1) => return Ok(bind(&home.join(&lowers[0]))),
-            _ => {}
-        }
+            _ => lowers,
+        };
         let mut options = Vec::new();
         if self.index_off {
             options.push("index=off".to_owned());
         }
         if entry.kind == Kind::Active {
-            let dir = home.join(&entry.layer);
             options.push(format!("workdir={}", escape(&dir.join("work"))));
             options.push(format!("upperdir={}", escape(&dir.join("diff"))));
         }

@@ -121,6 +121,8 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
   [proxy_plugins.plies]
     type = "snapshot"
     address = "{t}/plies.sock"
+    # As the README gives it: containerd 2.x reads it, 1.6 passes over it.
+    capabilities = ["rebase"]
 "#
         );
         std::fs::write(self.path("config.toml"), config).unwrap();

@@ -76,6 +76,15 @@ fn one(mounts: Vec<Mount>, kind: &str, ro: bool) -> Mount {
     m
 }
 
+/// Where containerd's applier writes a layer into a mount: a bind's source,
+/// an overlay's upper dir.
+fn written_dir(m: &Mount) -> std::path::PathBuf {
+    match m.options.iter().find_map(|o| o.strip_prefix("upperdir=")) {
+        Some(upper) => upper.into(),
+        None => m.source.clone().into(),
+    }
+}
+
 fn lowers(m: &Mount) -> usize {
     let o = m
         .options
@@ -97,14 +106,17 @@ async fn life_of_a_chain(h: &Harness) {
     // A base layer: containerd unpacks into an active snapshot without parent.
     let mut req = prepare("default/1/extract-1 sha256:aaa", "");
     req.labels = labels(&[("containerd.io/snapshot.ref", "sha256:aaa")]);
+    // overlay2 gives an overlay on an empty lower (so the applier keeps
+    // whiteouts, as a layer rebased later needs), vfs a bind.
     let m = one(
         c.prepare(req).await.unwrap().into_inner().mounts,
-        "bind",
+        if overlay { "overlay" } else { "bind" },
         false,
     );
-    std::fs::create_dir(Path::new(&m.source).join("etc")).unwrap();
-    std::fs::write(Path::new(&m.source).join("etc/base"), "base\n").unwrap();
-    std::fs::write(Path::new(&m.source).join("gone"), "x").unwrap();
+    let dir = written_dir(&m);
+    std::fs::create_dir(dir.join("etc")).unwrap();
+    std::fs::write(dir.join("etc/base"), "base\n").unwrap();
+    std::fs::write(dir.join("gone"), "x").unwrap();
     let again = c
         .prepare(prepare("default/1/extract-1 sha256:aaa", ""))
         .await;
@@ -621,4 +633,125 @@ fn a_live_socket_is_not_taken_over() {
             .await
             .unwrap();
     });
+}
+
+/// containerd's parallel unpack: each layer applied on no parent (through an
+/// overlay on an empty lower, so its whiteouts and opaque dirs are stored as
+/// overlayfs stores them), then committed onto the layer below (`parent` in
+/// Commit). A container on the top sees the stack as a sequential unpack
+/// would have made it.
+#[test]
+fn overlay2_rebases_a_layer_applied_on_no_parent() {
+    if !plies_testkit::require_overlay("overlay2_rebases_a_layer_applied_on_no_parent") {
+        return;
+    }
+    let h = Harness::start(DriverChoice::Overlay2);
+    h.block_on(async {
+        let mut c = h.client().await;
+        let active = |key: &str, parent: &str| prepare(key, parent);
+        let m = one(
+            c.prepare(active("extract-base", ""))
+                .await
+                .unwrap()
+                .into_inner()
+                .mounts,
+            "overlay",
+            false,
+        );
+        let base = written_dir(&m);
+        std::fs::create_dir_all(base.join("d")).unwrap();
+        std::fs::write(base.join("d/old"), "old").unwrap();
+        std::fs::write(base.join("gone"), "x").unwrap();
+        std::fs::write(base.join("kept"), "kept").unwrap();
+        c.commit(commit("base", "extract-base")).await.unwrap();
+
+        // The upper layer, applied without its parent: a whiteout for `gone`,
+        // `d` opaque with a new file, a file added.
+        let m = one(
+            c.prepare(active("extract-top", ""))
+                .await
+                .unwrap()
+                .into_inner()
+                .mounts,
+            "overlay",
+            false,
+        );
+        let top = written_dir(&m);
+        rustix::fs::mknodat(
+            rustix::fs::CWD,
+            &top.join("gone"),
+            rustix::fs::FileType::CharacterDevice,
+            rustix::fs::Mode::from_raw_mode(0),
+            0,
+        )
+        .unwrap();
+        std::fs::create_dir(top.join("d")).unwrap();
+        xattr_set(&top.join("d"), "trusted.overlay.opaque", b"y");
+        std::fs::write(top.join("d/new"), "new").unwrap();
+        std::fs::write(top.join("added"), "added").unwrap();
+        let mut req = commit("top", "extract-top");
+        req.parent = "base".to_owned();
+        c.commit(req).await.unwrap();
+
+        let info = c.stat(req!(StatSnapshotRequest, "top")).await.unwrap();
+        let info = info.into_inner().info.unwrap();
+        assert_eq!(
+            (info.kind, info.parent.as_str()),
+            (Kind::Committed as i32, "base")
+        );
+
+        // A container on it sees the stack.
+        let m = one(
+            c.prepare(active("run", "top"))
+                .await
+                .unwrap()
+                .into_inner()
+                .mounts,
+            "overlay",
+            false,
+        );
+        assert_eq!(lowers(&m), 2, "{m:?}");
+        let root = Mounted::new(&h, &m);
+        let mut seen: Vec<String> = walkdir(root.path());
+        seen.sort();
+        assert_eq!(seen, ["added", "d", "d/new", "kept"]);
+        drop(root);
+
+        // The parent now has a child: it cannot go first.
+        let refused = c.remove(req!(RemoveSnapshotRequest, "base")).await;
+        assert_eq!(refused.unwrap_err().code(), Code::FailedPrecondition);
+        // Only a snapshot without parent moves.
+        c.prepare(active("extract-again", "base")).await.unwrap();
+        let mut req = commit("again", "extract-again");
+        req.parent = "top".to_owned();
+        let refused = c.commit(req).await;
+        assert_eq!(refused.unwrap_err().code(), Code::FailedPrecondition);
+        for k in ["extract-again", "run", "top", "base"] {
+            c.remove(req!(RemoveSnapshotRequest, k))
+                .await
+                .unwrap_or_else(|e| panic!("{k}: {e}"));
+        }
+    });
+    assert!(h.layers().is_empty(), "{:?}", h.layers());
+}
+
+/// The paths under `dir`, relative, not following links.
+fn walkdir(dir: &Path) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let p = e.unwrap().path();
+            out.push(p.strip_prefix(dir).unwrap().to_string_lossy().into_owned());
+            if p.symlink_metadata().unwrap().is_dir() {
+                stack.push(p);
+            }
+        }
+    }
+    out
+}
+
+fn xattr_set(path: &Path, name: &str, value: &[u8]) {
+    rustix::fs::lsetxattr(path, name, value, rustix::fs::XattrFlags::empty())
+        .unwrap_or_else(|e| panic!("set {name} on {}: {e}", path.display()));
 }
