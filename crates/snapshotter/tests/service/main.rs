@@ -679,7 +679,7 @@ fn overlay2_rebases_a_layer_applied_on_no_parent() {
         let top = written_dir(&m);
         rustix::fs::mknodat(
             rustix::fs::CWD,
-            &top.join("gone"),
+            top.join("gone"),
             rustix::fs::FileType::CharacterDevice,
             rustix::fs::Mode::from_raw_mode(0),
             0,
