@@ -2,6 +2,7 @@
 
 use std::fmt;
 use std::io::{self, Read};
+use std::str::FromStr;
 use std::sync::mpsc::{Receiver, Sender, channel, sync_channel};
 use std::thread::{Scope, ScopedJoinHandle};
 
@@ -12,21 +13,15 @@ use sha2::{Digest as _, Sha256};
 pub struct Digest(String);
 
 impl Digest {
-    /// Parses `sha256:<64 lowercase hex digits>`; any other algorithm or form is refused.
+    /// Parses `sha256:<64 lowercase hex digits>` (by oci-spec's rules); any
+    /// other algorithm or form is refused.
     pub fn parse(s: &str) -> Result<Digest, String> {
-        let Some(hex) = s.strip_prefix("sha256:") else {
+        let parsed = oci_spec::image::Digest::from_str(s)
+            .map_err(|e| format!("digest {s:?} does not parse: {e}"))?;
+        if parsed.algorithm() != &oci_spec::image::DigestAlgorithm::Sha256 {
             return Err(format!("digest {s:?} is not sha256:<hex>"));
-        };
-        if hex.len() != 64
-            || !hex
-                .bytes()
-                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
-        {
-            return Err(format!(
-                "digest {s:?} does not have 64 lowercase hex digits"
-            ));
         }
-        Ok(Digest(s.to_owned()))
+        Ok(Digest(parsed.to_string()))
     }
 
     /// The digest of `bytes`.
@@ -61,18 +56,13 @@ impl fmt::Display for Digest {
     }
 }
 
-/// The chain ids of a stack of layers, bottom first, as Docker and OCI define them:
-/// `ChainID(L0) = DiffID(L0)`, `ChainID(Ln) = sha256(ChainID(Ln-1) + " " + DiffID(Ln))`.
+/// The chain ids of a stack of layers, bottom first (`plies_layerdb::chain_ids`).
 pub fn chain_ids(diff_ids: &[Digest]) -> Vec<Digest> {
-    let mut out: Vec<Digest> = Vec::with_capacity(diff_ids.len());
-    for diff_id in diff_ids {
-        let next = match out.last() {
-            None => diff_id.clone(),
-            Some(parent) => Digest::of(format!("{parent} {diff_id}").as_bytes()),
-        };
-        out.push(next);
-    }
-    out
+    let ids: Vec<String> = diff_ids.iter().map(|d| d.0.clone()).collect();
+    plies_layerdb::chain_ids(&ids)
+        .into_iter()
+        .map(Digest)
+        .collect()
 }
 
 /// How many bytes the hashing thread of [`HashedStream`] reads ahead in one chunk.

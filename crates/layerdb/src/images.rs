@@ -156,14 +156,20 @@ pub(crate) fn digest(bytes: &[u8]) -> String {
 /// The chain id of a stack of diff ids, lowest first (the OCI definition:
 /// `ChainID(L0) = DiffID(L0)`, `ChainID(Ln) = sha256(ChainID(Ln-1) + " " + DiffID(Ln))`).
 pub fn chain_id(diff_ids: &[String]) -> Option<String> {
-    let mut chain: Option<String> = None;
+    chain_ids(diff_ids).pop()
+}
+
+/// The chain id of every layer of a stack of diff ids, lowest first.
+pub fn chain_ids(diff_ids: &[String]) -> Vec<String> {
+    let mut out: Vec<String> = Vec::with_capacity(diff_ids.len());
     for diff in diff_ids {
-        chain = Some(match chain {
+        let next = match out.last() {
             None => diff.clone(),
             Some(below) => digest(format!("{below} {diff}").as_bytes()),
-        });
+        };
+        out.push(next);
     }
-    chain
+    out
 }
 
 fn hex(bytes: &[u8]) -> String {

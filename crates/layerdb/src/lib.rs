@@ -17,7 +17,7 @@ use plies_drivers::{CreateOptions, Driver};
 
 pub use check::{Area, Finding};
 pub use error::{Error, Result};
-pub use images::{Image, ImageStore, chain_id};
+pub use images::{Image, ImageStore, chain_id, chain_ids};
 pub use record::{Generation, Record};
 
 use error::{driver_err, io_err, store_err};
