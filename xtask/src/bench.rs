@@ -41,6 +41,44 @@ mod calls;
 mod containerd;
 mod docker;
 
+/// The command line of `cargo xtask bench`.
+#[derive(clap::Args)]
+pub(crate) struct Args {
+    /// Measured runs of each tool; medians are reported.
+    #[arg(long, value_name = "N", default_value_t = 5)]
+    runs: usize,
+    /// Skip the Debian minbase tree.
+    #[arg(long)]
+    no_debian: bool,
+    /// Skip docker load.
+    #[arg(long, conflicts_with = "docker_only")]
+    no_docker: bool,
+    /// Run docker load only.
+    #[arg(long, conflicts_with_all = ["containerd_only", "calls_only"])]
+    docker_only: bool,
+    /// Skip containerd.
+    #[arg(long, conflicts_with = "containerd_only")]
+    no_containerd: bool,
+    /// Run the containerd section only.
+    #[arg(long, conflicts_with = "calls_only")]
+    containerd_only: bool,
+    /// Skip the calls against the kernel's floor.
+    #[arg(long, conflicts_with = "calls_only")]
+    no_calls: bool,
+    /// Run the calls against the kernel's floor only.
+    #[arg(long)]
+    calls_only: bool,
+    /// Runs of each call (and of containerd's Prepare+Mounts+Remove).
+    #[arg(
+        long,
+        value_name = "N",
+        default_value_t = 200,
+        value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..)
+    )]
+    calls_iterations: usize,
+}
+
+/// Which sections run, from [`Args`].
 struct Options {
     runs: usize,
     debian: bool,
@@ -54,56 +92,23 @@ struct Options {
     calls_iterations: usize,
 }
 
-fn parse(args: &[String]) -> Result<Options> {
-    let mut opts = Options {
-        runs: 5,
-        debian: true,
-        tar: true,
-        docker: true,
-        containerd: true,
-        calls: true,
-        calls_iterations: 200,
-    };
-    let mut it = args.iter();
-    while let Some(arg) = it.next() {
-        match arg.as_str() {
-            "--runs" => {
-                let v = it.next().ok_or("--runs needs a number")?;
-                opts.runs = v
-                    .parse()
-                    .map_err(|_| format!("--runs takes a whole number, not '{v}'"))?;
-            }
-            "--no-debian" => opts.debian = false,
-            "--no-docker" => opts.docker = false,
-            "--docker-only" => {
-                (opts.tar, opts.debian, opts.containerd, opts.calls) = (false, false, false, false);
-            }
-            "--no-containerd" => opts.containerd = false,
-            "--containerd-only" => (opts.tar, opts.docker, opts.calls) = (false, false, false),
-            "--no-calls" => opts.calls = false,
-            "--calls-only" => {
-                (
-                    opts.tar,
-                    opts.debian,
-                    opts.docker,
-                    opts.containerd,
-                    opts.calls,
-                ) = (false, false, false, false, true);
-            }
-            "--calls-iterations" => {
-                let v = it.next().ok_or("--calls-iterations needs a number")?;
-                opts.calls_iterations = v.parse().ok().filter(|&n| n > 0).ok_or_else(|| {
-                    format!("--calls-iterations takes a positive number, not '{v}'")
-                })?;
-            }
-            other => return Err(format!("unknown bench option '{other}'")),
+impl Options {
+    /// An `--X-only` turns off every other section; `--no-X` turns off its own.
+    fn from(a: &Args) -> Options {
+        Options {
+            runs: a.runs,
+            debian: !(a.no_debian || a.docker_only || a.calls_only),
+            tar: !(a.docker_only || a.containerd_only || a.calls_only),
+            docker: !(a.no_docker || a.containerd_only || a.calls_only),
+            containerd: !(a.no_containerd || a.docker_only || a.calls_only),
+            calls: !(a.no_calls || a.docker_only || a.containerd_only),
+            calls_iterations: a.calls_iterations,
         }
     }
-    Ok(opts)
 }
 
-pub fn bench(args: &[String]) -> Result {
-    let opts = parse(args)?;
+pub(crate) fn bench(args: &Args) -> Result {
+    let opts = Options::from(args);
     if !(opts.tar || opts.docker || opts.containerd) {
         return if opts.calls {
             calls::calls(opts.calls_iterations)
@@ -606,4 +611,45 @@ fn apt_source() -> Result<(String, String)> {
         }
     }
     Err("no Debian mirror found in the apt sources".into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn options(args: &[&str]) -> Options {
+        #[derive(clap::Parser)]
+        struct Cli {
+            #[command(flatten)]
+            args: Args,
+        }
+        let args = std::iter::once("bench").chain(args.iter().copied());
+        Options::from(&<Cli as clap::Parser>::parse_from(args).args)
+    }
+
+    /// (tar, debian, docker, containerd, calls).
+    fn sections(o: &Options) -> (bool, bool, bool, bool, bool) {
+        (o.tar, o.debian, o.docker, o.containerd, o.calls)
+    }
+
+    #[test]
+    fn only_and_no_pick_the_sections() {
+        let all = options(&[]);
+        assert_eq!(sections(&all), (true, true, true, true, true));
+        assert_eq!((all.runs, all.calls_iterations), (5, 200));
+        let o = options(&["--docker-only"]);
+        assert_eq!(sections(&o), (false, false, true, false, false));
+        let o = options(&["--containerd-only"]);
+        assert_eq!(sections(&o), (false, true, false, true, false));
+        let o = options(&["--calls-only", "--calls-iterations", "7"]);
+        assert_eq!(sections(&o), (false, false, false, false, true));
+        assert_eq!(o.calls_iterations, 7);
+        let o = options(&[
+            "--no-debian",
+            "--no-docker",
+            "--no-containerd",
+            "--no-calls",
+        ]);
+        assert_eq!(sections(&o), (true, false, false, false, false));
+    }
 }

@@ -49,62 +49,39 @@ use kinds::{Fsck, Kind, Trial};
 use plies::{Plies, remove_root, unmount_all};
 
 /// The command line of `cargo xtask trials`.
-struct Options {
+#[derive(clap::Args)]
+pub(crate) struct Options {
+    /// Kill trials of each kind.
+    #[arg(long, value_name = "N", default_value_t = 50)]
     per_kind: usize,
+    /// Worker processes of the concurrency run (0 skips it).
+    #[arg(long, value_name = "K", default_value_t = 8)]
     procs: usize,
+    /// Rounds of each worker (0 skips the concurrency run).
+    #[arg(long, value_name = "M", default_value_t = 1000)]
     rounds: usize,
+    /// The kill delays' generator seed (default: the clock; printed).
+    #[arg(long, value_name = "S")]
     seed: Option<u64>,
+    /// Only these kinds of kill trial, comma-separated (default: all).
+    #[arg(
+        long,
+        value_enum,
+        value_name = "a,b,c",
+        value_delimiter = ',',
+        default_values_t = Kind::ALL,
+        hide_default_value = true
+    )]
     kinds: Vec<Kind>,
+    /// Keep the root of each failed trial, and the inputs.
+    #[arg(long)]
     keep: bool,
     /// A `plies` binary to use instead of building one.
+    #[arg(long, value_name = "PLIES")]
     bin: Option<PathBuf>,
+    /// A line per trial.
+    #[arg(long, short)]
     verbose: bool,
-}
-
-/// Parses the options after `trials`.
-fn parse(args: &[String]) -> Result<Options> {
-    let mut opts = Options {
-        per_kind: 50,
-        procs: 8,
-        rounds: 1000,
-        seed: None,
-        kinds: Kind::ALL.to_vec(),
-        keep: false,
-        bin: None,
-        verbose: false,
-    };
-    let mut it = args.iter();
-    while let Some(arg) = it.next() {
-        let mut number = |flag: &str| -> Result<u64> {
-            let v = it.next().ok_or(format!("{flag} needs a number"))?;
-            v.parse()
-                .map_err(|_| format!("{flag} takes a whole number, not '{v}'"))
-        };
-        match arg.as_str() {
-            "--per-kind" => opts.per_kind = number("--per-kind")? as usize,
-            "--procs" => opts.procs = number("--procs")? as usize,
-            "--rounds" => opts.rounds = number("--rounds")? as usize,
-            "--seed" => opts.seed = Some(number("--seed")?),
-            "--keep" => opts.keep = true,
-            "--verbose" | "-v" => opts.verbose = true,
-            "--bin" => opts.bin = Some(PathBuf::from(it.next().ok_or("--bin needs a path")?)),
-            "--kinds" => {
-                let list = it.next().ok_or("--kinds needs a list")?;
-                opts.kinds = list
-                    .split(',')
-                    .filter(|k| !k.is_empty())
-                    .map(|k| {
-                        Kind::parse(k).ok_or_else(|| {
-                            let all: Vec<&str> = Kind::ALL.iter().map(|k| k.name()).collect();
-                            format!("no trial kind '{k}'; kinds: {}", all.join(","))
-                        })
-                    })
-                    .collect::<Result<_>>()?;
-            }
-            other => return Err(format!("unknown trials option '{other}'")),
-        }
-    }
-    Ok(opts)
 }
 
 /// What every trial needs.
@@ -162,8 +139,7 @@ fn unsupported() -> Option<String> {
 }
 
 /// `cargo xtask trials`.
-pub(crate) fn trials(args: &[String]) -> Result {
-    let opts = parse(args)?;
+pub(crate) fn trials(opts: Options) -> Result {
     if let Some(why) = unsupported() {
         if std::env::var_os("PLIES_REQUIRE_KERNEL").is_some_and(|v| v == "1") {
             return Err(format!("trials: {why} (PLIES_REQUIRE_KERNEL=1)"));
@@ -576,26 +552,26 @@ fn first_lines(messages: &[String]) -> String {
 mod tests {
     use super::*;
 
-    fn strings(args: &[&str]) -> Vec<String> {
-        args.iter().map(|s| s.to_string()).collect()
+    fn parse(args: &[&str]) -> std::result::Result<Options, clap::Error> {
+        #[derive(clap::Parser)]
+        struct Cli {
+            #[command(flatten)]
+            options: Options,
+        }
+        let args = std::iter::once("trials").chain(args.iter().copied());
+        <Cli as clap::Parser>::try_parse_from(args).map(|c| c.options)
     }
 
     #[test]
     fn options() {
-        let o = parse(&strings(&[
-            "--per-kind",
-            "5",
-            "--kinds",
-            "rm,apply-child",
-            "--keep",
-        ]))
-        .unwrap();
+        let o = parse(&["--per-kind", "5", "--kinds", "rm,apply-child", "--keep"]).unwrap();
         assert_eq!(o.per_kind, 5);
         assert_eq!((o.procs, o.rounds), (8, 1000));
         assert_eq!(o.kinds, vec![Kind::Rm, Kind::ApplyChild]);
         assert!(o.keep);
-        assert!(parse(&strings(&["--kinds", "nope"])).is_err());
-        assert!(parse(&strings(&["--rounds"])).is_err());
+        assert_eq!(parse(&[]).unwrap().kinds, Kind::ALL);
+        assert!(parse(&["--kinds", "nope"]).is_err());
+        assert!(parse(&["--rounds"]).is_err());
     }
 
     #[test]

@@ -84,59 +84,32 @@ const LISTING: &str = "{ busybox find . -mindepth 1 -exec busybox stat -c '%n %f
      busybox find . -type f -exec busybox sha256sum {} + ; } | LC_ALL=C busybox sort";
 
 /// The command line of `cargo xtask powercut`.
-struct Options {
-    /// `--kernel`: a series, `newest` or an exact release.
+#[derive(clap::Args)]
+pub(crate) struct Options {
+    /// A Debian kernel: a series (6.1), `newest` or an exact release.
+    #[arg(long, value_name = "NAME", default_value = "newest")]
     kernel: String,
-    /// `--cuts`: boots that end in a cut (one more boot checks the last one).
+    /// Boots that end in a cut (one more boot checks the last one).
+    #[arg(
+        long,
+        value_name = "N",
+        default_value_t = 20,
+        value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..)
+    )]
     cuts: usize,
-    /// `--seed`: the cut points' generator seed.
+    /// The cut points' generator seed (default: the clock; printed).
+    #[arg(long, value_name = "S")]
     seed: Option<u64>,
-    /// `--refresh`: update the package lists now.
+    /// Update the package lists now.
+    #[arg(long)]
     refresh: bool,
-    /// `--bin`: a statically linked `plies` to put in the guest instead of building one.
+    /// A statically linked `plies` to put in the guest instead of building one.
+    #[arg(long, value_name = "PLIES")]
     bin: Option<PathBuf>,
 }
 
-/// Parses the options after `powercut`.
-fn parse(args: &[String]) -> Result<Options> {
-    let mut o = Options {
-        kernel: "newest".into(),
-        cuts: 20,
-        seed: None,
-        refresh: false,
-        bin: None,
-    };
-    let mut it = args.iter();
-    while let Some(arg) = it.next() {
-        let mut value = |flag: &str| it.next().cloned().ok_or(format!("{flag} needs a value"));
-        match arg.as_str() {
-            "--kernel" => o.kernel = value("--kernel")?,
-            "--cuts" => {
-                let v = value("--cuts")?;
-                o.cuts = v
-                    .parse()
-                    .ok()
-                    .filter(|&n| n > 0)
-                    .ok_or(format!("--cuts takes a positive number, not '{v}'"))?;
-            }
-            "--seed" => {
-                let v = value("--seed")?;
-                o.seed = Some(
-                    v.parse()
-                        .map_err(|_| format!("--seed takes a whole number, not '{v}'"))?,
-                );
-            }
-            "--refresh" => o.refresh = true,
-            "--bin" => o.bin = Some(PathBuf::from(value("--bin")?)),
-            other => return Err(format!("powercut: unknown argument '{other}'")),
-        }
-    }
-    Ok(o)
-}
-
 /// `cargo xtask powercut [--kernel NAME] [--cuts N] [--seed S] [--refresh] [--bin PLIES]`.
-pub(crate) fn powercut(args: &[String]) -> Result {
-    let opts = parse(args)?;
+pub(crate) fn powercut(opts: Options) -> Result {
     for tool in [
         "qemu-system-x86_64",
         "busybox",

@@ -81,11 +81,6 @@ impl Kind {
         }
     }
 
-    /// The kind a name names.
-    pub(crate) fn parse(name: &str) -> Option<Kind> {
-        Kind::ALL.into_iter().find(|k| k.name() == name)
-    }
-
     /// Builds the state the command starts from in a fresh root.
     fn setup(self, ctx: &Ctx, root: &Path) -> Result<(), String> {
         let i = &ctx.inputs;
@@ -136,6 +131,17 @@ impl Kind {
             Kind::Mount => args(&["mount", "X"]),
             Kind::Umount => args(&["umount", "X"]),
         }
+    }
+}
+
+/// `--kinds` takes the kinds by [`Kind::name`].
+impl clap::ValueEnum for Kind {
+    fn value_variants<'a>() -> &'a [Kind] {
+        &Kind::ALL
+    }
+
+    fn to_possible_value(&self) -> Option<clap::builder::PossibleValue> {
+        Some(clap::builder::PossibleValue::new(self.name()))
     }
 }
 

@@ -154,65 +154,48 @@ const SUITES_UNDER_TEST: &[Suite] = &[
 pub(crate) const TARGET: &str = "x86_64-unknown-linux-gnu";
 const MARK: &str = "@@plies-vm";
 
-struct Options {
+/// The command line of `cargo xtask vm-test`.
+#[derive(clap::Args)]
+pub(crate) struct Options {
+    /// A Debian kernel: a series (5.10, 6.12), `newest`, or an exact release;
+    /// repeatable (default: 5.10 6.1 6.12 newest, unless --kernel-image is given).
+    #[arg(long = "kernel", value_name = "NAME")]
     kernels: Vec<String>,
-    /// `--kernel-image` files: kernels built elsewhere, booted as they are.
+    /// A kernel image built elsewhere (a bzImage), booted as it is; repeatable.
+    #[arg(long = "kernel-image", value_name = "PATH")]
     images: Vec<PathBuf>,
+    /// Only the tests whose names hold TEST (libtest's filter).
+    #[arg(long, value_name = "TEST")]
     filter: Option<String>,
+    /// VMs at once: 1 or 2.
+    #[arg(
+        long,
+        value_name = "N",
+        default_value_t = 2,
+        value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=2)
+    )]
     jobs: usize,
+    /// Seconds each VM may run.
+    #[arg(long, value_name = "SECONDS", default_value = "2400", value_parser = seconds)]
     timeout: Duration,
+    /// Update the package lists now (otherwise once a day).
+    #[arg(long)]
     refresh: bool,
 }
 
-fn parse_args(args: &[String]) -> Result<Options> {
-    let mut o = Options {
-        kernels: Vec::new(),
-        images: Vec::new(),
-        filter: None,
-        jobs: 2,
-        timeout: Duration::from_secs(40 * 60),
-        refresh: false,
-    };
-    let mut it = args.iter();
-    while let Some(arg) = it.next() {
-        let mut value = |name: &str| {
-            it.next()
-                .cloned()
-                .ok_or_else(|| format!("{name} needs a value"))
-        };
-        match arg.as_str() {
-            "--kernel" => o.kernels.push(value("--kernel")?),
-            "--kernel-image" => o.images.push(PathBuf::from(value("--kernel-image")?)),
-            "--filter" => o.filter = Some(value("--filter")?),
-            "--jobs" => {
-                let v = value("--jobs")?;
-                o.jobs = v
-                    .parse()
-                    .ok()
-                    .filter(|&n| (1..=2).contains(&n))
-                    .ok_or_else(|| format!("--jobs takes 1 or 2, not '{v}'"))?;
-            }
-            "--timeout" => {
-                let v = value("--timeout")?;
-                let secs: u64 = v
-                    .parse()
-                    .map_err(|_| format!("--timeout takes seconds, not '{v}'"))?;
-                o.timeout = Duration::from_secs(secs);
-            }
-            "--refresh" => o.refresh = true,
-            other => return Err(format!("vm-test: unknown argument '{other}'")),
-        }
-    }
-    if o.kernels.is_empty() && o.images.is_empty() {
-        o.kernels = DEFAULT_KERNELS.iter().map(|s| s.to_string()).collect();
-    }
-    Ok(o)
+/// A number of seconds.
+fn seconds(text: &str) -> std::result::Result<Duration, String> {
+    text.parse()
+        .map(Duration::from_secs)
+        .map_err(|_| format!("takes seconds, not '{text}'"))
 }
 
 /// `cargo xtask vm-test [--kernel NAME]… [--kernel-image PATH]… [--filter TEST] [--jobs N]
 /// [--timeout S] [--refresh]`.
-pub fn vm_test(args: &[String]) -> Result {
-    let opts = parse_args(args)?;
+pub(crate) fn vm_test(mut opts: Options) -> Result {
+    if opts.kernels.is_empty() && opts.images.is_empty() {
+        opts.kernels = DEFAULT_KERNELS.iter().map(|s| s.to_string()).collect();
+    }
     for tool in [
         "qemu-system-x86_64",
         "busybox",
