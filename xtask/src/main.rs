@@ -25,6 +25,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
 use std::time::Instant;
 
+use anyhow::{Context as _, bail};
 use clap::{CommandFactory, Parser, Subcommand};
 
 /// The project's chores in one place, so a person runs exactly what CI runs.
@@ -85,13 +86,13 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("xtask: {e}");
+            eprintln!("xtask: {e:#}");
             ExitCode::FAILURE
         }
     }
 }
 
-type Result<T = ()> = std::result::Result<T, String>;
+type Result<T = ()> = anyhow::Result<T>;
 
 fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -120,7 +121,7 @@ fn run(cmd: &mut Command) -> Result {
     let start = Instant::now();
     let status = cmd
         .status()
-        .map_err(|e| format!("could not start {shown}: {e}"))?;
+        .with_context(|| format!("could not start {shown}"))?;
     eprintln!(
         "xtask: {shown} finished in {:.1}s ({status})",
         start.elapsed().as_secs_f64()
@@ -128,7 +129,7 @@ fn run(cmd: &mut Command) -> Result {
     if status.success() {
         Ok(())
     } else {
-        Err(format!("{shown} failed: {status}"))
+        bail!("{shown} failed: {status}")
     }
 }
 
@@ -174,7 +175,7 @@ fn forget_packaged_siblings() -> Result {
     let home = std::env::var_os("CARGO_HOME")
         .map(PathBuf::from)
         .or_else(|| std::env::var_os("HOME").map(|h| Path::new(&h).join(".cargo")))
-        .ok_or("neither CARGO_HOME nor HOME is set")?;
+        .context("neither CARGO_HOME nor HOME is set")?;
     let Ok(registries) = std::fs::read_dir(home.join("registry/src")) else {
         return Ok(());
     };
@@ -190,7 +191,7 @@ fn forget_packaged_siblings() -> Result {
             let name = package.file_name().to_string_lossy().into_owned();
             if name.starts_with("plies") {
                 std::fs::remove_dir_all(package.path())
-                    .map_err(|e| format!("removing {}: {e}", package.path().display()))?;
+                    .with_context(|| format!("removing {}", package.path().display()))?;
             }
         }
     }
@@ -203,7 +204,7 @@ fn fuzz_dir() -> PathBuf {
 
 fn fuzz_targets() -> Result<Vec<String>> {
     let manifest = std::fs::read_to_string(fuzz_dir().join("Cargo.toml"))
-        .map_err(|e| format!("reading fuzz/Cargo.toml: {e}"))?;
+        .context("reading fuzz/Cargo.toml")?;
     // Every `[[bin]]` table names one target; its `name` is the first key in it.
     let mut targets = Vec::new();
     let mut in_bin = false;
@@ -237,17 +238,14 @@ fn fuzz(args: &FuzzArgs) -> Result {
     let all = fuzz_targets()?;
     for name in &chosen {
         if !all.contains(name) {
-            return Err(format!(
-                "no fuzz target '{name}'; targets: {}",
-                all.join(", ")
-            ));
+            bail!("no fuzz target '{name}'; targets: {}", all.join(", "));
         }
     }
     let targets = if chosen.is_empty() { all } else { chosen };
     for target in targets {
         let corpus = fuzz_dir().join("corpus").join(&target);
         std::fs::create_dir_all(&corpus)
-            .map_err(|e| format!("creating {}: {e}", corpus.display()))?;
+            .with_context(|| format!("creating {}", corpus.display()))?;
         run(cargo_fuzz()
             .args(["fuzz", "run", "--sanitizer", "none", &target])
             .arg(&corpus)

@@ -35,6 +35,8 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use anyhow::{Context as _, bail};
+
 use crate::bench::Rng;
 use crate::{Result, cargo, run, target_dir};
 
@@ -105,7 +107,7 @@ impl Ctx {
         let kept = self.dir.join(format!("failed-{name}"));
         remove_root(&kept)?;
         std::fs::rename(root, &kept)
-            .map_err(|e| format!("moving {} to {}: {e}", root.display(), kept.display()))?;
+            .with_context(|| format!("moving {} to {}", root.display(), kept.display()))?;
         Ok(kept)
     }
 }
@@ -142,13 +144,15 @@ fn unsupported() -> Option<String> {
 pub(crate) fn trials(opts: Options) -> Result {
     if let Some(why) = unsupported() {
         if std::env::var_os("PLIES_REQUIRE_KERNEL").is_some_and(|v| v == "1") {
-            return Err(format!("trials: {why} (PLIES_REQUIRE_KERNEL=1)"));
+            bail!("trials: {why} (PLIES_REQUIRE_KERNEL=1)");
         }
         eprintln!("trials: skipped: {why}");
         return Ok(());
     }
     let bin = match opts.bin {
-        Some(bin) => std::path::absolute(&bin).map_err(|e| format!("{}: {e}", bin.display()))?,
+        Some(bin) => {
+            std::path::absolute(&bin).with_context(|| format!("--bin {}", bin.display()))?
+        }
         None => {
             run(cargo().args(["build", "--release", "-p", "plies"]))?;
             target_dir().join("release/plies")
@@ -156,22 +160,23 @@ pub(crate) fn trials(opts: Options) -> Result {
     };
 
     let dir = target_dir().join("trials");
-    std::fs::create_dir_all(&dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     let dir = dir
         .canonicalize()
-        .map_err(|e| format!("{}: {e}", dir.display()))?;
+        .with_context(|| format!("resolving {}", dir.display()))?;
     let stale = unmount_all(&dir);
     if stale > 0 {
         eprintln!("trials: unmounted {stale} mounts a previous run left");
     }
-    for entry in std::fs::read_dir(&dir).map_err(|e| format!("{}: {e}", dir.display()))? {
-        let path = entry.map_err(|e| e.to_string())?.path();
+    let listing = || format!("reading {}", dir.display());
+    for entry in std::fs::read_dir(&dir).with_context(listing)? {
+        let path = entry.with_context(listing)?.path();
         let removed = if path.is_dir() {
             std::fs::remove_dir_all(&path)
         } else {
             std::fs::remove_file(&path)
         };
-        removed.map_err(|e| format!("removing {}: {e}", path.display()))?;
+        removed.with_context(|| format!("removing {}", path.display()))?;
     }
     let started = Instant::now();
     let inputs = inputs::make(&dir.join("inputs"))?;
@@ -220,7 +225,7 @@ pub(crate) fn trials(opts: Options) -> Result {
             failed |= report.failed();
         }
         Some(Err(e)) => {
-            println!("\nconcurrency: could not run: {e}");
+            println!("\nconcurrency: could not run: {e:#}");
             failed = true;
         }
         None => {}
@@ -238,7 +243,7 @@ pub(crate) fn trials(opts: Options) -> Result {
     }
     println!("\nseed {seed}");
     if failed {
-        Err("trials found failures (above)".into())
+        bail!("trials found failures (above)")
     } else {
         Ok(())
     }
@@ -390,7 +395,10 @@ fn run_kind(ctx: &Ctx, kind: Kind, per_kind: usize, rng: &mut Rng) -> Tally {
         Err(e) => {
             eprintln!("trials: {}: the reference run failed", kind.name());
             tally.errors += 1;
-            tally.report(&["error"], format!("reference run failed:\n{}", indent(&e)));
+            tally.report(
+                &["error"],
+                format!("reference run failed:\n{}", indent(&format!("{e:#}"))),
+            );
             return tally;
         }
     };
@@ -407,7 +415,7 @@ fn run_kind(ctx: &Ctx, kind: Kind, per_kind: usize, rng: &mut Rng) -> Tally {
         };
         let kept = kept.unwrap_or_else(|e| {
             tally.errors += 1;
-            tally.report(&["cleanup"], format!("trial {n}: cleaning up: {e}"));
+            tally.report(&["cleanup"], format!("trial {n}: cleaning up: {e:#}"));
             None
         });
         tally.record(n, &trial, kept.as_deref());

@@ -33,6 +33,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use anyhow::{Context as _, bail};
 use tonic::codegen::http::uri::PathAndQuery;
 use tonic::transport::{Channel, Endpoint, Uri};
 
@@ -74,7 +75,7 @@ pub(super) fn containerd(
 ) -> Result {
     for tool in ["containerd", "ctr"] {
         if Command::new(tool).arg("--version").output().is_err() {
-            return Err(format!("{tool} is not installed (Debian: containerd)"));
+            bail!("{tool} is not installed (Debian: containerd)");
         }
     }
     sweep_dead_runs(bench);
@@ -86,11 +87,11 @@ pub(super) fn containerd(
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
-        .map_err(|e| format!("tokio runtime: {e}"))?;
+        .context("building the tokio runtime")?;
     let (mut via, mut direct) = rt.block_on(async {
         let via = Client::connect(&rig.path("containerd.sock")).await?;
         let direct = Client::connect(&rig.path("plies.sock")).await?;
-        Ok::<_, String>((via, direct))
+        anyhow::Ok((via, direct))
     })?;
     let mut ctx = Ctx {
         rig: &rig,
@@ -291,10 +292,13 @@ impl Ctx<'_> {
                 return Ok(());
             }
             if Instant::now() > deadline {
-                return Err(format!(
+                bail!(
                     "containerd's GC left {} overlayfs and {} plies snapshots (want {} and {})",
-                    have[0], have[1], want[0], want[1]
-                ));
+                    have[0],
+                    have[1],
+                    want[0],
+                    want[1]
+                );
             }
             if Instant::now() >= next_gc {
                 self.rig.gc()?;
@@ -393,10 +397,10 @@ fn top(infos: &[Info], depth: usize) -> Result<String> {
         .filter(|n| !parents.contains(n))
         .collect();
     let [top] = tops[..] else {
-        return Err(format!(
+        bail!(
             "{} committed snapshots without children, want one",
             tops.len()
-        ));
+        );
     };
     let mut chain = 0;
     let mut at = top;
@@ -405,7 +409,7 @@ fn top(infos: &[Info], depth: usize) -> Result<String> {
         at = parent;
     }
     if chain != depth {
-        return Err(format!("the top {top} is {chain} layers deep, not {depth}"));
+        bail!("the top {top} is {chain} layers deep, not {depth}");
     }
     Ok(top.to_string())
 }
@@ -420,28 +424,28 @@ fn many_layers_archive(bench: &Path) -> Result<PathBuf> {
         return Ok(archive);
     }
     let staging = bench.join(format!("layers{MANY}"));
-    let io = |e: std::io::Error| format!("{}: {e}", staging.display());
+    let io = || format!("making {}", staging.display());
     if staging.exists() {
-        std::fs::remove_dir_all(&staging).map_err(io)?;
+        std::fs::remove_dir_all(&staging).with_context(io)?;
     }
     let mut rng = Rng(0x51ed_270b_2d1f_3a97);
     let mut tars = Vec::with_capacity(MANY);
     for i in 0..MANY {
         let content = staging.join(i.to_string());
         let own = content.join(format!("l{i:03}"));
-        std::fs::create_dir_all(&own).map_err(io)?;
-        std::fs::create_dir_all(content.join("etc")).map_err(io)?;
+        std::fs::create_dir_all(&own).with_context(io)?;
+        std::fs::create_dir_all(content.join("etc")).with_context(io)?;
         for (name, size) in [("a", 1024), ("b", 3072), ("c", 8192)] {
             let data: Vec<u8> = (0..size / 8)
                 .flat_map(|_| rng.next().to_le_bytes())
                 .collect();
-            std::fs::write(own.join(name), data).map_err(io)?;
+            std::fs::write(own.join(name), data).with_context(io)?;
         }
-        std::fs::write(content.join("etc/stamp"), format!("layer {i}\n")).map_err(io)?;
+        std::fs::write(content.join("etc/stamp"), format!("layer {i}\n")).with_context(io)?;
         if i > 0 && i % 10 == 0 {
             let before = content.join(format!("l{:03}", i - 1));
-            std::fs::create_dir_all(&before).map_err(io)?;
-            std::fs::write(before.join(".wh.a"), "").map_err(io)?;
+            std::fs::create_dir_all(&before).with_context(io)?;
+            std::fs::write(before.join(".wh.a"), "").with_context(io)?;
         }
         let tar = staging.join(format!("{i}.tar"));
         let status = Command::new("tar")
@@ -458,16 +462,17 @@ fn many_layers_archive(bench: &Path) -> Result<PathBuf> {
             .arg(&content)
             .arg(".")
             .status()
-            .map_err(|e| format!("tar: {e}"))?;
+            .context("starting tar")?;
         if !status.success() {
-            return Err(format!("tar -cf {}: {status}", tar.display()));
+            bail!("tar -cf {}: {status}", tar.display());
         }
         tars.push(tar);
     }
     let partial = bench.join(format!("layers{MANY}-image.tar.partial"));
     let layers: Vec<&Path> = tars.iter().map(PathBuf::as_path).collect();
     docker_save(&partial, &layers, &format!("bench{MANY}:latest"))?;
-    std::fs::rename(&partial, &archive).map_err(|e| format!("{}: {e}", archive.display()))?;
-    std::fs::remove_dir_all(&staging).map_err(io)?;
+    std::fs::rename(&partial, &archive)
+        .with_context(|| format!("renaming {} to {}", partial.display(), archive.display()))?;
+    std::fs::remove_dir_all(&staging).with_context(io)?;
     Ok(archive)
 }

@@ -110,7 +110,7 @@ pub(super) fn run_boot(
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
-        .map_err(|e| format!("could not start qemu: {e}"))?;
+        .context("could not start qemu")?;
     let start = Instant::now();
     let mut watched = Watched {
         arrivals: Vec::new(),
@@ -147,7 +147,7 @@ pub(super) fn run_boot(
                 _ => {}
             }
         }
-        if let Some(status) = child.try_wait().map_err(|e| e.to_string())? {
+        if let Some(status) = child.try_wait().context("waiting for qemu")? {
             if plan.is_some() || !status.success() {
                 let mut err = String::new();
                 if let Some(mut e) = child.stderr.take() {

@@ -39,10 +39,10 @@ pub(super) fn initramfs(
     let init = tree.join("init");
     write(&init, init_script(&kernel.release, &order))?;
     fs::set_permissions(&init, std::os::unix::fs::PermissionsExt::from_mode(0o755))
-        .map_err(|e| format!("{}: {e}", init.display()))?;
+        .with_context(|| format!("making {} executable", init.display()))?;
     let image = work.join("initramfs.gz");
     vm::pack(&tree, &image)?;
-    fs::remove_dir_all(&tree).map_err(|e| format!("removing {}: {e}", tree.display()))?;
+    fs::remove_dir_all(&tree).with_context(|| format!("removing {}", tree.display()))?;
     Ok(image)
 }
 

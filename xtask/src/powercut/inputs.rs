@@ -64,7 +64,7 @@ pub(super) fn make_inputs(dir: &Path) -> Result<Inputs> {
         inputs.image_refs.insert(upper.clone(), sum);
         clear(&tree)?;
         for t in [base, top] {
-            fs::remove_file(&t).map_err(|e| format!("removing {}: {e}", t.display()))?;
+            fs::remove_file(&t).with_context(|| format!("removing {}", t.display()))?;
         }
         inputs.images.push(Image {
             archive,
@@ -82,7 +82,7 @@ pub(super) fn make_inputs(dir: &Path) -> Result<Inputs> {
         clear(&tree)?;
         inputs.tars.push(tar);
     }
-    fs::remove_dir_all(&tree).map_err(|e| format!("removing {}: {e}", tree.display()))?;
+    fs::remove_dir_all(&tree).with_context(|| format!("removing {}", tree.display()))?;
     Ok(inputs)
 }
 
@@ -92,16 +92,14 @@ fn sha256_of(data: &[u8]) -> Result<String> {
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .spawn()
-        .map_err(|e| format!("sha256sum: {e}"))?;
+        .context("starting sha256sum")?;
     child
         .stdin
         .take()
         .expect("piped")
         .write_all(data)
-        .map_err(|e| format!("sha256sum: {e}"))?;
-    let out = child
-        .wait_with_output()
-        .map_err(|e| format!("sha256sum: {e}"))?;
+        .context("writing to sha256sum")?;
+    let out = child.wait_with_output().context("reading sha256sum")?;
     let text = String::from_utf8_lossy(&out.stdout);
     Ok(text
         .split_whitespace()
@@ -124,7 +122,7 @@ fn extract(tar: &Path, tree: &Path) -> Result {
 
 /// Empties `tree`.
 fn clear(tree: &Path) -> Result {
-    fs::remove_dir_all(tree).map_err(|e| format!("removing {}: {e}", tree.display()))?;
+    fs::remove_dir_all(tree).with_context(|| format!("removing {}", tree.display()))?;
     mkdir(tree)
 }
 

@@ -24,6 +24,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use anyhow::{Context as _, bail};
+
 use crate::bench::{Rng, docker_save, sha256_hex};
 use crate::trials::inputs::{Layer, skeleton};
 use crate::vm::{self, Apt, Kernel, TARGET, mkdir, output, which, write};
@@ -123,9 +125,9 @@ pub(crate) fn powercut(opts: Options) -> Result {
         "strip",
     ] {
         if which(tool).is_none() {
-            return Err(format!(
+            bail!(
                 "powercut needs {tool}; install qemu-system-x86 busybox-static kmod cpio e2fsprogs"
-            ));
+            );
         }
     }
     let vm_dir = root().join("target/vm");
@@ -137,7 +139,7 @@ pub(crate) fn powercut(opts: Options) -> Result {
     eprintln!("powercut: kernel {} is {release}", opts.kernel);
 
     if work.exists() {
-        fs::remove_dir_all(&work).map_err(|e| format!("removing {}: {e}", work.display()))?;
+        fs::remove_dir_all(&work).with_context(|| format!("removing {}", work.display()))?;
     }
     mkdir(&work.join("logs"))?;
     let started = Instant::now();
@@ -150,10 +152,7 @@ pub(crate) fn powercut(opts: Options) -> Result {
     let initrd = initramfs(&kernel, &plies, &inputs, &work)?;
     let disk = work.join("disk.img");
     if !vm::make_disk(&disk, DISK_SIZE, vm::MKFS_EXT4)? {
-        return Err(format!(
-            "could not make an ext4 filesystem on {}",
-            disk.display()
-        ));
+        bail!("could not make an ext4 filesystem on {}", disk.display());
     }
 
     let seed = opts.seed.unwrap_or_else(|| {
@@ -185,7 +184,7 @@ pub(crate) fn powercut(opts: Options) -> Result {
     let _ = fs::remove_dir_all(work.join("inputs"));
     let _ = fs::remove_file(&initrd);
     if model.failed(&rows) {
-        Err("powercut found failures (above)".into())
+        bail!("powercut found failures (above)")
     } else {
         Ok(())
     }

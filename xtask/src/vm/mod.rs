@@ -16,6 +16,8 @@ use std::process::{Command, Stdio};
 use std::sync::Mutex;
 use std::time::{Duration, Instant, SystemTime};
 
+use anyhow::{Context as _, bail};
+
 use super::{Result, cargo, root};
 
 mod apt;
@@ -205,10 +207,10 @@ pub(crate) fn vm_test(mut opts: Options) -> Result {
         "gzip",
     ] {
         if which(tool).is_none() {
-            return Err(format!(
+            bail!(
                 "vm-test needs {tool}; install qemu-system-x86 busybox-static kmod cpio \
                  e2fsprogs xfsprogs"
-            ));
+            );
         }
     }
     let vm = root().join("target/vm");
@@ -276,7 +278,7 @@ pub(crate) fn vm_test(mut opts: Options) -> Result {
     if failed.is_empty() {
         Ok(())
     } else {
-        Err(format!("vm-test failed on {}", failed.join(", ")))
+        bail!("vm-test failed on {}", failed.join(", "))
     }
 }
 
@@ -291,12 +293,12 @@ pub(crate) fn which(tool: &str) -> Option<PathBuf> {
 
 /// `mkdir -p`, with the path in the error.
 pub(crate) fn mkdir(dir: &Path) -> Result {
-    fs::create_dir_all(dir).map_err(|e| format!("creating {}: {e}", dir.display()))
+    fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))
 }
 
 /// Writes a file, with the path in the error.
 pub(crate) fn write(path: &Path, data: impl AsRef<[u8]>) -> Result {
-    fs::write(path, data).map_err(|e| format!("writing {}: {e}", path.display()))
+    fs::write(path, data).with_context(|| format!("writing {}", path.display()))
 }
 
 /// Runs `cmd` quietly, returning its stdout; stderr is shown only on failure.
@@ -305,13 +307,13 @@ pub(crate) fn output(cmd: &mut Command) -> Result<String> {
     let out = cmd
         .stdin(Stdio::null())
         .output()
-        .map_err(|e| format!("could not start {shown}: {e}"))?;
+        .with_context(|| format!("could not start {shown}"))?;
     if !out.status.success() {
-        return Err(format!(
+        bail!(
             "{shown} failed ({}):\n{}",
             out.status,
             String::from_utf8_lossy(&out.stderr)
-        ));
+        );
     }
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }

@@ -1,5 +1,7 @@
 //! The static test executables the guests run.
 
+use anyhow::bail;
+
 use super::*;
 
 /// Cargo building statically linked executables into `<vm>/build`.
@@ -84,7 +86,7 @@ pub(super) fn build_payload(vm: &Path) -> Result<Payload> {
     for s in SUITES_UNDER_TEST {
         for t in s.tests {
             if !runs.iter().any(|r| r.file == format!("{}-{t}", s.dir)) {
-                return Err(format!("{} has no test target '{t}'", s.package));
+                bail!("{} has no test target '{t}'", s.package);
             }
         }
     }
@@ -104,6 +106,7 @@ pub(super) fn build_payload(vm: &Path) -> Result<Payload> {
             true
         }
         Err(e) => {
+            let e = format!("{e:#}");
             let first = e.lines().find(|l| l.starts_with("error")).unwrap_or("");
             eprintln!("vm-test: no probe report, the command line did not build: {first}");
             false

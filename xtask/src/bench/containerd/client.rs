@@ -1,5 +1,7 @@
 //! A client of containerd's snapshots gRPC service, and the messages it sends.
 
+use anyhow::{anyhow, bail};
+
 use super::*;
 
 /// `containerd.services.snapshots.v1.Kind.COMMITTED`.
@@ -80,7 +82,7 @@ impl Client {
                 }
             }))
             .await
-            .map_err(|e| format!("connecting to {}: {e}", socket.display()))?;
+            .with_context(|| format!("connecting to {}", socket.display()))?;
         Ok(Client {
             grpc: tonic::client::Grpc::new(channel),
             lease: None,
@@ -92,7 +94,7 @@ impl Client {
         self.lease = id
             .map(|id| {
                 id.parse()
-                    .map_err(|_| format!("lease id '{id}' is no header value"))
+                    .with_context(|| format!("lease id '{id}' is no header value"))
             })
             .transpose()?;
         Ok(())
@@ -116,10 +118,7 @@ impl Client {
         Q: prost::Message + Send + Sync + 'static,
         R: prost::Message + Default + Send + Sync + 'static,
     {
-        self.grpc
-            .ready()
-            .await
-            .map_err(|e| format!("{method}: {e}"))?;
+        self.grpc.ready().await.context(method)?;
         self.grpc
             .unary(
                 self.request(message),
@@ -128,7 +127,7 @@ impl Client {
             )
             .await
             .map(tonic::Response::into_inner)
-            .map_err(|s| format!("{method}: {}", s.message()))
+            .map_err(|s| anyhow!("{method}: {}", s.message()))
     }
 
     /// Prepare `key` on `parent`, its Mounts, and Remove; the time of the three.
@@ -165,7 +164,7 @@ impl Client {
             .await?;
         let took = start.elapsed();
         if mounts.mounts.is_empty() || mounts.mounts[0].r#type.is_empty() {
-            return Err(format!("Mounts of {key} on {snapshotter}: no mounts"));
+            bail!("Mounts of {key} on {snapshotter}: no mounts");
         }
         Ok(took)
     }
@@ -173,7 +172,7 @@ impl Client {
     /// Every snapshot a `List` streams.
     pub(super) async fn list(&mut self, snapshotter: &str) -> Result<Vec<Info>> {
         const LIST: &str = "/containerd.services.snapshots.v1.Snapshots/List";
-        self.grpc.ready().await.map_err(|e| format!("List: {e}"))?;
+        self.grpc.ready().await.context("List")?;
         let request = self.request(ListSnapshotsRequest {
             snapshotter: snapshotter.to_string(),
         });
@@ -183,13 +182,13 @@ impl Client {
             .grpc
             .server_streaming(request, PathAndQuery::from_static(LIST), codec)
             .await
-            .map_err(|s| format!("List: {}", s.message()))?
+            .map_err(|s| anyhow!("List: {}", s.message()))?
             .into_inner();
         let mut out = Vec::new();
         while let Some(batch) = stream
             .message()
             .await
-            .map_err(|s| format!("List: {}", s.message()))?
+            .map_err(|s| anyhow!("List: {}", s.message()))?
         {
             out.extend(batch.info);
         }

@@ -1,5 +1,7 @@
 //! The private containerd and the plies server behind it.
 
+use anyhow::bail;
+
 use super::*;
 
 /// The private containerd and the plies server behind it, under
@@ -18,10 +20,10 @@ impl Rig {
             containerd: None,
         };
         let dir = rig.dir.clone();
-        let io = |e: std::io::Error| format!("{}: {e}", dir.display());
-        std::fs::create_dir_all(&dir).map_err(io)?;
+        let io = || format!("setting up containerd in {}", dir.display());
+        std::fs::create_dir_all(&dir).with_context(io)?;
 
-        let log = std::fs::File::create(rig.path("plies.log")).map_err(io)?;
+        let log = std::fs::File::create(rig.path("plies.log")).with_context(io)?;
         rig.plies = Some(
             Command::new(plies_bin)
                 .arg("--root")
@@ -29,10 +31,10 @@ impl Rig {
                 .args(["--driver", "overlay2", "serve", "containerd", "--socket"])
                 .arg(rig.path("plies.sock"))
                 .stdin(Stdio::null())
-                .stdout(log.try_clone().map_err(io)?)
+                .stdout(log.try_clone().with_context(io)?)
                 .stderr(log)
                 .spawn()
-                .map_err(|e| format!("starting {}: {e}", plies_bin.display()))?,
+                .with_context(|| format!("starting {}", plies_bin.display()))?,
         );
         rig.wait_for("plies.sock", "plies.log")?;
 
@@ -58,26 +60,26 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
     address = "{d}/plies.sock"
 "#
         );
-        std::fs::write(rig.path("config.toml"), config).map_err(io)?;
-        let log = std::fs::File::create(rig.path("containerd.log")).map_err(io)?;
+        std::fs::write(rig.path("config.toml"), config).with_context(io)?;
+        let log = std::fs::File::create(rig.path("containerd.log")).with_context(io)?;
         rig.containerd = Some(
             Command::new("containerd")
                 .arg("--config")
                 .arg(rig.path("config.toml"))
                 .stdin(Stdio::null())
-                .stdout(log.try_clone().map_err(io)?)
+                .stdout(log.try_clone().with_context(io)?)
                 .stderr(log)
                 .spawn()
-                .map_err(|e| format!("starting containerd: {e}"))?,
+                .context("starting containerd")?,
         );
         rig.wait_for("containerd.sock", "containerd.log")?;
         let deadline = Instant::now() + Duration::from_secs(30);
         while rig.ctr_ok(&["version"]).is_err() {
             if Instant::now() > deadline {
-                return Err(format!(
+                bail!(
                     "containerd does not answer: {}",
                     rig.log_tail("containerd.log")
-                ));
+                );
             }
             std::thread::sleep(Duration::from_millis(200));
         }
@@ -96,11 +98,11 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
                 .flatten()
                 .any(|c| !matches!(c.try_wait(), Ok(None)));
             if exited || Instant::now() > deadline {
-                return Err(format!(
+                bail!(
                     "{} never appeared: {}",
                     self.path(socket).display(),
                     self.log_tail(log)
-                ));
+                );
             }
             std::thread::sleep(Duration::from_millis(50));
         }
@@ -127,18 +129,14 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
     /// Runs `ctr` and returns its stdout; its stderr and containerd's last log
     /// lines in the error.
     pub(super) fn ctr_ok(&self, args: &[&str]) -> Result<String> {
-        let out = self
-            .ctr()
-            .args(args)
-            .output()
-            .map_err(|e| format!("ctr: {e}"))?;
+        let out = self.ctr().args(args).output().context("starting ctr")?;
         if !out.status.success() {
-            return Err(format!(
+            bail!(
                 "ctr {}: {}; containerd: {}",
                 args.join(" "),
                 String::from_utf8_lossy(&out.stderr).trim(),
                 self.log_tail("containerd.log")
-            ));
+            );
         }
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     }
@@ -156,7 +154,7 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
         match std::fs::read_dir(&dir) {
             Ok(entries) => Ok(entries.count()),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(0),
-            Err(e) => Err(format!("{}: {e}", dir.display())),
+            Err(e) => Err(e).with_context(|| format!("reading {}", dir.display())),
         }
     }
 }
@@ -170,7 +168,7 @@ impl Drop for Rig {
             terminate(&mut p, Duration::from_secs(30));
         }
         if let Err(e) = remove_mounted_tree(&self.dir) {
-            eprintln!("bench: {e}");
+            eprintln!("bench: {e:#}");
         }
     }
 }
@@ -197,7 +195,7 @@ pub(super) fn sweep_dead_runs(bench: &Path) {
                 .status();
         }
         if let Err(e) = remove_mounted_tree(&dir) {
-            eprintln!("bench: {e}");
+            eprintln!("bench: {e:#}");
         }
     }
 }
