@@ -42,7 +42,6 @@ use crate::{Result, cargo, run, target_dir};
 
 mod concurrency;
 pub(crate) mod inputs;
-mod json;
 mod kinds;
 mod plies;
 mod tarsum;

@@ -10,8 +10,8 @@ use std::sync::mpsc::{Receiver, channel};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, anyhow, bail};
+use serde::Deserialize;
 
-use super::json::{self, Json};
 use crate::Result;
 
 /// How long any one `plies` command may take before it counts as hung and is killed.
@@ -231,8 +231,8 @@ impl Plies {
     }
 }
 
-/// One row of `plies ls --json`.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// One row of `plies ls --json` (the fields read here).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 pub(crate) struct Listed {
     /// The layer's full id.
     pub(crate) id: String,
@@ -244,26 +244,7 @@ pub(crate) struct Listed {
 
 /// Parses the output of `plies ls --json`.
 pub(crate) fn parse_ls(text: &str) -> Result<Vec<Listed>> {
-    let rows = match json::parse(text).map_err(anyhow::Error::msg)? {
-        Json::Arr(rows) => rows,
-        other => return Err(anyhow!("plies ls --json: not an array: {other:?}")),
-    };
-    rows.iter()
-        .map(|row| {
-            let id = row
-                .get("id")
-                .and_then(Json::as_str)
-                .with_context(|| format!("plies ls --json: a row without an id: {row:?}"))?;
-            Ok(Listed {
-                id: id.to_string(),
-                parent: row.get("parent").and_then(Json::as_str).map(str::to_string),
-                mounted: row
-                    .get("mounted")
-                    .and_then(Json::as_str)
-                    .map(str::to_string),
-            })
-        })
-        .collect()
+    serde_json::from_str(text).context("reading the output of plies ls --json")
 }
 
 /// Every mount point at or below `dir` in this process's mount namespace, deepest first.

@@ -396,11 +396,32 @@ mod tests {
     }
 
     #[test]
-    fn json_fields_are_read_from_cargo_messages() {
-        let line = r#"{"reason":"compiler-artifact","manifest_path":"/r/crates/kprobe/Cargo.toml","target":{"kind":["test"],"name":"kernel"},"executable":"/t/kernel-1"}"#;
-        assert_eq!(json_field(line, "executable"), Some("/t/kernel-1"));
-        assert_eq!(json_field(line, "name"), Some("kernel"));
-        assert_eq!(json_field(line, "missing"), None);
+    fn test_executables_are_read_from_cargo_messages() {
+        // Keys in any order, escapes, other messages and artifacts that are no tests.
+        let messages = r#"{"reason":"compiler-artifact","manifest_path":"/r/crates/kprobe/Cargo.toml","target":{"kind":["test"],"name":"kernel"},"executable":"/t/kernel-1"}
+{"executable":"/t/a\"b-2","target":{"name":"apply","src_path":"/r/x.rs","kind":["test"]},"fresh":true,"manifest_path":"/r/crates/archive/Cargo.toml","reason":"compiler-artifact"}
+{"reason":"compiler-artifact","manifest_path":"/r/crates/kprobe/Cargo.toml","target":{"kind":["lib"],"name":"plies_kprobe"},"executable":null}
+{"reason":"compiler-artifact","manifest_path":"/r/crates/kprobe/Cargo.toml","target":{"kind":["bin"],"name":"x"},"executable":"/t/x"}
+{"reason":"build-script-executed","package_id":"p","linked_libs":[],"linked_paths":[],"cfgs":[],"env":[],"out_dir":"/o"}
+{"reason":"build-finished","success":true}
+"#;
+        let found = test_executables(messages).unwrap();
+        assert_eq!(
+            found,
+            [
+                TestExecutable {
+                    manifest: "/r/crates/kprobe/Cargo.toml".into(),
+                    target: "kernel".into(),
+                    path: "/t/kernel-1".into(),
+                },
+                TestExecutable {
+                    manifest: "/r/crates/archive/Cargo.toml".into(),
+                    target: "apply".into(),
+                    path: "/t/a\"b-2".into(),
+                },
+            ]
+        );
+        assert!(test_executables("{\"reason\":").is_err());
     }
 
     fn payload(ids: &[&str]) -> Payload {
