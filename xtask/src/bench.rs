@@ -35,12 +35,52 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use anyhow::{Context as _, bail};
+
 use crate::{Result, cargo, root, run, target_dir};
 
 mod calls;
 mod containerd;
 mod docker;
 
+/// The command line of `cargo xtask bench`.
+#[derive(clap::Args)]
+pub(crate) struct Args {
+    /// Measured runs of each tool; medians are reported.
+    #[arg(long, value_name = "N", default_value_t = 5)]
+    runs: usize,
+    /// Skip the Debian minbase tree.
+    #[arg(long)]
+    no_debian: bool,
+    /// Skip docker load.
+    #[arg(long, conflicts_with = "docker_only")]
+    no_docker: bool,
+    /// Run docker load only.
+    #[arg(long, conflicts_with_all = ["containerd_only", "calls_only"])]
+    docker_only: bool,
+    /// Skip containerd.
+    #[arg(long, conflicts_with = "containerd_only")]
+    no_containerd: bool,
+    /// Run the containerd section only.
+    #[arg(long, conflicts_with = "calls_only")]
+    containerd_only: bool,
+    /// Skip the calls against the kernel's floor.
+    #[arg(long, conflicts_with = "calls_only")]
+    no_calls: bool,
+    /// Run the calls against the kernel's floor only.
+    #[arg(long)]
+    calls_only: bool,
+    /// Runs of each call (and of containerd's Prepare+Mounts+Remove).
+    #[arg(
+        long,
+        value_name = "N",
+        default_value_t = 200,
+        value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..)
+    )]
+    calls_iterations: usize,
+}
+
+/// Which sections run, from [`Args`].
 struct Options {
     runs: usize,
     debian: bool,
@@ -54,56 +94,23 @@ struct Options {
     calls_iterations: usize,
 }
 
-fn parse(args: &[String]) -> Result<Options> {
-    let mut opts = Options {
-        runs: 5,
-        debian: true,
-        tar: true,
-        docker: true,
-        containerd: true,
-        calls: true,
-        calls_iterations: 200,
-    };
-    let mut it = args.iter();
-    while let Some(arg) = it.next() {
-        match arg.as_str() {
-            "--runs" => {
-                let v = it.next().ok_or("--runs needs a number")?;
-                opts.runs = v
-                    .parse()
-                    .map_err(|_| format!("--runs takes a whole number, not '{v}'"))?;
-            }
-            "--no-debian" => opts.debian = false,
-            "--no-docker" => opts.docker = false,
-            "--docker-only" => {
-                (opts.tar, opts.debian, opts.containerd, opts.calls) = (false, false, false, false);
-            }
-            "--no-containerd" => opts.containerd = false,
-            "--containerd-only" => (opts.tar, opts.docker, opts.calls) = (false, false, false),
-            "--no-calls" => opts.calls = false,
-            "--calls-only" => {
-                (
-                    opts.tar,
-                    opts.debian,
-                    opts.docker,
-                    opts.containerd,
-                    opts.calls,
-                ) = (false, false, false, false, true);
-            }
-            "--calls-iterations" => {
-                let v = it.next().ok_or("--calls-iterations needs a number")?;
-                opts.calls_iterations = v.parse().ok().filter(|&n| n > 0).ok_or_else(|| {
-                    format!("--calls-iterations takes a positive number, not '{v}'")
-                })?;
-            }
-            other => return Err(format!("unknown bench option '{other}'")),
+impl Options {
+    /// An `--X-only` turns off every other section; `--no-X` turns off its own.
+    fn from(a: &Args) -> Options {
+        Options {
+            runs: a.runs,
+            debian: !(a.no_debian || a.docker_only || a.calls_only),
+            tar: !(a.docker_only || a.containerd_only || a.calls_only),
+            docker: !(a.no_docker || a.containerd_only || a.calls_only),
+            containerd: !(a.no_containerd || a.docker_only || a.calls_only),
+            calls: !(a.no_calls || a.docker_only || a.containerd_only),
+            calls_iterations: a.calls_iterations,
         }
     }
-    Ok(opts)
 }
 
-pub fn bench(args: &[String]) -> Result {
-    let opts = parse(args)?;
+pub(crate) fn bench(args: &Args) -> Result {
+    let opts = Options::from(args);
     if !(opts.tar || opts.docker || opts.containerd) {
         return if opts.calls {
             calls::calls(opts.calls_iterations)
@@ -112,7 +119,7 @@ pub fn bench(args: &[String]) -> Result {
         };
     }
     let dir = root().join("target/bench");
-    std::fs::create_dir_all(&dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     if opts.tar {
         run(cargo().args([
             "build",
@@ -132,7 +139,7 @@ pub fn bench(args: &[String]) -> Result {
     if opts.debian && (opts.tar || opts.containerd) {
         match debian_tree(&dir) {
             Ok(tree) => inputs.push(("debian-minbase", tree)),
-            Err(why) => eprintln!("bench: skipping the Debian minbase tree: {why}"),
+            Err(why) => eprintln!("bench: skipping the Debian minbase tree: {why:#}"),
         }
     }
 
@@ -206,7 +213,7 @@ pub fn bench(args: &[String]) -> Result {
         let load_before = load_average();
         match docker::load(opts.runs, &dir, &image, &plies_bin) {
             Ok(times) => docker_row = Some((times, load_before, load_average())),
-            Err(why) => eprintln!("bench: skipping docker load: {why}"),
+            Err(why) => eprintln!("bench: skipping docker load: {why:#}"),
         }
     }
 
@@ -260,7 +267,7 @@ pub fn bench(args: &[String]) -> Result {
         match containerd::containerd(opts.runs, opts.calls_iterations, &dir, &images, &plies_bin) {
             Ok(()) => {}
             Err(why) if only => return Err(why),
-            Err(why) => eprintln!("bench: skipping containerd: {why}"),
+            Err(why) => eprintln!("bench: skipping containerd: {why:#}"),
         }
     }
     if opts.calls {
@@ -308,16 +315,17 @@ pub(crate) fn docker_save(archive: &Path, layers: &[&Path], tag: &str) -> Result
     let mut staging = archive.as_os_str().to_owned();
     staging.push(".staging");
     let staging = PathBuf::from(staging);
-    let io = |e: std::io::Error| format!("{}: {e}", staging.display());
+    let at = || format!("staging {}", staging.display());
     if staging.exists() {
-        std::fs::remove_dir_all(&staging).map_err(io)?;
+        std::fs::remove_dir_all(&staging).with_context(at)?;
     }
     let mut members = vec!["manifest.json".to_string(), "config.json".to_string()];
     let mut diff_ids = Vec::new();
     for (n, layer) in layers.iter().enumerate() {
-        std::fs::create_dir_all(staging.join(n.to_string())).map_err(io)?;
+        std::fs::create_dir_all(staging.join(n.to_string())).with_context(at)?;
         let member = format!("{n}/layer.tar");
-        std::fs::hard_link(layer, staging.join(&member)).map_err(io)?;
+        std::fs::hard_link(layer, staging.join(&member))
+            .with_context(|| format!("linking {} into {}", layer.display(), staging.display()))?;
         diff_ids.push(format!("\"sha256:{}\"", sha256_hex(layer)?));
         members.push(member);
     }
@@ -328,7 +336,7 @@ pub(crate) fn docker_save(archive: &Path, layers: &[&Path], tag: &str) -> Result
             diff_ids.join(",")
         ),
     )
-    .map_err(io)?;
+    .with_context(at)?;
     let layer_names: Vec<String> = members[2..].iter().map(|m| format!("\"{m}\"")).collect();
     std::fs::write(
         staging.join("manifest.json"),
@@ -337,7 +345,7 @@ pub(crate) fn docker_save(archive: &Path, layers: &[&Path], tag: &str) -> Result
             layer_names.join(",")
         ),
     )
-    .map_err(io)?;
+    .with_context(at)?;
     let out = Command::new("tar")
         .arg("-cf")
         .arg(archive)
@@ -345,15 +353,15 @@ pub(crate) fn docker_save(archive: &Path, layers: &[&Path], tag: &str) -> Result
         .arg(&staging)
         .args(&members)
         .output()
-        .map_err(|e| format!("tar: {e}"))?;
+        .context("starting tar")?;
     if !out.status.success() {
-        return Err(format!(
+        bail!(
             "tar -cf {}: {}",
             archive.display(),
             String::from_utf8_lossy(&out.stderr).trim()
-        ));
+        );
     }
-    std::fs::remove_dir_all(&staging).map_err(io)?;
+    std::fs::remove_dir_all(&staging).with_context(at)?;
     Ok(())
 }
 
@@ -362,14 +370,14 @@ pub(crate) fn sha256_hex(file: &Path) -> Result<String> {
     let sum = Command::new("sha256sum")
         .arg(file)
         .output()
-        .map_err(|e| format!("sha256sum: {e}"))?;
+        .context("starting sha256sum")?;
     let hex = String::from_utf8_lossy(&sum.stdout)
         .split_whitespace()
         .next()
         .unwrap_or_default()
         .to_string();
     if hex.len() != 64 {
-        return Err(format!("sha256sum of {} gave no digest", file.display()));
+        bail!("sha256sum of {} gave no digest", file.display());
     }
     Ok(hex)
 }
@@ -391,7 +399,7 @@ fn measure<const N: usize>(
 ) -> Result<[Duration; N]> {
     let remove = |dir: &Path| {
         if dir.exists() {
-            std::fs::remove_dir_all(dir).map_err(|e| format!("emptying {}: {e}", dir.display()))
+            std::fs::remove_dir_all(dir).with_context(|| format!("emptying {}", dir.display()))
         } else {
             Ok(())
         }
@@ -402,8 +410,7 @@ fn measure<const N: usize>(
         for k in 0..N {
             let tool = (round + k) % N;
             let dir = out.join(format!("{round}-{tool}"));
-            std::fs::create_dir_all(&dir)
-                .map_err(|e| format!("creating {}: {e}", dir.display()))?;
+            std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
             sync_and_drop_caches();
             for input in inputs {
                 read_input(input)?;
@@ -438,8 +445,9 @@ fn read_input(input: &Path) -> Result {
         )
         .map(|_| ())
     } else {
-        let mut f = std::fs::File::open(input).map_err(|e| format!("{}: {e}", input.display()))?;
-        std::io::copy(&mut f, &mut std::io::sink()).map_err(|e| e.to_string())?;
+        let read = || format!("reading {}", input.display());
+        let mut f = std::fs::File::open(input).with_context(read)?;
+        std::io::copy(&mut f, &mut std::io::sink()).with_context(read)?;
         Ok(())
     }
 }
@@ -451,20 +459,22 @@ fn timed(cmd: &mut Command) -> Result<Duration> {
     let mut child = cmd
         .stdout(Stdio::piped())
         .spawn()
-        .map_err(|e| format!("starting {shown}: {e}"))?;
+        .with_context(|| format!("starting {shown}"))?;
     let mut out = child.stdout.take().expect("piped stdout");
     let mut buf = vec![0u8; 1 << 20];
     loop {
         match out.read(&mut buf) {
             Ok(0) => break,
             Ok(_) => {}
-            Err(e) => return Err(format!("reading {shown}: {e}")),
+            Err(e) => return Err(e).with_context(|| format!("reading {shown}")),
         }
     }
-    let status = child.wait().map_err(|e| e.to_string())?;
+    let status = child
+        .wait()
+        .with_context(|| format!("waiting for {shown}"))?;
     let elapsed = start.elapsed();
     if !status.success() {
-        return Err(format!("{shown} failed: {status}"));
+        bail!("{shown} failed: {status}");
     }
     Ok(elapsed)
 }
@@ -497,17 +507,17 @@ fn generated_tree(dir: &Path) -> Result<PathBuf> {
         return Ok(tree);
     }
     if tree.exists() {
-        std::fs::remove_dir_all(&tree).map_err(|e| e.to_string())?;
+        std::fs::remove_dir_all(&tree).with_context(|| format!("removing {}", tree.display()))?;
     }
     eprintln!("bench: generating {}", tree.display());
-    let io = |e: std::io::Error| e.to_string();
+    let io = || format!("generating {}", tree.display());
     let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
     let mut dirs = vec![tree.clone()];
-    std::fs::create_dir_all(&tree).map_err(io)?;
+    std::fs::create_dir_all(&tree).with_context(io)?;
     for i in 0..600 {
         let parent = dirs[rng.below(dirs.len() as u64) as usize].clone();
         let d = parent.join(format!("d{i:03}"));
-        std::fs::create_dir(&d).map_err(io)?;
+        std::fs::create_dir(&d).with_context(io)?;
         dirs.push(d);
     }
     let mut files = Vec::new();
@@ -524,21 +534,21 @@ fn generated_tree(dir: &Path) -> Result<PathBuf> {
             b.copy_from_slice(&v[..b.len()]);
         }
         let path = dirs[rng.below(dirs.len() as u64) as usize].join(format!("f{i:05}"));
-        std::fs::write(&path, &chunk[..size]).map_err(io)?;
+        std::fs::write(&path, &chunk[..size]).with_context(io)?;
         files.push(path);
     }
     for i in 0..200 {
         let target = &files[rng.below(files.len() as u64) as usize];
         let rel = target.strip_prefix(&tree).expect("inside the tree");
         let link = dirs[rng.below(dirs.len() as u64) as usize].join(format!("s{i:03}"));
-        std::os::unix::fs::symlink(Path::new("/").join(rel), link).map_err(io)?;
+        std::os::unix::fs::symlink(Path::new("/").join(rel), link).with_context(io)?;
     }
     for i in 0..100 {
         let target = &files[rng.below(files.len() as u64) as usize];
         let link = dirs[rng.below(dirs.len() as u64) as usize].join(format!("h{i:03}"));
-        std::fs::hard_link(target, link).map_err(io)?;
+        std::fs::hard_link(target, link).with_context(io)?;
     }
-    std::fs::write(&done, "").map_err(io)?;
+    std::fs::write(&done, "").with_context(io)?;
     Ok(tree)
 }
 
@@ -555,17 +565,17 @@ fn debian_tree(dir: &Path) -> Result<PathBuf> {
         .output()
         .is_err()
     {
-        return Err("debootstrap is not installed (apt-get install debootstrap)".into());
+        bail!("debootstrap is not installed (apt-get install debootstrap)");
     }
     let (mirror, suite) = apt_source()?;
     if tree.exists() {
-        std::fs::remove_dir_all(&tree).map_err(|e| e.to_string())?;
+        std::fs::remove_dir_all(&tree).with_context(|| format!("removing {}", tree.display()))?;
     }
     run(Command::new("debootstrap")
         .args(["--variant=minbase", &suite])
         .arg(&tree)
         .arg(&mirror))?;
-    std::fs::write(&done, "").map_err(|e| e.to_string())?;
+    std::fs::write(&done, "").with_context(|| format!("writing {}", done.display()))?;
     Ok(tree)
 }
 
@@ -605,5 +615,46 @@ fn apt_source() -> Result<(String, String)> {
             }
         }
     }
-    Err("no Debian mirror found in the apt sources".into())
+    bail!("no Debian mirror found in the apt sources")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn options(args: &[&str]) -> Options {
+        #[derive(clap::Parser)]
+        struct Cli {
+            #[command(flatten)]
+            args: Args,
+        }
+        let args = std::iter::once("bench").chain(args.iter().copied());
+        Options::from(&<Cli as clap::Parser>::parse_from(args).args)
+    }
+
+    /// (tar, debian, docker, containerd, calls).
+    fn sections(o: &Options) -> (bool, bool, bool, bool, bool) {
+        (o.tar, o.debian, o.docker, o.containerd, o.calls)
+    }
+
+    #[test]
+    fn only_and_no_pick_the_sections() {
+        let all = options(&[]);
+        assert_eq!(sections(&all), (true, true, true, true, true));
+        assert_eq!((all.runs, all.calls_iterations), (5, 200));
+        let o = options(&["--docker-only"]);
+        assert_eq!(sections(&o), (false, false, true, false, false));
+        let o = options(&["--containerd-only"]);
+        assert_eq!(sections(&o), (false, true, false, true, false));
+        let o = options(&["--calls-only", "--calls-iterations", "7"]);
+        assert_eq!(sections(&o), (false, false, false, false, true));
+        assert_eq!(o.calls_iterations, 7);
+        let o = options(&[
+            "--no-debian",
+            "--no-docker",
+            "--no-containerd",
+            "--no-calls",
+        ]);
+        assert_eq!(sections(&o), (true, false, false, false, false));
+    }
 }

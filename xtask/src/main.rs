@@ -25,51 +25,74 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
 use std::time::Instant;
 
+use anyhow::{Context as _, bail};
+use clap::{CommandFactory, Parser, Subcommand};
+
+/// The project's chores in one place, so a person runs exactly what CI runs.
+#[derive(Parser)]
+#[command(name = "cargo xtask", bin_name = "cargo xtask")]
+struct Cli {
+    #[command(subcommand)]
+    task: Option<Task>,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Every gate, in order: fmt, clippy, tests (kernel required), docs, package, fuzz build.
+    Ci,
+    /// Run cargo-fuzz targets (each in turn when none is named).
+    Fuzz(FuzzArgs),
+    /// `cargo package --workspace` against a local registry.
+    Package,
+    /// plies vs GNU tar, docker load on plies vs overlay2, containerd on plies vs
+    /// overlayfs, and get+put, mount, umount, create, rm against raw mount(2).
+    Bench(bench::Args),
+    /// The kernel-dependent tests under Debian kernels in qemu (xtask/VM.md).
+    VmTest(vm::Options),
+    /// Kill plies at random points and check the store; then K processes on one root.
+    Trials(trials::Options),
+    /// Power cuts in qemu on one disk: what survives (xtask/VM.md).
+    Powercut(powercut::Options),
+    /// `cargo fmt --all`.
+    Fmt,
+}
+
+/// `cargo xtask fuzz`.
+#[derive(clap::Args)]
+struct FuzzArgs {
+    /// Fuzz targets, as `fuzz/Cargo.toml` names them (all when none is given).
+    #[arg(value_name = "TARGET")]
+    targets: Vec<String>,
+    /// Seconds each target runs.
+    #[arg(long, value_name = "N", default_value_t = 60)]
+    seconds: u64,
+}
+
 fn main() -> ExitCode {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let result = match args.first().map(String::as_str) {
-        Some("ci") => ci(),
-        Some("fuzz") => fuzz(&args[1..]),
-        Some("package") => package(),
-        Some("bench") => bench::bench(&args[1..]),
-        Some("vm-test") => vm::vm_test(&args[1..]),
-        Some("trials") => trials::trials(&args[1..]),
-        Some("powercut") => powercut::powercut(&args[1..]),
-        Some("fmt") => run(cargo().args(["fmt", "--all"])),
-        None | Some("help" | "--help" | "-h") => {
-            println!("{USAGE}");
-            Ok(())
-        }
-        Some(other) => Err(format!("unknown task '{other}'\n{USAGE}")),
+    let Some(task) = Cli::parse().task else {
+        let _ = Cli::command().print_help();
+        return ExitCode::SUCCESS;
+    };
+    let result = match task {
+        Task::Ci => ci(),
+        Task::Fuzz(args) => fuzz(&args),
+        Task::Package => package(),
+        Task::Bench(args) => bench::bench(&args),
+        Task::VmTest(opts) => vm::vm_test(opts),
+        Task::Trials(opts) => trials::trials(opts),
+        Task::Powercut(opts) => powercut::powercut(opts),
+        Task::Fmt => run(cargo().args(["fmt", "--all"])),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("xtask: {e}");
+            eprintln!("xtask: {e:#}");
             ExitCode::FAILURE
         }
     }
 }
 
-const USAGE: &str = "usage: cargo xtask <task>
-  ci                           fmt, clippy, tests, docs, package, fuzz build
-  fuzz [TARGET] [--seconds N]  run cargo-fuzz targets (all in turn when no TARGET)
-  package                      cargo package --workspace
-  bench [--runs N] [--no-debian] [--no-docker | --docker-only]
-        [--no-containerd | --containerd-only] [--no-calls | --calls-only]
-        [--calls-iterations N]
-                               plies vs GNU tar, docker load on plies vs overlay2,
-                               containerd on plies vs overlayfs, and get+put, mount,
-                               umount, create, rm against raw mount(2)
-  vm-test [--kernel NAME]... [--filter TEST]  kernel tests under Debian kernels in qemu (xtask/VM.md)
-  trials [--per-kind N] [--procs K] [--rounds M] [--seed S] [--kinds a,b,c] [--keep]
-         [--verbose] [--bin PLIES]
-                               kill plies at random points and check the store; K processes on one root
-  powercut [--kernel NAME] [--cuts N] [--seed S] [--bin PLIES]
-                               power cuts in qemu on one disk: what survives (xtask/VM.md)
-  fmt                          cargo fmt --all";
-
-type Result<T = ()> = std::result::Result<T, String>;
+type Result<T = ()> = anyhow::Result<T>;
 
 fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -98,7 +121,7 @@ fn run(cmd: &mut Command) -> Result {
     let start = Instant::now();
     let status = cmd
         .status()
-        .map_err(|e| format!("could not start {shown}: {e}"))?;
+        .with_context(|| format!("could not start {shown}"))?;
     eprintln!(
         "xtask: {shown} finished in {:.1}s ({status})",
         start.elapsed().as_secs_f64()
@@ -106,7 +129,7 @@ fn run(cmd: &mut Command) -> Result {
     if status.success() {
         Ok(())
     } else {
-        Err(format!("{shown} failed: {status}"))
+        bail!("{shown} failed: {status}")
     }
 }
 
@@ -152,7 +175,7 @@ fn forget_packaged_siblings() -> Result {
     let home = std::env::var_os("CARGO_HOME")
         .map(PathBuf::from)
         .or_else(|| std::env::var_os("HOME").map(|h| Path::new(&h).join(".cargo")))
-        .ok_or("neither CARGO_HOME nor HOME is set")?;
+        .context("neither CARGO_HOME nor HOME is set")?;
     let Ok(registries) = std::fs::read_dir(home.join("registry/src")) else {
         return Ok(());
     };
@@ -168,7 +191,7 @@ fn forget_packaged_siblings() -> Result {
             let name = package.file_name().to_string_lossy().into_owned();
             if name.starts_with("plies") {
                 std::fs::remove_dir_all(package.path())
-                    .map_err(|e| format!("removing {}: {e}", package.path().display()))?;
+                    .with_context(|| format!("removing {}", package.path().display()))?;
             }
         }
     }
@@ -181,7 +204,7 @@ fn fuzz_dir() -> PathBuf {
 
 fn fuzz_targets() -> Result<Vec<String>> {
     let manifest = std::fs::read_to_string(fuzz_dir().join("Cargo.toml"))
-        .map_err(|e| format!("reading fuzz/Cargo.toml: {e}"))?;
+        .context("reading fuzz/Cargo.toml")?;
     // Every `[[bin]]` table names one target; its `name` is the first key in it.
     let mut targets = Vec::new();
     let mut in_bin = false;
@@ -209,35 +232,20 @@ fn fuzz_build() -> Result {
     run(cargo_fuzz().args(["fuzz", "build", "--sanitizer", "none"]))
 }
 
-fn fuzz(args: &[String]) -> Result {
-    let mut seconds: u64 = 60;
-    let mut chosen = Vec::new();
-    let mut it = args.iter();
-    while let Some(arg) = it.next() {
-        match arg.as_str() {
-            "--seconds" => {
-                let value = it.next().ok_or("--seconds needs a number")?;
-                seconds = value
-                    .parse()
-                    .map_err(|_| format!("--seconds takes a whole number, not '{value}'"))?;
-            }
-            name => chosen.push(name.to_string()),
-        }
-    }
+fn fuzz(args: &FuzzArgs) -> Result {
+    let seconds = args.seconds;
+    let chosen = args.targets.clone();
     let all = fuzz_targets()?;
     for name in &chosen {
         if !all.contains(name) {
-            return Err(format!(
-                "no fuzz target '{name}'; targets: {}",
-                all.join(", ")
-            ));
+            bail!("no fuzz target '{name}'; targets: {}", all.join(", "));
         }
     }
     let targets = if chosen.is_empty() { all } else { chosen };
     for target in targets {
         let corpus = fuzz_dir().join("corpus").join(&target);
         std::fs::create_dir_all(&corpus)
-            .map_err(|e| format!("creating {}: {e}", corpus.display()))?;
+            .with_context(|| format!("creating {}", corpus.display()))?;
         run(cargo_fuzz()
             .args(["fuzz", "run", "--sanitizer", "none", &target])
             .arg(&corpus)
@@ -245,4 +253,66 @@ fn fuzz(args: &[String]) -> Result {
             .arg(format!("-max_total_time={seconds}")))?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_command_line_is_well_formed() {
+        Cli::command().debug_assert();
+    }
+
+    /// The invocations `.ci/run`, `README.md`, `fuzz/README.md` and `xtask/VM.md` show.
+    #[test]
+    fn documented_invocations_parse() {
+        for line in [
+            "ci",
+            "fuzz",
+            "fuzz mountopts_overlay --seconds 60",
+            "package",
+            "fmt",
+            "bench",
+            "bench --runs 3",
+            "bench --calls-only",
+            "bench --containerd-only --calls-iterations 50",
+            "bench --no-debian --no-docker --no-containerd --no-calls",
+            "trials --per-kind 5 --procs 4 --rounds 20",
+            "trials --kinds rm,apply-child --keep --verbose --seed 7 --bin /bin/true",
+            "vm-test",
+            "vm-test --kernel 6.1",
+            "vm-test --kernel 6.1 --filter volatile",
+            "vm-test --kernel 5.10 --kernel newest",
+            "vm-test --kernel 5.10 --kernel newest --kernel-image /k/linux.bzImage",
+            "vm-test --kernel-image ../shared/kernels/linux-6.1.192-aufs.bzImage",
+            "vm-test --jobs 1 --timeout 600 --refresh",
+            "powercut",
+            "powercut --cuts 20 --seed 4242",
+            "powercut --kernel 6.1 --cuts 50 --seed 7",
+            "powercut --refresh --bin target/plies",
+        ] {
+            let args = std::iter::once("cargo xtask").chain(line.split_whitespace());
+            if let Err(e) = Cli::try_parse_from(args) {
+                panic!("cargo xtask {line}: {e}");
+            }
+        }
+    }
+
+    #[test]
+    fn wrong_invocations_fail() {
+        for line in [
+            "nope",
+            "bench --docker-only --calls-only",
+            "bench --no-calls --calls-only",
+            "bench --calls-iterations 0",
+            "vm-test --jobs 3",
+            "vm-test --timeout soon",
+            "powercut --cuts 0",
+            "trials --kinds nope",
+        ] {
+            let args = std::iter::once("cargo xtask").chain(line.split_whitespace());
+            assert!(Cli::try_parse_from(args).is_err(), "cargo xtask {line}");
+        }
+    }
 }

@@ -35,12 +35,13 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use anyhow::{Context as _, bail};
+
 use crate::bench::Rng;
 use crate::{Result, cargo, run, target_dir};
 
 mod concurrency;
 pub(crate) mod inputs;
-mod json;
 mod kinds;
 mod plies;
 mod tarsum;
@@ -49,62 +50,39 @@ use kinds::{Fsck, Kind, Trial};
 use plies::{Plies, remove_root, unmount_all};
 
 /// The command line of `cargo xtask trials`.
-struct Options {
+#[derive(clap::Args)]
+pub(crate) struct Options {
+    /// Kill trials of each kind.
+    #[arg(long, value_name = "N", default_value_t = 50)]
     per_kind: usize,
+    /// Worker processes of the concurrency run (0 skips it).
+    #[arg(long, value_name = "K", default_value_t = 8)]
     procs: usize,
+    /// Rounds of each worker (0 skips the concurrency run).
+    #[arg(long, value_name = "M", default_value_t = 1000)]
     rounds: usize,
+    /// The kill delays' generator seed (default: the clock; printed).
+    #[arg(long, value_name = "S")]
     seed: Option<u64>,
+    /// Only these kinds of kill trial, comma-separated (default: all).
+    #[arg(
+        long,
+        value_enum,
+        value_name = "a,b,c",
+        value_delimiter = ',',
+        default_values_t = Kind::ALL,
+        hide_default_value = true
+    )]
     kinds: Vec<Kind>,
+    /// Keep the root of each failed trial, and the inputs.
+    #[arg(long)]
     keep: bool,
     /// A `plies` binary to use instead of building one.
+    #[arg(long, value_name = "PLIES")]
     bin: Option<PathBuf>,
+    /// A line per trial.
+    #[arg(long, short)]
     verbose: bool,
-}
-
-/// Parses the options after `trials`.
-fn parse(args: &[String]) -> Result<Options> {
-    let mut opts = Options {
-        per_kind: 50,
-        procs: 8,
-        rounds: 1000,
-        seed: None,
-        kinds: Kind::ALL.to_vec(),
-        keep: false,
-        bin: None,
-        verbose: false,
-    };
-    let mut it = args.iter();
-    while let Some(arg) = it.next() {
-        let mut number = |flag: &str| -> Result<u64> {
-            let v = it.next().ok_or(format!("{flag} needs a number"))?;
-            v.parse()
-                .map_err(|_| format!("{flag} takes a whole number, not '{v}'"))
-        };
-        match arg.as_str() {
-            "--per-kind" => opts.per_kind = number("--per-kind")? as usize,
-            "--procs" => opts.procs = number("--procs")? as usize,
-            "--rounds" => opts.rounds = number("--rounds")? as usize,
-            "--seed" => opts.seed = Some(number("--seed")?),
-            "--keep" => opts.keep = true,
-            "--verbose" | "-v" => opts.verbose = true,
-            "--bin" => opts.bin = Some(PathBuf::from(it.next().ok_or("--bin needs a path")?)),
-            "--kinds" => {
-                let list = it.next().ok_or("--kinds needs a list")?;
-                opts.kinds = list
-                    .split(',')
-                    .filter(|k| !k.is_empty())
-                    .map(|k| {
-                        Kind::parse(k).ok_or_else(|| {
-                            let all: Vec<&str> = Kind::ALL.iter().map(|k| k.name()).collect();
-                            format!("no trial kind '{k}'; kinds: {}", all.join(","))
-                        })
-                    })
-                    .collect::<Result<_>>()?;
-            }
-            other => return Err(format!("unknown trials option '{other}'")),
-        }
-    }
-    Ok(opts)
 }
 
 /// What every trial needs.
@@ -128,7 +106,7 @@ impl Ctx {
         let kept = self.dir.join(format!("failed-{name}"));
         remove_root(&kept)?;
         std::fs::rename(root, &kept)
-            .map_err(|e| format!("moving {} to {}: {e}", root.display(), kept.display()))?;
+            .with_context(|| format!("moving {} to {}", root.display(), kept.display()))?;
         Ok(kept)
     }
 }
@@ -162,17 +140,18 @@ fn unsupported() -> Option<String> {
 }
 
 /// `cargo xtask trials`.
-pub(crate) fn trials(args: &[String]) -> Result {
-    let opts = parse(args)?;
+pub(crate) fn trials(opts: Options) -> Result {
     if let Some(why) = unsupported() {
         if std::env::var_os("PLIES_REQUIRE_KERNEL").is_some_and(|v| v == "1") {
-            return Err(format!("trials: {why} (PLIES_REQUIRE_KERNEL=1)"));
+            bail!("trials: {why} (PLIES_REQUIRE_KERNEL=1)");
         }
         eprintln!("trials: skipped: {why}");
         return Ok(());
     }
     let bin = match opts.bin {
-        Some(bin) => std::path::absolute(&bin).map_err(|e| format!("{}: {e}", bin.display()))?,
+        Some(bin) => {
+            std::path::absolute(&bin).with_context(|| format!("--bin {}", bin.display()))?
+        }
         None => {
             run(cargo().args(["build", "--release", "-p", "plies"]))?;
             target_dir().join("release/plies")
@@ -180,22 +159,23 @@ pub(crate) fn trials(args: &[String]) -> Result {
     };
 
     let dir = target_dir().join("trials");
-    std::fs::create_dir_all(&dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     let dir = dir
         .canonicalize()
-        .map_err(|e| format!("{}: {e}", dir.display()))?;
+        .with_context(|| format!("resolving {}", dir.display()))?;
     let stale = unmount_all(&dir);
     if stale > 0 {
         eprintln!("trials: unmounted {stale} mounts a previous run left");
     }
-    for entry in std::fs::read_dir(&dir).map_err(|e| format!("{}: {e}", dir.display()))? {
-        let path = entry.map_err(|e| e.to_string())?.path();
+    let listing = || format!("reading {}", dir.display());
+    for entry in std::fs::read_dir(&dir).with_context(listing)? {
+        let path = entry.with_context(listing)?.path();
         let removed = if path.is_dir() {
             std::fs::remove_dir_all(&path)
         } else {
             std::fs::remove_file(&path)
         };
-        removed.map_err(|e| format!("removing {}: {e}", path.display()))?;
+        removed.with_context(|| format!("removing {}", path.display()))?;
     }
     let started = Instant::now();
     let inputs = inputs::make(&dir.join("inputs"))?;
@@ -244,7 +224,7 @@ pub(crate) fn trials(args: &[String]) -> Result {
             failed |= report.failed();
         }
         Some(Err(e)) => {
-            println!("\nconcurrency: could not run: {e}");
+            println!("\nconcurrency: could not run: {e:#}");
             failed = true;
         }
         None => {}
@@ -262,7 +242,7 @@ pub(crate) fn trials(args: &[String]) -> Result {
     }
     println!("\nseed {seed}");
     if failed {
-        Err("trials found failures (above)".into())
+        bail!("trials found failures (above)")
     } else {
         Ok(())
     }
@@ -414,7 +394,10 @@ fn run_kind(ctx: &Ctx, kind: Kind, per_kind: usize, rng: &mut Rng) -> Tally {
         Err(e) => {
             eprintln!("trials: {}: the reference run failed", kind.name());
             tally.errors += 1;
-            tally.report(&["error"], format!("reference run failed:\n{}", indent(&e)));
+            tally.report(
+                &["error"],
+                format!("reference run failed:\n{}", indent(&format!("{e:#}"))),
+            );
             return tally;
         }
     };
@@ -431,7 +414,7 @@ fn run_kind(ctx: &Ctx, kind: Kind, per_kind: usize, rng: &mut Rng) -> Tally {
         };
         let kept = kept.unwrap_or_else(|e| {
             tally.errors += 1;
-            tally.report(&["cleanup"], format!("trial {n}: cleaning up: {e}"));
+            tally.report(&["cleanup"], format!("trial {n}: cleaning up: {e:#}"));
             None
         });
         tally.record(n, &trial, kept.as_deref());
@@ -576,26 +559,26 @@ fn first_lines(messages: &[String]) -> String {
 mod tests {
     use super::*;
 
-    fn strings(args: &[&str]) -> Vec<String> {
-        args.iter().map(|s| s.to_string()).collect()
+    fn parse(args: &[&str]) -> std::result::Result<Options, clap::Error> {
+        #[derive(clap::Parser)]
+        struct Cli {
+            #[command(flatten)]
+            options: Options,
+        }
+        let args = std::iter::once("trials").chain(args.iter().copied());
+        <Cli as clap::Parser>::try_parse_from(args).map(|c| c.options)
     }
 
     #[test]
     fn options() {
-        let o = parse(&strings(&[
-            "--per-kind",
-            "5",
-            "--kinds",
-            "rm,apply-child",
-            "--keep",
-        ]))
-        .unwrap();
+        let o = parse(&["--per-kind", "5", "--kinds", "rm,apply-child", "--keep"]).unwrap();
         assert_eq!(o.per_kind, 5);
         assert_eq!((o.procs, o.rounds), (8, 1000));
         assert_eq!(o.kinds, vec![Kind::Rm, Kind::ApplyChild]);
         assert!(o.keep);
-        assert!(parse(&strings(&["--kinds", "nope"])).is_err());
-        assert!(parse(&strings(&["--rounds"])).is_err());
+        assert_eq!(parse(&[]).unwrap().kinds, Kind::ALL);
+        assert!(parse(&["--kinds", "nope"]).is_err());
+        assert!(parse(&["--rounds"]).is_err());
     }
 
     #[test]

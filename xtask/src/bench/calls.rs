@@ -23,6 +23,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
+use anyhow::{Context as _, bail};
+
 use super::{docker_save, load_average, timed};
 use crate::{Result, cargo, root, run, target_dir};
 
@@ -100,11 +102,11 @@ pub(super) fn calls(iterations: usize) -> Result {
     let floor = target.join("release/examples/get_put_floor");
 
     let bench = root().join("target/bench");
-    std::fs::create_dir_all(&bench).map_err(|e| format!("creating {}: {e}", bench.display()))?;
+    std::fs::create_dir_all(&bench).with_context(|| format!("creating {}", bench.display()))?;
     sweep_dead_runs(&bench);
     let scratch = Scratch(bench.join(format!("calls-{}", std::process::id())));
     let dir = &scratch.0;
-    std::fs::create_dir_all(dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let load_before = load_average();
 
     eprintln!("bench: library get+put beside raw mount+umount2 ({iterations} runs per depth)");
@@ -251,9 +253,9 @@ fn lib_rows(floor: &Path, dir: &Path, iterations: usize) -> Result<HashMap<usize
         .stdin(Stdio::null())
         .stderr(Stdio::inherit())
         .output()
-        .map_err(|e| format!("starting {}: {e}", floor.display()))?;
+        .with_context(|| format!("starting {}", floor.display()))?;
     if !out.status.success() {
-        return Err(format!("{} failed: {}", floor.display(), out.status));
+        bail!("{} failed: {}", floor.display(), out.status);
     }
     let text = String::from_utf8_lossy(&out.stdout);
     let mut rows = HashMap::new();
@@ -266,7 +268,7 @@ fn lib_rows(floor: &Path, dir: &Path, iterations: usize) -> Result<HashMap<usize
             words
                 .get(key)
                 .and_then(|v| v.parse::<f64>().ok())
-                .ok_or_else(|| format!("no {key} in '{line}'"))
+                .with_context(|| format!("no {key} in '{line}'"))
         };
         let stats = |side: &str| -> Result<Stats> {
             Ok(Stats {
@@ -291,12 +293,12 @@ fn lib_rows(floor: &Path, dir: &Path, iterations: usize) -> Result<HashMap<usize
 /// `dir/layers/<i>.tar`.
 fn layer_tars(dir: &Path, count: usize) -> Result<Vec<PathBuf>> {
     let layers = dir.join("layers");
-    let io = |e: std::io::Error| format!("{}: {e}", layers.display());
+    let io = || format!("making {}", layers.display());
     let mut out = Vec::with_capacity(count);
     for i in 0..count {
         let content = layers.join(format!("{i}"));
-        std::fs::create_dir_all(&content).map_err(io)?;
-        std::fs::write(content.join(format!("f{i}")), "x").map_err(io)?;
+        std::fs::create_dir_all(&content).with_context(io)?;
+        std::fs::write(content.join(format!("f{i}")), "x").with_context(io)?;
         let tar = layers.join(format!("{i}.tar"));
         let status = Command::new("tar")
             .args(["--numeric-owner", "--mtime=@1600000000", "-cf"])
@@ -305,9 +307,9 @@ fn layer_tars(dir: &Path, count: usize) -> Result<Vec<PathBuf>> {
             .arg(&content)
             .arg(format!("f{i}"))
             .status()
-            .map_err(|e| format!("tar: {e}"))?;
+            .context("starting tar")?;
         if !status.success() {
-            return Err(format!("tar -cf {}: {status}", tar.display()));
+            bail!("tar -cf {}: {status}", tar.display());
         }
         out.push(tar);
     }
@@ -338,20 +340,16 @@ impl CliStore {
             .arg(&image)
             .stderr(Stdio::inherit())
             .output()
-            .map_err(|e| format!("plies import: {e}"))?;
+            .context("starting plies import")?;
         if !out.status.success() {
-            return Err(format!(
-                "plies import of {}: {}",
-                image.display(),
-                out.status
-            ));
+            bail!("plies import of {}: {}", image.display(), out.status);
         }
         let top = String::from_utf8_lossy(&out.stdout).trim().to_string();
         run(store
             .cmd()
             .args(["create", "--rw", "--parent", &top, "top"])
             .stdout(Stdio::null()))?;
-        std::fs::remove_file(&image).map_err(|e| format!("{}: {e}", image.display()))?;
+        std::fs::remove_file(&image).with_context(|| format!("removing {}", image.display()))?;
         Ok(store)
     }
 
@@ -429,7 +427,7 @@ struct Scratch(PathBuf);
 impl Drop for Scratch {
     fn drop(&mut self) {
         if let Err(e) = remove_mounted_tree(&self.0) {
-            eprintln!("bench: {e}");
+            eprintln!("bench: {e:#}");
         }
     }
 }
@@ -452,7 +450,7 @@ fn sweep_dead_runs(bench: &Path) {
             e.path().display()
         );
         if let Err(e) = remove_mounted_tree(&e.path()) {
-            eprintln!("bench: {e}");
+            eprintln!("bench: {e:#}");
         }
     }
 }
@@ -474,12 +472,12 @@ pub(super) fn remove_mounted_tree(dir: &Path) -> Result {
         }
     }
     if !mounts_under(dir).is_empty() {
-        return Err(format!("mounts left under {}; not removed", dir.display()));
+        bail!("mounts left under {}; not removed", dir.display());
     }
     match std::fs::remove_dir_all(dir) {
         Ok(()) => Ok(()),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(format!("removing {}: {e}", dir.display())),
+        Err(e) => Err(e).with_context(|| format!("removing {}", dir.display())),
     }
 }
 

@@ -33,6 +33,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use anyhow::{Context as _, bail};
 use tonic::codegen::http::uri::PathAndQuery;
 use tonic::transport::{Channel, Endpoint, Uri};
 
@@ -40,6 +41,12 @@ use super::calls::{Stats, remove_mounted_tree};
 use super::docker::terminate;
 use super::{Rng, docker_save, load_average, read_input, sync_and_drop_caches, timed};
 use crate::Result;
+
+mod client;
+mod rig;
+
+use client::*;
+use rig::*;
 
 /// The containerd namespace the bench works in.
 const NAMESPACE: &str = "plies-bench";
@@ -68,7 +75,7 @@ pub(super) fn containerd(
 ) -> Result {
     for tool in ["containerd", "ctr"] {
         if Command::new(tool).arg("--version").output().is_err() {
-            return Err(format!("{tool} is not installed (Debian: containerd)"));
+            bail!("{tool} is not installed (Debian: containerd)");
         }
     }
     sweep_dead_runs(bench);
@@ -80,11 +87,11 @@ pub(super) fn containerd(
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
-        .map_err(|e| format!("tokio runtime: {e}"))?;
+        .context("building the tokio runtime")?;
     let (mut via, mut direct) = rt.block_on(async {
         let via = Client::connect(&rig.path("containerd.sock")).await?;
         let direct = Client::connect(&rig.path("plies.sock")).await?;
-        Ok::<_, String>((via, direct))
+        anyhow::Ok((via, direct))
     })?;
     let mut ctx = Ctx {
         rig: &rig,
@@ -285,10 +292,13 @@ impl Ctx<'_> {
                 return Ok(());
             }
             if Instant::now() > deadline {
-                return Err(format!(
+                bail!(
                     "containerd's GC left {} overlayfs and {} plies snapshots (want {} and {})",
-                    have[0], have[1], want[0], want[1]
-                ));
+                    have[0],
+                    have[1],
+                    want[0],
+                    want[1]
+                );
             }
             if Instant::now() >= next_gc {
                 self.rig.gc()?;
@@ -387,10 +397,10 @@ fn top(infos: &[Info], depth: usize) -> Result<String> {
         .filter(|n| !parents.contains(n))
         .collect();
     let [top] = tops[..] else {
-        return Err(format!(
+        bail!(
             "{} committed snapshots without children, want one",
             tops.len()
-        ));
+        );
     };
     let mut chain = 0;
     let mut at = top;
@@ -399,225 +409,9 @@ fn top(infos: &[Info], depth: usize) -> Result<String> {
         at = parent;
     }
     if chain != depth {
-        return Err(format!("the top {top} is {chain} layers deep, not {depth}"));
+        bail!("the top {top} is {chain} layers deep, not {depth}");
     }
     Ok(top.to_string())
-}
-
-/// The private containerd and the plies server behind it, under
-/// `target/bench/containerd-<pid>/`: stopped by pid, unmounted and removed on drop.
-struct Rig {
-    dir: PathBuf,
-    plies: Option<Child>,
-    containerd: Option<Child>,
-}
-
-impl Rig {
-    fn start(bench: &Path, plies_bin: &Path) -> Result<Rig> {
-        let mut rig = Rig {
-            dir: bench.join(format!("containerd-{}", std::process::id())),
-            plies: None,
-            containerd: None,
-        };
-        let dir = rig.dir.clone();
-        let io = |e: std::io::Error| format!("{}: {e}", dir.display());
-        std::fs::create_dir_all(&dir).map_err(io)?;
-
-        let log = std::fs::File::create(rig.path("plies.log")).map_err(io)?;
-        rig.plies = Some(
-            Command::new(plies_bin)
-                .arg("--root")
-                .arg(rig.path("plies"))
-                .args(["--driver", "overlay2", "serve", "containerd", "--socket"])
-                .arg(rig.path("plies.sock"))
-                .stdin(Stdio::null())
-                .stdout(log.try_clone().map_err(io)?)
-                .stderr(log)
-                .spawn()
-                .map_err(|e| format!("starting {}: {e}", plies_bin.display()))?,
-        );
-        rig.wait_for("plies.sock", "plies.log")?;
-
-        let d = dir.display();
-        let config = format!(
-            r#"version = 2
-root = "{d}/root"
-state = "{d}/state"
-disabled_plugins = ["io.containerd.grpc.v1.cri"]
-
-[grpc]
-  address = "{d}/containerd.sock"
-[ttrpc]
-  address = "{d}/containerd.sock.ttrpc"
-[debug]
-  address = "{d}/containerd-debug.sock"
-[plugins."io.containerd.internal.v1.opt"]
-  path = "{d}/opt"
-
-[proxy_plugins]
-  [proxy_plugins.plies]
-    type = "snapshot"
-    address = "{d}/plies.sock"
-"#
-        );
-        std::fs::write(rig.path("config.toml"), config).map_err(io)?;
-        let log = std::fs::File::create(rig.path("containerd.log")).map_err(io)?;
-        rig.containerd = Some(
-            Command::new("containerd")
-                .arg("--config")
-                .arg(rig.path("config.toml"))
-                .stdin(Stdio::null())
-                .stdout(log.try_clone().map_err(io)?)
-                .stderr(log)
-                .spawn()
-                .map_err(|e| format!("starting containerd: {e}"))?,
-        );
-        rig.wait_for("containerd.sock", "containerd.log")?;
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while rig.ctr_ok(&["version"]).is_err() {
-            if Instant::now() > deadline {
-                return Err(format!(
-                    "containerd does not answer: {}",
-                    rig.log_tail("containerd.log")
-                ));
-            }
-            std::thread::sleep(Duration::from_millis(200));
-        }
-        Ok(rig)
-    }
-
-    fn path(&self, name: &str) -> PathBuf {
-        self.dir.join(name)
-    }
-
-    fn wait_for(&mut self, socket: &str, log: &str) -> Result {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while !self.path(socket).exists() {
-            let exited = [&mut self.plies, &mut self.containerd]
-                .into_iter()
-                .flatten()
-                .any(|c| !matches!(c.try_wait(), Ok(None)));
-            if exited || Instant::now() > deadline {
-                return Err(format!(
-                    "{} never appeared: {}",
-                    self.path(socket).display(),
-                    self.log_tail(log)
-                ));
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        Ok(())
-    }
-
-    /// The last lines of a log, joined.
-    fn log_tail(&self, log: &str) -> String {
-        let text = std::fs::read_to_string(self.path(log)).unwrap_or_default();
-        let tail: Vec<&str> = text.lines().rev().take(5).collect();
-        tail.into_iter().rev().collect::<Vec<_>>().join(" | ")
-    }
-
-    /// `ctr` talking to this containerd, in the bench's namespace.
-    fn ctr(&self) -> Command {
-        let mut c = Command::new("ctr");
-        c.arg("--address")
-            .arg(self.path("containerd.sock"))
-            .args(["--namespace", NAMESPACE])
-            .stdin(Stdio::null());
-        c
-    }
-
-    /// Runs `ctr` and returns its stdout; its stderr and containerd's last log
-    /// lines in the error.
-    fn ctr_ok(&self, args: &[&str]) -> Result<String> {
-        let out = self
-            .ctr()
-            .args(args)
-            .output()
-            .map_err(|e| format!("ctr: {e}"))?;
-        if !out.status.success() {
-            return Err(format!(
-                "ctr {}: {}; containerd: {}",
-                args.join(" "),
-                String::from_utf8_lossy(&out.stderr).trim(),
-                self.log_tail("containerd.log")
-            ));
-        }
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-    }
-
-    /// A synchronous GC: a lease made and removed with `--sync`.
-    fn gc(&self) -> Result {
-        let id = self.ctr_ok(&["leases", "create"])?;
-        let id = id.split_whitespace().next().unwrap_or_default().to_string();
-        self.ctr_ok(&["leases", "rm", "--sync", &id]).map(drop)
-    }
-
-    /// The snapshot directories of containerd's overlayfs snapshotter.
-    fn overlayfs_snapshots(&self) -> Result<usize> {
-        let dir = self.path("root/io.containerd.snapshotter.v1.overlayfs/snapshots");
-        match std::fs::read_dir(&dir) {
-            Ok(entries) => Ok(entries.count()),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(0),
-            Err(e) => Err(format!("{}: {e}", dir.display())),
-        }
-    }
-}
-
-impl Drop for Rig {
-    fn drop(&mut self) {
-        if let Some(mut c) = self.containerd.take() {
-            terminate(&mut c, Duration::from_secs(10));
-        }
-        if let Some(mut p) = self.plies.take() {
-            terminate(&mut p, Duration::from_secs(30));
-        }
-        if let Err(e) = remove_mounted_tree(&self.dir) {
-            eprintln!("bench: {e}");
-        }
-    }
-}
-
-/// Removes what runs killed before their end left: the processes whose command
-/// line names their directory (SIGKILL, by pid), mounts under it, the directory.
-fn sweep_dead_runs(bench: &Path) {
-    let Ok(entries) = std::fs::read_dir(bench) else {
-        return;
-    };
-    for e in entries.flatten() {
-        let name = e.file_name().to_string_lossy().into_owned();
-        let Some(pid) = name.strip_prefix("containerd-") else {
-            continue;
-        };
-        if pid.parse::<u32>().is_err() || Path::new("/proc").join(pid).exists() {
-            continue;
-        }
-        let dir = e.path();
-        eprintln!("bench: removing {} (left by a killed run)", dir.display());
-        for pid in processes_naming(&dir) {
-            let _ = Command::new("kill")
-                .args(["-KILL", &pid.to_string()])
-                .status();
-        }
-        if let Err(e) = remove_mounted_tree(&dir) {
-            eprintln!("bench: {e}");
-        }
-    }
-}
-
-/// The pids whose command line names a path under `dir`.
-fn processes_naming(dir: &Path) -> Vec<u32> {
-    let needle = format!("{}/", dir.display());
-    let mut out = Vec::new();
-    for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
-        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
-            continue;
-        };
-        let cmdline = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
-        if String::from_utf8_lossy(&cmdline).contains(&needle) {
-            out.push(pid);
-        }
-    }
-    out
 }
 
 /// A `docker save` archive of 120 small layers, cached as
@@ -630,28 +424,28 @@ fn many_layers_archive(bench: &Path) -> Result<PathBuf> {
         return Ok(archive);
     }
     let staging = bench.join(format!("layers{MANY}"));
-    let io = |e: std::io::Error| format!("{}: {e}", staging.display());
+    let io = || format!("making {}", staging.display());
     if staging.exists() {
-        std::fs::remove_dir_all(&staging).map_err(io)?;
+        std::fs::remove_dir_all(&staging).with_context(io)?;
     }
     let mut rng = Rng(0x51ed_270b_2d1f_3a97);
     let mut tars = Vec::with_capacity(MANY);
     for i in 0..MANY {
         let content = staging.join(i.to_string());
         let own = content.join(format!("l{i:03}"));
-        std::fs::create_dir_all(&own).map_err(io)?;
-        std::fs::create_dir_all(content.join("etc")).map_err(io)?;
+        std::fs::create_dir_all(&own).with_context(io)?;
+        std::fs::create_dir_all(content.join("etc")).with_context(io)?;
         for (name, size) in [("a", 1024), ("b", 3072), ("c", 8192)] {
             let data: Vec<u8> = (0..size / 8)
                 .flat_map(|_| rng.next().to_le_bytes())
                 .collect();
-            std::fs::write(own.join(name), data).map_err(io)?;
+            std::fs::write(own.join(name), data).with_context(io)?;
         }
-        std::fs::write(content.join("etc/stamp"), format!("layer {i}\n")).map_err(io)?;
+        std::fs::write(content.join("etc/stamp"), format!("layer {i}\n")).with_context(io)?;
         if i > 0 && i % 10 == 0 {
             let before = content.join(format!("l{:03}", i - 1));
-            std::fs::create_dir_all(&before).map_err(io)?;
-            std::fs::write(before.join(".wh.a"), "").map_err(io)?;
+            std::fs::create_dir_all(&before).with_context(io)?;
+            std::fs::write(before.join(".wh.a"), "").with_context(io)?;
         }
         let tar = staging.join(format!("{i}.tar"));
         let status = Command::new("tar")
@@ -668,211 +462,17 @@ fn many_layers_archive(bench: &Path) -> Result<PathBuf> {
             .arg(&content)
             .arg(".")
             .status()
-            .map_err(|e| format!("tar: {e}"))?;
+            .context("starting tar")?;
         if !status.success() {
-            return Err(format!("tar -cf {}: {status}", tar.display()));
+            bail!("tar -cf {}: {status}", tar.display());
         }
         tars.push(tar);
     }
     let partial = bench.join(format!("layers{MANY}-image.tar.partial"));
     let layers: Vec<&Path> = tars.iter().map(PathBuf::as_path).collect();
     docker_save(&partial, &layers, &format!("bench{MANY}:latest"))?;
-    std::fs::rename(&partial, &archive).map_err(|e| format!("{}: {e}", archive.display()))?;
-    std::fs::remove_dir_all(&staging).map_err(io)?;
+    std::fs::rename(&partial, &archive)
+        .with_context(|| format!("renaming {} to {}", partial.display(), archive.display()))?;
+    std::fs::remove_dir_all(&staging).with_context(io)?;
     Ok(archive)
-}
-
-/// `containerd.services.snapshots.v1.Kind.COMMITTED`.
-const KIND_COMMITTED: i32 = 3;
-
-/// `containerd.types.Mount` (the fields read here).
-#[derive(Clone, PartialEq, prost::Message)]
-struct Mount {
-    #[prost(string, tag = "1")]
-    r#type: String,
-}
-
-#[derive(Clone, PartialEq, prost::Message)]
-struct PrepareSnapshotRequest {
-    #[prost(string, tag = "1")]
-    snapshotter: String,
-    #[prost(string, tag = "2")]
-    key: String,
-    #[prost(string, tag = "3")]
-    parent: String,
-}
-
-#[derive(Clone, PartialEq, prost::Message)]
-struct MountsResponse {
-    #[prost(message, repeated, tag = "1")]
-    mounts: Vec<Mount>,
-}
-
-/// The request of `Mounts` and of `Remove`.
-#[derive(Clone, PartialEq, prost::Message)]
-struct KeyRequest {
-    #[prost(string, tag = "1")]
-    snapshotter: String,
-    #[prost(string, tag = "2")]
-    key: String,
-}
-
-#[derive(Clone, PartialEq, prost::Message)]
-struct ListSnapshotsRequest {
-    #[prost(string, tag = "1")]
-    snapshotter: String,
-}
-
-/// `Info` (the fields read here).
-#[derive(Clone, PartialEq, prost::Message)]
-struct Info {
-    #[prost(string, tag = "1")]
-    name: String,
-    #[prost(string, tag = "2")]
-    parent: String,
-    #[prost(int32, tag = "3")]
-    kind: i32,
-}
-
-#[derive(Clone, PartialEq, prost::Message)]
-struct ListSnapshotsResponse {
-    #[prost(message, repeated, tag = "1")]
-    info: Vec<Info>,
-}
-
-/// A client of the snapshots service on a unix socket (containerd's, or a
-/// snapshotter's own), calling in the bench's namespace.
-struct Client {
-    grpc: tonic::client::Grpc<Channel>,
-    /// The containerd lease the calls are made in (`containerd-lease`).
-    lease: Option<tonic::metadata::AsciiMetadataValue>,
-}
-
-impl Client {
-    async fn connect(socket: &Path) -> Result<Client> {
-        let path = socket.to_path_buf();
-        let channel = Endpoint::from_static("http://[::1]:1")
-            .connect_with_connector(tower::service_fn(move |_: Uri| {
-                let path = path.clone();
-                async move {
-                    let stream = tokio::net::UnixStream::connect(path).await?;
-                    Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(stream))
-                }
-            }))
-            .await
-            .map_err(|e| format!("connecting to {}: {e}", socket.display()))?;
-        Ok(Client {
-            grpc: tonic::client::Grpc::new(channel),
-            lease: None,
-        })
-    }
-
-    /// Makes the calls in lease `id` (none for `None`).
-    fn set_lease(&mut self, id: Option<&str>) -> Result {
-        self.lease = id
-            .map(|id| {
-                id.parse()
-                    .map_err(|_| format!("lease id '{id}' is no header value"))
-            })
-            .transpose()?;
-        Ok(())
-    }
-
-    fn request<T>(&self, message: T) -> tonic::Request<T> {
-        let mut r = tonic::Request::new(message);
-        let metadata = r.metadata_mut();
-        metadata.insert(
-            "containerd-namespace",
-            tonic::metadata::MetadataValue::from_static(NAMESPACE),
-        );
-        if let Some(lease) = &self.lease {
-            metadata.insert("containerd-lease", lease.clone());
-        }
-        r
-    }
-
-    async fn unary<Q, R>(&mut self, method: &'static str, message: Q) -> Result<R>
-    where
-        Q: prost::Message + Send + Sync + 'static,
-        R: prost::Message + Default + Send + Sync + 'static,
-    {
-        self.grpc
-            .ready()
-            .await
-            .map_err(|e| format!("{method}: {e}"))?;
-        self.grpc
-            .unary(
-                self.request(message),
-                PathAndQuery::from_static(method),
-                tonic::codec::ProstCodec::default(),
-            )
-            .await
-            .map(tonic::Response::into_inner)
-            .map_err(|s| format!("{method}: {}", s.message()))
-    }
-
-    /// Prepare `key` on `parent`, its Mounts, and Remove; the time of the three.
-    async fn prepare_mounts_remove(
-        &mut self,
-        snapshotter: &str,
-        key: &str,
-        parent: &str,
-    ) -> Result<Duration> {
-        let prepare = PrepareSnapshotRequest {
-            snapshotter: snapshotter.to_string(),
-            key: key.to_string(),
-            parent: parent.to_string(),
-        };
-        let by_key = KeyRequest {
-            snapshotter: snapshotter.to_string(),
-            key: key.to_string(),
-        };
-        let start = Instant::now();
-        let _: MountsResponse = self
-            .unary(
-                "/containerd.services.snapshots.v1.Snapshots/Prepare",
-                prepare,
-            )
-            .await?;
-        let mounts: MountsResponse = self
-            .unary(
-                "/containerd.services.snapshots.v1.Snapshots/Mounts",
-                by_key.clone(),
-            )
-            .await?;
-        let () = self
-            .unary("/containerd.services.snapshots.v1.Snapshots/Remove", by_key)
-            .await?;
-        let took = start.elapsed();
-        if mounts.mounts.is_empty() || mounts.mounts[0].r#type.is_empty() {
-            return Err(format!("Mounts of {key} on {snapshotter}: no mounts"));
-        }
-        Ok(took)
-    }
-
-    /// Every snapshot a `List` streams.
-    async fn list(&mut self, snapshotter: &str) -> Result<Vec<Info>> {
-        const LIST: &str = "/containerd.services.snapshots.v1.Snapshots/List";
-        self.grpc.ready().await.map_err(|e| format!("List: {e}"))?;
-        let request = self.request(ListSnapshotsRequest {
-            snapshotter: snapshotter.to_string(),
-        });
-        let codec =
-            tonic::codec::ProstCodec::<ListSnapshotsRequest, ListSnapshotsResponse>::default();
-        let mut stream = self
-            .grpc
-            .server_streaming(request, PathAndQuery::from_static(LIST), codec)
-            .await
-            .map_err(|s| format!("List: {}", s.message()))?
-            .into_inner();
-        let mut out = Vec::new();
-        while let Some(batch) = stream
-            .message()
-            .await
-            .map_err(|s| format!("List: {}", s.message()))?
-        {
-            out.extend(batch.info);
-        }
-        Ok(out)
-    }
 }

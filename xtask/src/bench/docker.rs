@@ -14,6 +14,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use anyhow::{Context as _, bail};
+
 use super::{read_input, sync_and_drop_caches, timed};
 use crate::Result;
 
@@ -35,11 +37,11 @@ pub(super) fn load(
     .into_iter()
     .map(PathBuf::from)
     .find(|p| p.exists())
-    .ok_or("dockerd is not installed (Debian: docker.io)")?;
+    .context("dockerd is not installed (Debian: docker.io)")?;
     // Per process: another bench's daemons may be running beside these.
     let work = dir.join(format!("docker-{}", std::process::id()));
     remove(&work)?;
-    std::fs::create_dir_all(&work).map_err(|e| format!("creating {}: {e}", work.display()))?;
+    std::fs::create_dir_all(&work).with_context(|| format!("creating {}", work.display()))?;
 
     let name = format!("pliesbench{}", std::process::id());
     let socket = Path::new(PLUGIN_DIR).join(format!("{name}.sock"));
@@ -76,7 +78,7 @@ fn remove(dir: &Path) -> Result {
     match std::fs::remove_dir_all(dir) {
         Ok(()) => Ok(()),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(format!("removing {}: {e}", dir.display())),
+        Err(e) => Err(e).with_context(|| format!("removing {}", dir.display())),
     }
 }
 
@@ -104,15 +106,16 @@ struct Server {
 
 impl Server {
     fn start(plies_bin: &Path, socket: &Path, log: &Path) -> Result<Server> {
-        let log = std::fs::File::create(log).map_err(|e| format!("{}: {e}", log.display()))?;
+        let log =
+            std::fs::File::create(log).with_context(|| format!("creating {}", log.display()))?;
         let child = Command::new(plies_bin)
             .args(["--driver", "overlay2", "serve", "docker", "--socket"])
             .arg(socket)
             .stdin(Stdio::null())
-            .stdout(log.try_clone().map_err(|e| e.to_string())?)
+            .stdout(log.try_clone().context("cloning the log file")?)
             .stderr(log)
             .spawn()
-            .map_err(|e| format!("starting {}: {e}", plies_bin.display()))?;
+            .with_context(|| format!("starting {}", plies_bin.display()))?;
         let mut server = Server {
             child,
             socket: socket.to_path_buf(),
@@ -121,10 +124,7 @@ impl Server {
         while !socket.exists() {
             if Instant::now() > deadline || !matches!(server.child.try_wait(), Ok(None)) {
                 terminate(&mut server.child, Duration::from_secs(5));
-                return Err(format!(
-                    "plies serve docker did not bind {}",
-                    socket.display()
-                ));
+                bail!("plies serve docker did not bind {}", socket.display());
             }
             std::thread::sleep(Duration::from_millis(50));
         }
@@ -149,10 +149,10 @@ struct Dockerd {
 
 impl Dockerd {
     fn start(bin: &Path, dir: &Path, driver: &str) -> Result<Dockerd> {
-        let io = |e: std::io::Error| format!("{}: {e}", dir.display());
-        std::fs::create_dir_all(dir).map_err(io)?;
-        std::fs::write(dir.join("daemon.json"), "{}").map_err(io)?;
-        let log = std::fs::File::create(dir.join("dockerd.log")).map_err(io)?;
+        let io = || format!("setting up dockerd in {}", dir.display());
+        std::fs::create_dir_all(dir).with_context(io)?;
+        std::fs::write(dir.join("daemon.json"), "{}").with_context(io)?;
+        let log = std::fs::File::create(dir.join("dockerd.log")).with_context(io)?;
         let host = format!("unix://{}", dir.join("docker.sock").display());
         let child = Command::new(bin)
             .arg("--experimental")
@@ -168,10 +168,10 @@ impl Dockerd {
             .args(["-H", &host])
             .args(["--iptables=false", "--ip6tables=false", "--bridge=none"])
             .stdin(Stdio::null())
-            .stdout(log.try_clone().map_err(io)?)
+            .stdout(log.try_clone().with_context(io)?)
             .stderr(log)
             .spawn()
-            .map_err(|e| format!("starting {}: {e}", bin.display()))?;
+            .with_context(|| format!("starting {}", bin.display()))?;
         let mut d = Dockerd {
             child,
             dir: dir.to_path_buf(),
@@ -192,10 +192,7 @@ impl Dockerd {
             if Instant::now() > deadline || !matches!(d.child.try_wait(), Ok(None)) {
                 let log = std::fs::read_to_string(dir.join("dockerd.log")).unwrap_or_default();
                 let tail: Vec<&str> = log.lines().rev().take(5).collect();
-                return Err(format!(
-                    "dockerd on {driver} did not start: {}",
-                    tail.join(" | ")
-                ));
+                bail!("dockerd on {driver} did not start: {}", tail.join(" | "));
             }
             std::thread::sleep(Duration::from_millis(200));
         }

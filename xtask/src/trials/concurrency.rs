@@ -18,8 +18,11 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+use anyhow::{Context as _, anyhow, bail};
+
 use super::Ctx;
 use super::plies::{Plies, Run, mounts_under, remove_root};
+use crate::Result;
 
 /// The store's own entries in the driver's home, besides `l` and the layers.
 const STORE_OWN: &[&str] = &[".plies"];
@@ -108,25 +111,25 @@ fn step_failed(run: &Run) -> String {
 }
 
 /// One round of worker `k`.
-fn round(plies: &Plies, root: &Path, base: &str, name: &str) -> Result<(), String> {
-    let must = |args: &[&str]| -> Result<Run, String> {
+fn round(plies: &Plies, root: &Path, base: &str, name: &str) -> Result {
+    let must = |args: &[&str]| -> Result<Run> {
         let run = plies.run(root, args)?;
         if run.ok() {
             Ok(run)
         } else {
-            Err(step_failed(&run))
+            Err(anyhow!(step_failed(&run)))
         }
     };
     must(&["create", name, "--parent", base])?;
     let path = PathBuf::from(must(&["mount", name])?.text());
     if !mounts_under(root).contains(&path) {
-        return Err(format!(
+        bail!(
             "plies mount {name} printed {}, which is not a mount point",
             path.display()
-        ));
+        );
     }
     let file = path.join(format!("{name}.txt"));
-    std::fs::write(&file, name).map_err(|e| format!("writing {}: {e}", file.display()))?;
+    std::fs::write(&file, name).with_context(|| format!("writing {}", file.display()))?;
     must(&["umount", name])?;
     must(&["rm", name])?;
     Ok(())
@@ -149,7 +152,7 @@ fn beside(plies: &Plies, root: &Path, args: &[&str], done: &AtomicBool) -> (usiz
                     .unwrap_or_else(|| run.message());
                 failures.push(format!("{} ({}): {said}", run.shown, run.end()));
             }
-            Err(e) => failures.push(e),
+            Err(e) => failures.push(format!("{e:#}")),
         }
         std::thread::sleep(Duration::from_millis(10));
     }
@@ -157,7 +160,7 @@ fn beside(plies: &Plies, root: &Path, args: &[&str], done: &AtomicBool) -> (usiz
 }
 
 /// Runs the whole concurrency check.
-pub(crate) fn run(ctx: &Ctx, procs: usize, rounds: usize) -> Result<Report, String> {
+pub(crate) fn run(ctx: &Ctx, procs: usize, rounds: usize) -> Result<Report> {
     let plies = &ctx.plies;
     let root = ctx.dir.join("concurrency");
     remove_root(&root)?;
@@ -172,7 +175,7 @@ pub(crate) fn run(ctx: &Ctx, procs: usize, rounds: usize) -> Result<Report, Stri
     let base = imported
         .lines()
         .last()
-        .ok_or("plies import printed no layer id")?
+        .context("plies import printed no layer id")?
         .trim()
         .to_string();
 
@@ -196,6 +199,7 @@ pub(crate) fn run(ctx: &Ctx, procs: usize, rounds: usize) -> Result<Report, Stri
                         match round(plies, root, base, &name) {
                             Ok(()) => w.ok += 1,
                             Err(e) => {
+                                let e = format!("{e:#}");
                                 if typed(&e) {
                                     w.busy.push(e);
                                 } else {
@@ -246,16 +250,18 @@ pub(crate) fn run(ctx: &Ctx, procs: usize, rounds: usize) -> Result<Report, Stri
         .map(|l| l.id.clone())
         .collect();
     let home = root.join("overlay2");
-    for entry in std::fs::read_dir(&home).map_err(|e| format!("{}: {e}", home.display()))? {
-        let name = entry.map_err(|e| e.to_string())?.file_name();
+    let listing = || format!("reading {}", home.display());
+    for entry in std::fs::read_dir(&home).with_context(listing)? {
+        let name = entry.with_context(listing)?.file_name();
         let name = name.to_string_lossy();
         if name != "l" && name != base && !STORE_OWN.contains(&name.as_ref()) {
             report.leftovers.push(name.into_owned());
         }
     }
     let links = home.join("l");
-    for entry in std::fs::read_dir(&links).map_err(|e| format!("{}: {e}", links.display()))? {
-        let entry = entry.map_err(|e| e.to_string())?;
+    let listing = || format!("reading {}", links.display());
+    for entry in std::fs::read_dir(&links).with_context(listing)? {
+        let entry = entry.with_context(listing)?;
         let path = entry.path();
         let name = entry.file_name().to_string_lossy().into_owned();
         match std::fs::read_link(&path) {

@@ -7,6 +7,8 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use anyhow::{Context as _, bail};
+
 use crate::Result;
 use crate::bench::{Rng, docker_save};
 
@@ -34,9 +36,9 @@ const MTIME: &str = "@1700000000";
 /// Makes every input under `dir` (removed and made afresh).
 pub(crate) fn make(dir: &Path) -> Result<Inputs> {
     if dir.exists() {
-        std::fs::remove_dir_all(dir).map_err(|e| format!("removing {}: {e}", dir.display()))?;
+        std::fs::remove_dir_all(dir).with_context(|| format!("removing {}", dir.display()))?;
     }
-    std::fs::create_dir_all(dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let mut rng = Rng(0x2545_f491_4f6c_dd1d);
     let skeleton = skeleton(&mut rng, 60);
 
@@ -121,7 +123,7 @@ impl Layer {
         for d in skeleton {
             let path = tree.join(d);
             std::fs::create_dir_all(&path)
-                .map_err(|e| format!("creating {}: {e}", path.display()))?;
+                .with_context(|| format!("creating {}", path.display()))?;
         }
         Ok(Layer {
             tag: tag.to_string(),
@@ -145,11 +147,11 @@ impl Layer {
             let dir = &self.dirs[rng.below(self.dirs.len() as u64) as usize];
             let link = self.tree.join(format!("{dir}/{}s{i:03}", self.tag));
             std::os::unix::fs::symlink(format!("/{target}"), &link)
-                .map_err(|e| format!("{}: {e}", link.display()))?;
+                .with_context(|| format!("making {}", link.display()))?;
             let target = &self.files[rng.below(self.files.len() as u64) as usize];
             let hard = self.tree.join(format!("{dir}/{}h{i:03}", self.tag));
             std::fs::hard_link(self.tree.join(target), &hard)
-                .map_err(|e| format!("{}: {e}", hard.display()))?;
+                .with_context(|| format!("making {}", hard.display()))?;
         }
         Ok(self)
     }
@@ -167,7 +169,7 @@ impl Layer {
         for rel in paths {
             let (dir, name) = rel.rsplit_once('/').unwrap_or(("", rel));
             let path = self.tree.join(dir).join(format!(".wh.{name}"));
-            std::fs::write(&path, "").map_err(|e| format!("{}: {e}", path.display()))?;
+            std::fs::write(&path, "").with_context(|| format!("writing {}", path.display()))?;
         }
         Ok(())
     }
@@ -175,7 +177,7 @@ impl Layer {
     /// Makes a directory opaque: what lower layers hold in it is hidden.
     fn opaque(&mut self, dir: &str) -> Result {
         let path = self.tree.join(dir).join(".wh..wh..opq");
-        std::fs::write(&path, "").map_err(|e| format!("{}: {e}", path.display()))
+        std::fs::write(&path, "").with_context(|| format!("writing {}", path.display()))
     }
 
     /// Packs the tree as `<dir>/<tag>.tar` and removes the tree.
@@ -195,16 +197,16 @@ impl Layer {
             .arg(&self.tree)
             .arg(".")
             .output()
-            .map_err(|e| format!("tar: {e}"))?;
+            .context("starting tar")?;
         if !out.status.success() {
-            return Err(format!(
+            bail!(
                 "tar -cf {}: {}",
                 tar.display(),
                 String::from_utf8_lossy(&out.stderr).trim()
-            ));
+            );
         }
         std::fs::remove_dir_all(&self.tree)
-            .map_err(|e| format!("removing {}: {e}", self.tree.display()))?;
+            .with_context(|| format!("removing {}", self.tree.display()))?;
         Ok(tar)
     }
 }
@@ -221,5 +223,5 @@ fn write_random(rng: &mut Rng, path: &Path) -> Result {
         data.extend_from_slice(&rng.next().to_le_bytes());
     }
     data.truncate(size);
-    std::fs::write(path, data).map_err(|e| format!("{}: {e}", path.display()))
+    std::fs::write(path, data).with_context(|| format!("writing {}", path.display()))
 }

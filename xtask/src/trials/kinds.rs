@@ -29,9 +29,12 @@ use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use anyhow::{Context as _, bail};
+
 use super::Ctx;
 use super::plies::{Plies, mounts_under, remove_root};
 use super::tarsum::{self, Fingerprint};
+use crate::Result;
 
 /// One kind of trial: what is set up and which command is killed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -81,13 +84,8 @@ impl Kind {
         }
     }
 
-    /// The kind a name names.
-    pub(crate) fn parse(name: &str) -> Option<Kind> {
-        Kind::ALL.into_iter().find(|k| k.name() == name)
-    }
-
     /// Builds the state the command starts from in a fresh root.
-    fn setup(self, ctx: &Ctx, root: &Path) -> Result<(), String> {
+    fn setup(self, ctx: &Ctx, root: &Path) -> Result {
         let i = &ctx.inputs;
         let steps: Vec<Vec<OsString>> = match self {
             Kind::Import => vec![],
@@ -117,9 +115,7 @@ impl Kind {
             }
         };
         for step in steps {
-            ctx.plies
-                .ok(root, &step)
-                .map_err(|e| format!("setting up: {e}"))?;
+            ctx.plies.ok(root, &step).context("setting up")?;
         }
         Ok(())
     }
@@ -136,6 +132,17 @@ impl Kind {
             Kind::Mount => args(&["mount", "X"]),
             Kind::Umount => args(&["umount", "X"]),
         }
+    }
+}
+
+/// `--kinds` takes the kinds by [`Kind::name`].
+impl clap::ValueEnum for Kind {
+    fn value_variants<'a>() -> &'a [Kind] {
+        &Kind::ALL
+    }
+
+    fn to_possible_value(&self) -> Option<clap::builder::PossibleValue> {
+        Some(clap::builder::PossibleValue::new(self.name()))
     }
 }
 
@@ -157,7 +164,7 @@ pub(crate) struct LayerState {
     /// Its parent.
     parent: Option<String>,
     /// Its content, or why `plies diff` could not give it.
-    content: Result<Fingerprint, String>,
+    content: std::result::Result<Fingerprint, String>,
     /// Where `plies mount` mounted it.
     mounted: Option<String>,
 }
@@ -166,12 +173,12 @@ pub(crate) struct LayerState {
 pub(crate) type State = BTreeMap<String, LayerState>;
 
 /// Lists the layers under `root` and reads each one's content.
-pub(crate) fn snapshot(plies: &Plies, root: &Path) -> Result<State, String> {
+pub(crate) fn snapshot(plies: &Plies, root: &Path) -> Result<State> {
     let mut state = State::new();
     for row in plies.ls(root)? {
         let diff = plies.run(root, &["diff", row.id.as_str()])?;
         let content = if diff.ok() {
-            tarsum::fingerprint(&diff.stdout)
+            tarsum::fingerprint(&diff.stdout).map_err(|e| format!("{e:#}"))
         } else {
             Err(format!("plies diff failed: {}", diff.message()))
         };
@@ -274,7 +281,7 @@ pub(crate) struct Reference {
 
 /// Sets the kind up in a fresh root, runs its command unkilled and records the
 /// states before and after, and the time it took.
-pub(crate) fn reference(ctx: &Ctx, kind: Kind) -> Result<Reference, String> {
+pub(crate) fn reference(ctx: &Ctx, kind: Kind) -> Result<Reference> {
     let root = ctx.dir.join(format!("ref-{}", kind.name()));
     remove_root(&root)?;
     let result = (|| {
@@ -282,22 +289,19 @@ pub(crate) fn reference(ctx: &Ctx, kind: Kind) -> Result<Reference, String> {
         let before = snapshot(&ctx.plies, &root)?;
         let run = ctx.plies.run(&root, &kind.command(ctx))?;
         if !run.ok() {
-            return Err(format!(
-                "the unkilled command failed:\n{}",
-                run.transcript()
-            ));
+            bail!("the unkilled command failed:\n{}", run.transcript());
         }
         let after = snapshot(&ctx.plies, &root)?;
         let fsck = ctx.plies.run(&root, &["fsck"])?;
         if !fsck.ok() {
-            return Err(format!(
+            bail!(
                 "fsck after the unkilled command failed:\n{}",
                 fsck.transcript()
-            ));
+            );
         }
         for (id, layer) in before.iter().chain(&after) {
             if let Err(e) = &layer.content {
-                return Err(format!("layer {}: {e}", short(id)));
+                bail!("layer {}: {e}", short(id));
             }
         }
         Ok(Reference {
@@ -322,7 +326,7 @@ pub(crate) enum Fsck {
 }
 
 /// `plies fsck`, and when it fails, `--repair` and `fsck` again; with the transcript.
-pub(crate) fn fsck(plies: &Plies, root: &Path) -> Result<(Fsck, String), String> {
+pub(crate) fn fsck(plies: &Plies, root: &Path) -> Result<(Fsck, String)> {
     let first = plies.run(root, &["fsck"])?;
     if first.ok() {
         return Ok((Fsck::Clean, first.transcript()));
@@ -428,29 +432,23 @@ pub(crate) fn trial(
         error: None,
     };
     if let Err(e) = run_trial(ctx, kind, &root, reference, &mut t) {
-        t.error = Some(e);
+        t.error = Some(format!("{e:#}"));
     }
     t
 }
 
 /// The body of [`trial`]: fills `t` in, or says why it could not go on.
-fn run_trial(
-    ctx: &Ctx,
-    kind: Kind,
-    root: &Path,
-    reference: &Reference,
-    t: &mut Trial,
-) -> Result<(), String> {
+fn run_trial(ctx: &Ctx, kind: Kind, root: &Path, reference: &Reference, t: &mut Trial) -> Result {
     let plies = &ctx.plies;
     remove_root(root)?;
     kind.setup(ctx, root)?;
     let before = snapshot(plies, root)?;
     let differs = lost_layers(&before, &reference.before, &reference.before);
     if !differs.is_empty() {
-        return Err(format!(
+        bail!(
             "the setup differs from the reference's: {}",
             differs.join("; ")
-        ));
+        );
     }
 
     let run = plies.start(root, &kind.command(ctx))?.kill_after(t.delay);
@@ -463,26 +461,20 @@ fn run_trial(
             now
         }
         Err(e) => {
-            t.lost = vec![format!("the layers cannot be listed: {e}")];
+            t.lost = vec![format!("the layers cannot be listed: {e:#}")];
             State::new()
         }
     };
     t.leaked = leaked_mounts(root, &now);
     if let Err(e) = rerun(ctx, kind, root, &now, reference) {
-        t.rerun = Some(e);
+        t.rerun = Some(format!("{e:#}"));
     }
     Ok(())
 }
 
 /// Runs the command again, unkilled, and checks that it ends in the reference's
 /// after-state.
-fn rerun(
-    ctx: &Ctx,
-    kind: Kind,
-    root: &Path,
-    now: &State,
-    reference: &Reference,
-) -> Result<(), String> {
+fn rerun(ctx: &Ctx, kind: Kind, root: &Path, now: &State, reference: &Reference) -> Result {
     let plies = &ctx.plies;
     let run = plies.run(root, &kind.command(ctx))?;
     let message = run.message();
@@ -496,43 +488,43 @@ fn rerun(
         _ => false,
     };
     if !run.ok() && !excused {
-        return Err(format!("the command failed again:\n{}", run.transcript()));
+        bail!("the command failed again:\n{}", run.transcript());
     }
     let last = snapshot(plies, root)?;
     let wrong = lost_layers(&last, &reference.after, &reference.after);
     if !wrong.is_empty() {
-        return Err(format!(
+        bail!(
             "after it, the store is not the reference's: {}",
             wrong.join("; ")
-        ));
+        );
     }
     for (id, layer) in &last {
         let want = reference.after.get(id).and_then(|l| l.mounted.as_ref());
         if layer.mounted.is_some() != want.is_some() {
-            return Err(format!(
+            bail!(
                 "after it, layer {} is recorded as mounted at {:?}, the reference's at {:?}",
                 short(id),
                 layer.mounted,
                 want
-            ));
+            );
         }
     }
     if kind == Kind::Mount {
         let path = PathBuf::from(run.text());
         if !mounts_under(root).contains(&path) {
-            return Err(format!(
+            bail!(
                 "plies mount X printed {}, which is not a mount point",
                 path.display()
-            ));
+            );
         }
     }
     let leaked = leaked_mounts(root, &last);
     if !leaked.is_empty() {
-        return Err(format!("after it, mounts nothing records: {leaked:?}"));
+        bail!("after it, mounts nothing records: {leaked:?}");
     }
     let fsck = plies.run(root, &["fsck"])?;
     if !fsck.ok() {
-        return Err(format!("after it, fsck fails:\n{}", fsck.transcript()));
+        bail!("after it, fsck fails:\n{}", fsck.transcript());
     }
     Ok(())
 }

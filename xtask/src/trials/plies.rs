@@ -9,7 +9,10 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::mpsc::{Receiver, channel};
 use std::time::{Duration, Instant};
 
-use super::json::{self, Json};
+use anyhow::{Context as _, anyhow, bail};
+use serde::Deserialize;
+
+use crate::Result;
 
 /// How long any one `plies` command may take before it counts as hung and is killed.
 pub(crate) const DEADLINE: Duration = Duration::from_secs(120);
@@ -176,7 +179,7 @@ impl Plies {
         &self,
         root: &Path,
         args: &[S],
-    ) -> Result<Running, String> {
+    ) -> Result<Running> {
         let shown = format!(
             "plies {}",
             args.iter()
@@ -191,7 +194,7 @@ impl Plies {
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
-            .map_err(|e| format!("starting {}: {e}", self.bin.display()))?;
+            .with_context(|| format!("starting {}", self.bin.display()))?;
         let stdout = drain(child.stdout.take().expect("piped"));
         let stderr = drain(child.stderr.take().expect("piped"));
         Ok(Running {
@@ -204,40 +207,32 @@ impl Plies {
     }
 
     /// Runs a command to its end (or [`DEADLINE`]).
-    pub(crate) fn run<S: AsRef<std::ffi::OsStr>>(
-        &self,
-        root: &Path,
-        args: &[S],
-    ) -> Result<Run, String> {
+    pub(crate) fn run<S: AsRef<std::ffi::OsStr>>(&self, root: &Path, args: &[S]) -> Result<Run> {
         Ok(self.start(root, args)?.wait())
     }
 
     /// Runs a command that must succeed; returns its standard output.
-    pub(crate) fn ok<S: AsRef<std::ffi::OsStr>>(
-        &self,
-        root: &Path,
-        args: &[S],
-    ) -> Result<String, String> {
+    pub(crate) fn ok<S: AsRef<std::ffi::OsStr>>(&self, root: &Path, args: &[S]) -> Result<String> {
         let run = self.run(root, args)?;
         if run.ok() {
             Ok(run.text())
         } else {
-            Err(format!("{} failed: {}", run.shown, run.message()))
+            Err(anyhow!("{} failed: {}", run.shown, run.message()))
         }
     }
 
     /// The layers `plies ls --json` lists.
-    pub(crate) fn ls(&self, root: &Path) -> Result<Vec<Listed>, String> {
+    pub(crate) fn ls(&self, root: &Path) -> Result<Vec<Listed>> {
         let run = self.run(root, &["--json", "ls"])?;
         if !run.ok() {
-            return Err(format!("{} failed: {}", run.shown, run.message()));
+            bail!("{} failed: {}", run.shown, run.message());
         }
         parse_ls(&String::from_utf8_lossy(&run.stdout))
     }
 }
 
-/// One row of `plies ls --json`.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// One row of `plies ls --json` (the fields read here).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 pub(crate) struct Listed {
     /// The layer's full id.
     pub(crate) id: String,
@@ -248,27 +243,8 @@ pub(crate) struct Listed {
 }
 
 /// Parses the output of `plies ls --json`.
-pub(crate) fn parse_ls(text: &str) -> Result<Vec<Listed>, String> {
-    let rows = match json::parse(text)? {
-        Json::Arr(rows) => rows,
-        other => return Err(format!("plies ls --json: not an array: {other:?}")),
-    };
-    rows.iter()
-        .map(|row| {
-            let id = row
-                .get("id")
-                .and_then(Json::as_str)
-                .ok_or_else(|| format!("plies ls --json: a row without an id: {row:?}"))?;
-            Ok(Listed {
-                id: id.to_string(),
-                parent: row.get("parent").and_then(Json::as_str).map(str::to_string),
-                mounted: row
-                    .get("mounted")
-                    .and_then(Json::as_str)
-                    .map(str::to_string),
-            })
-        })
-        .collect()
+pub(crate) fn parse_ls(text: &str) -> Result<Vec<Listed>> {
+    serde_json::from_str(text).context("reading the output of plies ls --json")
 }
 
 /// Every mount point at or below `dir` in this process's mount namespace, deepest first.
@@ -325,12 +301,12 @@ pub(crate) fn unmount_all(dir: &Path) -> usize {
 }
 
 /// Unmounts everything under `dir` and removes it.
-pub(crate) fn remove_root(dir: &Path) -> Result<(), String> {
+pub(crate) fn remove_root(dir: &Path) -> Result {
     unmount_all(dir);
     match std::fs::remove_dir_all(dir) {
         Ok(()) => Ok(()),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(format!("removing {}: {e}", dir.display())),
+        Err(e) => Err(e).with_context(|| format!("removing {}", dir.display())),
     }
 }
 

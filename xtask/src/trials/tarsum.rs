@@ -8,11 +8,15 @@
 use std::collections::BTreeMap;
 use std::hash::{DefaultHasher, Hash, Hasher};
 
+use anyhow::{Context as _, bail};
+
+use crate::Result;
+
 /// A layer's content: each entry's path (without `./` or a trailing `/`) and hash.
 pub(crate) type Fingerprint = BTreeMap<String, u64>;
 
 /// Reads a tar (ustar, GNU and pax headers) into a [`Fingerprint`].
-pub(crate) fn fingerprint(tar: &[u8]) -> Result<Fingerprint, String> {
+pub(crate) fn fingerprint(tar: &[u8]) -> Result<Fingerprint> {
     let mut out = Fingerprint::new();
     let mut pos = 0usize;
     let mut pax: Vec<(String, Vec<u8>)> = Vec::new();
@@ -20,7 +24,7 @@ pub(crate) fn fingerprint(tar: &[u8]) -> Result<Fingerprint, String> {
     let mut long_link: Option<Vec<u8>> = None;
     loop {
         let Some(header) = tar.get(pos..pos + 512) else {
-            return Err(format!("tar ends inside a header at byte {pos}"));
+            bail!("tar ends inside a header at byte {pos}");
         };
         if header.iter().all(|&b| b == 0) {
             return Ok(out);
@@ -30,15 +34,14 @@ pub(crate) fn fingerprint(tar: &[u8]) -> Result<Fingerprint, String> {
             t => t,
         };
         let pax_value = |key: &str| pax.iter().find(|(k, _)| k == key).map(|(_, v)| v.clone());
-        let mut size = number(&header[124..136]).ok_or(format!("bad size at byte {pos}"))?;
+        let mut size =
+            number(&header[124..136]).with_context(|| format!("bad size at byte {pos}"))?;
         if let Some(v) = pax_value("size") {
-            size = text(&v).parse().map_err(|_| "bad pax size".to_string())?;
+            size = text(&v).parse().context("bad pax size")?;
         }
         let start = pos + 512;
         let Some(data) = tar.get(start..start + size as usize) else {
-            return Err(format!(
-                "tar ends inside the data of the entry at byte {pos}"
-            ));
+            bail!("tar ends inside the data of the entry at byte {pos}");
         };
         pos = start + (size as usize).div_ceil(512) * 512;
         match typeflag {
@@ -188,24 +191,24 @@ fn number(field: &[u8]) -> Option<u64> {
 }
 
 /// The records of a pax extended header: `<len> <key>=<value>\n`, each.
-fn pax_records(mut data: &[u8]) -> Result<Vec<(String, Vec<u8>)>, String> {
+fn pax_records(mut data: &[u8]) -> Result<Vec<(String, Vec<u8>)>> {
     let mut out = Vec::new();
     while !data.is_empty() && data[0] != 0 {
         let space = data
             .iter()
             .position(|&b| b == b' ')
-            .ok_or("pax record without a length")?;
+            .context("pax record without a length")?;
         let len: usize = text(&data[..space])
             .parse()
-            .map_err(|_| "bad pax record length".to_string())?;
+            .context("bad pax record length")?;
         if len <= space + 1 || len > data.len() {
-            return Err("pax record length out of range".into());
+            bail!("pax record length out of range");
         }
         let record = &data[space + 1..len - 1];
         let eq = record
             .iter()
             .position(|&b| b == b'=')
-            .ok_or("pax record without '='")?;
+            .context("pax record without '='")?;
         out.push((text(&record[..eq]), record[eq + 1..].to_vec()));
         data = &data[len..];
     }

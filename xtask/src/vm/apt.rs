@@ -1,5 +1,7 @@
 //! Fetching kernels: a private apt configuration under `target/vm/apt`.
 
+use anyhow::bail;
+
 use super::*;
 
 /// A private apt configuration (sources, lists, cache) under one directory.
@@ -16,9 +18,7 @@ impl Apt {
             _ => machine_mirror()?,
         };
         if !Path::new(KEYRING).is_file() {
-            return Err(format!(
-                "{KEYRING} is missing (package debian-archive-keyring)"
-            ));
+            bail!("{KEYRING} is missing (package debian-archive-keyring)");
         }
         for sub in ["state/lists/partial", "cache/archives/partial"] {
             mkdir(&dir.join(sub))?;
@@ -100,7 +100,7 @@ impl Apt {
                         .is_some_and(|rest| rest.starts_with(['.', '-']))
             })
             .max_by_key(|r| version_key(r))
-            .ok_or_else(|| format!("no Debian kernel package matches '{name}'"))?;
+            .with_context(|| format!("no Debian kernel package matches '{name}'"))?;
         Ok(format!("{release}-amd64"))
     }
 }
@@ -137,7 +137,7 @@ pub(super) fn machine_mirror() -> Result<String> {
             }
         }
     }
-    Err("no Debian mirror in the machine's apt sources; set PLIES_VM_MIRROR".into())
+    bail!("no Debian mirror in the machine's apt sources; set PLIES_VM_MIRROR")
 }
 
 /// A kernel unpacked in the cache.
@@ -163,14 +163,14 @@ impl Kernel {
     /// it has aufs (`CONFIG_AUFS_FS=y`).
     pub(crate) fn image(path: &Path) -> Result<Kernel> {
         let vmlinuz = std::path::absolute(path)
-            .map_err(|e| format!("--kernel-image {}: {e}", path.display()))?;
+            .with_context(|| format!("--kernel-image {}", path.display()))?;
         if !vmlinuz.is_file() {
-            return Err(format!("--kernel-image {}: no such file", path.display()));
+            bail!("--kernel-image {}: no such file", path.display());
         }
         let name = vmlinuz
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
-            .ok_or_else(|| format!("--kernel-image {}: no file name", path.display()))?;
+            .with_context(|| format!("--kernel-image {}: no file name", path.display()))?;
         let config = fs::read_to_string(vmlinuz.with_extension("config")).unwrap_or_default();
         let aufs = config
             .lines()
@@ -219,8 +219,9 @@ pub(crate) fn fetch(apt: &Apt, cache: &Path, name: &str, release: &str) -> Resul
                 .args(&packages)
                 .current_dir(&debs),
         )?;
-        for deb in fs::read_dir(&debs).map_err(|e| format!("{}: {e}", debs.display()))? {
-            let deb = deb.map_err(|e| e.to_string())?.path();
+        let listing = || format!("reading {}", debs.display());
+        for deb in fs::read_dir(&debs).with_context(listing)? {
+            let deb = deb.with_context(listing)?.path();
             output(Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&unpacked))?;
         }
         // Newer packages ship under usr/lib; depmod and modprobe look under lib.
@@ -230,7 +231,7 @@ pub(crate) fn fetch(apt: &Apt, cache: &Path, name: &str, release: &str) -> Resul
             && unpacked.join("usr/lib/modules").exists()
         {
             std::os::unix::fs::symlink("usr/lib", unpacked.join("lib"))
-                .map_err(|e| format!("linking lib in {}: {e}", unpacked.display()))?;
+                .with_context(|| format!("linking lib in {}", unpacked.display()))?;
         }
         output(Command::new("depmod").arg("-b").arg(&unpacked).arg(release))?;
         let _ = fs::remove_dir_all(&debs);
@@ -242,7 +243,7 @@ pub(crate) fn fetch(apt: &Apt, cache: &Path, name: &str, release: &str) -> Resul
     ]
     .into_iter()
     .find(|p| p.is_file())
-    .ok_or_else(|| format!("no vmlinuz in the packages of {release}"))?;
+    .with_context(|| format!("no vmlinuz in the packages of {release}"))?;
     Ok(Kernel {
         name: name.to_string(),
         release: release.to_string(),

@@ -23,7 +23,7 @@ pub(super) fn boot_and_test(
     };
     match boot(kernel, payload, opts, &work, &log) {
         Ok(problem) => result.problem = problem,
-        Err(e) => result.problem = Some(e),
+        Err(e) => result.problem = Some(format!("{e:#}")),
     }
     let _ = fs::remove_dir_all(&work);
     parse_log(
@@ -83,10 +83,10 @@ pub(super) fn boot(
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
-        .map_err(|e| format!("could not start qemu: {e}"))?;
+        .context("could not start qemu")?;
     let start = Instant::now();
     loop {
-        if let Some(status) = child.try_wait().map_err(|e| e.to_string())? {
+        if let Some(status) = child.try_wait().context("waiting for qemu")? {
             if !status.success() {
                 let mut err = String::new();
                 if let Some(mut e) = child.stderr.take() {

@@ -1,12 +1,14 @@
 //! The guest: its initramfs, init script and scratch disks.
 
+use anyhow::bail;
+
 use super::*;
 
 /// Copies a file, with both paths in the error.
 pub(crate) fn copy(from: &Path, to: &Path) -> Result {
     fs::copy(from, to)
         .map(|_| ())
-        .map_err(|e| format!("copying {} to {}: {e}", from.display(), to.display()))
+        .with_context(|| format!("copying {} to {}", from.display(), to.display()))
 }
 
 /// Builds `<work>/initramfs.gz` for `kernel`; returns the modules it loads.
@@ -38,14 +40,16 @@ pub(super) fn initramfs(
     let fixtures = repo.join("fixtures");
     let guest_fixtures = tree.join(fixtures.strip_prefix("/").unwrap());
     mkdir(&guest_fixtures)?;
-    for entry in fs::read_dir(&fixtures).map_err(|e| format!("{}: {e}", fixtures.display()))? {
-        let p = entry.map_err(|e| e.to_string())?.path();
+    let listing = || format!("reading {}", fixtures.display());
+    for entry in fs::read_dir(&fixtures).with_context(listing)? {
+        let p = entry.with_context(listing)?.path();
         if p.is_file() {
             copy(&p, &guest_fixtures.join(p.file_name().unwrap()))?;
         }
     }
-    for entry in fs::read_dir(&payload.dir).map_err(|e| e.to_string())? {
-        let p = entry.map_err(|e| e.to_string())?.path();
+    let listing = || format!("reading {}", payload.dir.display());
+    for entry in fs::read_dir(&payload.dir).with_context(listing)? {
+        let p = entry.with_context(listing)?.path();
         copy(&p, &tree.join("tests").join(p.file_name().unwrap()))?;
     }
 
@@ -59,7 +63,7 @@ pub(super) fn initramfs(
         tree.join("init"),
         std::os::unix::fs::PermissionsExt::from_mode(0o755),
     )
-    .map_err(|e| e.to_string())?;
+    .context("making init executable")?;
 
     let image = work.join("initramfs.gz");
     pack(&tree, &image)?;
@@ -114,15 +118,15 @@ pub(crate) fn add_modules(kernel: &Kernel, tree: &Path, modules: &[&str]) -> Res
             match decompress {
                 Some(tool) => {
                     let out = fs::File::create(&dst)
-                        .map_err(|e| format!("creating {}: {e}", dst.display()))?;
+                        .with_context(|| format!("creating {}", dst.display()))?;
                     let status = Command::new(tool)
                         .arg("-dc")
                         .arg(&src)
                         .stdout(out)
                         .status()
-                        .map_err(|e| format!("running {tool}: {e}"))?;
+                        .with_context(|| format!("running {tool}"))?;
                     if !status.success() {
-                        return Err(format!("{tool} -dc {} failed", src.display()));
+                        bail!("{tool} -dc {} failed", src.display());
                     }
                 }
                 None => copy(&src, &dst)?,
@@ -154,9 +158,9 @@ pub(crate) fn pack(tree: &Path, image: &Path) -> Result {
         .arg(image)
         .current_dir(tree)
         .status()
-        .map_err(|e| format!("running cpio: {e}"))?;
+        .context("running cpio")?;
     if !status.success() {
-        return Err(format!("packing {} failed", tree.display()));
+        bail!("packing {} failed", tree.display());
     }
     Ok(())
 }
@@ -309,7 +313,7 @@ pub(crate) fn make_disk(img: &Path, size: u64, attempts: &[&[&str]]) -> Result<b
     let _ = fs::remove_file(img);
     fs::File::create(img)
         .and_then(|f| f.set_len(size))
-        .map_err(|e| format!("creating {}: {e}", img.display()))?;
+        .with_context(|| format!("creating {}", img.display()))?;
     Ok(attempts.iter().any(|argv| {
         Command::new(argv[0])
             .args(&argv[1..])

@@ -16,6 +16,8 @@ use std::process::{Command, Stdio};
 use std::sync::Mutex;
 use std::time::{Duration, Instant, SystemTime};
 
+use anyhow::{Context as _, bail};
+
 use super::{Result, cargo, root};
 
 mod apt;
@@ -154,65 +156,48 @@ const SUITES_UNDER_TEST: &[Suite] = &[
 pub(crate) const TARGET: &str = "x86_64-unknown-linux-gnu";
 const MARK: &str = "@@plies-vm";
 
-struct Options {
+/// The command line of `cargo xtask vm-test`.
+#[derive(clap::Args)]
+pub(crate) struct Options {
+    /// A Debian kernel: a series (5.10, 6.12), `newest`, or an exact release;
+    /// repeatable (default: 5.10 6.1 6.12 newest, unless --kernel-image is given).
+    #[arg(long = "kernel", value_name = "NAME")]
     kernels: Vec<String>,
-    /// `--kernel-image` files: kernels built elsewhere, booted as they are.
+    /// A kernel image built elsewhere (a bzImage), booted as it is; repeatable.
+    #[arg(long = "kernel-image", value_name = "PATH")]
     images: Vec<PathBuf>,
+    /// Only the tests whose names hold TEST (libtest's filter).
+    #[arg(long, value_name = "TEST")]
     filter: Option<String>,
+    /// VMs at once: 1 or 2.
+    #[arg(
+        long,
+        value_name = "N",
+        default_value_t = 2,
+        value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=2)
+    )]
     jobs: usize,
+    /// Seconds each VM may run.
+    #[arg(long, value_name = "SECONDS", default_value = "2400", value_parser = seconds)]
     timeout: Duration,
+    /// Update the package lists now (otherwise once a day).
+    #[arg(long)]
     refresh: bool,
 }
 
-fn parse_args(args: &[String]) -> Result<Options> {
-    let mut o = Options {
-        kernels: Vec::new(),
-        images: Vec::new(),
-        filter: None,
-        jobs: 2,
-        timeout: Duration::from_secs(40 * 60),
-        refresh: false,
-    };
-    let mut it = args.iter();
-    while let Some(arg) = it.next() {
-        let mut value = |name: &str| {
-            it.next()
-                .cloned()
-                .ok_or_else(|| format!("{name} needs a value"))
-        };
-        match arg.as_str() {
-            "--kernel" => o.kernels.push(value("--kernel")?),
-            "--kernel-image" => o.images.push(PathBuf::from(value("--kernel-image")?)),
-            "--filter" => o.filter = Some(value("--filter")?),
-            "--jobs" => {
-                let v = value("--jobs")?;
-                o.jobs = v
-                    .parse()
-                    .ok()
-                    .filter(|&n| (1..=2).contains(&n))
-                    .ok_or_else(|| format!("--jobs takes 1 or 2, not '{v}'"))?;
-            }
-            "--timeout" => {
-                let v = value("--timeout")?;
-                let secs: u64 = v
-                    .parse()
-                    .map_err(|_| format!("--timeout takes seconds, not '{v}'"))?;
-                o.timeout = Duration::from_secs(secs);
-            }
-            "--refresh" => o.refresh = true,
-            other => return Err(format!("vm-test: unknown argument '{other}'")),
-        }
-    }
-    if o.kernels.is_empty() && o.images.is_empty() {
-        o.kernels = DEFAULT_KERNELS.iter().map(|s| s.to_string()).collect();
-    }
-    Ok(o)
+/// A number of seconds.
+fn seconds(text: &str) -> std::result::Result<Duration, String> {
+    text.parse()
+        .map(Duration::from_secs)
+        .map_err(|_| format!("takes seconds, not '{text}'"))
 }
 
 /// `cargo xtask vm-test [--kernel NAME]… [--kernel-image PATH]… [--filter TEST] [--jobs N]
 /// [--timeout S] [--refresh]`.
-pub fn vm_test(args: &[String]) -> Result {
-    let opts = parse_args(args)?;
+pub(crate) fn vm_test(mut opts: Options) -> Result {
+    if opts.kernels.is_empty() && opts.images.is_empty() {
+        opts.kernels = DEFAULT_KERNELS.iter().map(|s| s.to_string()).collect();
+    }
     for tool in [
         "qemu-system-x86_64",
         "busybox",
@@ -222,10 +207,10 @@ pub fn vm_test(args: &[String]) -> Result {
         "gzip",
     ] {
         if which(tool).is_none() {
-            return Err(format!(
+            bail!(
                 "vm-test needs {tool}; install qemu-system-x86 busybox-static kmod cpio \
                  e2fsprogs xfsprogs"
-            ));
+            );
         }
     }
     let vm = root().join("target/vm");
@@ -293,7 +278,7 @@ pub fn vm_test(args: &[String]) -> Result {
     if failed.is_empty() {
         Ok(())
     } else {
-        Err(format!("vm-test failed on {}", failed.join(", ")))
+        bail!("vm-test failed on {}", failed.join(", "))
     }
 }
 
@@ -308,12 +293,12 @@ pub(crate) fn which(tool: &str) -> Option<PathBuf> {
 
 /// `mkdir -p`, with the path in the error.
 pub(crate) fn mkdir(dir: &Path) -> Result {
-    fs::create_dir_all(dir).map_err(|e| format!("creating {}: {e}", dir.display()))
+    fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))
 }
 
 /// Writes a file, with the path in the error.
 pub(crate) fn write(path: &Path, data: impl AsRef<[u8]>) -> Result {
-    fs::write(path, data).map_err(|e| format!("writing {}: {e}", path.display()))
+    fs::write(path, data).with_context(|| format!("writing {}", path.display()))
 }
 
 /// Runs `cmd` quietly, returning its stdout; stderr is shown only on failure.
@@ -322,13 +307,13 @@ pub(crate) fn output(cmd: &mut Command) -> Result<String> {
     let out = cmd
         .stdin(Stdio::null())
         .output()
-        .map_err(|e| format!("could not start {shown}: {e}"))?;
+        .with_context(|| format!("could not start {shown}"))?;
     if !out.status.success() {
-        return Err(format!(
+        bail!(
             "{shown} failed ({}):\n{}",
             out.status,
             String::from_utf8_lossy(&out.stderr)
-        ));
+        );
     }
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
@@ -411,11 +396,32 @@ mod tests {
     }
 
     #[test]
-    fn json_fields_are_read_from_cargo_messages() {
-        let line = r#"{"reason":"compiler-artifact","manifest_path":"/r/crates/kprobe/Cargo.toml","target":{"kind":["test"],"name":"kernel"},"executable":"/t/kernel-1"}"#;
-        assert_eq!(json_field(line, "executable"), Some("/t/kernel-1"));
-        assert_eq!(json_field(line, "name"), Some("kernel"));
-        assert_eq!(json_field(line, "missing"), None);
+    fn test_executables_are_read_from_cargo_messages() {
+        // Keys in any order, escapes, other messages and artifacts that are no tests.
+        let messages = r#"{"reason":"compiler-artifact","manifest_path":"/r/crates/kprobe/Cargo.toml","target":{"kind":["test"],"name":"kernel"},"executable":"/t/kernel-1"}
+{"executable":"/t/a\"b-2","target":{"name":"apply","src_path":"/r/x.rs","kind":["test"]},"fresh":true,"manifest_path":"/r/crates/archive/Cargo.toml","reason":"compiler-artifact"}
+{"reason":"compiler-artifact","manifest_path":"/r/crates/kprobe/Cargo.toml","target":{"kind":["lib"],"name":"plies_kprobe"},"executable":null}
+{"reason":"compiler-artifact","manifest_path":"/r/crates/kprobe/Cargo.toml","target":{"kind":["bin"],"name":"x"},"executable":"/t/x"}
+{"reason":"build-script-executed","package_id":"p","linked_libs":[],"linked_paths":[],"cfgs":[],"env":[],"out_dir":"/o"}
+{"reason":"build-finished","success":true}
+"#;
+        let found = test_executables(messages).unwrap();
+        assert_eq!(
+            found,
+            [
+                TestExecutable {
+                    manifest: "/r/crates/kprobe/Cargo.toml".into(),
+                    target: "kernel".into(),
+                    path: "/t/kernel-1".into(),
+                },
+                TestExecutable {
+                    manifest: "/r/crates/archive/Cargo.toml".into(),
+                    target: "apply".into(),
+                    path: "/t/a\"b-2".into(),
+                },
+            ]
+        );
+        assert!(test_executables("{\"reason\":").is_err());
     }
 
     fn payload(ids: &[&str]) -> Payload {

@@ -1,5 +1,8 @@
 //! The static test executables the guests run.
 
+use anyhow::{Context as _, bail};
+use serde::Deserialize;
+
 use super::*;
 
 /// Cargo building statically linked executables into `<vm>/build`.
@@ -10,11 +13,65 @@ pub(crate) fn static_cargo(vm: &Path) -> Command {
     c
 }
 
-/// A string field of one line of cargo's JSON messages (no escapes in our paths).
-pub(super) fn json_field<'a>(line: &'a str, key: &str) -> Option<&'a str> {
-    let start = line.find(&format!("\"{key}\":\""))? + key.len() + 4;
-    let len = line[start..].find('"')?;
-    Some(&line[start..start + len])
+/// One of cargo's `--message-format=json` messages: a `compiler-artifact`, or
+/// another, not read.
+#[derive(Deserialize)]
+#[serde(tag = "reason", rename_all = "kebab-case")]
+enum Message {
+    CompilerArtifact(Artifact),
+    #[serde(other)]
+    Other,
+}
+
+/// A `compiler-artifact` message (the fields read here).
+#[derive(Deserialize)]
+struct Artifact {
+    manifest_path: String,
+    target: ArtifactTarget,
+    /// `null` for a library.
+    executable: Option<PathBuf>,
+}
+
+/// The `target` of a `compiler-artifact` message.
+#[derive(Deserialize)]
+struct ArtifactTarget {
+    kind: Vec<String>,
+    name: String,
+}
+
+/// A test executable cargo built.
+#[derive(Debug, PartialEq)]
+pub(super) struct TestExecutable {
+    /// The `Cargo.toml` of its package.
+    pub(super) manifest: String,
+    /// The test target's name.
+    pub(super) target: String,
+    /// The executable.
+    pub(super) path: PathBuf,
+}
+
+/// The integration test executables among cargo's JSON messages, one a line.
+pub(super) fn test_executables(messages: &str) -> Result<Vec<TestExecutable>> {
+    let mut out = Vec::new();
+    for line in messages.lines().filter(|l| l.starts_with('{')) {
+        let message: Message = serde_json::from_str(line)
+            .with_context(|| format!("reading cargo's message {line}"))?;
+        let Message::CompilerArtifact(artifact) = message else {
+            continue;
+        };
+        if artifact.target.kind != ["test"] {
+            continue;
+        }
+        let Some(path) = artifact.executable else {
+            continue;
+        };
+        out.push(TestExecutable {
+            manifest: artifact.manifest_path,
+            target: artifact.target.name,
+            path,
+        });
+    }
+    Ok(out)
 }
 
 pub(super) fn build_payload(vm: &Path) -> Result<Payload> {
@@ -41,24 +98,12 @@ pub(super) fn build_payload(vm: &Path) -> Result<Payload> {
     let _ = fs::remove_dir_all(&dir);
     mkdir(&dir)?;
     let mut runs = Vec::new();
-    for line in messages.lines() {
-        if !line.contains("\"reason\":\"compiler-artifact\"")
-            || !line.contains("\"target\":{\"kind\":[\"test\"]")
-        {
-            continue;
-        }
-        let (Some(exe), Some(manifest)) = (
-            json_field(line, "executable"),
-            json_field(line, "manifest_path"),
-        ) else {
-            continue;
-        };
-        let target = line
-            .find("\"target\":{")
-            .and_then(|i| json_field(&line[i..], "name"))
-            .unwrap_or("");
+    for exe in test_executables(&messages)? {
+        let target = exe.target.as_str();
         for suite in SUITES_UNDER_TEST.iter().filter(|s| {
-            manifest.ends_with(&format!("crates/{}/Cargo.toml", s.dir)) && s.tests.contains(&target)
+            exe.manifest
+                .ends_with(&format!("crates/{}/Cargo.toml", s.dir))
+                && s.tests.contains(&target)
         }) {
             let file = format!("{}-{target}", suite.dir);
             if !dir.join(&file).exists() {
@@ -67,7 +112,7 @@ pub(super) fn build_payload(vm: &Path) -> Result<Payload> {
                         .arg("--strip-debug")
                         .arg("-o")
                         .arg(dir.join(&file))
-                        .arg(exe),
+                        .arg(&exe.path),
                 )?;
             }
             for scratch in suite.scratch {
@@ -84,7 +129,7 @@ pub(super) fn build_payload(vm: &Path) -> Result<Payload> {
     for s in SUITES_UNDER_TEST {
         for t in s.tests {
             if !runs.iter().any(|r| r.file == format!("{}-{t}", s.dir)) {
-                return Err(format!("{} has no test target '{t}'", s.package));
+                bail!("{} has no test target '{t}'", s.package);
             }
         }
     }
@@ -104,6 +149,7 @@ pub(super) fn build_payload(vm: &Path) -> Result<Payload> {
             true
         }
         Err(e) => {
+            let e = format!("{e:#}");
             let first = e.lines().find(|l| l.starts_with("error")).unwrap_or("");
             eprintln!("vm-test: no probe report, the command line did not build: {first}");
             false
