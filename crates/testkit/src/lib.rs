@@ -3,9 +3,12 @@
 //! Tests that need root or a kernel feature call [`require`] first: without the
 //! requirement they print why they skip and return early, unless
 //! `PLIES_REQUIRE_KERNEL=1` is set (as CI sets it), where a missing requirement
-//! fails the test instead.
+//! fails the test instead. Layer tars are built with [`layer_tar::LayerTar`], and
+//! trees on disk compared as [`tree::snapshot`]s.
 
 pub mod dockerd;
+pub mod layer_tar;
+pub mod tree;
 
 use std::path::{Path, PathBuf};
 
