@@ -62,6 +62,37 @@ pub struct Node {
     pub xattrs: Vec<(String, Vec<u8>)>,
 }
 
+impl Node {
+    /// A directory with permission bits `mode`, as [`Record::MOUNTED`] records
+    /// one without xattrs.
+    pub fn dir(mode: u32) -> Node {
+        Node {
+            kind: Kind::Dir,
+            mode,
+            owner: None,
+            mtime: None,
+            xattrs: Vec::new(),
+        }
+    }
+
+    /// A file of one link with permission bits `mode`, contents `data` and
+    /// modification time `secs`, as [`Record::MOUNTED`] records one without
+    /// xattrs.
+    pub fn file(mode: u32, data: impl Into<Vec<u8>>, secs: i64) -> Node {
+        Node {
+            kind: Kind::File {
+                data: data.into(),
+                links: 1,
+                group: None,
+            },
+            mode,
+            owner: None,
+            mtime: Some((secs, 0)),
+            xattrs: Vec::new(),
+        }
+    }
+}
+
 /// Which modification times a snapshot records.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Times {

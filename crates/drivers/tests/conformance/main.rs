@@ -37,17 +37,7 @@ fn create_layers(d: &dyn Driver) {
     let t = mounted_tree(d, "rw");
     assert_eq!(
         t.get("etc/motd"),
-        Some(&Node {
-            kind: Kind::File {
-                data: b"hi".to_vec(),
-                links: 1,
-                group: None,
-            },
-            mode: 0o644,
-            owner: None,
-            mtime: Some((1_600_000_000, 0)),
-            xattrs: vec![],
-        })
+        Some(&Node::file(0o644, "hi", 1_600_000_000))
     );
     assert!(matches!(
         d.create("img", None, &none()),
@@ -177,17 +167,7 @@ fn whiteouts_through_mount(d: &dyn Driver) {
     assert!(!t.contains_key("etc/hosts"), "whiteout hides etc/hosts");
     assert_eq!(
         t.get("etc/passwd"),
-        Some(&Node {
-            kind: Kind::File {
-                data: b"root:x:0:0\nuser:x:1:1".to_vec(),
-                links: 1,
-                group: None,
-            },
-            mode: 0o600,
-            owner: None,
-            mtime: Some((1_600_000_000, 0)),
-            xattrs: vec![],
-        })
+        Some(&Node::file(0o600, "root:x:0:0\nuser:x:1:1", 1_600_000_000))
     );
     let cache: Vec<&str> = t
         .keys()
@@ -199,25 +179,10 @@ fn whiteouts_through_mount(d: &dyn Driver) {
         ["var/cache/c"],
         "opaque dir shows only its own entries"
     );
-    assert_eq!(
-        t.get("var/cache"),
-        Some(&Node {
-            kind: Kind::Dir,
-            mode: 0o750,
-            owner: None,
-            mtime: None,
-            xattrs: vec![],
-        })
-    );
+    assert_eq!(t.get("var/cache"), Some(&Node::dir(0o750)));
     assert_eq!(
         t.get("x"),
-        Some(&Node {
-            kind: Kind::Dir,
-            mode: 0o755,
-            owner: None,
-            mtime: None,
-            xattrs: vec![],
-        }),
+        Some(&Node::dir(0o755)),
         "file replaced by a dir"
     );
     assert!(t.contains_key("x/now-a-dir"));
