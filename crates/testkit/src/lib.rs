@@ -120,6 +120,21 @@ pub fn kernel_has_lowerdir_plus() -> bool {
     supported
 }
 
+/// The names in directory `dir`, sorted; panics on what it cannot read and on
+/// a name that is not UTF-8.
+pub fn dir_names(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .unwrap_or_else(|e| panic!("read {}: {e}", dir.display()))
+        .map(|e| {
+            let name = e.unwrap().file_name();
+            name.into_string()
+                .unwrap_or_else(|n| panic!("{n:?} in {}: not UTF-8", dir.display()))
+        })
+        .collect();
+    names.sort();
+    names
+}
+
 /// The repository's `fixtures/` directory (Docker-written stores and images).
 pub fn fixtures_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures")

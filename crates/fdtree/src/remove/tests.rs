@@ -3,6 +3,7 @@ use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::fs::{PermissionsExt, symlink};
 use std::path::Path;
 
+use plies_testkit::dir_names;
 use rustix::fs::{Mode, OFlags, mkdirat, openat};
 use rustix::io::Errno;
 
@@ -11,16 +12,6 @@ use crate::Error;
 
 fn open(path: &Path) -> fs::File {
     fs::File::open(path).unwrap()
-}
-
-/// The names in `dir`, sorted.
-fn names(dir: &Path) -> Vec<String> {
-    let mut out: Vec<String> = fs::read_dir(dir)
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .collect();
-    out.sort();
-    out
 }
 
 /// `dir/name`, then `depth` directories `d` one inside the other, each holding
@@ -66,7 +57,7 @@ fn removes_every_kind_of_entry() {
     }
 
     remove_tree(open(tmp.path()), "t").unwrap();
-    assert_eq!(names(tmp.path()), ["beside"]);
+    assert_eq!(dir_names(tmp.path()), ["beside"]);
 }
 
 #[test]
@@ -77,7 +68,7 @@ fn a_missing_name_is_not_an_error() {
     fs::create_dir(tmp.path().join("d")).unwrap();
     remove_tree(open(tmp.path()), "d").unwrap();
     remove_tree(open(tmp.path()), "d").unwrap();
-    assert!(names(tmp.path()).is_empty());
+    assert!(dir_names(tmp.path()).is_empty());
 }
 
 #[test]
@@ -92,8 +83,8 @@ fn a_file_or_a_symlink_at_the_top_goes_alone() {
     let dir = open(tmp.path());
     remove_tree(&dir, "file").unwrap();
     remove_tree(&dir, "link").unwrap();
-    assert_eq!(names(tmp.path()), ["outside"]);
-    assert_eq!(names(&outside), ["precious"]);
+    assert_eq!(dir_names(tmp.path()), ["outside"]);
+    assert_eq!(dir_names(&outside), ["precious"]);
 }
 
 #[test]
@@ -112,9 +103,9 @@ fn symlinks_in_the_tree_are_removed_not_followed() {
     symlink("..", t.join("deeper/up")).unwrap();
 
     remove_tree(open(tmp.path()), "t").unwrap();
-    assert_eq!(names(tmp.path()), ["outside"]);
-    assert_eq!(names(&outside), ["precious", "sub"]);
-    assert_eq!(names(&outside.join("sub")), ["also"]);
+    assert_eq!(dir_names(tmp.path()), ["outside"]);
+    assert_eq!(dir_names(&outside), ["precious", "sub"]);
+    assert_eq!(dir_names(&outside.join("sub")), ["also"]);
 }
 
 #[test]
@@ -124,7 +115,7 @@ fn a_tree_deeper_than_a_path_can_name() {
     make_deep(tmp.path(), "t", 3000);
     fs::write(tmp.path().join("beside"), b"kept").unwrap();
     remove_tree(open(tmp.path()), "t").unwrap();
-    assert_eq!(names(tmp.path()), ["beside"]);
+    assert_eq!(dir_names(tmp.path()), ["beside"]);
 }
 
 #[test]
@@ -140,7 +131,7 @@ fn deep_directories_move_up_and_go_from_there() {
         remove_tree_holding(open(tmp.path()).as_fd(), name.as_ref(), max_open).unwrap();
     }
     remove_tree_holding(open(tmp.path()).as_fd(), "t".as_ref(), 2).unwrap();
-    assert!(names(tmp.path()).is_empty());
+    assert!(dir_names(tmp.path()).is_empty());
 }
 
 #[test]
@@ -157,7 +148,7 @@ fn a_name_must_be_one_entry() {
             std::io::ErrorKind::InvalidInput
         );
     }
-    assert_eq!(names(tmp.path()), ["a"]);
+    assert_eq!(dir_names(tmp.path()), ["a"]);
 }
 
 /// Unmounts on drop, so a failing test leaves no mount behind.
@@ -218,7 +209,7 @@ fn a_mount_point_in_the_tree_stops_the_removal() {
     drop(_deep);
     drop(_outer);
     remove_tree(&dir, "t").unwrap();
-    assert!(names(tmp.path()).is_empty());
+    assert!(dir_names(tmp.path()).is_empty());
 }
 
 /// Set in the child process [`holds_a_bounded_number_of_handles`] runs itself in.
@@ -269,5 +260,5 @@ fn holds_a_bounded_number_of_handles() {
     )
     .unwrap();
     remove_tree(&dir, "t").unwrap();
-    assert!(names(tmp.path()).is_empty());
+    assert!(dir_names(tmp.path()).is_empty());
 }
