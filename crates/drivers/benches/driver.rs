@@ -12,7 +12,6 @@ use std::time::{Duration, Instant};
 
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
 use plies_drivers::{CreateOptions, Driver, Options, Overlay2};
-use plies_testkit::layer_tar::LayerTar;
 
 fn can_run() -> bool {
     rustix::process::geteuid().is_root()
@@ -20,17 +19,26 @@ fn can_run() -> bool {
 }
 
 fn tar_of(files: impl IntoIterator<Item = (String, Vec<u8>)>) -> Vec<u8> {
-    let mut t = LayerTar::new();
+    let mut b = tar::Builder::new(Vec::new());
     let mut dirs = std::collections::BTreeSet::new();
     for (path, data) in files {
         if let Some((dir, _)) = path.rsplit_once('/') {
             if dirs.insert(dir.to_owned()) {
-                t.dir(format!("{dir}/"), 0o755);
+                let mut h = tar::Header::new_gnu();
+                h.set_entry_type(tar::EntryType::Directory);
+                h.set_mode(0o755);
+                h.set_size(0);
+                h.set_mtime(1_600_000_000);
+                b.append_data(&mut h, format!("{dir}/"), &b""[..]).unwrap();
             }
         }
-        t.file(&path, &data, 0o644);
+        let mut h = tar::Header::new_gnu();
+        h.set_mode(0o644);
+        h.set_size(data.len() as u64);
+        h.set_mtime(1_600_000_000);
+        b.append_data(&mut h, &path, data.as_slice()).unwrap();
     }
-    t.finish()
+    b.into_inner().unwrap()
 }
 
 fn open(dir: &Path, options: &[&str]) -> Overlay2 {

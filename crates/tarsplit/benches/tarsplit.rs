@@ -7,30 +7,42 @@ use std::io;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use plies_tarsplit::{Disassembler, Entry, Packer, Unpacker, assemble};
-use plies_testkit::layer_tar::LayerTar;
 
 /// The layer tar, and each file's contents by name.
 fn layer() -> (Vec<u8>, HashMap<Vec<u8>, Vec<u8>>) {
-    let mut tar = LayerTar::new();
-    tar.mtime(1_700_000_000);
+    let mut builder = tar::Builder::new(Vec::with_capacity(110 << 20));
     let mut files = HashMap::new();
-    let mut add = |tar: &mut LayerTar, name: String, data: Vec<u8>| {
-        tar.file(&name, &data, 0o644);
+    let mut add = |builder: &mut tar::Builder<Vec<u8>>, name: String, data: Vec<u8>| {
+        let mut header = tar::Header::new_gnu();
+        header.set_size(data.len() as u64);
+        header.set_mode(0o644);
+        header.set_mtime(1_700_000_000);
+        builder.append_data(&mut header, &name, &data[..]).unwrap();
         files.insert(name.into_bytes(), data);
     };
     for d in 0..100 {
-        tar.dir(format!("usr/share/dir{d:03}/"), 0o755);
+        let mut header = tar::Header::new_gnu();
+        header.set_entry_type(tar::EntryType::Directory);
+        header.set_mode(0o755);
+        header.set_size(0);
+        builder
+            .append_data(&mut header, format!("usr/share/dir{d:03}/"), io::empty())
+            .unwrap();
         for f in 0..100 {
             let len = (d * 100 + f) * 7919 % 8192;
             let data = (0..len).map(|i| (i * 31 + f) as u8).collect();
-            add(&mut tar, format!("usr/share/dir{d:03}/file{f:03}"), data);
+            add(
+                &mut builder,
+                format!("usr/share/dir{d:03}/file{f:03}"),
+                data,
+            );
         }
     }
     for big in 0..3 {
         let data = (0..20usize << 20).map(|i| (i / 4093 + big) as u8).collect();
-        add(&mut tar, format!("opt/big{big}.bin"), data);
+        add(&mut builder, format!("opt/big{big}.bin"), data);
     }
-    (tar.finish(), files)
+    (builder.into_inner().unwrap(), files)
 }
 
 fn bench(c: &mut Criterion) {
