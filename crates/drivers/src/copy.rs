@@ -434,12 +434,58 @@ pub(crate) fn copy_tree(src: &Path, dst: &Path) -> Result<()> {
     copier.copy_dir_contents(s.as_fd(), d.as_fd(), d.as_fd())
 }
 
-/// Removes `path` and everything below it without following symlinks; a missing
-/// path is not an error.
-pub(crate) fn remove_tree(path: &Path) -> Result<()> {
-    match std::fs::remove_dir_all(path) {
-        Ok(()) => Ok(()),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(Error::io("remove", path, e)),
+/// Removes `path` and everything below it: [`plies_fdtree::remove_tree`] on its
+/// last component, under its parent (symlinks in the parent's path are followed:
+/// it is a path the driver made). A symlink below is removed, never followed; a
+/// mount point below `path` stops the removal with EBUSY. A missing path is not
+/// an error.
+pub(crate) fn remove_path(path: &Path) -> Result<()> {
+    let Some(name) = path.file_name() else {
+        return Err(Error::io("remove", path, Errno::INVAL));
+    };
+    let parent = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    let dir = match rustix::fs::open(
+        parent,
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+    ) {
+        Ok(fd) => fd,
+        Err(Errno::NOENT) => return Ok(()),
+        Err(e) => return Err(Error::io("remove", path, e)),
+    };
+    plies_fdtree::remove_tree(&dir, name).map_err(|e| Error::io("remove", path, e))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::symlink;
+
+    use super::remove_path;
+
+    #[test]
+    fn remove_path_takes_the_tree_and_leaves_what_its_symlinks_name() {
+        let tmp = tempfile::tempdir().unwrap();
+        let kept = tmp.path().join("kept");
+        std::fs::create_dir(&kept).unwrap();
+        std::fs::write(kept.join("file"), b"k").unwrap();
+        let tree = tmp.path().join("tree");
+        std::fs::create_dir_all(tree.join("a/b")).unwrap();
+        std::fs::write(tree.join("a/b/file"), b"x").unwrap();
+        symlink(&kept, tree.join("a/to-kept")).unwrap();
+
+        remove_path(&tree).unwrap();
+        assert!(!tree.exists());
+        assert_eq!(std::fs::read(kept.join("file")).unwrap(), b"k");
+        // Gone already, or never there, parent and all: nothing to do.
+        remove_path(&tree).unwrap();
+        remove_path(&tmp.path().join("missing/below")).unwrap();
+        // A symlink at `path` goes, not what it names.
+        symlink(&kept, tmp.path().join("link")).unwrap();
+        remove_path(&tmp.path().join("link")).unwrap();
+        assert!(kept.join("file").exists());
+        assert!(remove_path(std::path::Path::new("/")).is_err());
     }
 }

@@ -14,7 +14,7 @@ use plies_archive::{ApplyStats, Export, WhiteoutFormat, XattrNamespace};
 use rustix::fd::{AsFd, OwnedFd};
 use rustix::fs::{FileType, Mode};
 
-use crate::copy::{Copier, open_dir, open_dir_at, remove_tree};
+use crate::copy::{Copier, open_dir, open_dir_at, remove_path};
 use crate::driver::Driver;
 use crate::error::{Error, Result};
 use crate::idmap::IdMaps;
@@ -71,7 +71,7 @@ impl Scratch {
 
 impl Drop for Scratch {
     fn drop(&mut self) {
-        if let Err(e) = remove_tree(&self.path) {
+        if let Err(e) = remove_path(&self.path) {
             tracing::warn!(error = %e, "scratch directory left behind");
         }
     }

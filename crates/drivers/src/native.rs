@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use plies_archive::{ApplyOptions, ApplyStats, ExportOptions};
 use rustix::fs::Mode;
 
-use crate::copy::{copy_tree, remove_tree};
+use crate::copy::{copy_tree, remove_path};
 use crate::error::{Error, Result};
 
 /// The layer directory `dir` of layer `id` as a layer tar.
@@ -54,7 +54,7 @@ pub(crate) fn apply_into(
         source,
     };
     let staging = applying_path(dir);
-    remove_tree(&staging)?;
+    remove_path(&staging)?;
     if !may_stage && is_empty(dir)? {
         return plies_archive::apply(diff, dir, opts).map_err(|source| {
             if let Err(e) = empty_dir(dir) {
@@ -69,7 +69,7 @@ pub(crate) fn apply_into(
     }
     let staged = stage_and_apply(dir, &staging, diff, opts, archive_err);
     if staged.is_err() {
-        if let Err(e) = remove_tree(&staging) {
+        if let Err(e) = remove_path(&staging) {
             tracing::warn!(layer = id, error = %e, "a failed apply left its copy behind");
         }
     }
@@ -96,7 +96,7 @@ fn stage_and_apply(
     let stats = plies_archive::apply(diff, staging, opts).map_err(archive_err)?;
     exchange(staging, dir)?;
     // `staging` now holds what `dir` was.
-    if let Err(e) = remove_tree(staging) {
+    if let Err(e) = remove_path(staging) {
         tracing::warn!(error = %e, "the replaced copy of a layer was left behind");
     }
     Ok(stats)
@@ -131,7 +131,7 @@ pub(crate) fn empty_dir(dir: &Path) -> Result<()> {
             .map_err(|e| Error::io("stat", &path, e))?
             .is_dir();
         if is_dir {
-            remove_tree(&path)?;
+            remove_path(&path)?;
         } else {
             std::fs::remove_file(&path).map_err(|e| Error::io("remove", &path, e))?;
         }

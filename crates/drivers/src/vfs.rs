@@ -13,7 +13,7 @@ use plies_layerstore::{
 };
 use rustix::fs::{Mode, RenameFlags};
 
-use crate::copy::{copy_tree, remove_tree};
+use crate::copy::{copy_tree, remove_path};
 use crate::driver::Driver;
 use crate::error::{Error, Result};
 use crate::idmap::Remap;
@@ -115,7 +115,7 @@ impl Vfs {
             .map_err(|e| Error::io("rename", &creating, e))
         });
         if done.is_err() {
-            if let Err(e) = remove_tree(&creating) {
+            if let Err(e) = remove_path(&creating) {
                 tracing::warn!(layer = id, error = %e, "half-created layer left behind");
             }
         } else {
@@ -128,7 +128,7 @@ impl Vfs {
     /// Makes `dir` afresh as the new layer `id` on `parent`: owned by the
     /// container's root, holding a copy of the parent's tree.
     fn fill(&self, dir: &Path, parent: Option<&str>) -> Result<()> {
-        remove_tree(dir)?;
+        remove_path(dir)?;
         mkdir_mode(dir, 0o755)?;
         self.remap.own(dir)?;
         match parent {
@@ -155,7 +155,7 @@ impl Vfs {
         let made = self
             .fill(&fresh, parent)
             .and_then(|()| native::exchange(&fresh, &self.layer(id)));
-        let removed = remove_tree(&fresh);
+        let removed = remove_path(&fresh);
         made.and(removed)
     }
 }
@@ -190,7 +190,7 @@ fn sweep(dir: &Path, locks: &plies_layerstore::LayerLocks) -> Result<()> {
         else {
             continue;
         };
-        remove_tree(&entry.path())?;
+        remove_path(&entry.path())?;
     }
     Ok(())
 }
@@ -227,7 +227,7 @@ impl Driver for Vfs {
             Err(rustix::io::Errno::NOENT) => {
                 // What a killed create or remove of `id` left goes all the same.
                 for suffix in [CREATING, REMOVING, APPLYING] {
-                    remove_tree(&self.dir.join(format!("{id}{suffix}")))?;
+                    remove_path(&self.dir.join(format!("{id}{suffix}")))?;
                 }
                 return Err(Error::NoSuchLayer { id: id.to_owned() });
             }
@@ -243,7 +243,7 @@ impl Driver for Vfs {
             .unwrap_or_else(PoisonError::into_inner)
             .remove(id);
         self.pristine().remove(id);
-        remove_tree(&removing)?;
+        remove_path(&removing)?;
         guard.forget(id);
         Ok(())
     }
@@ -335,7 +335,7 @@ impl Driver for Vfs {
                     }
                     report
                         .handle(finding(), repair, || {
-                            remove_tree(&entry.path()).map_err(|e| plies_layerstore::Error::Io {
+                            remove_path(&entry.path()).map_err(|e| plies_layerstore::Error::Io {
                                 op: "remove",
                                 path: entry.path(),
                                 source: std::io::Error::other(e.to_string()),

@@ -1,20 +1,22 @@
 //! fd-relative file operations: every name is resolved under a directory handle
 //! without following symlinks, so nothing a store contains leads outside it.
 
-use std::ffi::OsStr;
 use std::io::{self, Read, Write};
 use std::os::fd::{AsFd, OwnedFd};
-use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 
 use rustix::fs::{
     AtFlags, Dir, FileType, Mode, OFlags, RenameFlags, fchmod, fstat, fsync, mkdirat, openat,
-    readlinkat, renameat_with, statat, unlinkat,
+    readlinkat, renameat_with, statat,
 };
 use rustix::io::Errno;
 
 use crate::error::io_err;
+
+// Tree removal (symlinks removed, never followed; a mount point below the top
+// stops it with EBUSY; bounded handles) lives in plies-fdtree.
+pub(crate) use plies_fdtree::remove_tree;
 
 /// Largest metadata file the store reads (`lower` of 500 entries is ~14 KiB).
 const MAX_META_FILE: u64 = 64 * 1024;
@@ -190,101 +192,6 @@ pub(crate) fn list_names(dir: impl AsFd) -> Result<Vec<(Vec<u8>, FileType)>, Err
         out.push((name.to_vec(), entry.file_type()));
     }
     Ok(out)
-}
-
-/// How deep [`remove_tree`] descends holding directory handles before it moves
-/// deeper directories up to the top of the tree being removed.
-const MAX_OPEN_DEPTH: usize = 32;
-
-/// Removes `name` under `dir` and everything beneath it, never following a
-/// symlink and holding at most [`MAX_OPEN_DEPTH`] handles however deep the tree.
-/// A missing `name` is not an error.
-pub(crate) fn remove_tree(dir: impl AsFd, name: &str) -> Result<(), Errno> {
-    let dir = dir.as_fd();
-    match unlinkat(dir, name, AtFlags::empty()) {
-        Ok(()) | Err(Errno::NOENT) => return Ok(()),
-        Err(Errno::ISDIR) | Err(Errno::PERM) => {}
-        Err(e) => return Err(e),
-    }
-    let top = match open_dir(dir, name) {
-        Ok(fd) => fd,
-        Err(Errno::NOENT) => return Ok(()),
-        Err(e) => return Err(e),
-    };
-    // Never descend into another filesystem: a mount inside the tree (a layer's
-    // `merged` still mounted) stops the removal with EBUSY instead.
-    let dev = fstat(&top)?.st_dev;
-    let mut moved = 0u64;
-    // (handle, name in its parent); the parent of stack[0] is `dir`.
-    let mut stack: Vec<(OwnedFd, Vec<u8>)> = vec![(top, name.as_bytes().to_vec())];
-    while let Some((cur, _)) = stack.last() {
-        let cur_fd = cur.as_fd();
-        let mut descend = None;
-        for (child, kind) in list_names(cur_fd)? {
-            let child_os = OsStr::from_bytes(&child);
-            let is_dir = match kind {
-                FileType::Directory => true,
-                FileType::Unknown => {
-                    let st = statat(cur_fd, child_os, AtFlags::SYMLINK_NOFOLLOW)?;
-                    FileType::from_raw_mode(st.st_mode) == FileType::Directory
-                }
-                _ => false,
-            };
-            if !is_dir {
-                match unlinkat(cur_fd, child_os, AtFlags::empty()) {
-                    Ok(()) | Err(Errno::NOENT) => {}
-                    Err(e) => return Err(e),
-                }
-                continue;
-            }
-            if stack.len() < MAX_OPEN_DEPTH {
-                descend = Some(child);
-                break;
-            }
-            // Too deep to keep handles: hoist the directory to the top and
-            // remove it from there later.
-            loop {
-                moved += 1;
-                let hoisted = format!(".hoisted-{moved}");
-                match renameat_with(
-                    cur_fd,
-                    child_os,
-                    stack[0].0.as_fd(),
-                    hoisted.as_str(),
-                    RenameFlags::NOREPLACE,
-                ) {
-                    Ok(()) => break,
-                    Err(Errno::EXIST) => continue,
-                    Err(e) => return Err(e),
-                }
-            }
-        }
-        if let Some(child) = descend {
-            let fd = openat(
-                cur_fd,
-                OsStr::from_bytes(&child),
-                OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-                Mode::empty(),
-            )?;
-            if fstat(&fd)?.st_dev != dev {
-                return Err(Errno::BUSY);
-            }
-            stack.push((fd, child));
-            continue;
-        }
-        // The directory is empty now: remove it from its parent.
-        let Some((fd, name)) = stack.pop() else { break };
-        drop(fd);
-        let parent = match stack.last() {
-            Some((p, _)) => p.as_fd(),
-            None => dir,
-        };
-        match unlinkat(parent, OsStr::from_bytes(&name), AtFlags::REMOVEDIR) {
-            Ok(()) | Err(Errno::NOENT) => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(())
 }
 
 /// Whether `name` under `dir` is on another filesystem than `dir` (a mount point).

@@ -3,9 +3,12 @@
 //! Tests that need root or a kernel feature call [`require`] first: without the
 //! requirement they print why they skip and return early, unless
 //! `PLIES_REQUIRE_KERNEL=1` is set (as CI sets it), where a missing requirement
-//! fails the test instead.
+//! fails the test instead. Layer tars are built with [`layer_tar::LayerTar`], and
+//! trees on disk compared as [`tree::snapshot`]s.
 
 pub mod dockerd;
+pub mod layer_tar;
+pub mod tree;
 
 use std::path::{Path, PathBuf};
 
@@ -115,6 +118,21 @@ pub fn kernel_has_lowerdir_plus() -> bool {
         });
     let _ = std::fs::remove_dir_all(&base);
     supported
+}
+
+/// The names in directory `dir`, sorted; panics on what it cannot read and on
+/// a name that is not UTF-8.
+pub fn dir_names(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .unwrap_or_else(|e| panic!("read {}: {e}", dir.display()))
+        .map(|e| {
+            let name = e.unwrap().file_name();
+            name.into_string()
+                .unwrap_or_else(|n| panic!("{n:?} in {}: not UTF-8", dir.display()))
+        })
+        .collect();
+    names.sort();
+    names
 }
 
 /// The repository's `fixtures/` directory (Docker-written stores and images).

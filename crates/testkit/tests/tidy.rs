@@ -8,15 +8,10 @@ use std::path::{Path, PathBuf};
 /// Longest a source file under `crates/*/src` may grow, in lines.
 const MAX_LINES: usize = 800;
 
-/// The crates that define a `remove_tree` today, each for a reason: layerstore
-/// is the home (fd-relative, bounded handles, stays on one filesystem); whiteout
-/// sits below it and cannot use it; drivers' copy removes by path. A new copy
-/// fails the test: use layerstore's instead.
-const REMOVE_TREE_HOMES: [&str; 3] = [
-    "crates/drivers/src/copy.rs",
-    "crates/layerstore/src/disk.rs",
-    "crates/whiteout/src/convert.rs",
-];
+/// The one place a `remove_tree` is defined: plies-fdtree, below every crate that
+/// removes a tree (fd-relative, bounded handles, stays on one filesystem). A new
+/// copy fails the test: use plies_fdtree's instead.
+const REMOVE_TREE_HOME: &str = "crates/fdtree/src/remove.rs";
 
 fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
@@ -102,7 +97,7 @@ fn error_messages_leave_their_source_to_the_chain() {
 }
 
 #[test]
-fn remove_tree_is_defined_only_in_its_known_places() {
+fn remove_tree_is_defined_only_in_fdtree() {
     let found: BTreeSet<String> = sources()
         .into_iter()
         .filter(|(_, text)| {
@@ -117,12 +112,9 @@ fn remove_tree_is_defined_only_in_its_known_places() {
         })
         .map(|(path, _)| path)
         .collect();
-    let new: Vec<&String> = found
-        .iter()
-        .filter(|p| !REMOVE_TREE_HOMES.contains(&p.as_str()))
-        .collect();
-    assert!(
-        new.is_empty(),
-        "a new remove_tree (use plies_layerstore's): {new:?}; defined in {found:?}"
+    assert_eq!(
+        found,
+        BTreeSet::from([REMOVE_TREE_HOME.to_owned()]),
+        "remove_tree is defined once, in plies-fdtree (use plies_fdtree::remove_tree)"
     );
 }

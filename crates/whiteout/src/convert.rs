@@ -110,7 +110,11 @@ pub fn aufs_to_overlay<Fd: AsFd>(layer: Fd, ns: XattrNamespace) -> Result<Conver
                     changed = true;
                 }
                 NameKind::AufsMeta(_) => {
-                    remove_tree(dir, path, name)?;
+                    plies_fdtree::remove_tree(dir, name).map_err(|e| Error::Io {
+                        op: "remove",
+                        name: path.join(name).into_os_string(),
+                        source: e.into(),
+                    })?;
                     report.aufs_meta_removed += 1;
                     changed = true;
                 }
@@ -483,52 +487,5 @@ fn list_overlay_only_xattr(
         return Ok(list[..len]
             .split(|b| *b == 0)
             .find_map(|key| keys.into_iter().find(|k| k.as_bytes() == key)));
-    }
-}
-
-/// Removes the entry `name` of `dir` and, for a directory, everything under it,
-/// without following symlinks.
-fn remove_tree(dir: BorrowedFd<'_>, path: &Path, name: &OsStr) -> Result<(), Error> {
-    match rustix::fs::unlinkat(dir, name, AtFlags::empty()) {
-        Ok(()) => return Ok(()),
-        Err(Errno::ISDIR) => {}
-        Err(e) => return Err(Error::io("unlinkat", path.join(name), e)),
-    }
-    // Each level: the open directory, its name in its parent, its path, and the
-    // entries left to remove.
-    let open = |parent: BorrowedFd<'_>, parent_path: &Path, name: &OsStr| {
-        let fd = open_dir(parent, parent_path, name)?;
-        let child_path = parent_path.join(name);
-        let names: Vec<OsString> = read_entries(fd.as_fd(), &child_path)?
-            .into_iter()
-            .map(|e| e.name)
-            .collect();
-        Ok::<_, Error>((fd, name.to_owned(), child_path, names))
-    };
-    let mut stack = vec![open(dir, path, name)?];
-    loop {
-        let Some((fd, _, level_path, names)) = stack.last_mut() else {
-            return Ok(());
-        };
-        if let Some(child) = names.pop() {
-            match rustix::fs::unlinkat(fd.as_fd(), &child, AtFlags::empty()) {
-                Ok(()) | Err(Errno::NOENT) => {}
-                Err(Errno::ISDIR) => {
-                    let next = open(fd.as_fd(), level_path, &child)?;
-                    stack.push(next);
-                }
-                Err(e) => return Err(Error::io("unlinkat", level_path.join(&child), e)),
-            }
-            continue;
-        }
-        let Some((_, done_name, _, _)) = stack.pop() else {
-            return Ok(());
-        };
-        let (parent, parent_path) = match stack.last() {
-            Some((fd, _, p, _)) => (fd.as_fd(), p.as_path()),
-            None => (dir, path),
-        };
-        rustix::fs::unlinkat(parent, &done_name, AtFlags::REMOVEDIR)
-            .map_err(|e| Error::io("unlinkat", parent_path.join(&done_name), e))?;
     }
 }

@@ -8,10 +8,11 @@ use std::collections::BTreeMap;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
-use common::{Node, Raw, RawTar, snapshot};
+use common::{Raw, RawTar};
 use plies_archive::{
     ApplyOptions, ApplyStats, EntryError, Error, WhiteoutFormat, XattrNamespace, apply,
 };
+use plies_testkit::tree::{Node, Record, snapshot};
 
 struct Sandbox {
     tmp: tempfile::TempDir,
@@ -54,7 +55,7 @@ impl Sandbox {
 
 /// Everything beside the root: the canary and anything new.
 fn outside(dir: &Path) -> BTreeMap<PathBuf, Node> {
-    snapshot(dir)
+    snapshot(dir, &Record::EXACT)
         .into_iter()
         .filter(|(p, _)| !p.starts_with("root"))
         .collect()

@@ -10,6 +10,7 @@ use std::path::Path;
 use std::process::Command;
 
 use plies_archive::{ApplyOptions, ExportOptions, WhiteoutFormat, XattrNamespace, apply, export};
+use plies_testkit::tree::{Record, snapshot};
 use rustix::fs::{CWD, FileType, Mode};
 
 fn have_gnu_tar(test: &str) -> bool {
@@ -134,7 +135,10 @@ fn gnu_tar_archive(format: &str, sparse_version: Option<&str>) {
         .with_whiteouts(WhiteoutFormat::Overlay(XattrNamespace::Trusted))
         .with_privileged(true);
     apply(std::fs::File::open(&archive).unwrap(), &ours, &opts).unwrap();
-    assert_eq!(common::snapshot(&ours), common::snapshot(&theirs));
+    assert_eq!(
+        snapshot(&ours, &Record::EXACT),
+        snapshot(&theirs, &Record::EXACT)
+    );
     if format == "posix" {
         assert_eq!(
             xattr::get(ours.join("d/f"), "user.note").unwrap().unwrap(),
@@ -196,7 +200,10 @@ fn export_extracts_with_gnu_tar() {
         .arg(&archive)
         .arg("-C")
         .arg(&theirs));
-    assert_eq!(common::snapshot(&src), common::snapshot(&theirs));
+    assert_eq!(
+        snapshot(&src, &Record::EXACT),
+        snapshot(&theirs, &Record::EXACT)
+    );
 }
 
 #[test]

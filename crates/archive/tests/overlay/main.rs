@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 
 use common::RawTar;
 use plies_archive::{ApplyOptions, ExportOptions, WhiteoutFormat, XattrNamespace, apply, export};
+use plies_testkit::dir_names;
 use rustix::mount::{MountFlags, UnmountFlags};
 
 /// An overlay mount, unmounted when dropped.
@@ -48,15 +49,6 @@ impl Drop for Mount {
     }
 }
 
-fn names(dir: &Path) -> Vec<String> {
-    let mut v: Vec<String> = std::fs::read_dir(dir)
-        .unwrap()
-        .map(|e| e.unwrap().file_name().into_string().unwrap())
-        .collect();
-    v.sort();
-    v
-}
-
 #[test]
 fn applied_whiteouts_hide_lower_files() {
     if !plies_testkit::require_overlay("applied_whiteouts_hide_lower_files") {
@@ -88,8 +80,8 @@ fn applied_whiteouts_hide_lower_files() {
     apply(tar.as_slice(), &layer, &opts).unwrap();
     {
         let _m = Mount::new(&merged, &[&layer, &lower], None);
-        assert_eq!(names(&merged), ["d", "keep"]);
-        assert_eq!(names(&merged.join("d")), ["new"]);
+        assert_eq!(dir_names(&merged), ["d", "keep"]);
+        assert_eq!(dir_names(&merged.join("d")), ["new"]);
         assert_eq!(std::fs::read(merged.join("d/new")).unwrap(), b"new");
     }
     assert!(plies_testkit::mounts_under(tmp.path()).is_empty());
@@ -192,12 +184,12 @@ fn aufs_plnk_links_apply_onto_a_mounted_overlay() {
         let _m = Mount::new(&merged, &[&lower], Some((&upper, &work)));
         let stats = apply(tar.as_slice(), &merged, &opts).unwrap();
         assert_eq!(stats.skipped_aufs_meta, 2);
-        assert_eq!(names(&merged), ["a", "b", "base"]);
+        assert_eq!(dir_names(&merged), ["a", "b", "base"]);
         let a = std::fs::metadata(merged.join("a")).unwrap();
         let c = std::fs::metadata(merged.join("b/c")).unwrap();
         assert_eq!(std::fs::read(merged.join("b/c")).unwrap(), b"shared");
         assert_eq!((a.ino(), a.nlink(), a.mode() & 0o7777), (c.ino(), 2, 0o640));
     }
-    assert_eq!(names(&upper), ["a", "b"]);
+    assert_eq!(dir_names(&upper), ["a", "b"]);
     assert!(plies_testkit::mounts_under(tmp.path()).is_empty());
 }

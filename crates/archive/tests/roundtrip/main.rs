@@ -10,6 +10,8 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use plies_archive::{ApplyOptions, ExportOptions, WhiteoutFormat, XattrNamespace, apply, export};
+use plies_testkit::layer_tar::LayerTar;
+use plies_testkit::tree::{Record, snapshot};
 use proptest::prelude::*;
 
 #[derive(Debug, Clone)]
@@ -238,8 +240,8 @@ fn round_trip(items: &[Item], format: WhiteoutFormat) -> Result<(), TestCaseErro
             .with_privileged(true),
     )
     .unwrap();
-    let before = common::snapshot(src.path());
-    let after = common::snapshot(dst.path());
+    let before = snapshot(src.path(), &Record::EXACT);
+    let after = snapshot(dst.path(), &Record::EXACT);
     prop_assert_eq!(before, after);
     Ok(())
 }
@@ -519,23 +521,20 @@ fn xattrs_of_symlinks_and_devices_round_trip() {
     )
     .unwrap();
     assert_eq!(stats.skipped_xattrs, 0);
-    assert_eq!(common::snapshot(r), common::snapshot(dst.path()));
+    assert_eq!(
+        snapshot(r, &Record::EXACT),
+        snapshot(dst.path(), &Record::EXACT)
+    );
 }
 
 #[test]
 fn user_xattrs_on_a_symlink_are_skipped_and_counted() {
     // The kernel refuses `user.` xattrs on symlinks (EPERM): as Docker, the
     // entry is applied without them and the refusal counted.
-    let mut b = tar::Builder::new(Vec::new());
-    let mut h = tar::Header::new_ustar();
-    h.set_entry_type(tar::EntryType::Symlink);
-    h.set_size(0);
-    h.set_mode(0o777);
-    h.set_link_name("target").unwrap();
-    b.append_pax_extensions([("SCHILY.xattr.user.no", &b"x"[..])])
-        .unwrap();
-    b.append_data(&mut h, "link", std::io::empty()).unwrap();
-    let tar = b.into_inner().unwrap();
+    let tar = LayerTar::ustar()
+        .xattr("user.no", b"x")
+        .symlink("link", "target")
+        .finish();
     let dst = tempfile::tempdir().unwrap();
     let stats = apply(
         tar.as_slice(),

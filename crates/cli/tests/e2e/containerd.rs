@@ -9,6 +9,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+use plies_testkit::layer_tar::LayerTar;
+
 use super::{Built, E, Node, chain_ids, docker_archive, expected_tree, image_layers};
 
 /// What the test starts, stopped and removed when dropped, even after a failure.
@@ -251,29 +253,14 @@ const APPLETS: &[&str] = &[
 
 /// A layer with a static busybox, its applets as symlinks.
 pub(super) fn busybox_layer(busybox: &[u8]) -> Vec<u8> {
-    let mut b = tar::Builder::new(Vec::new());
-    let mut h = tar::Header::new_ustar();
-    h.set_mtime(1_700_000_000);
-    h.set_entry_type(tar::EntryType::Directory);
-    h.set_mode(0o755);
-    h.set_size(0);
-    b.append_data(&mut h, "bin/", &[][..]).unwrap();
-    let mut h = tar::Header::new_ustar();
-    h.set_mtime(1_700_000_000);
-    h.set_entry_type(tar::EntryType::Regular);
-    h.set_mode(0o755);
-    h.set_size(busybox.len() as u64);
-    b.append_data(&mut h, "bin/busybox", busybox).unwrap();
+    let mut t = LayerTar::ustar();
+    t.mtime(1_700_000_000)
+        .dir("bin/", 0o755)
+        .file("bin/busybox", busybox, 0o755);
     for applet in APPLETS {
-        let mut h = tar::Header::new_ustar();
-        h.set_mtime(1_700_000_000);
-        h.set_entry_type(tar::EntryType::Symlink);
-        h.set_mode(0o777);
-        h.set_size(0);
-        b.append_link(&mut h, format!("bin/{applet}"), "busybox")
-            .unwrap();
+        t.symlink(format!("bin/{applet}"), "busybox");
     }
-    b.into_inner().unwrap()
+    t.finish()
 }
 
 /// The container's view of its tree, one line per path, as `Node`s print.
@@ -652,22 +639,11 @@ fn a_plugin_killed_during_prepare_and_commit_restarts_and_containerd_recovers() 
 
 /// One layer adding `/d/<n>`.
 fn numbered_layer(n: usize) -> Vec<u8> {
-    let mut b = tar::Builder::new(Vec::new());
-    let mut h = tar::Header::new_ustar();
-    h.set_mtime(1_700_000_000);
-    h.set_entry_type(tar::EntryType::Directory);
-    h.set_mode(0o755);
-    h.set_size(0);
-    b.append_data(&mut h, "d/", &[][..]).unwrap();
-    let data = format!("{n}\n");
-    let mut h = tar::Header::new_ustar();
-    h.set_mtime(1_700_000_000);
-    h.set_entry_type(tar::EntryType::Regular);
-    h.set_mode(0o644);
-    h.set_size(data.len() as u64);
-    b.append_data(&mut h, format!("d/{n}"), data.as_bytes())
-        .unwrap();
-    b.into_inner().unwrap()
+    LayerTar::ustar()
+        .mtime(1_700_000_000)
+        .dir("d/", 0o755)
+        .file(format!("d/{n}"), format!("{n}\n"), 0o644)
+        .finish()
 }
 
 /// An image as deep as the overlay2 store allows by default (128 layers): a

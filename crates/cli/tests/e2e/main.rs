@@ -10,6 +10,7 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+use plies_testkit::layer_tar::LayerTar;
 use sha2::{Digest as _, Sha256};
 
 mod containerd;
@@ -144,40 +145,17 @@ enum E {
 }
 
 fn layer_tar(entries: &[E], mtime: u64) -> Vec<u8> {
-    let mut b = tar::Builder::new(Vec::new());
+    let mut t = LayerTar::ustar();
+    t.mtime(mtime);
     for e in entries {
-        let mut h = tar::Header::new_ustar();
-        h.set_mtime(mtime);
-        h.set_uid(0);
-        h.set_gid(0);
-        match e {
-            E::Dir(p) => {
-                h.set_entry_type(tar::EntryType::Directory);
-                h.set_mode(0o755);
-                h.set_size(0);
-                b.append_data(&mut h, format!("{p}/"), &[][..]).unwrap();
-            }
-            E::File(p, mode, data) => {
-                h.set_entry_type(tar::EntryType::Regular);
-                h.set_mode(*mode);
-                h.set_size(data.len() as u64);
-                b.append_data(&mut h, p, data.as_bytes()).unwrap();
-            }
-            E::Link(p, target) => {
-                h.set_entry_type(tar::EntryType::Symlink);
-                h.set_mode(0o777);
-                h.set_size(0);
-                b.append_link(&mut h, p, target).unwrap();
-            }
-            E::Hard(p, target) => {
-                h.set_entry_type(tar::EntryType::Link);
-                h.set_mode(0o644);
-                h.set_size(0);
-                b.append_link(&mut h, p, target).unwrap();
-            }
-        }
+        match *e {
+            E::Dir(p) => t.dir(format!("{p}/"), 0o755),
+            E::File(p, mode, data) => t.file(p, data, mode),
+            E::Link(p, target) => t.symlink(p, target),
+            E::Hard(p, target) => t.hardlink(p, target),
+        };
     }
-    b.into_inner().unwrap()
+    t.finish()
 }
 
 /// The test image: three layers exercising additions, a replaced file, a
@@ -410,15 +388,11 @@ fn config_json(arch: &str, diff_ids: &[String]) -> Vec<u8> {
 }
 
 fn tar_file(path: &Path, members: &[(String, Vec<u8>)]) {
-    let mut b = tar::Builder::new(File::create(path).unwrap());
+    let mut t = LayerTar::ustar();
     for (name, data) in members {
-        let mut h = tar::Header::new_ustar();
-        h.set_entry_type(tar::EntryType::Regular);
-        h.set_mode(0o644);
-        h.set_size(data.len() as u64);
-        b.append_data(&mut h, name, &data[..]).unwrap();
+        t.file(name, data, 0o644);
     }
-    b.into_inner().unwrap().sync_all().unwrap();
+    std::fs::write(path, t.finish()).unwrap();
 }
 
 /// A `docker save` archive: layers first, config, then `manifest.json` last.
@@ -1109,8 +1083,10 @@ fn a_failed_apply_leaves_a_layer_with_content_and_its_child() {
         *b = (i * 7 + 13) as u8;
     }
     std::fs::write(&garbage, &bytes).unwrap();
-    let big: &'static str = Box::leak("y".repeat(5000).into_boxed_str());
-    let mut cut = layer_tar(&[E::File("b", 0o644, big)], 1_700_000_000);
+    let mut cut = LayerTar::ustar()
+        .mtime(1_700_000_000)
+        .file("b", "y".repeat(5000), 0o644)
+        .finish();
     cut.truncate(2048);
     let cut_path = dir.join("cut.tar");
     std::fs::write(&cut_path, &cut).unwrap();

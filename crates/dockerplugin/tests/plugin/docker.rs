@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use plies_dockerplugin::{Config, DriverChoice};
 use plies_testkit::dockerd::{Dockerd, prerequisites};
+use plies_testkit::layer_tar::LayerTar;
 use sha2::{Digest, Sha256};
 
 use crate::protocol::Running;
@@ -83,19 +84,12 @@ fn image_tar(busybox: &[u8]) -> Vec<u8> {
         "Layers": [format!("{}/layer.tar", ids[0]), format!("{}/layer.tar", ids[1])],
     }])
     .to_string();
-    let mut b = tar::Builder::new(Vec::new());
-    let mut add = |name: &str, data: &[u8]| {
-        let mut h = tar::Header::new_gnu();
-        h.set_mode(0o644);
-        h.set_mtime(1_600_000_000);
-        h.set_size(data.len() as u64);
-        b.append_data(&mut h, name, data).unwrap();
-    };
-    add(&format!("{}/layer.tar", ids[0]), &l1);
-    add(&format!("{}/layer.tar", ids[1]), &l2);
-    add(&config_name, config.as_bytes());
-    add("manifest.json", manifest.as_bytes());
-    b.into_inner().unwrap()
+    LayerTar::new()
+        .file(format!("{}/layer.tar", ids[0]), &l1, 0o644)
+        .file(format!("{}/layer.tar", ids[1]), &l2, 0o644)
+        .file(&config_name, &config, 0o644)
+        .file("manifest.json", &manifest, 0o644)
+        .finish()
 }
 
 /// A `docker save` archive of one layer whose first entry is `../escape`,
@@ -116,19 +110,11 @@ fn hostile_image_tar() -> Vec<u8> {
         "Layers": [format!("{id}/layer.tar")],
     }])
     .to_string();
-    let mut b = tar::Builder::new(Vec::new());
-    for (name, data) in [
-        (format!("{id}/layer.tar"), &l1[..]),
-        (config_name, config.as_bytes()),
-        ("manifest.json".to_owned(), manifest.as_bytes()),
-    ] {
-        let mut h = tar::Header::new_gnu();
-        h.set_mode(0o644);
-        h.set_mtime(1_600_000_000);
-        h.set_size(data.len() as u64);
-        b.append_data(&mut h, name, data).unwrap();
-    }
-    b.into_inner().unwrap()
+    LayerTar::new()
+        .file(format!("{id}/layer.tar"), &l1, 0o644)
+        .file(&config_name, &config, 0o644)
+        .file("manifest.json", &manifest, 0o644)
+        .finish()
 }
 
 /// One exported entry, all but its times.

@@ -1,5 +1,7 @@
 //! Layer tars built entry by entry.
 
+use plies_testkit::layer_tar::LayerTar;
+
 /// One entry of a layer tar.
 pub enum Entry<'a> {
     Dir(&'a str),
@@ -9,42 +11,20 @@ pub enum Entry<'a> {
     Symlink(&'a str, &'a str),
 }
 
-/// A layer tar holding `entries`, in order (whiteouts are empty files named
-/// `.wh.<name>`, opaque markers `.wh..wh..opq`).
+/// A layer tar holding `entries`, in order, owned by 0:0 with mtime
+/// 1_600_000_000 (whiteouts are empty files named `.wh.<name>`, opaque markers
+/// `.wh..wh..opq`).
 pub fn layer(entries: &[Entry<'_>]) -> Vec<u8> {
-    let mut b = tar::Builder::new(Vec::new());
+    let mut t = LayerTar::new();
     for e in entries {
-        let mut h = tar::Header::new_gnu();
-        h.set_mtime(1_600_000_000);
-        h.set_uid(0);
-        h.set_gid(0);
-        let (path, data): (&str, &[u8]) = match *e {
-            Entry::Dir(p) => {
-                h.set_entry_type(tar::EntryType::Directory);
-                h.set_mode(0o755);
-                (p, b"")
-            }
-            Entry::File(p, d) => {
-                h.set_entry_type(tar::EntryType::Regular);
-                h.set_mode(0o644);
-                (p, d)
-            }
-            Entry::Exec(p, d) => {
-                h.set_entry_type(tar::EntryType::Regular);
-                h.set_mode(0o755);
-                (p, d)
-            }
-            Entry::Symlink(p, target) => {
-                h.set_entry_type(tar::EntryType::Symlink);
-                h.set_mode(0o777);
-                h.set_link_name(target).unwrap();
-                (p, b"")
-            }
+        match *e {
+            Entry::Dir(p) => t.dir(p, 0o755),
+            Entry::File(p, d) => t.file(p, d, 0o644),
+            Entry::Exec(p, d) => t.file(p, d, 0o755),
+            Entry::Symlink(p, target) => t.symlink(p, target),
         };
-        h.set_size(data.len() as u64);
-        b.append_data(&mut h, path, data).unwrap();
     }
-    b.into_inner().unwrap()
+    t.finish()
 }
 
 /// The entry names of a tar, in order.

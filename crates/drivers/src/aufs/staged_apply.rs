@@ -8,7 +8,7 @@ use plies_archive::WhiteoutFormat;
 use plies_mountopts::AufsStack;
 
 use super::Aufs;
-use crate::copy::{copy_tree, remove_tree};
+use crate::copy::{copy_tree, remove_path};
 use crate::error::{Error, Result};
 use crate::{naive, native};
 
@@ -43,7 +43,7 @@ impl Aufs {
         }
         let staging = native::applying_path(&own);
         let target = native::applying_path(&self.store.mnt_dir(id));
-        remove_tree(&staging)?;
+        remove_path(&staging)?;
         let mut still_mounted = false;
         let result = (|| {
             for dir in [&staging, &target] {
@@ -97,7 +97,7 @@ impl Aufs {
         }
         // `staging` holds the replaced branch after a success, the failed copy
         // otherwise.
-        if let Err(e) = remove_tree(&staging) {
+        if let Err(e) = remove_path(&staging) {
             tracing::warn!(layer = id, error = %e, "a copy made for an apply was left behind");
         }
         match std::fs::remove_dir(&target) {

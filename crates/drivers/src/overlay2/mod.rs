@@ -128,7 +128,7 @@ impl Overlay2 {
         features::features(home).inspect_err(|_| {
             // A refused driver leaves no home behind (`auto` goes on to the next).
             if made_home {
-                if let Err(undo) = crate::copy::remove_tree(home) {
+                if let Err(undo) = crate::copy::remove_path(home) {
                     tracing::warn!(home = %home.display(), error = %undo, "could not remove a refused home");
                 }
             }

@@ -51,7 +51,7 @@ impl Overlay2 {
         let target_name = format!("merged{}", native::APPLYING);
         let (work, target) = (dir.join(&work_name), dir.join(&target_name));
         for d in [&staging, &work, &target] {
-            crate::copy::remove_tree(d)?;
+            crate::copy::remove_path(d)?;
         }
         let staged_name = format!("diff{}", native::APPLYING);
         let mut still_mounted = false;
@@ -90,7 +90,7 @@ impl Overlay2 {
         // `staging` holds the replaced upper after a success, the failed copy
         // otherwise.
         for d in [&staging, &work] {
-            if let Err(e) = crate::copy::remove_tree(d) {
+            if let Err(e) = crate::copy::remove_path(d) {
                 tracing::warn!(layer = id, error = %e, "a copy made for an apply was left behind");
             }
         }

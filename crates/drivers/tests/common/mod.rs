@@ -1,12 +1,12 @@
 //! Helpers shared by the test binaries: drivers on temporary roots, layer tars
-//! built from a list of entries, and tree listings.
+//! built from a list of entries, trees read through a driver, and tar listings.
 #![allow(dead_code)]
 
-use std::collections::BTreeMap;
-use std::os::unix::fs::{FileTypeExt, MetadataExt};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use plies_drivers::{CreateOptions, Driver, DriverChoice, Options};
+use plies_testkit::layer_tar::LayerTar;
+use plies_testkit::tree::{Record, Tree, snapshot};
 
 /// A driver on a temporary root; cleaned up (every mount, then the root) when dropped.
 pub struct Rig {
@@ -125,61 +125,24 @@ pub enum E {
     XattrFile(&'static str, &'static str, &'static str, &'static str),
 }
 
-/// A layer tar holding `entries` in order, every entry with mtime `mtime`.
+/// A layer tar holding `entries` in order, every entry owned by 0:0 with mtime
+/// 1_600_000_000.
 pub fn layer_tar(entries: &[E]) -> Vec<u8> {
-    let mut b = tar::Builder::new(Vec::new());
-    let header = |kind: tar::EntryType, mode: u32, size: u64| {
-        let mut h = tar::Header::new_gnu();
-        h.set_entry_type(kind);
-        h.set_mode(mode);
-        h.set_size(size);
-        h.set_mtime(1_600_000_000);
-        h.set_uid(0);
-        h.set_gid(0);
-        h
-    };
+    let mut t = LayerTar::new();
     for e in entries {
-        match e {
-            E::Dir(p, mode) => {
-                let mut h = header(tar::EntryType::Directory, *mode, 0);
-                b.append_data(&mut h, p, &b""[..]).unwrap();
-            }
-            E::File(p, data, mode) => {
-                let mut h = header(tar::EntryType::Regular, *mode, data.len() as u64);
-                b.append_data(&mut h, p, data.as_bytes()).unwrap();
-            }
+        match *e {
+            E::Dir(p, mode) => t.dir(p, mode),
+            E::File(p, data, mode) => t.file(p, data, mode),
             E::XattrFile(p, data, key, value) => {
-                b.append_pax_extensions([(
-                    format!("SCHILY.xattr.{key}").as_str(),
-                    value.as_bytes(),
-                )])
-                .unwrap();
-                let mut h = header(tar::EntryType::Regular, 0o644, data.len() as u64);
-                b.append_data(&mut h, p, data.as_bytes()).unwrap();
+                t.xattr(key, value.as_bytes()).file(p, data, 0o644)
             }
-            E::Link(p, target) => {
-                let mut h = header(tar::EntryType::Link, 0o644, 0);
-                b.append_link(&mut h, p, target).unwrap();
-            }
-            E::Symlink(p, target) => {
-                let mut h = header(tar::EntryType::Symlink, 0o777, 0);
-                b.append_link(&mut h, p, target).unwrap();
-            }
-            E::Whiteout(p) => {
-                let path = Path::new(p);
-                let name = format!(".wh.{}", path.file_name().unwrap().to_str().unwrap());
-                let full = path.parent().unwrap().join(name);
-                let mut h = header(tar::EntryType::Regular, 0o644, 0);
-                b.append_data(&mut h, full, &b""[..]).unwrap();
-            }
-            E::Opaque(dir) => {
-                let full = Path::new(dir).join(".wh..wh..opq");
-                let mut h = header(tar::EntryType::Regular, 0o644, 0);
-                b.append_data(&mut h, full, &b""[..]).unwrap();
-            }
-        }
+            E::Link(p, target) => t.hardlink(p, target),
+            E::Symlink(p, target) => t.symlink(p, target),
+            E::Whiteout(p) => t.whiteout(p),
+            E::Opaque(dir) => t.opaque(dir),
+        };
     }
-    b.into_inner().unwrap()
+    t.finish()
 }
 
 /// Creates `id` on `parent` and applies `entries` to it.
@@ -189,102 +152,10 @@ pub fn layer(d: &dyn Driver, id: &str, parent: Option<&str>, entries: &[E]) {
     d.apply_diff(id, parent, &mut tar.as_slice()).unwrap();
 }
 
-/// What a tree entry looks like, for comparing trees.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Node {
-    Dir {
-        mode: u32,
-        xattrs: Vec<(String, Vec<u8>)>,
-    },
-    File {
-        mode: u32,
-        data: Vec<u8>,
-        /// How many paths of this tree share the inode (the layer below may
-        /// hold more links, which overlay counts in `st_nlink`).
-        nlink: u64,
-        mtime: i64,
-        xattrs: Vec<(String, Vec<u8>)>,
-    },
-    Symlink(PathBuf),
-    Other {
-        mode: u32,
-        rdev: u64,
-    },
-}
-
-/// Every entry below `root` (not following symlinks), keyed by its relative path.
-pub fn tree(root: &Path) -> BTreeMap<String, Node> {
-    let mut out = BTreeMap::new();
-    let mut inodes: BTreeMap<(u64, u64), Vec<String>> = BTreeMap::new();
-    for entry in walkdir::WalkDir::new(root).min_depth(1).sort_by_file_name() {
-        let entry = entry.unwrap();
-        let rel = entry
-            .path()
-            .strip_prefix(root)
-            .unwrap()
-            .display()
-            .to_string();
-        let md = entry.path().symlink_metadata().unwrap();
-        let ft = md.file_type();
-        let node = if ft.is_dir() {
-            Node::Dir {
-                mode: md.mode(),
-                xattrs: xattrs(entry.path()),
-            }
-        } else if ft.is_file() {
-            Node::File {
-                mode: md.mode(),
-                data: std::fs::read(entry.path()).unwrap(),
-                nlink: {
-                    inodes
-                        .entry((md.dev(), md.ino()))
-                        .or_default()
-                        .push(rel.clone());
-                    0
-                },
-                mtime: md.mtime(),
-                xattrs: xattrs(entry.path()),
-            }
-        } else if ft.is_symlink() {
-            Node::Symlink(std::fs::read_link(entry.path()).unwrap())
-        } else {
-            assert!(ft.is_char_device() || ft.is_block_device() || ft.is_fifo() || ft.is_socket());
-            Node::Other {
-                mode: md.mode(),
-                rdev: md.rdev(),
-            }
-        };
-        out.insert(rel, node);
-    }
-    for paths in inodes.values() {
-        for p in paths {
-            if let Some(Node::File { nlink, .. }) = out.get_mut(p) {
-                *nlink = paths.len() as u64;
-            }
-        }
-    }
-    out
-}
-
-/// The xattrs of a file or directory but overlay's own, sorted.
-fn xattrs(path: &Path) -> Vec<(String, Vec<u8>)> {
-    let mut out: Vec<(String, Vec<u8>)> = xattr::list(path)
-        .unwrap()
-        .map(|k| k.to_string_lossy().into_owned())
-        .filter(|k| !k.starts_with("trusted.overlay.") && !k.starts_with("user.overlay."))
-        .map(|k| {
-            let v = xattr::get(path, &k).unwrap().unwrap_or_default();
-            (k, v)
-        })
-        .collect();
-    out.sort();
-    out
-}
-
 /// The tree of layer `id` read through `get` (and put back).
-pub fn mounted_tree(d: &dyn Driver, id: &str) -> BTreeMap<String, Node> {
+pub fn mounted_tree(d: &dyn Driver, id: &str) -> Tree {
     let path = d.get(id, None).unwrap();
-    let t = tree(&path);
+    let t = snapshot(&path, &Record::MOUNTED);
     d.put(id).unwrap();
     t
 }
@@ -346,31 +217,6 @@ pub fn tar_listing(bytes: &[u8]) -> Vec<String> {
         ));
     }
     out
-}
-
-/// Asserts two trees are equal, naming the first entries that differ.
-pub fn assert_same_tree(a: &BTreeMap<String, Node>, b: &BTreeMap<String, Node>, ctx: &str) {
-    let keys: std::collections::BTreeSet<&String> = a.keys().chain(b.keys()).collect();
-    let diffs: Vec<String> = keys
-        .into_iter()
-        .filter(|k| a.get(*k) != b.get(*k))
-        .take(5)
-        .map(|k| {
-            let short = |n: Option<&Node>| match n {
-                Some(Node::File { mode, data, nlink, mtime, xattrs }) => format!(
-                    "File {{ mode: {mode:o}, {} bytes, nlink: {nlink}, mtime: {mtime}, xattrs: {xattrs:?} }}",
-                    data.len()
-                ),
-                other => format!("{other:?}"),
-            };
-            format!("{k}: {} vs {}", short(a.get(k)), short(b.get(k)))
-        })
-        .collect();
-    assert!(
-        diffs.is_empty(),
-        "{ctx}: trees differ:\n{}",
-        diffs.join("\n")
-    );
 }
 
 /// Whether overlay2 can limit layer sizes under `dir`: XFS with project quota.

@@ -6,8 +6,10 @@ mod common;
 
 use std::os::unix::fs::MetadataExt;
 
-use common::{E, Node, changes, layer, mounted_tree, tar_listing};
+use common::{E, changes, layer, mounted_tree, tar_listing};
 use plies_drivers::{CreateOptions, Driver, Error};
+use plies_testkit::layer_tar::LayerTar;
+use plies_testkit::tree::{Kind, Node};
 
 fn none() -> CreateOptions {
     CreateOptions::default()
@@ -35,13 +37,7 @@ fn create_layers(d: &dyn Driver) {
     let t = mounted_tree(d, "rw");
     assert_eq!(
         t.get("etc/motd"),
-        Some(&Node::File {
-            mode: 0o100644,
-            data: b"hi".to_vec(),
-            nlink: 1,
-            mtime: 1_600_000_000,
-            xattrs: vec![],
-        })
+        Some(&Node::file(0o644, "hi", 1_600_000_000))
     );
     assert!(matches!(
         d.create("img", None, &none()),
@@ -97,7 +93,9 @@ fn deep_chain(d: &dyn Driver, depth: usize) {
         let id = format!("l{i}");
         let name = format!("f{i}");
         d.create(&id, parent.as_deref(), &none()).unwrap();
-        let tar = layer_tar_owned(&name, &format!("layer {i}"));
+        let tar = LayerTar::new()
+            .file(&name, format!("layer {i}"), 0o644)
+            .finish();
         d.apply_diff(&id, parent.as_deref(), &mut tar.as_slice())
             .unwrap();
         parent = Some(id);
@@ -112,16 +110,6 @@ fn deep_chain(d: &dyn Driver, depth: usize) {
     }
     assert_eq!(std::fs::read_dir(&root).unwrap().count(), depth);
     d.put(&top).unwrap();
-}
-
-fn layer_tar_owned(name: &str, data: &str) -> Vec<u8> {
-    let mut b = tar::Builder::new(Vec::new());
-    let mut h = tar::Header::new_gnu();
-    h.set_mode(0o644);
-    h.set_size(data.len() as u64);
-    h.set_mtime(1_600_000_000);
-    b.append_data(&mut h, name, data.as_bytes()).unwrap();
-    b.into_inner().unwrap()
 }
 
 /// The image used by several checks: a base and a child that modifies, deletes,
@@ -179,38 +167,33 @@ fn whiteouts_through_mount(d: &dyn Driver) {
     assert!(!t.contains_key("etc/hosts"), "whiteout hides etc/hosts");
     assert_eq!(
         t.get("etc/passwd"),
-        Some(&Node::File {
-            mode: 0o100600,
-            data: b"root:x:0:0\nuser:x:1:1".to_vec(),
-            nlink: 1,
-            mtime: 1_600_000_000,
-            xattrs: vec![],
-        })
+        Some(&Node::file(0o600, "root:x:0:0\nuser:x:1:1", 1_600_000_000))
     );
-    let cache: Vec<&String> = t.keys().filter(|k| k.starts_with("var/cache/")).collect();
+    let cache: Vec<&str> = t
+        .keys()
+        .filter_map(|k| k.to_str())
+        .filter(|k| k.starts_with("var/cache/"))
+        .collect();
     assert_eq!(
         cache,
         ["var/cache/c"],
         "opaque dir shows only its own entries"
     );
-    assert_eq!(
-        t.get("var/cache"),
-        Some(&Node::Dir {
-            mode: 0o40750,
-            xattrs: vec![]
-        })
-    );
+    assert_eq!(t.get("var/cache"), Some(&Node::dir(0o750)));
     assert_eq!(
         t.get("x"),
-        Some(&Node::Dir {
-            mode: 0o40755,
-            xattrs: vec![]
-        }),
+        Some(&Node::dir(0o755)),
         "file replaced by a dir"
     );
     assert!(t.contains_key("x/now-a-dir"));
     assert!(
-        matches!(t.get("y"), Some(Node::File { .. })),
+        matches!(
+            t.get("y"),
+            Some(Node {
+                kind: Kind::File { .. },
+                ..
+            })
+        ),
         "dir replaced by a file"
     );
     assert!(!t.contains_key("y/inside"));

@@ -9,27 +9,17 @@ use std::io::Read;
 
 use common::{Rig, mounted_tree, tar_listing};
 use plies_drivers::{CreateOptions, Driver};
+use plies_testkit::layer_tar::{LayerTar, MTIME};
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
 
 /// What a generated layer stack holds: path to "is a directory".
 type Model = BTreeMap<String, bool>;
 
-const MTIME: u64 = 1_600_000_000;
-
-fn header(kind: tar::EntryType, mode: u32, size: u64) -> tar::Header {
-    let mut h = tar::Header::new_gnu();
-    h.set_entry_type(kind);
-    h.set_mode(mode);
-    h.set_size(size);
-    h.set_mtime(MTIME);
-    h
-}
-
 /// A random layer over `model` (updated to the result): new files, dirs,
 /// symlinks and hard links, rewritten files, deleted files and directories.
 fn random_layer(rng: &mut StdRng, model: &mut Model, layer: usize) -> Vec<u8> {
-    let mut b = tar::Builder::new(Vec::new());
+    let mut b = LayerTar::new();
     let below = model.clone();
     let mut touched: Vec<String> = Vec::new();
     let mut added_files: Vec<String> = Vec::new();
@@ -48,7 +38,7 @@ fn random_layer(rng: &mut StdRng, model: &mut Model, layer: usize) -> Vec<u8> {
             }
         };
         // Parent entries first, as image builders write them.
-        let mut emit_parents = |b: &mut tar::Builder<Vec<u8>>, path: &str| {
+        let mut emit_parents = |b: &mut LayerTar, path: &str| {
             let mut so_far = String::new();
             for comp in path
                 .split('/')
@@ -64,9 +54,7 @@ fn random_layer(rng: &mut StdRng, model: &mut Model, layer: usize) -> Vec<u8> {
                     format!("{so_far}/{comp}")
                 };
                 if !emitted_dirs.contains(&so_far) {
-                    let mut h = header(tar::EntryType::Directory, 0o755, 0);
-                    b.append_data(&mut h, format!("{so_far}/"), &b""[..])
-                        .unwrap();
+                    b.dir(format!("{so_far}/"), 0o755);
                     emitted_dirs.push(so_far.clone());
                 }
             }
@@ -91,8 +79,7 @@ fn random_layer(rng: &mut StdRng, model: &mut Model, layer: usize) -> Vec<u8> {
                     "x".repeat(rng.random_range(0..200))
                 );
                 emit_parents(&mut b, &path);
-                let mut h = header(tar::EntryType::Regular, 0o644, data.len() as u64);
-                b.append_data(&mut h, &path, data.as_bytes()).unwrap();
+                b.file(&path, &data, 0o644);
                 model.insert(path.clone(), false);
                 touched.push(path.clone());
                 added_files.push(path);
@@ -106,8 +93,7 @@ fn random_layer(rng: &mut StdRng, model: &mut Model, layer: usize) -> Vec<u8> {
             5 => {
                 let path = join(&format!("s{layer}-{op}"));
                 emit_parents(&mut b, &path);
-                let mut h = header(tar::EntryType::Symlink, 0o777, 0);
-                b.append_link(&mut h, &path, "../target").unwrap();
+                b.symlink(&path, "../target");
                 model.insert(path.clone(), false);
                 touched.push(path);
             }
@@ -115,8 +101,7 @@ fn random_layer(rng: &mut StdRng, model: &mut Model, layer: usize) -> Vec<u8> {
                 let target = added_files[rng.random_range(0..added_files.len())].clone();
                 let path = join(&format!("h{layer}-{op}"));
                 emit_parents(&mut b, &path);
-                let mut h = header(tar::EntryType::Link, 0o644, 0);
-                b.append_link(&mut h, &path, &target).unwrap();
+                b.hardlink(&path, &target);
                 model.insert(path.clone(), false);
                 touched.push(path);
             }
@@ -125,25 +110,18 @@ fn random_layer(rng: &mut StdRng, model: &mut Model, layer: usize) -> Vec<u8> {
                 if let Some(path) = files.get(rng.random_range(0..files.len().max(1))) {
                     let data = format!("rewritten in layer {layer}");
                     emit_parents(&mut b, path);
-                    let mut h = header(tar::EntryType::Regular, 0o600, data.len() as u64);
                     // A new mtime: a comparison of full trees (naive diff, as
                     // Docker's) takes equal size and mtime for no change.
-                    h.set_mtime(MTIME + 1 + (layer * 100 + op) as u64);
-                    b.append_data(&mut h, path, data.as_bytes()).unwrap();
+                    b.mtime(MTIME + 1 + (layer * 100 + op) as u64)
+                        .file(path, &data, 0o600)
+                        .mtime(MTIME);
                     touched.push(path.clone());
                 }
             }
             _ => {
                 if let Some(path) = deletable.get(rng.random_range(0..deletable.len().max(1))) {
-                    let (parent, name) = path.rsplit_once('/').unwrap_or(("", path));
-                    let wh = if parent.is_empty() {
-                        format!(".wh.{name}")
-                    } else {
-                        format!("{parent}/.wh.{name}")
-                    };
                     emit_parents(&mut b, path);
-                    let mut h = header(tar::EntryType::Regular, 0o644, 0);
-                    b.append_data(&mut h, &wh, &b""[..]).unwrap();
+                    b.whiteout(path);
                     let gone: Vec<String> = model
                         .keys()
                         .filter(|p| *p == path || p.starts_with(&format!("{path}/")))
@@ -157,7 +135,7 @@ fn random_layer(rng: &mut StdRng, model: &mut Model, layer: usize) -> Vec<u8> {
             }
         }
     }
-    b.into_inner().unwrap()
+    b.finish()
 }
 
 fn read_all(mut r: Box<dyn Read + Send>) -> Vec<u8> {
@@ -216,8 +194,8 @@ fn agree(o: &Rig, v: &Rig) {
             let parent = (i > 0).then(|| format!("layer{}", i - 1));
             let ctx = format!("seed {seed}, {id}");
             let tree = mounted_tree(o, &id);
-            common::assert_same_tree(&tree, &mounted_tree(v, &id), &ctx);
-            let paths: Vec<String> = tree.keys().cloned().collect();
+            plies_testkit::tree::assert_same(&tree, &mounted_tree(v, &id), &ctx);
+            let paths: Vec<String> = tree.keys().map(|k| k.display().to_string()).collect();
             let want = model_at(&tars[..=i]);
             assert_eq!(paths, want, "{ctx}: the tree is what the tars describe");
             assert_eq!(

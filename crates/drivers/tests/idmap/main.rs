@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 
 use common::Rig;
 use plies_drivers::{CreateOptions, Driver, DriverChoice, Error, IdMap, IdMaps, Options};
+use plies_testkit::layer_tar::LayerTar;
 
 /// Container ids 0..65536 are host ids 100000..165536, for users and groups.
 const HOST: u32 = 100_000;
@@ -27,7 +28,7 @@ fn options() -> Options {
     Options::default().with_id_maps(maps())
 }
 
-/// One entry of a layer tar, with its owner.
+/// One entry of a layer tar, with its owner (whiteouts and opaque markers: 0:0).
 enum T {
     Dir(&'static str, u64),
     File(&'static str, &'static str, u64),
@@ -37,43 +38,17 @@ enum T {
 }
 
 fn tar_of(entries: &[T]) -> Vec<u8> {
-    let mut b = tar::Builder::new(Vec::new());
-    let header = |kind: tar::EntryType, mode: u32, size: u64, owner: u64| {
-        let mut h = tar::Header::new_gnu();
-        h.set_entry_type(kind);
-        h.set_mode(mode);
-        h.set_size(size);
-        h.set_mtime(1_600_000_000);
-        h.set_uid(owner);
-        h.set_gid(owner);
-        h
-    };
+    let mut t = LayerTar::new();
     for e in entries {
-        match e {
-            T::Dir(p, o) => {
-                let mut h = header(tar::EntryType::Directory, 0o755, 0, *o);
-                b.append_data(&mut h, p, &b""[..]).unwrap();
-            }
-            T::File(p, data, o) => {
-                let mut h = header(tar::EntryType::Regular, 0o644, data.len() as u64, *o);
-                b.append_data(&mut h, p, data.as_bytes()).unwrap();
-            }
-            T::Symlink(p, target, o) => {
-                let mut h = header(tar::EntryType::Symlink, 0o777, 0, *o);
-                b.append_link(&mut h, p, target).unwrap();
-            }
-            T::Whiteout(p) => {
-                let mut h = header(tar::EntryType::Regular, 0o644, 0, 0);
-                b.append_data(&mut h, p, &b""[..]).unwrap();
-            }
-            T::Opaque(dir) => {
-                let mut h = header(tar::EntryType::Regular, 0o644, 0, 0);
-                let path = format!("{dir}/.wh..wh..opq");
-                b.append_data(&mut h, path, &b""[..]).unwrap();
-            }
-        }
+        match *e {
+            T::Dir(p, o) => t.owner(o, o).dir(p, 0o755),
+            T::File(p, data, o) => t.owner(o, o).file(p, data, 0o644),
+            T::Symlink(p, target, o) => t.owner(o, o).symlink(p, target),
+            T::Whiteout(p) => t.owner(0, 0).whiteout(p),
+            T::Opaque(dir) => t.owner(0, 0).opaque(dir),
+        };
     }
-    b.into_inner().unwrap()
+    t.finish()
 }
 
 /// `path owner` for every entry of a layer tar, in tar order.
@@ -165,7 +140,7 @@ fn image_layers(d: &dyn Driver, layer_dirs: LayerDirs) {
         .unwrap();
     let top = tar_of(&[
         T::Dir("etc", 0),
-        T::Whiteout("etc/.wh.hosts"),
+        T::Whiteout("etc/hosts"),
         T::Dir("home/u", 1000),
         T::Opaque("home/u"),
         T::File("home/u/g", "g", 1000),

@@ -8,6 +8,7 @@ use std::path::Path;
 
 use common::{E, layer, mounted_tree};
 use plies_drivers::{CreateOptions, Driver, DriverChoice, Error, Options, Overlay2};
+use plies_testkit::layer_tar::LayerTar;
 
 fn overlay2(test: &str) -> Option<(tempfile::TempDir, Overlay2)> {
     if !plies_testkit::require_overlay(test) {
@@ -141,7 +142,7 @@ fn long_paths_mount_relative() {
         let file = format!("f{i}");
         d.create(&id, parent.as_deref(), &CreateOptions::default())
             .unwrap();
-        let tar = common::layer_tar(&[E::File(Box::leak(file.into_boxed_str()), "x", 0o644)]);
+        let tar = LayerTar::new().file(&file, "x", 0o644).finish();
         d.apply_diff(&id, parent.as_deref(), &mut tar.as_slice())
             .unwrap();
         parent = Some(id);
@@ -259,23 +260,12 @@ fn failed_apply_leaves_the_layer_empty() {
     layer(&d, "base", None, &[E::File("a", "a", 0o644)]);
     d.create("bad", Some("base"), &CreateOptions::default())
         .unwrap();
-    let mut b = tar::Builder::new(Vec::new());
-    for name in ["ok", "deeper/ok"] {
-        let mut h = tar::Header::new_gnu();
-        h.set_mode(0o644);
-        h.set_size(2);
-        b.append_data(&mut h, name, &b"ok"[..]).unwrap();
-    }
-    // A hard link out of the layer: refused.
-    let mut h = tar::Header::new_gnu();
-    h.set_entry_type(tar::EntryType::Link);
-    h.set_size(0);
-    let mut tar = b.into_inner().unwrap();
-    tar.truncate(tar.len() - 1024);
-    let mut b = tar::Builder::new(tar);
-    b.append_link(&mut h, "evil", "../../../etc/passwd")
-        .unwrap();
-    let tar = b.into_inner().unwrap();
+    let tar = LayerTar::new()
+        .file("ok", "ok", 0o644)
+        .file("deeper/ok", "ok", 0o644)
+        // A hard link out of the layer: refused.
+        .hardlink("evil", "../../../etc/passwd")
+        .finish();
     let err = d
         .apply_diff("bad", Some("base"), &mut tar.as_slice())
         .unwrap_err();

@@ -7,6 +7,7 @@ use std::path::Path;
 use plies_drivers::{CreateOptions, DriverChoice, Options};
 use plies_layerdb::{Access, Area, Error, LayerDb, Record};
 use plies_layerstore::Repair;
+use plies_testkit::layer_tar::LayerTar;
 
 fn open(root: &Path, access: Access) -> LayerDb {
     let driver = plies_drivers::open(root, DriverChoice::Vfs, &Options::default()).unwrap();
@@ -14,15 +15,12 @@ fn open(root: &Path, access: Access) -> LayerDb {
 }
 
 fn tar_of(files: &[(&str, &str)]) -> Vec<u8> {
-    let mut b = tar::Builder::new(Vec::new());
+    let mut t = LayerTar::new();
+    t.mtime(1_700_000_000);
     for (name, data) in files {
-        let mut h = tar::Header::new_gnu();
-        h.set_size(data.len() as u64);
-        h.set_mode(0o644);
-        h.set_mtime(1_700_000_000);
-        b.append_data(&mut h, name, data.as_bytes()).unwrap();
+        t.file(name, data, 0o644);
     }
-    b.into_inner().unwrap()
+    t.finish()
 }
 
 fn files(db: &LayerDb, id: &str) -> Vec<(String, String)> {

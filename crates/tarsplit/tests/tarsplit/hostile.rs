@@ -4,6 +4,7 @@
 use std::collections::HashMap;
 use std::io::{self, Read, Write};
 
+use plies_testkit::layer_tar::LayerTar;
 use proptest::prelude::*;
 
 use plies_tarsplit::{
@@ -34,17 +35,10 @@ fn error_of(json: &str) -> Error {
 }
 
 fn a_layer() -> Vec<u8> {
-    let mut builder = tar::Builder::new(Vec::new());
-    for (name, data) in [
-        ("etc/motd", &b"hello\n"[..]),
-        ("etc/passwd", b"root:x:0:0\n"),
-    ] {
-        let mut header = tar::Header::new_gnu();
-        header.set_size(data.len() as u64);
-        header.set_mode(0o644);
-        builder.append_data(&mut header, name, data).unwrap();
-    }
-    builder.into_inner().unwrap()
+    LayerTar::new()
+        .file("etc/motd", "hello\n", 0o644)
+        .file("etc/passwd", "root:x:0:0\n", 0o644)
+        .finish()
 }
 
 #[test]

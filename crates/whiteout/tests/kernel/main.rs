@@ -6,6 +6,7 @@ use std::fs;
 use std::os::unix::fs::{MetadataExt, PermissionsExt, symlink};
 use std::path::{Path, PathBuf};
 
+use plies_testkit::dir_names;
 use plies_whiteout::{
     Error, XattrNamespace, clear_opaque, create_overlay_whiteout, has_redirect_or_metacopy,
     is_opaque, is_overlay_whiteout, is_overlay_whiteout_at, set_opaque,
@@ -288,7 +289,7 @@ fn agrees_with_a_real_overlay_mount() {
     let guard = Mount(merged.clone());
 
     assert!(!merged.join("hidden-by-us").exists());
-    assert_eq!(names(&merged.join("opaque-by-us")), ["new"]);
+    assert_eq!(dir_names(&merged.join("opaque-by-us")), ["new"]);
 
     // Written by the kernel through the mount.
     fs::remove_file(merged.join("removed-through-mount")).unwrap();
@@ -301,13 +302,4 @@ fn agrees_with_a_real_overlay_mount() {
     assert!(is_opaque(open_dir(&upper.join("recreated")), XattrNamespace::Trusted).unwrap());
     assert!(!is_opaque(open_dir(&upper), XattrNamespace::Trusted).unwrap());
     assert!(plies_testkit::mounts_under(tmp.path()).is_empty());
-}
-
-fn names(dir: &Path) -> Vec<String> {
-    let mut v: Vec<String> = fs::read_dir(dir)
-        .unwrap()
-        .map(|e| e.unwrap().file_name().into_string().unwrap())
-        .collect();
-    v.sort();
-    v
 }
