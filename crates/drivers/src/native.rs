@@ -138,3 +138,65 @@ pub(crate) fn empty_dir(dir: &Path) -> Result<()> {
     }
     Ok(())
 }
+
+/// A layer's own directory replaced through a mounted view: the diff is applied
+/// at `target`, a view over `staging` (a copy of `own`), and `staging` replaces
+/// `own` only once the apply succeeded. overlay2 and aufs each make their own
+/// view; the rest is this.
+pub(crate) struct StagedView<'a> {
+    pub id: &'a str,
+    /// The layer's own directory (overlay upper, aufs branch).
+    pub own: &'a Path,
+    /// The copy the view writes to.
+    pub staging: &'a Path,
+    /// Where the view is mounted.
+    pub target: &'a Path,
+    /// More directories the view needs (overlay's work dir), removed with the copy.
+    pub scratch: &'a [&'a Path],
+}
+
+impl StagedView<'_> {
+    /// Runs `mount` (which makes the copy and mounts the view), applies `diff`
+    /// at the view, runs `unmount`, and on success exchanges the copy with the
+    /// layer's directory. The copy (the replaced directory after a success),
+    /// the scratch directories and the mount point go afterwards, unless the
+    /// view could not be unmounted: nothing under a live mount is deleted (the
+    /// copies go with the layer, or with fsck).
+    pub(crate) fn apply(
+        &self,
+        diff: &mut dyn Read,
+        opts: &ApplyOptions,
+        mount: impl FnOnce() -> Result<()>,
+        unmount: impl FnOnce() -> Result<()>,
+    ) -> Result<ApplyStats> {
+        let mut still_mounted = false;
+        let result = (|| {
+            mount()?;
+            let applied = plies_archive::apply(diff, self.target, opts);
+            if let Err(e) = unmount() {
+                still_mounted = true;
+                return Err(e);
+            }
+            let stats = applied.map_err(|source| Error::Archive {
+                id: self.id.to_owned(),
+                source,
+            })?;
+            exchange(self.staging, self.own)?;
+            Ok(stats)
+        })();
+        if still_mounted {
+            return result;
+        }
+        for d in std::iter::once(&self.staging).chain(self.scratch) {
+            if let Err(e) = remove_path(d) {
+                tracing::warn!(layer = self.id, error = %e, "a copy made for an apply was left behind");
+            }
+        }
+        match std::fs::remove_dir(self.target) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => tracing::warn!(layer = self.id, error = %e, "could not remove a mount point"),
+        }
+        result
+    }
+}

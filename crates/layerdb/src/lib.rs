@@ -52,8 +52,15 @@ pub enum Access {
 ///   own lock (see [`plies_layerstore::LayerLocks`]), which every front end on
 ///   the root shares.
 /// - A new layer's record is written incomplete, to `pending/<id>.json`, before
-///   the layer is made, and written complete, to `layers/<id>.json`, only once
-///   its contents are in and durable (`syncfs`). Only such a layer, made by the
+///   the layer is made (only its name must be durable: one fsync of the
+///   directory; a pending record a crash cut short still names its layer), and
+///   written complete, to `layers/<id>.json`, only once its contents are in and
+///   durable: staged beside it, one `syncfs` (for the layers and the staged
+///   records of a whole batch), then renamed into place and the directory
+///   fsynced once.
+/// - Every change of a record first moves the root to a new
+///   [`LayerDb::generation`], so a long-lived process can keep the records it
+///   read until the generation changes. Only such a layer, made by the
 ///   same call, is removed when the call fails; the next writer, holding the
 ///   exclusive lock, knows an incomplete record's writer is dead and removes
 ///   that layer.

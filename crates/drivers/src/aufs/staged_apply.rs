@@ -44,67 +44,51 @@ impl Aufs {
         let staging = native::applying_path(&own);
         let target = native::applying_path(&self.store.mnt_dir(id));
         remove_path(&staging)?;
-        let mut still_mounted = false;
-        let result = (|| {
-            for dir in [&staging, &target] {
-                match rustix::fs::mkdir(dir, rustix::fs::Mode::from_raw_mode(0o700)) {
-                    Ok(()) | Err(rustix::io::Errno::EXIST) => {}
-                    Err(e) => return Err(Error::io("mkdir", dir, e)),
+        let view = native::StagedView {
+            id,
+            own: &own,
+            staging: &staging,
+            target: &target,
+            scratch: &[],
+        };
+        view.apply(
+            diff,
+            &opts,
+            || {
+                for dir in [&staging, &target] {
+                    match rustix::fs::mkdir(dir, rustix::fs::Mode::from_raw_mode(0o700)) {
+                        Ok(()) | Err(rustix::io::Errno::EXIST) => {}
+                        Err(e) => return Err(Error::io("mkdir", dir, e)),
+                    }
                 }
-            }
-            copy_tree(&own, &staging)?;
-            self.remap.own(&staging)?;
-            let root = self.store.root();
-            let calls = plies_mountopts::plan_aufs(&AufsStack {
-                rw: super::alias::mountable(root, staging.clone())?,
-                ro: lowers
-                    .into_iter()
-                    .map(|p| super::alias::mountable(root, p))
-                    .collect::<Result<_>>()?,
-                label: None,
-                dirperm1: self.dirperm1,
-            })
-            .map_err(|source| Error::Mount {
-                id: id.to_owned(),
-                source,
-            })?;
-            let mounted = self
-                .mounter
-                .mount(&calls, &target)
+                copy_tree(&own, &staging)?;
+                self.remap.own(&staging)?;
+                let root = self.store.root();
+                let calls = plies_mountopts::plan_aufs(&AufsStack {
+                    rw: super::alias::mountable(root, staging.clone())?,
+                    ro: lowers
+                        .into_iter()
+                        .map(|p| super::alias::mountable(root, p))
+                        .collect::<Result<_>>()?,
+                    label: None,
+                    dirperm1: self.dirperm1,
+                })
                 .map_err(|source| Error::Mount {
                     id: id.to_owned(),
                     source,
-                });
-            // aufs resolved the staging branch's alias when it mounted.
-            super::alias::forget(root, &staging);
-            mounted?;
-            let applied = plies_archive::apply(diff, &target, &opts);
-            if let Err(e) = self.unmount_at(id, &target, true) {
-                still_mounted = true;
-                return Err(e);
-            }
-            let stats = applied.map_err(|source| Error::Archive {
-                id: id.to_owned(),
-                source,
-            })?;
-            native::exchange(&staging, &own)?;
-            Ok(stats)
-        })();
-        if still_mounted {
-            // Nothing under a live mount is deleted; the copies go with the
-            // layer, or with fsck.
-            return result;
-        }
-        // `staging` holds the replaced branch after a success, the failed copy
-        // otherwise.
-        if let Err(e) = remove_path(&staging) {
-            tracing::warn!(layer = id, error = %e, "a copy made for an apply was left behind");
-        }
-        match std::fs::remove_dir(&target) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => tracing::warn!(layer = id, error = %e, "could not remove a mount point"),
-        }
-        result
+                })?;
+                let mounted = self
+                    .mounter
+                    .mount(&calls, &target)
+                    .map_err(|source| Error::Mount {
+                        id: id.to_owned(),
+                        source,
+                    });
+                // aufs resolved the staging branch's alias when it mounted.
+                super::alias::forget(root, &staging);
+                mounted
+            },
+            || self.unmount_at(id, &target, true),
+        )
     }
 }

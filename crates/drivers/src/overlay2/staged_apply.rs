@@ -54,51 +54,34 @@ impl Overlay2 {
             crate::copy::remove_path(d)?;
         }
         let staged_name = format!("diff{}", native::APPLYING);
-        let mut still_mounted = false;
-        let result = (|| {
-            rustix::fs::mkdir(&staging, rustix::fs::Mode::from_raw_mode(0o700))
-                .map_err(|e| Error::io("mkdir", &staging, e))?;
-            crate::copy::copy_tree(&own, &staging)?;
-            rustix::fs::mkdir(&work, rustix::fs::Mode::from_raw_mode(0o700))
-                .map_err(|e| Error::io("mkdir", &work, e))?;
-            self.remap.own(&work)?;
-            self.mount_at(
-                id,
-                None,
-                None,
-                lowers,
-                Some((&staged_name, &work_name)),
-                &target,
-            )?;
-            let applied = plies_archive::apply(diff, &target, &opts);
-            if let Err(e) = mounts::detach(id, &target) {
-                still_mounted = true;
-                return Err(e);
-            }
-            let stats = applied.map_err(|source| Error::Archive {
-                id: id.to_owned(),
-                source,
-            })?;
-            native::exchange(&staging, &own)?;
-            Ok(stats)
-        })();
-        if still_mounted {
-            // Nothing under a live mount is deleted; the copies go with the
-            // layer, or with fsck.
-            return result;
-        }
-        // `staging` holds the replaced upper after a success, the failed copy
-        // otherwise.
-        for d in [&staging, &work] {
-            if let Err(e) = crate::copy::remove_path(d) {
-                tracing::warn!(layer = id, error = %e, "a copy made for an apply was left behind");
-            }
-        }
-        match std::fs::remove_dir(&target) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => tracing::warn!(layer = id, error = %e, "could not remove a mount point"),
-        }
-        result
+        let view = native::StagedView {
+            id,
+            own: &own,
+            staging: &staging,
+            target: &target,
+            scratch: &[&work],
+        };
+        view.apply(
+            diff,
+            &opts,
+            || {
+                rustix::fs::mkdir(&staging, rustix::fs::Mode::from_raw_mode(0o700))
+                    .map_err(|e| Error::io("mkdir", &staging, e))?;
+                crate::copy::copy_tree(&own, &staging)?;
+                rustix::fs::mkdir(&work, rustix::fs::Mode::from_raw_mode(0o700))
+                    .map_err(|e| Error::io("mkdir", &work, e))?;
+                self.remap.own(&work)?;
+                self.mount_at(
+                    id,
+                    None,
+                    None,
+                    lowers,
+                    Some((&staged_name, &work_name)),
+                    &target,
+                )
+                .map(drop)
+            },
+            || mounts::detach(id, &target).map(drop),
+        )
     }
 }
