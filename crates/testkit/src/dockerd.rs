@@ -67,9 +67,10 @@ impl Dockerd {
         storage_driver: &str,
         extra: &[&str],
     ) -> Result<Dockerd, String> {
-        std::fs::create_dir_all(dir).unwrap();
-        std::fs::write(dir.join("daemon.json"), b"{}").unwrap();
-        let log = std::fs::File::create(dir.join("dockerd.log")).unwrap();
+        let setup = |e: std::io::Error| format!("setting up dockerd in {}: {e}", dir.display());
+        std::fs::create_dir_all(dir).map_err(setup)?;
+        std::fs::write(dir.join("daemon.json"), b"{}").map_err(setup)?;
+        let log = std::fs::File::create(dir.join("dockerd.log")).map_err(setup)?;
         let host = format!("unix://{}", dir.join("docker.sock").display());
         let child = Command::new(bin)
             .arg("--experimental")
@@ -86,7 +87,7 @@ impl Dockerd {
             .args(["--iptables=false", "--ip6tables=false", "--bridge=none"])
             .args(extra)
             .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
+            .stdout(log.try_clone().map_err(setup)?)
             .stderr(log)
             .spawn()
             .map_err(|e| format!("cannot run {bin:?}: {e}"))?;
@@ -100,7 +101,10 @@ impl Dockerd {
             if d.try_docker(&["version"]).is_ok() {
                 return Ok(d);
             }
-            let exited = d.child.as_mut().unwrap().try_wait().unwrap();
+            let exited = match d.child.as_mut().map(Child::try_wait) {
+                Some(Ok(status)) => status,
+                _ => None,
+            };
             if exited.is_some() || Instant::now() > deadline {
                 let log = std::fs::read_to_string(dir.join("dockerd.log")).unwrap_or_default();
                 let tail: Vec<&str> = log.lines().rev().take(15).collect();
