@@ -3,11 +3,11 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::os::unix::fs::{DirBuilderExt, MetadataExt};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
 use plies_drivers::{CreateOptions, Driver, DriverChoice, Options, Overlay2, Vfs};
-use plies_layerdb::{Access, Generation, LayerDb, Record};
+use plies_layerdb::{Access, LayerDb, Record};
 use rand::RngExt;
 
 use crate::error::{Error, Result, io_err};
@@ -15,6 +15,11 @@ use crate::filter::{self, Filter};
 use crate::meta::{Entry, Kind, MetaFile};
 use crate::proto::{Info, Mount};
 use crate::shared::Shared;
+
+mod index;
+mod mounts;
+
+use index::{Index, IndexRef};
 
 /// The driver underneath, with what building mounts needs of it.
 #[derive(Debug, Clone)]
@@ -63,52 +68,6 @@ pub struct Snapshotter {
     backend: Backend,
     index: Mutex<Index>,
     index_off: bool,
-}
-
-/// The snapshots by key, and how many layers sit on each layer, as the records
-/// of one generation say.
-#[derive(Debug, Default)]
-struct Index {
-    generation: Option<Generation>,
-    by_key: HashMap<String, Entry>,
-    children: HashMap<String, usize>,
-}
-
-impl Index {
-    fn build(generation: Generation, records: &[Record]) -> Index {
-        let mut index = Index {
-            generation: Some(generation),
-            ..Index::default()
-        };
-        for record in records {
-            if let Some(p) = &record.parent {
-                *index.children.entry(p.clone()).or_default() += 1;
-            }
-            if !record.complete {
-                continue;
-            }
-            if let Some((key, entry)) = Entry::from_record(record) {
-                index.by_key.insert(key, entry);
-            }
-        }
-        index
-    }
-
-    fn insert(&mut self, key: &str, entry: Entry, parent_layer: Option<&str>) {
-        if let Some(p) = parent_layer {
-            *self.children.entry(p.to_owned()).or_default() += 1;
-        }
-        self.by_key.insert(key.to_owned(), entry);
-    }
-
-    fn remove(&mut self, key: &str, parent_layer: Option<&str>) {
-        self.by_key.remove(key);
-        if let Some(p) = parent_layer {
-            if let Some(n) = self.children.get_mut(p) {
-                *n = n.saturating_sub(1);
-            }
-        }
-    }
 }
 
 /// The parameter the overlay module has where `index=off` is understood.
@@ -672,108 +631,6 @@ impl Snapshotter {
             .map(|(k, e)| (k.clone(), e.layer.clone()))
             .collect())
     }
-
-    /// The directory holding the layer's own files.
-    fn own_dir(&self, layer: &str) -> PathBuf {
-        match &self.backend {
-            Backend::Overlay2(d) => d.root().join(layer).join("diff"),
-            // Docker's vfs layout: `<home>/dir/<id>`, a full copy.
-            Backend::Vfs(d) => d.root().join("dir").join(layer),
-        }
-    }
-
-    /// `<root>/plies/overlay2/containerd/empty`: the lower of an overlay on no
-    /// parent. Made when missing; never written to (a lower is read-only).
-    fn empty_lower(&self) -> Result<PathBuf> {
-        let dir = self
-            .root
-            .join("plies")
-            .join(self.driver_name())
-            .join("containerd")
-            .join("empty");
-        if !dir.is_dir() {
-            std::fs::create_dir_all(&dir).map_err(|e| io_err("create", &dir, e))?;
-        }
-        Ok(dir)
-    }
-
-    /// The mounts of a snapshot, as containerd's own overlayfs snapshotter
-    /// gives them.
-    fn mounts_of(&self, entry: &Entry) -> Result<Vec<Mount>> {
-        let rw = if entry.kind == Kind::Active {
-            "rw"
-        } else {
-            "ro"
-        };
-        let bind = |dir: &Path| {
-            vec![Mount {
-                r#type: "bind".to_owned(),
-                source: dir.display().to_string(),
-                target: String::new(),
-                options: vec![rw.to_owned(), "rbind".to_owned()],
-            }]
-        };
-        let d = match &self.backend {
-            Backend::Vfs(_) => return Ok(bind(&self.own_dir(&entry.layer))),
-            Backend::Overlay2(d) => d,
-        };
-        let home = d.root();
-        // `<home>/l/<linkid>` entries: the shortest absolute form, and what
-        // containerd's long-lowerdir compaction shortens further.
-        let lowers: Vec<String> = d
-            .store()
-            .lower_entries(&entry.layer)
-            .map_err(|source| Error::Store {
-                layer: entry.layer.clone(),
-                source: Box::new(source),
-            })?
-            .iter()
-            .map(|l| escape(&home.join(l)))
-            .collect();
-        let dir = home.join(&entry.layer);
-        let lowers = match (entry.kind, lowers.len()) {
-            // Active without parent: an overlay on an empty lower rather than
-            // a bind, so that containerd's applier stores a layer's whiteouts
-            // and opaque dirs as overlayfs does, which a layer applied on no
-            // parent and rebased at commit (parallel unpack) needs. A layer
-            // an earlier version made has no work dir: a bind, as then.
-            (Kind::Active, 0) if dir.join("work").is_dir() => vec![escape(&self.empty_lower()?)],
-            (_, 0) => return Ok(bind(&self.own_dir(&entry.layer))),
-            (Kind::View | Kind::Committed, 1) => return Ok(bind(&home.join(&lowers[0]))),
-            _ => lowers,
-        };
-        let mut options = Vec::new();
-        if self.index_off {
-            options.push("index=off".to_owned());
-        }
-        if entry.kind == Kind::Active {
-            options.push(format!("workdir={}", escape(&dir.join("work"))));
-            options.push(format!("upperdir={}", escape(&dir.join("diff"))));
-        }
-        options.push(format!("lowerdir={}", lowers.join(":")));
-        Ok(vec![Mount {
-            r#type: "overlay".to_owned(),
-            source: "overlay".to_owned(),
-            target: String::new(),
-            options,
-        }])
-    }
-}
-
-/// The index a call reads: the kept one, locked, or a fresh copy.
-enum IndexRef<'s> {
-    Kept(MutexGuard<'s, Index>),
-    Fresh(Box<Index>),
-}
-
-impl std::ops::Deref for IndexRef<'_> {
-    type Target = Index;
-    fn deref(&self) -> &Index {
-        match self {
-            IndexRef::Kept(g) => g,
-            IndexRef::Fresh(i) => i,
-        }
-    }
 }
 
 fn driver_name(backend: &Backend) -> &'static str {
@@ -781,18 +638,6 @@ fn driver_name(backend: &Backend) -> &'static str {
         Backend::Overlay2(_) => "overlay2",
         Backend::Vfs(_) => "vfs",
     }
-}
-
-/// A path as overlayfs reads it in mount data: `\`, `:` and `,` escaped.
-fn escape(path: &Path) -> String {
-    let mut out = String::new();
-    for c in path.display().to_string().chars() {
-        if matches!(c, '\\' | ':' | ',') {
-            out.push('\\');
-        }
-        out.push(c);
-    }
-    out
 }
 
 /// A fresh layer id: 64 random hex digits, as Docker's cache ids.

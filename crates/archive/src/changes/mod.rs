@@ -28,8 +28,9 @@ use tree::{is_dir, mtime};
 pub use upper::{from_aufs_branch, from_overlay_upper};
 
 /// One changed path.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, serde::Serialize)]
-#[serde(rename_all = "PascalCase")]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
+#[cfg_attr(feature = "serde", serde(rename_all = "PascalCase"))]
 pub struct Change {
     /// The path inside the layer, absolute-style: `/etc/passwd`.
     pub path: PathBuf,
@@ -37,11 +38,12 @@ pub struct Change {
     pub kind: ChangeKind,
 }
 
-/// What happened to a path. Serialized as Docker's numbers (see
+/// What happened to a path. Serialized (feature `serde`) as Docker's numbers (see
 /// [`ChangeKind::as_docker_kind`]), so a serialized [`Change`] reads like an
 /// item of Docker's container changes API: `{"Path":"/etc","Kind":0}`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
-#[serde(into = "u8")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
+#[cfg_attr(feature = "serde", serde(into = "u8"))]
 pub enum ChangeKind {
     /// Changed in place (content, metadata, or something inside a directory).
     Modified,
