@@ -141,6 +141,25 @@ const SUITES_UNDER_TEST: &[Suite] = &[
         scratch: &["ext4"],
         only: Some("cli_on_kernel_aufs"),
     },
+    // Trees removed with mount points below them, on each kernel.
+    Suite {
+        dir: "fdtree",
+        package: "plies-fdtree",
+        features: &[],
+        tests: &["mount"],
+        scratch: &["ext4"],
+        only: None,
+    },
+    // The snapshotter's methods and the mounts it returns, mounted (an overlay
+    // on an empty lower, rebased stacks) on each kernel.
+    Suite {
+        dir: "snapshotter",
+        package: "plies-snapshotter",
+        features: &[],
+        tests: &["service"],
+        scratch: &["ext4"],
+        only: None,
+    },
     // overlay2's own behaviour (project quota, d_type, status rows) on xfs too.
     Suite {
         dir: "drivers",
