@@ -176,29 +176,31 @@ impl Overlay2 {
             // As Docker 20.10: a parent is only read from now on, so it is
             // mounted read-only (no shared work dir, moby#39780).
             if let Err(e) = self.store.mark_committed(parent) {
-                if let Err(undo) = self.store.remove(id) {
-                    tracing::warn!(layer = id, error = %undo, "could not undo a layer creation");
-                }
+                self.undo_create(id);
                 return Err(Error::store(parent, e));
             }
         }
         if let Err(e) = self.own_layer_dirs(id) {
-            if let Err(undo) = self.store.remove(id) {
-                tracing::warn!(layer = id, error = %undo, "could not undo a layer creation");
-            }
+            self.undo_create(id);
             return Err(e);
         }
         if let Some(bytes) = size {
             // Before anything is written into the layer: its tree joins the
             // project, and what is created in it later inherits it.
             if let Err(e) = self.quota.limit(id, &self.home.join(id), bytes) {
-                if let Err(undo) = self.store.remove(id) {
-                    tracing::warn!(layer = id, error = %undo, "could not undo a layer creation");
-                }
+                self.undo_create(id);
                 return Err(e);
             }
         }
         Ok(())
+    }
+
+    /// Removes a layer whose creation failed halfway; a failure to is logged
+    /// (the caller returns the first error).
+    fn undo_create(&self, id: &str) {
+        if let Err(undo) = self.store.remove(id) {
+            tracing::warn!(layer = id, error = %undo, "could not undo a layer creation");
+        }
     }
 
     /// Gives the layer's directories to the container's root (with id maps).
