@@ -58,7 +58,7 @@ pub struct Usage {
 /// layers are gone.
 ///
 /// The records are read once and kept, by key, for as long as the database's
-/// [`Generation`] stays the same: a call reads one small file to know, instead
+/// [`Generation`](plies_layerdb::Generation) stays the same: a call reads one small file to know, instead
 /// of every record.
 ///
 /// The methods block; the gRPC service runs them on blocking threads.
