@@ -16,8 +16,6 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
 
-use plies_testkit::dockerd::Dockerd;
-
 use super::{read_input, sync_and_drop_caches, timed};
 use crate::Result;
 
@@ -55,16 +53,10 @@ pub(super) fn load(
         for k in 0..2 {
             let which = (round + k) % 2;
             let driver = drivers[which];
-            let d = Dockerd::start(
-                &dockerd,
-                &work.join(format!("{round}-{which}")),
-                driver,
-                &[],
-            )
-            .map_err(anyhow::Error::msg)?;
+            let d = Dockerd::start(&dockerd, &work.join(format!("{round}-{which}")), driver)?;
             sync_and_drop_caches();
             read_input(image)?;
-            let took = timed(d.command(&["load", "-q", "-i"]).arg(image))?;
+            let took = timed(d.docker().args(["load", "-q", "-i"]).arg(image))?;
             eprintln!(
                 "bench: docker load on {driver}: {:.3} s",
                 took.as_secs_f64()
@@ -144,5 +136,91 @@ impl Drop for Server {
     fn drop(&mut self) {
         terminate(&mut self.child, Duration::from_secs(30));
         let _ = std::fs::remove_file(&self.socket);
+    }
+}
+
+/// A private dockerd under `dir`, stopped by pid (with the containerd it
+/// started) on drop. Not `plies_testkit::dockerd`: `cargo package --workspace`
+/// packages xtask too, and a packaged crate cannot depend on the unpublished
+/// testkit.
+struct Dockerd {
+    child: Child,
+    dir: PathBuf,
+    host: String,
+}
+
+impl Dockerd {
+    fn start(bin: &Path, dir: &Path, driver: &str) -> Result<Dockerd> {
+        let io = || format!("setting up dockerd in {}", dir.display());
+        std::fs::create_dir_all(dir).with_context(io)?;
+        std::fs::write(dir.join("daemon.json"), "{}").with_context(io)?;
+        let log = std::fs::File::create(dir.join("dockerd.log")).with_context(io)?;
+        let host = format!("unix://{}", dir.join("docker.sock").display());
+        let child = Command::new(bin)
+            .arg("--experimental")
+            .arg(format!("--storage-driver={driver}"))
+            .arg("--config-file")
+            .arg(dir.join("daemon.json"))
+            .arg("--data-root")
+            .arg(dir.join("data"))
+            .arg("--exec-root")
+            .arg(dir.join("exec"))
+            .arg("--pidfile")
+            .arg(dir.join("dockerd.pid"))
+            .args(["-H", &host])
+            .args(["--iptables=false", "--ip6tables=false", "--bridge=none"])
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().with_context(io)?)
+            .stderr(log)
+            .spawn()
+            .with_context(|| format!("starting {}", bin.display()))?;
+        let mut d = Dockerd {
+            child,
+            dir: dir.to_path_buf(),
+            host,
+        };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let answered = d
+                .docker()
+                .arg("version")
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success());
+            if answered {
+                return Ok(d);
+            }
+            if Instant::now() > deadline || !matches!(d.child.try_wait(), Ok(None)) {
+                let log = std::fs::read_to_string(dir.join("dockerd.log")).unwrap_or_default();
+                let tail: Vec<&str> = log.lines().rev().take(5).collect();
+                bail!("dockerd on {driver} did not start: {}", tail.join(" | "));
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    /// The docker command line talking to this daemon only.
+    fn docker(&self) -> Command {
+        let mut c = Command::new("docker");
+        c.env("DOCKER_CONFIG", &self.dir)
+            .args(["-H", &self.host])
+            .stdin(Stdio::null());
+        c
+    }
+}
+
+impl Drop for Dockerd {
+    fn drop(&mut self) {
+        terminate(&mut self.child, Duration::from_secs(30));
+        let containerd = self.dir.join("exec/containerd/containerd.pid");
+        if let Some(pid) = std::fs::read_to_string(containerd)
+            .ok()
+            .and_then(|p| p.trim().parse::<u32>().ok())
+        {
+            let _ = Command::new("kill")
+                .args(["-KILL", &pid.to_string()])
+                .status();
+        }
     }
 }
