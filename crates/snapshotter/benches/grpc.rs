@@ -6,12 +6,10 @@ use std::collections::HashMap;
 use std::hint::black_box;
 
 use criterion::{Criterion, criterion_group, criterion_main};
-use plies_snapshotter::proto::grpc::snapshots_client::SnapshotsClient;
 use plies_snapshotter::proto::{
     MountsRequest, PrepareSnapshotRequest, RemoveSnapshotRequest, StatSnapshotRequest,
 };
 use plies_snapshotter::{DriverChoice, Options, Server, Snapshotter};
-use tonic::transport::{Endpoint, Uri};
 
 fn grpc(c: &mut Criterion) {
     let tmp = tempfile::tempdir().unwrap();
@@ -45,21 +43,7 @@ fn grpc(c: &mut Criterion) {
         .enable_all()
         .build()
         .unwrap();
-    let mut client = rt.block_on(async {
-        let socket = socket.clone();
-        let channel = Endpoint::try_from("http://[::1]:1")
-            .unwrap()
-            .connect_with_connector(tower::service_fn(move |_: Uri| {
-                let socket = socket.clone();
-                async move {
-                    let stream = tokio::net::UnixStream::connect(socket).await?;
-                    Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(stream))
-                }
-            }))
-            .await
-            .unwrap();
-        SnapshotsClient::new(channel)
-    });
+    let mut client = rt.block_on(plies_snapshotter::connect(&socket)).unwrap();
 
     let mut group = c.benchmark_group("hop");
     group.sample_size(50);

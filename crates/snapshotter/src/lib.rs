@@ -1,6 +1,7 @@
 #![doc = include_str!("../README.md")]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
+mod client;
 mod error;
 mod filter;
 mod meta;
@@ -9,6 +10,7 @@ mod server;
 mod shared;
 mod snapshotter;
 
+pub use client::connect;
 pub use error::{Error, Result};
 pub use plies_drivers::{DriverChoice, Options};
 pub use server::{Server, Service};

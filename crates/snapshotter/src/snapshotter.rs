@@ -68,6 +68,9 @@ pub struct Snapshotter {
     backend: Backend,
     index: Mutex<Index>,
     index_off: bool,
+    /// `<root>/plies/<driver>/containerd/empty`: the lower of an overlay on no
+    /// parent, made at open, never written to (a lower is read-only).
+    empty_lower: PathBuf,
 }
 
 /// The parameter the overlay module has where `index=off` is understood.
@@ -117,11 +120,20 @@ impl Snapshotter {
                 });
             }
         };
+        let empty_lower = root
+            .join("plies")
+            .join(driver_name(&backend))
+            .join("containerd")
+            .join("empty");
+        if matches!(backend, Backend::Overlay2(_)) {
+            std::fs::create_dir_all(&empty_lower).map_err(|e| io_err("create", &empty_lower, e))?;
+        }
         let snapshotter = Snapshotter {
             root,
             backend,
             index: Mutex::new(Index::default()),
             index_off: Path::new(INDEX_PARAMETER).exists(),
+            empty_lower,
         };
         snapshotter.migrate()?;
         // What a killed server left: incomplete layers (removed by the write
@@ -506,8 +518,8 @@ impl Snapshotter {
                 reason: format!("cannot remove a snapshot with children ({children})"),
             });
         }
+        let parent_layer = index.parent_layer(&entry);
         drop(index);
-        let parent_layer = db.record(&entry.layer)?.and_then(|r| r.parent);
         // The layer, then its record (which holds the snapshot): each durably.
         db.remove_layer(&entry.layer)?;
         self.changed(&db, |ix| ix.remove(key, parent_layer.as_deref()))
@@ -602,16 +614,17 @@ impl Snapshotter {
     /// The layer database's.
     pub fn cleanup(&self) -> Result<usize> {
         let db = self.db(Access::Write)?;
-        let gone: Vec<(String, Entry)> = self
-            .index(&db, true)?
-            .by_key
-            .iter()
-            .filter(|(_, e)| !Self::live(&db, e))
-            .map(|(k, e)| (k.clone(), e.clone()))
-            .collect();
-        for (key, entry) in &gone {
-            let parent_layer = db.record(&entry.layer)?.and_then(|r| r.parent);
-            db.delete_record(&entry.layer)?;
+        let gone: Vec<(String, String, Option<String>)> = {
+            let index = self.index(&db, true)?;
+            index
+                .by_key
+                .iter()
+                .filter(|(_, e)| !Self::live(&db, e))
+                .map(|(k, e)| (k.clone(), e.layer.clone(), index.parent_layer(e)))
+                .collect()
+        };
+        for (key, layer, parent_layer) in &gone {
+            db.delete_record(layer)?;
             self.changed(&db, |ix| ix.remove(key, parent_layer.as_deref()))?;
         }
         Ok(gone.len())

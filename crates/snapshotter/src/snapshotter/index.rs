@@ -36,6 +36,12 @@ impl Index {
         index
     }
 
+    /// The layer of `entry`'s parent snapshot (what its layer sits on).
+    pub(super) fn parent_layer(&self, entry: &Entry) -> Option<String> {
+        let parent = self.by_key.get(entry.parent.as_deref()?)?;
+        Some(parent.layer.clone())
+    }
+
     pub(super) fn insert(&mut self, key: &str, entry: Entry, parent_layer: Option<&str>) {
         if let Some(p) = parent_layer {
             *self.children.entry(p.to_owned()).or_default() += 1;

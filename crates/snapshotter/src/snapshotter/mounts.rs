@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use super::{Backend, Snapshotter};
 use plies_drivers::Driver;
 
-use crate::error::{Error, Result, io_err};
+use crate::error::{Error, Result};
 use crate::meta::{Entry, Kind};
 use crate::proto::Mount;
 
@@ -17,21 +17,6 @@ impl Snapshotter {
             // Docker's vfs layout: `<home>/dir/<id>`, a full copy.
             Backend::Vfs(d) => d.root().join("dir").join(layer),
         }
-    }
-
-    /// `<root>/plies/overlay2/containerd/empty`: the lower of an overlay on no
-    /// parent. Made when missing; never written to (a lower is read-only).
-    fn empty_lower(&self) -> Result<PathBuf> {
-        let dir = self
-            .root
-            .join("plies")
-            .join(self.driver_name())
-            .join("containerd")
-            .join("empty");
-        if !dir.is_dir() {
-            std::fs::create_dir_all(&dir).map_err(|e| io_err("create", &dir, e))?;
-        }
-        Ok(dir)
     }
 
     /// The mounts of a snapshot, as containerd's own overlayfs snapshotter
@@ -74,7 +59,7 @@ impl Snapshotter {
             // and opaque dirs as overlayfs does, which a layer applied on no
             // parent and rebased at commit (parallel unpack) needs. A layer
             // an earlier version made has no work dir: a bind, as then.
-            (Kind::Active, 0) if dir.join("work").is_dir() => vec![escape(&self.empty_lower()?)],
+            (Kind::Active, 0) if dir.join("work").is_dir() => vec![escape(&self.empty_lower)],
             (_, 0) => return Ok(bind(&self.own_dir(&entry.layer))),
             (Kind::View | Kind::Committed, 1) => return Ok(bind(&home.join(&lowers[0]))),
             _ => lowers,

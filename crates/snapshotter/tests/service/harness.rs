@@ -7,7 +7,7 @@ use plies_layerdb::{Access, LayerDb};
 use plies_snapshotter::proto::grpc::snapshots_client::SnapshotsClient;
 use plies_snapshotter::proto::{Info, ListSnapshotsRequest, Mount};
 use plies_snapshotter::{DriverChoice, Options, Server, Snapshotter};
-use tonic::transport::{Channel, Endpoint, Uri};
+use tonic::transport::Channel;
 
 /// A served snapshotter; stops the server and removes the root when dropped.
 pub struct Harness {
@@ -58,19 +58,7 @@ impl Harness {
     }
 
     pub async fn client(&self) -> SnapshotsClient<Channel> {
-        let socket = self.socket.clone();
-        let channel = Endpoint::try_from("http://[::1]:1")
-            .unwrap()
-            .connect_with_connector(tower::service_fn(move |_: Uri| {
-                let socket = socket.clone();
-                async move {
-                    let stream = tokio::net::UnixStream::connect(socket).await?;
-                    Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(stream))
-                }
-            }))
-            .await
-            .unwrap();
-        SnapshotsClient::new(channel)
+        plies_snapshotter::connect(&self.socket).await.unwrap()
     }
 
     /// Every info a `List` streams.
