@@ -243,9 +243,7 @@ impl Records {
             ..record.clone()
         };
         let written = (|| -> std::io::Result<()> {
-            let mut bytes = serde_json::to_vec_pretty(record)?;
-            bytes.push(b'\n');
-            File::create(&path)?.write_all(&bytes)?;
+            File::create(&path)?.write_all(&encode(record)?)?;
             File::open(&self.pending)?.sync_all()
         })();
         written.map_err(|e| io_err("write", path, e))
@@ -273,9 +271,7 @@ impl Records {
                 let path = path_of(&self.layers, &record.id);
                 let tmp = tmp_of(&self.layers, &record.id);
                 staged.push((tmp.clone(), path.clone()));
-                let mut bytes = serde_json::to_vec_pretty(record)
-                    .map_err(|e| io_err("encode", &path, std::io::Error::from(e)))?;
-                bytes.push(b'\n');
+                let bytes = encode(record).map_err(|e| io_err("encode", &path, e))?;
                 File::create(&tmp)
                     .and_then(|mut f| f.write_all(&bytes))
                     .map_err(|e| io_err("write", &tmp, e))?;
@@ -375,6 +371,13 @@ fn read_pending(dir: &Path, id: &str) -> Result<Option<Record>> {
     }
 }
 
+/// A record as its file holds it: pretty JSON and a newline.
+fn encode(record: &Record) -> std::io::Result<Vec<u8>> {
+    let mut bytes = serde_json::to_vec_pretty(record)?;
+    bytes.push(b'\n');
+    Ok(bytes)
+}
+
 fn tmp_of(dir: &Path, id: &str) -> PathBuf {
     dir.join(format!(".{}.{}.tmp", id, std::process::id()))
 }
@@ -405,8 +408,7 @@ fn write(dir: &Path, record: &Record) -> Result<()> {
     let path = path_of(dir, &record.id);
     let tmp = tmp_of(dir, &record.id);
     let written = (|| -> std::io::Result<()> {
-        let mut bytes = serde_json::to_vec_pretty(record)?;
-        bytes.push(b'\n');
+        let bytes = encode(record)?;
         let mut f = File::create(&tmp)?;
         f.write_all(&bytes)?;
         f.sync_all()?;
