@@ -69,8 +69,10 @@ pub enum DriverArg {
     Vfs,
 }
 
-/// The commands.
+/// The commands. Each one's arguments are built only when it is the one
+/// given (`defer`): a run pays for its own command, not for all of them.
 #[derive(Debug, Subcommand)]
+#[command(defer = true)]
 pub enum Command {
     /// Report what the kernel and the filesystem under the root support.
     Probe,

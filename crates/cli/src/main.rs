@@ -9,6 +9,7 @@ mod docker;
 mod fsck;
 mod image;
 mod import;
+mod log;
 mod output;
 mod probe;
 mod save;
@@ -178,11 +179,5 @@ fn init_tracing(g: &args::Global) {
         (false, 1) => tracing::Level::DEBUG,
         (false, _) => tracing::Level::TRACE,
     };
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_max_level(level)
-        .with_target(false)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .without_time()
-        .init();
+    log::Stderr::install(level, std::io::IsTerminal::is_terminal(&std::io::stderr()));
 }

@@ -53,21 +53,23 @@ impl CacheKey {
     /// The `stat`/`statfs` error on `dir`.
     pub fn for_dir(dir: &Path, version: &str) -> std::io::Result<CacheKey> {
         let st = rustix::fs::stat(dir)?;
+        // One statfs gives the magic and the mount flags (what statvfs's
+        // `f_flag` is made from).
         let fs = rustix::fs::statfs(dir)?;
-        let vfs = rustix::fs::statvfs(dir)?;
         let overlay_params = OVERLAY_PARAMS
             .iter()
             .map(|p| {
                 let path = format!("/sys/module/overlay/parameters/{p}");
-                let value = std::fs::read_to_string(path)
+                let value = crate::kfile::read_attribute(path)
                     .ok()
                     .map(|v| v.trim().to_owned());
                 ((*p).to_owned(), value)
             })
             .collect();
-        // f_type is a signed word on some targets; the magic is its bit pattern.
+        // f_type and f_flags are signed words on some targets; the key keeps
+        // their bit patterns.
         #[allow(clippy::unnecessary_cast)]
-        let fs_magic = fs.f_type as u64;
+        let (fs_magic, mount_flags) = (fs.f_type as u64, fs.f_flags as u64);
         Ok(CacheKey {
             version: version.to_owned(),
             kernel_release: rustix::system::uname()
@@ -76,7 +78,7 @@ impl CacheKey {
                 .into_owned(),
             fs_magic,
             device: st.st_dev,
-            mount_flags: vfs.f_flag.bits(),
+            mount_flags,
             overlay_params,
             user_namespace: crate::in_user_namespace(),
         })

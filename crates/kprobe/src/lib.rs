@@ -7,6 +7,7 @@ mod dtype;
 mod error;
 mod filesystems;
 mod idmap;
+mod kfile;
 mod mountinfo;
 mod outcome;
 mod overlay;

@@ -211,7 +211,7 @@ pub(crate) fn userxattr_needed_within(
 /// setting (the default for `index=`). Mount data should then start with `index=off,`.
 pub fn index_parameter() -> Outcome<bool> {
     let path = "/sys/module/overlay/parameters/index";
-    match std::fs::read_to_string(path) {
+    match crate::kfile::read_attribute(path) {
         Ok(v) => Outcome::supported(matches!(v.trim(), "Y" | "y" | "1")),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Outcome::unsupported(format!(
             "{path} does not exist (overlay not loaded, or older than 4.13)"

@@ -55,7 +55,7 @@ pub fn is_initial_id_map(map: &[IdMapping]) -> bool {
 /// that is the initial namespace. An unreadable or malformed map counts as nested,
 /// the cautious answer (it turns off features a nested namespace cannot use).
 pub fn in_user_namespace() -> bool {
-    match std::fs::read_to_string("/proc/self/uid_map") {
+    match crate::kfile::read_proc("/proc/self/uid_map") {
         Ok(text) => match parse_id_map(&text) {
             Ok(map) => !is_initial_id_map(&map),
             Err(e) => {
