@@ -12,21 +12,27 @@
 //! UMOUNT_NOFOLLOW`). The data is built here from the layer's `lower` file and
 //! checked once per stack against the plan `plies_mountopts::plan` makes for it.
 //!
-//! The two take turns, which one goes first alternating, after a warm-up, so load
-//! from elsewhere falls on both alike. Root and overlayfs are needed.
+//! A third loop, `mp`, is the raw loop with the mount point's life added: a
+//! `mkdir(2)` of it before the mount and an `rmdir(2)` after the unmount, as
+//! Docker's overlay2 get and put do with `merged` (the `rmdir` is what detaches
+//! copies of the mount in other mount namespaces). It is the floor of a get+put
+//! that keeps Docker's behaviour; `raw` is the floor of the mount alone.
+//!
+//! The loops take turns, which one goes first rotating, after a warm-up, so load
+//! from elsewhere falls on all alike. Root and overlayfs are needed.
 //!
 //! ```sh
 //! cargo run --release -p plies-drivers --example get_put_floor -- \
-//!     [--dir DIR] [--iterations N] [--depths 1,16,128,400] [--only lib|raw]
+//!     [--dir DIR] [--iterations N] [--depths 1,16,128,400] [--only lib|raw|mp]
 //! ```
 //!
 //! It prints one line per stack, of `key=value` words: `depth`, `plan`
-//! (`absolute`, `relative` or `fsconfig`), `iterations`, and for `lib` and `raw`
-//! the median and the 10th and 90th percentiles in microseconds (`lib_p50_us`,
-//! `lib_p10_us`, `lib_p90_us`, …). `cargo xtask bench --calls-only` runs it and
-//! sets its numbers beside the `plies` command's.
+//! (`absolute`, `relative` or `fsconfig`), `iterations`, and for `lib`, `raw` and
+//! `mp` the median and the 10th and 90th percentiles in microseconds
+//! (`lib_p50_us`, `lib_p10_us`, `lib_p90_us`, …). `cargo xtask bench
+//! --calls-only` runs it and sets its numbers beside the `plies` command's.
 //!
-//! `--only lib` or `--only raw` runs one side alone (for `strace` or `perf`):
+//! `--only lib`, `--only raw` or `--only mp` runs one loop alone (for `strace` or `perf`):
 //! each stack is built, the line `measuring depth=N` goes to standard error, and
 //! only then the loop starts. The stacks are built in a fresh directory under
 //! DIR (default `target/bench/calls`), and unmounted and removed at the end, after
@@ -54,6 +60,7 @@ struct Args {
     depths: Vec<usize>,
     lib: bool,
     raw: bool,
+    mp: bool,
 }
 
 fn parse() -> Result<Args> {
@@ -63,6 +70,7 @@ fn parse() -> Result<Args> {
         depths: vec![1, 16, 128, 400],
         lib: true,
         raw: true,
+        mp: true,
     };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
@@ -76,11 +84,15 @@ fn parse() -> Result<Args> {
                     .map(str::parse)
                     .collect::<std::result::Result<_, _>>()?;
             }
-            "--only" => match value()?.as_str() {
-                "lib" => args.raw = false,
-                "raw" => args.lib = false,
-                other => return Err(format!("--only takes lib or raw, not {other}").into()),
-            },
+            "--only" => {
+                let only = value()?;
+                if !["lib", "raw", "mp"].contains(&only.as_str()) {
+                    return Err(format!("--only takes lib, raw or mp, not {only}").into());
+                }
+                args.lib = only == "lib";
+                args.raw = only == "raw";
+                args.mp = only == "mp";
+            }
             other => return Err(format!("unknown argument {other}").into()),
         }
     }
@@ -136,6 +148,8 @@ struct Stack {
     raw: RawPlan,
     /// Where the raw loop mounts.
     target: PathBuf,
+    /// Where the `mp` loop makes its mount point, mounts, and removes it.
+    mount_point: PathBuf,
 }
 
 /// A mount through the system calls alone, its strings made beforehand.
@@ -191,6 +205,7 @@ impl Stack {
             }
         };
         let target = dir.join("raw");
+        let mount_point = dir.join("raw-mp");
         let mut stack = Stack {
             dir: dir.to_path_buf(),
             driver,
@@ -200,6 +215,7 @@ impl Stack {
                 cwd: None,
             },
             target,
+            mount_point,
         };
         let d = &stack.driver;
         let mut parent: Option<String> = None;
@@ -331,13 +347,22 @@ impl Stack {
         Ok(start.elapsed())
     }
 
-    /// One raw mount and unmount of the same stack.
-    fn raw_once(&self) -> Result<Duration> {
+    /// One raw mount and unmount of the same stack; with `mount_point`, the
+    /// mount point made before and removed after, as a get and put do.
+    fn raw_once(&self, mount_point: bool) -> Result<Duration> {
+        let target = if mount_point {
+            &self.mount_point
+        } else {
+            &self.target
+        };
         let start = Instant::now();
+        if mount_point {
+            rustix::fs::mkdir(target, rustix::fs::Mode::from_raw_mode(0o700))?;
+        }
         match &self.raw {
             RawPlan::Legacy { data, .. } => rustix::mount::mount(
                 c"overlay",
-                &self.target,
+                target,
                 c"overlay",
                 MountFlags::empty(),
                 data.as_c_str(),
@@ -357,48 +382,51 @@ impl Stack {
                     mnt.as_fd(),
                     c"",
                     rustix::fs::CWD,
-                    &self.target,
+                    target,
                     MoveMountFlags::MOVE_MOUNT_F_EMPTY_PATH,
                 )?;
             }
         }
-        rustix::mount::unmount(&self.target, UnmountFlags::DETACH | UnmountFlags::NOFOLLOW)?;
+        rustix::mount::unmount(target, UnmountFlags::DETACH | UnmountFlags::NOFOLLOW)?;
+        if mount_point {
+            rustix::fs::rmdir(target)?;
+        }
         Ok(start.elapsed())
     }
 
-    /// Warms both up, then runs them in turns; the summary line.
+    /// Warms the loops up, then runs them in turns; the summary line.
     fn measure(&self, args: &Args) -> Result<String> {
         // A relative plan is carried out from the home; the process's working
         // directory is put back afterwards, also on failure.
-        let _cwd = match self.raw.cwd().filter(|_| args.raw) {
+        let _cwd = match self.raw.cwd().filter(|_| args.raw || args.mp) {
             Some(home) => Some(Cwd::enter(home)?),
             None => None,
         };
+        let loops = [
+            ("lib", args.lib, Loop::Lib),
+            ("raw", args.raw, Loop::Raw),
+            ("mp", args.mp, Loop::MountPoint),
+        ];
+        let once = |which: Loop| match which {
+            Loop::Lib => self.lib_once(),
+            Loop::Raw => self.raw_once(false),
+            Loop::MountPoint => self.raw_once(true),
+        };
         for _ in 0..args.iterations.div_ceil(20) {
-            if args.lib {
-                self.lib_once()?;
-            }
-            if args.raw {
-                self.raw_once()?;
+            for (_, on, which) in loops {
+                if on {
+                    once(which)?;
+                }
             }
         }
         eprintln!("measuring depth={}", self.depth);
-        let mut lib = Vec::with_capacity(args.iterations);
-        let mut raw = Vec::with_capacity(args.iterations);
+        let mut times: [Vec<Duration>; 3] = Default::default();
         for i in 0..args.iterations {
-            if i % 2 == 0 {
-                if args.lib {
-                    lib.push(self.lib_once()?);
-                }
-                if args.raw {
-                    raw.push(self.raw_once()?);
-                }
-            } else {
-                if args.raw {
-                    raw.push(self.raw_once()?);
-                }
-                if args.lib {
-                    lib.push(self.lib_once()?);
+            for k in 0..loops.len() {
+                let slot = (i + k) % loops.len();
+                let (_, on, which) = loops[slot];
+                if on {
+                    times[slot].push(once(which)?);
                 }
             }
         }
@@ -408,7 +436,7 @@ impl Stack {
             self.raw.name(),
             args.iterations
         );
-        for (name, times) in [("lib", &mut lib), ("raw", &mut raw)] {
+        for ((name, _, _), times) in loops.iter().zip(&mut times) {
             if times.is_empty() {
                 continue;
             }
@@ -425,10 +453,20 @@ impl Stack {
     }
 }
 
+/// The three loops.
+#[derive(Clone, Copy)]
+enum Loop {
+    Lib,
+    Raw,
+    MountPoint,
+}
+
 impl Drop for Stack {
     fn drop(&mut self) {
         // Nothing is removed under a live mount.
-        let _ = rustix::mount::unmount(&self.target, UnmountFlags::DETACH | UnmountFlags::NOFOLLOW);
+        for target in [&self.target, &self.mount_point] {
+            let _ = rustix::mount::unmount(target, UnmountFlags::DETACH | UnmountFlags::NOFOLLOW);
+        }
         if let Err(e) = self.driver.cleanup() {
             eprintln!("get_put_floor: cleanup of {}: {e}", self.dir.display());
             return;

@@ -78,6 +78,10 @@ fn lowers(c: &mut Criterion) {
     c.bench_function("metadata_128_deep", |b| {
         b.iter(|| black_box(store.metadata("128").unwrap()))
     });
+    // What every mount reads: the lower entries and the committed mark.
+    c.bench_function("mount_facts_128_deep", |b| {
+        b.iter(|| black_box(store.mount_facts("128").unwrap()))
+    });
 }
 
 criterion_group!(benches, create_remove, open, lowers);

@@ -58,8 +58,14 @@ impl LinkId {
         if bytes.len() != LINK_ID_LEN {
             return Err(LinkError::WrongLength { len: bytes.len() });
         }
-        // Every byte is ASCII, checked above.
-        Ok(Self(String::from_utf8_lossy(bytes).into_owned()))
+        // Every byte is ASCII, checked above, so this cannot fail; an error
+        // would still name the byte rather than panic.
+        std::str::from_utf8(bytes)
+            .map(|id| Self(id.to_owned()))
+            .map_err(|e| LinkError::BadByte {
+                offset: e.valid_up_to(),
+                byte: bytes[e.valid_up_to()],
+            })
     }
 
     /// Draws a fresh random link id.
@@ -78,7 +84,10 @@ impl LinkId {
 
     /// The entry naming this link in a `lower` file: `l/<linkid>`.
     pub fn lower_entry(&self) -> String {
-        format!("l/{}", self.0)
+        let mut entry = String::with_capacity(2 + self.0.len());
+        entry.push_str("l/");
+        entry.push_str(&self.0);
+        entry
     }
 
     /// The symlink target of `l/<linkid>` for layer `id`: `../<id>/diff`.

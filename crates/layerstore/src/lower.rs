@@ -65,36 +65,62 @@ pub fn parse_lower(bytes: &[u8], max: usize) -> Result<Vec<LinkId>, LowerError> 
         return Err(LowerError::Empty);
     }
     let mut out: Vec<LinkId> = Vec::with_capacity(bytes.len() / 29 + 1);
-    // Where each link was seen, for the loop check in one pass (not quadratic).
-    let mut seen: std::collections::HashMap<LinkId, usize> = std::collections::HashMap::new();
+    // The entries are parsed first and checked for a loop after; an error is
+    // still the one a scan from the top meets first (a repeat before a bad entry
+    // is the repeat).
+    let refuse = |out: &[LinkId], error: LowerError| match first_repeat(out) {
+        Some(repeat) => repeat,
+        None => error,
+    };
     for (index, entry) in bytes.split(|&b| b == b':').enumerate() {
         if index >= max {
-            return Err(LowerError::TooMany {
-                count: bytes.split(|&b| b == b':').count(),
-                max,
-            });
+            let count = bytes.split(|&b| b == b':').count();
+            return Err(refuse(&out, LowerError::TooMany { count, max }));
         }
         if entry.is_empty() {
-            return Err(LowerError::EmptySegment { index });
+            return Err(refuse(&out, LowerError::EmptySegment { index }));
         }
-        let id = entry
-            .strip_prefix(b"l/")
-            .ok_or_else(|| LowerError::NotInLinkDir {
-                index,
-                entry: String::from_utf8_lossy(entry).into_owned(),
-            })?;
-        let link = LinkId::parse(id).map_err(|source| LowerError::BadLinkId { index, source })?;
-        if let Some(&first) = seen.get(&link) {
-            return Err(LowerError::Repeated {
-                link: link.as_str().to_owned(),
-                first,
-                second: index,
-            });
+        let Some(id) = entry.strip_prefix(b"l/") else {
+            let entry = String::from_utf8_lossy(entry).into_owned();
+            return Err(refuse(&out, LowerError::NotInLinkDir { index, entry }));
+        };
+        match LinkId::parse(id) {
+            Ok(link) => out.push(link),
+            Err(source) => return Err(refuse(&out, LowerError::BadLinkId { index, source })),
         }
-        seen.insert(link.clone(), index);
-        out.push(link);
     }
-    Ok(out)
+    match first_repeat(&out) {
+        Some(repeat) => Err(repeat),
+        None => Ok(out),
+    }
+}
+
+/// The repeat a scan from the top meets first: the smallest second index of a
+/// link seen before, with that link's first index. Sorting the indices by link
+/// finds it without hashing or copying a link (this runs on every mount).
+fn first_repeat(links: &[LinkId]) -> Option<LowerError> {
+    let mut order: Vec<usize> = (0..links.len()).collect();
+    order.sort_unstable_by(|&a, &b| links[a].cmp(&links[b]).then(a.cmp(&b)));
+    let mut best: Option<(usize, usize)> = None;
+    // Where the run of equal links that `order[pos]` belongs to starts.
+    let mut run = 0;
+    for pos in 1..order.len() {
+        if links[order[pos]] != links[order[run]] {
+            run = pos;
+        } else if pos == run + 1 {
+            // The link's second appearance; its run starts at its first.
+            let (first, second) = (order[run], order[pos]);
+            match best {
+                Some((_, earliest)) if earliest < second => {}
+                _ => best = Some((first, second)),
+            }
+        }
+    }
+    best.map(|(first, second)| LowerError::Repeated {
+        link: links[first].as_str().to_owned(),
+        first,
+        second,
+    })
 }
 
 /// Formats lower entries as Docker writes them: `l/A:l/B`, no newline.
@@ -104,4 +130,95 @@ pub fn format_lower(links: &[LinkId]) -> String {
         .map(LinkId::lower_entry)
         .collect::<Vec<_>>()
         .join(":")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The plain reading of the format: entries from the top, the first fault
+    /// met wins. `parse_lower` must agree with it on every input.
+    fn model(bytes: &[u8], max: usize) -> Result<Vec<LinkId>, LowerError> {
+        if bytes.is_empty() {
+            return Err(LowerError::Empty);
+        }
+        let mut out: Vec<LinkId> = Vec::new();
+        for (index, entry) in bytes.split(|&b| b == b':').enumerate() {
+            if index >= max {
+                let count = bytes.split(|&b| b == b':').count();
+                return Err(LowerError::TooMany { count, max });
+            }
+            if entry.is_empty() {
+                return Err(LowerError::EmptySegment { index });
+            }
+            let Some(id) = entry.strip_prefix(b"l/") else {
+                let entry = String::from_utf8_lossy(entry).into_owned();
+                return Err(LowerError::NotInLinkDir { index, entry });
+            };
+            let link =
+                LinkId::parse(id).map_err(|source| LowerError::BadLinkId { index, source })?;
+            if let Some(first) = out.iter().position(|l| *l == link) {
+                return Err(LowerError::Repeated {
+                    link: link.as_str().to_owned(),
+                    first,
+                    second: index,
+                });
+            }
+            out.push(link);
+        }
+        Ok(out)
+    }
+
+    const A: &str = "l/AAAAAAAAAAAAAAAAAAAAAAAAAA";
+    const B: &str = "l/BBBBBBBBBBBBBBBBBBBBBBBBBB";
+    const C: &str = "l/CCCCCCCCCCCCCCCCCCCCCCCCCC";
+
+    fn repeated(entries: &[&str]) -> (String, usize, usize) {
+        match parse_lower(entries.join(":").as_bytes(), 128) {
+            Err(LowerError::Repeated {
+                link,
+                first,
+                second,
+            }) => (link, first, second),
+            other => panic!("{entries:?}: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn the_first_repeat_from_the_top_is_reported() {
+        let a = A[2..].to_owned();
+        let b = B[2..].to_owned();
+        assert_eq!(repeated(&[A, B, A, B]), (a.clone(), 0, 2));
+        assert_eq!(repeated(&[A, B, B, A]), (b.clone(), 1, 2));
+        assert_eq!(repeated(&[C, A, B, A, A]), (a.clone(), 1, 3));
+        // A repeat above a bad entry is the repeat; a bad entry above it is the entry.
+        assert_eq!(repeated(&[A, A, "l/bad"]), (a, 0, 1));
+        assert!(matches!(
+            parse_lower(format!("{A}:etc:{A}").as_bytes(), 128),
+            Err(LowerError::NotInLinkDir { index: 1, .. })
+        ));
+        assert!(matches!(
+            parse_lower(format!("{B}:{B}:{A}:{C}").as_bytes(), 3),
+            Err(LowerError::Repeated {
+                first: 0,
+                second: 1,
+                ..
+            })
+        ));
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn agrees_with_the_plain_reading(
+            picks in proptest::collection::vec(0usize..6, 0..12),
+            max in 1usize..10,
+        ) {
+            let entries = ["", A, B, C, "l/x", "etc"];
+            let text = picks.iter().map(|&i| entries[i]).collect::<Vec<_>>().join(":");
+            proptest::prop_assert_eq!(
+                parse_lower(text.as_bytes(), max),
+                model(text.as_bytes(), max)
+            );
+        }
+    }
 }

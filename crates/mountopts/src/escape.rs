@@ -29,12 +29,10 @@ pub fn escape_path(path: &OsStr) -> Vec<u8> {
 pub fn escape_into(out: &mut Vec<u8>, path: &OsStr) {
     let bytes = path.as_bytes();
     let mut start = 0;
-    for (i, &b) in bytes.iter().enumerate() {
-        if matches!(b, b'\\' | b':' | b',') {
-            out.extend_from_slice(&bytes[start..i]);
-            out.push(b'\\');
-            start = i;
-        }
+    for i in memchr::memchr3_iter(b'\\', b':', b',', bytes) {
+        out.extend_from_slice(&bytes[start..i]);
+        out.push(b'\\');
+        start = i;
     }
     out.extend_from_slice(&bytes[start..]);
 }
@@ -42,11 +40,7 @@ pub fn escape_into(out: &mut Vec<u8>, path: &OsStr) {
 /// The length of [`escape_path`]`(path)` without building it.
 pub fn escaped_len(path: &OsStr) -> usize {
     let bytes = path.as_bytes();
-    bytes.len()
-        + bytes
-            .iter()
-            .filter(|b| matches!(b, b'\\' | b':' | b','))
-            .count()
+    bytes.len() + memchr::memchr3_iter(b'\\', b':', b',', bytes).count()
 }
 
 /// Refuses paths that no mount data can carry: empty, or holding a NUL or a newline;
@@ -54,11 +48,13 @@ pub fn escaped_len(path: &OsStr) -> usize {
 /// for the start of a quoted value.
 pub fn check_path(role: &'static str, path: &OsStr, legacy: bool) -> Result<()> {
     let bytes = path.as_bytes();
-    // One pass over the bytes: this runs for every layer of every plan.
-    let bad = bytes
-        .iter()
-        .find(|&&b| b == 0 || b == b'\n' || (legacy && b == b'"'));
-    let reason = match bad {
+    // One vectorized pass over the bytes: this runs for every layer of every plan.
+    let bad = if legacy {
+        memchr::memchr3(0, b'\n', b'"', bytes)
+    } else {
+        memchr::memchr2(0, b'\n', bytes)
+    };
+    let reason = match bad.map(|i| bytes[i]) {
         _ if bytes.is_empty() => Some("it is empty"),
         Some(0) => Some("it holds a NUL byte"),
         Some(b'\n') => Some("it holds a newline"),
