@@ -117,6 +117,16 @@ pub trait Driver: Send + Sync + std::fmt::Debug {
     /// [`Error::NoSuchLayer`](crate::Error::NoSuchLayer).
     fn layer_files(&self, id: &str) -> Result<PathBuf>;
 
+    /// Where [`Driver::get`] hands `id` out, without mounting or counting
+    /// anything: the mount point of a layer `get` mounts (overlay2's
+    /// `<id>/merged` over lowers, aufs' `mnt/<id>`), else the directory `get`
+    /// returns as it is (a base layer's `diff`, vfs' layer directory).
+    ///
+    /// # Errors
+    /// [`Error::NoSuchLayer`](crate::Error::NoSuchLayer), or the store's error
+    /// reading the layer's lineage.
+    fn mount_path(&self, id: &str) -> Result<PathBuf>;
+
     /// Unmounts every mount the driver made under its root.
     ///
     /// # Errors

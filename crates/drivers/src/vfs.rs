@@ -394,6 +394,11 @@ impl Driver for Vfs {
         Ok(self.layer(id))
     }
 
+    fn mount_path(&self, id: &str) -> Result<PathBuf> {
+        // `get` hands the layer's own directory out.
+        self.layer_files(id)
+    }
+
     fn parent(&self, id: &str) -> Result<Option<String>> {
         if !self.exists(id) {
             return Err(Error::NoSuchLayer { id: id.to_owned() });

@@ -136,7 +136,7 @@ impl LayerDb {
     /// # Errors
     /// [`Error::InvalidId`], [`Error::BadRecord`], [`Error::Io`].
     pub fn record(&self, id: &str) -> Result<Option<Record>> {
-        self.records.read(id)
+        self.records.read(id, &|id| self.mount_path(id))
     }
 
     /// The records' generation: it changes before any record is written or
@@ -157,7 +157,13 @@ impl LayerDb {
     /// # Errors
     /// As [`LayerDb::record`].
     pub fn records(&self) -> Result<Vec<Record>> {
-        self.records.read_all()
+        self.records.read_all(&|id| self.mount_path(id))
+    }
+
+    /// Where the driver hands `id` out, for a layer marked mounted; `None`
+    /// when the driver cannot say (the layer went).
+    fn mount_path(&self, id: &str) -> Option<PathBuf> {
+        self.driver.mount_path(id).ok()
     }
 
     /// Writes a record atomically (temporary file, fsync, rename, fsync of the
@@ -241,7 +247,7 @@ impl LayerDb {
             let parent = self.driver.parent(&id).map_err(driver_err(&id))?;
             let mut record = Record::new(&id, parent.as_deref(), false);
             record.complete = true;
-            record.mounted = self.records.mounted(&id);
+            record.mounted = self.records.mounted(&id, &|id| self.mount_path(id));
             out.push(record);
         }
         Ok(out)
@@ -420,7 +426,7 @@ impl LayerDb {
         // a second one.
         let path = self.driver.get(&id, label).map_err(driver_err(&id))?;
         if record.mounted.as_deref() != Some(path.as_path()) {
-            self.records.set_mounted(&id, Some(&path))?;
+            self.records.set_mounted(&id, true)?;
         }
         Ok((id, path))
     }
@@ -442,7 +448,7 @@ impl LayerDb {
             ));
         };
         self.driver.detach(&id).map_err(driver_err(&id))?;
-        self.records.set_mounted(&id, None)?;
+        self.records.set_mounted(&id, false)?;
         if self
             .records
             .read_stored(&id)?

@@ -43,6 +43,9 @@ impl Driver for Shared {
     fn layer_files(&self, id: &str) -> Result<PathBuf> {
         self.0.layer_files(id)
     }
+    fn mount_path(&self, id: &str) -> Result<PathBuf> {
+        self.0.mount_path(id)
+    }
     fn put(&self, id: &str) -> Result<()> {
         self.0.put(id)
     }

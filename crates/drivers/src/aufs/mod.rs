@@ -439,6 +439,18 @@ impl Driver for Aufs {
         Ok(self.store.diff_dir(id))
     }
 
+    fn mount_path(&self, id: &str) -> Result<PathBuf> {
+        if !self.store.exists(id) {
+            return Err(Error::NoSuchLayer { id: id.to_owned() });
+        }
+        let parent = self.store.parent(id).map_err(|e| Error::store(id, e))?;
+        Ok(if parent.is_some() {
+            self.store.mnt_dir(id)
+        } else {
+            self.store.diff_dir(id)
+        })
+    }
+
     fn parent(&self, id: &str) -> Result<Option<String>> {
         self.store.parent(id).map_err(|e| Error::store(id, e))
     }

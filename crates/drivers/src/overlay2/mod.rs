@@ -473,6 +473,21 @@ impl Driver for Overlay2 {
         Ok(self.store.diff_dir(id))
     }
 
+    fn mount_path(&self, id: &str) -> Result<PathBuf> {
+        if !self.store.exists(id) {
+            return Err(Error::NoSuchLayer { id: id.to_owned() });
+        }
+        let lowers = self
+            .store
+            .lower_entries(id)
+            .map_err(|e| Error::store(id, e))?;
+        Ok(if lowers.is_empty() {
+            self.store.diff_dir(id)
+        } else {
+            self.home.join(id).join("merged")
+        })
+    }
+
     fn parent(&self, id: &str) -> Result<Option<String>> {
         self.store.parent(id).map_err(|e| Error::store(id, e))
     }

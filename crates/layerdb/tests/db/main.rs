@@ -235,3 +235,72 @@ fn a_store_without_records_shows_the_stores_own_lineage() {
     assert_eq!(db.remove(&["ctr", "mid"]).unwrap(), ["ctr", "mid"]);
     assert_eq!(db.lineage().unwrap().len(), 1);
 }
+
+/// `LayerDb::mount` marks a layer with an empty `mounts/<id>` (the path is the
+/// driver's), its record shows where it is mounted, a second mount gives the
+/// same path without a second mount, and `unmount` takes mount and mark away. A
+/// mark an earlier version wrote, holding the path, still reads as a mount.
+#[test]
+fn a_mount_is_marked_by_an_empty_file_and_the_path_is_the_drivers() {
+    const TEST: &str = "a_mount_is_marked_by_an_empty_file_and_the_path_is_the_drivers";
+    if overlay_here(TEST).is_none() {
+        return;
+    }
+    let root = tempfile::tempdir().unwrap();
+    let open_db = || {
+        let driver =
+            plies_drivers::open(root.path(), DriverChoice::Overlay2, &Options::default()).unwrap();
+        LayerDb::open(root.path(), driver, Access::Write).unwrap()
+    };
+    let db = open_db();
+    db.create("base", None, false, &none()).unwrap();
+    db.create("top", Some("base"), true, &none()).unwrap();
+    let merged = root.path().join("overlay2/top/merged");
+    let mark = db.dir().join("mounts/top");
+
+    let (id, path) = db.mount("top", None).unwrap();
+    assert_eq!((id.as_str(), path.as_path()), ("top", merged.as_path()));
+    assert_eq!(std::fs::read(&mark).unwrap(), b"");
+    // The next writer (a second `plies mount`) sees the mark and the mount.
+    drop(db);
+    let other = open_db();
+    assert_eq!(other.layer("top").unwrap().mounted, Some(merged.clone()));
+    assert_eq!(other.mount("top", None).unwrap().1, merged);
+    assert_eq!(
+        plies_kprobe::mount_points()
+            .unwrap()
+            .iter()
+            .filter(|m| **m == merged)
+            .count(),
+        1
+    );
+    let mounted: Vec<_> = other
+        .records()
+        .unwrap()
+        .into_iter()
+        .filter_map(|r| r.mounted.map(|m| (r.id, m)))
+        .collect();
+    assert_eq!(mounted, [("top".to_owned(), merged.clone())]);
+    assert_eq!(other.unmount("top").unwrap().1, merged);
+    assert!(!mark.exists());
+    assert!(!merged.exists());
+    drop(other);
+    let db = open_db();
+    assert_eq!(db.layer("top").unwrap().mounted, None);
+
+    // A base layer is handed out as its diff, marked all the same.
+    let (_, base) = db.mount("base", None).unwrap();
+    assert_eq!(base, root.path().join("overlay2/base/diff"));
+    assert_eq!(db.layer("base").unwrap().mounted, Some(base.clone()));
+    assert_eq!(db.unmount("base").unwrap().1, base);
+
+    // An earlier version's mark holds the path it mounted at.
+    std::fs::write(&mark, "/somewhere/else\n").unwrap();
+    assert_eq!(
+        db.layer("top").unwrap().mounted,
+        Some(std::path::PathBuf::from("/somewhere/else"))
+    );
+    db.unmount("top").unwrap();
+    assert!(!mark.exists());
+    assert!(db.fsck(false).unwrap().is_empty());
+}
