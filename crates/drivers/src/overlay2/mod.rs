@@ -391,8 +391,11 @@ impl Driver for Overlay2 {
             self.refs.hold(id, 1, true);
             return Err(e);
         }
-        // Docker removes `merged` so that a layer on disk without a mount has
-        // no mount point left to confuse tools (moby#36049).
+        // Docker removes `merged` too: removing a mount point detaches the
+        // copies of the mount that mount namespaces made while it was mounted
+        // (a container started meanwhile holds one), which would otherwise keep
+        // the layer's upper and work dirs in use by a second overlay. It costs
+        // a directory's block freed here and allocated again by the next get.
         if let Err(e) = std::fs::remove_dir(&merged) {
             tracing::warn!(layer = id, error = %e, "could not remove merged");
         }
