@@ -256,6 +256,9 @@ fn a_mount_is_marked_by_an_empty_file_and_the_path_is_the_drivers() {
     db.create("base", None, false, &none()).unwrap();
     db.create("top", Some("base"), true, &none()).unwrap();
     let merged = root.path().join("overlay2/top/merged");
+    // Declared after `root`, so dropped (unmounting) before the directory goes,
+    // also when an assertion fails.
+    let _unmount = DetachOnDrop(merged.clone());
     let mark = db.dir().join("mounts/top");
 
     let (id, path) = db.mount("top", None).unwrap();
@@ -303,4 +306,13 @@ fn a_mount_is_marked_by_an_empty_file_and_the_path_is_the_drivers() {
     db.unmount("top").unwrap();
     assert!(!mark.exists());
     assert!(db.fsck(false).unwrap().is_empty());
+}
+
+/// Detaches whatever is mounted at its path when dropped.
+struct DetachOnDrop(std::path::PathBuf);
+
+impl Drop for DetachOnDrop {
+    fn drop(&mut self) {
+        while rustix::mount::unmount(&self.0, rustix::mount::UnmountFlags::DETACH).is_ok() {}
+    }
 }
