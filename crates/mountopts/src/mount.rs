@@ -3,16 +3,12 @@
 //! Relative plans run on one worker thread, kept for the life of the process, that
 //! unshared `CLONE_FS` and changes its own working directory to the store's home
 //! for each mount, so the process's working directory never changes and other
-//! threads are unaffected (and no thread is started per mount). The worker is
-//! kept on the CPU of the thread that hands it a mount, which waits for it
-//! anyway: waking a thread on an idle CPU costs a virtual machine about 80 µs
-//! there and back, on the same CPU about 5 µs.
+//! threads are unaffected (and no thread is started per mount).
 
 use std::ffi::{CString, OsStr};
 use std::io;
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Mutex, OnceLock, PoisonError, mpsc};
 
 use rustix::fd::AsFd;
@@ -199,35 +195,10 @@ fn c_data(data: &OsStr) -> io::Result<CString> {
 /// A job for the worker: runs there, and sends its result back itself.
 type Job = Box<dyn FnOnce() + Send>;
 
-/// The worker thread with its own working directory.
-struct Worker {
-    jobs: Mutex<mpsc::Sender<Job>>,
-    tid: rustix::thread::Pid,
-    /// The CPU the worker was last kept on (`usize::MAX` before the first job).
-    cpu: AtomicUsize,
-}
-
-impl Worker {
-    /// Keeps the worker on the caller's CPU, where it runs while the caller
-    /// waits. Only a hint: a failure (a CPU set the worker may not use) leaves
-    /// the worker where it was.
-    fn follow_caller(&self) {
-        let cpu = rustix::thread::sched_getcpu();
-        if cpu >= rustix::thread::CpuSet::MAX_CPU || self.cpu.swap(cpu, Ordering::Relaxed) == cpu {
-            return;
-        }
-        let mut set = rustix::thread::CpuSet::new();
-        set.set(cpu);
-        if let Err(e) = rustix::thread::sched_setaffinity(Some(self.tid), &set) {
-            tracing::debug!(cpu, error = %e, "mount worker stays on its CPUs");
-        }
-    }
-}
-
-/// The worker thread; `None` when it could not be started (or could not unshare
-/// its working directory).
-fn worker() -> Option<&'static Worker> {
-    static WORKER: OnceLock<Option<Worker>> = OnceLock::new();
+/// The worker thread with its own working directory; `None` when it could not
+/// be started (or could not unshare its working directory).
+fn worker() -> Option<&'static Mutex<mpsc::Sender<Job>>> {
+    static WORKER: OnceLock<Option<Mutex<mpsc::Sender<Job>>>> = OnceLock::new();
     WORKER
         .get_or_init(|| {
             let (jobs, queue) = mpsc::channel::<Job>();
@@ -237,7 +208,7 @@ fn worker() -> Option<&'static Worker> {
                 .spawn(move || {
                     // Never serve a job whose chdir would move the whole process.
                     let unshared = unshare_fs().is_ok();
-                    let _ = ready.send(unshared.then(rustix::thread::gettid));
+                    let _ = ready.send(unshared);
                     if unshared {
                         for job in queue {
                             job();
@@ -245,12 +216,11 @@ fn worker() -> Option<&'static Worker> {
                     }
                 })
                 .ok()?;
-            let tid = started.recv().ok().flatten()?;
-            Some(Worker {
-                jobs: Mutex::new(jobs),
-                tid,
-                cpu: AtomicUsize::new(usize::MAX),
-            })
+            started
+                .recv()
+                .ok()
+                .filter(|unshared| *unshared)
+                .map(|_| Mutex::new(jobs))
         })
         .as_ref()
 }
@@ -284,9 +254,7 @@ fn from_dir<T: Send + 'static>(
         let _ = rustix::process::chdir("/");
         let _ = reply.send(result);
     });
-    worker.follow_caller();
     worker
-        .jobs
         .lock()
         .unwrap_or_else(PoisonError::into_inner)
         .send(job)
