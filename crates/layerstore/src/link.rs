@@ -12,9 +12,10 @@ const ALPHABET: &[u8; 32] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567";
 
 /// A layer's short link id: [`LINK_ID_LEN`] characters of `A-Z2-7`.
 ///
-/// Mount data names lower layers as `l/<linkid>` to stay within a page.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct LinkId(String);
+/// Mount data names lower layers as `l/<linkid>` to stay within a page. The id
+/// is kept inline, not on the heap: every mount parses one per lower layer.
+#[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct LinkId([u8; LINK_ID_LEN]);
 
 /// Why the contents of a `link` file (or a lower entry) are not a link id.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -58,35 +59,33 @@ impl LinkId {
         if bytes.len() != LINK_ID_LEN {
             return Err(LinkError::WrongLength { len: bytes.len() });
         }
-        // Every byte is ASCII, checked above, so this cannot fail; an error
-        // would still name the byte rather than panic.
-        std::str::from_utf8(bytes)
-            .map(|id| Self(id.to_owned()))
-            .map_err(|e| LinkError::BadByte {
-                offset: e.valid_up_to(),
-                byte: bytes[e.valid_up_to()],
-            })
+        let mut id = [0; LINK_ID_LEN];
+        id.copy_from_slice(bytes);
+        Ok(Self(id))
     }
 
     /// Draws a fresh random link id.
     pub fn generate() -> Self {
         let mut rng = rand::rng();
-        let id = (0..LINK_ID_LEN)
-            .map(|_| char::from(ALPHABET[rng.random_range(0..ALPHABET.len())]))
-            .collect();
+        let mut id = [0; LINK_ID_LEN];
+        for b in &mut id {
+            *b = ALPHABET[rng.random_range(0..ALPHABET.len())];
+        }
         Self(id)
     }
 
     /// The id as text.
     pub fn as_str(&self) -> &str {
-        &self.0
+        // Only `parse` and `generate` make one, both of base32 ASCII bytes, so
+        // the bytes are always UTF-8.
+        std::str::from_utf8(&self.0).unwrap_or_default()
     }
 
     /// The entry naming this link in a `lower` file: `l/<linkid>`.
     pub fn lower_entry(&self) -> String {
-        let mut entry = String::with_capacity(2 + self.0.len());
+        let mut entry = String::with_capacity(2 + LINK_ID_LEN);
         entry.push_str("l/");
-        entry.push_str(&self.0);
+        entry.push_str(self.as_str());
         entry
     }
 
@@ -98,7 +97,13 @@ impl LinkId {
 
 impl fmt::Display for LinkId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
+        f.write_str(self.as_str())
+    }
+}
+
+impl fmt::Debug for LinkId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple("LinkId").field(&self.as_str()).finish()
     }
 }
 

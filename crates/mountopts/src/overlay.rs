@@ -37,8 +37,13 @@ impl LayerPath {
     /// A directory inside the store's home: `home.join(relative)`, and `relative`.
     pub fn in_home(home: &Path, relative: impl Into<PathBuf>) -> Self {
         let relative = relative.into();
+        // One allocation of the final size (`join` copies `home`, then grows).
+        let mut absolute =
+            PathBuf::with_capacity(home.as_os_str().len() + 1 + relative.as_os_str().len());
+        absolute.push(home);
+        absolute.push(&relative);
         LayerPath {
-            absolute: home.join(&relative),
+            absolute,
             relative: Some(relative),
         }
     }
