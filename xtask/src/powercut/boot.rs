@@ -105,12 +105,7 @@ pub(super) fn run_boot(
         disk.display()
     ));
     let _ = fs::remove_file(log);
-    let mut child = cmd
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .context("could not start qemu")?;
+    let mut child = cmd.spawn().context("could not start qemu")?;
     let start = Instant::now();
     let mut watched = Watched {
         arrivals: Vec::new(),
@@ -149,13 +144,9 @@ pub(super) fn run_boot(
         }
         if let Some(status) = child.try_wait().context("waiting for qemu")? {
             if plan.is_some() || !status.success() {
-                let mut err = String::new();
-                if let Some(mut e) = child.stderr.take() {
-                    let _ = e.read_to_string(&mut err);
-                }
                 watched.problem = Some(format!(
                     "qemu exited before the cut ({status}) {}",
-                    err.trim()
+                    vm::qemu_stderr(&mut child)
                 ));
             }
             break;

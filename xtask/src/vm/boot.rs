@@ -55,8 +55,22 @@ pub(crate) fn qemu(kernel: &Kernel, initrd: &Path, log: &Path, append: &str) -> 
         .arg("-initrd")
         .arg(initrd)
         .arg("-append")
-        .arg(format!("console=ttyS0 quiet panic=-1 oops=panic {append}").trim_end());
+        .arg(format!("console=ttyS0 quiet panic=-1 oops=panic {append}").trim_end())
+        // The console goes to the log; qemu's own complaints to a pipe, read by
+        // `qemu_stderr` when it exits.
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
     cmd
+}
+
+/// What an exited qemu wrote to its stderr, trimmed.
+pub(crate) fn qemu_stderr(child: &mut std::process::Child) -> String {
+    let mut err = String::new();
+    if let Some(mut e) = child.stderr.take() {
+        let _ = std::io::Read::read_to_string(&mut e, &mut err);
+    }
+    err.trim().to_owned()
 }
 
 /// Boots the guest until it powers off; `Some(problem)` when it did not finish.
@@ -78,21 +92,15 @@ pub(super) fn boot(
             .arg(format!("file={},format=raw,if=virtio", d.display()));
     }
     eprintln!("vm-test: booting {}", kernel.release);
-    let mut child = cmd
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .context("could not start qemu")?;
+    let mut child = cmd.spawn().context("could not start qemu")?;
     let start = Instant::now();
     loop {
         if let Some(status) = child.try_wait().context("waiting for qemu")? {
             if !status.success() {
-                let mut err = String::new();
-                if let Some(mut e) = child.stderr.take() {
-                    let _ = std::io::Read::read_to_string(&mut e, &mut err);
-                }
-                return Ok(Some(format!("qemu exited with {status}: {}", err.trim())));
+                return Ok(Some(format!(
+                    "qemu exited with {status}: {}",
+                    qemu_stderr(&mut child)
+                )));
             }
             return Ok(None);
         }

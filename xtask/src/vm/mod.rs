@@ -27,8 +27,8 @@ mod payload;
 mod report;
 
 pub(crate) use apt::{Apt, Kernel, fetch};
-pub(crate) use boot::qemu;
 use boot::*;
+pub(crate) use boot::{qemu, qemu_stderr};
 use initramfs::*;
 pub(crate) use initramfs::{MKFS_EXT4, add_modules, copy, make_disk, pack};
 pub(crate) use payload::static_cargo;
