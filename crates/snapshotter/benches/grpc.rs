@@ -30,15 +30,7 @@ fn grpc(c: &mut Criterion) {
     served
         .commit("base", "base-key", HashMap::new(), "")
         .unwrap();
-    let server = Server::bind(&socket, served).unwrap();
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let thread = std::thread::spawn(move || {
-        server
-            .run_until(async {
-                let _ = stopped.await;
-            })
-            .unwrap();
-    });
+    let server = Server::bind(&socket, served).unwrap().spawn().unwrap();
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -95,8 +87,7 @@ fn grpc(c: &mut Criterion) {
     });
     group.finish();
     drop(client);
-    let _ = stop.send(());
-    thread.join().unwrap();
+    server.stop().unwrap();
 }
 
 criterion_group!(benches, grpc);

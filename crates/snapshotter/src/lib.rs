@@ -13,5 +13,5 @@ mod snapshotter;
 pub use client::connect;
 pub use error::{Error, Result};
 pub use plies_drivers::{DriverChoice, Options};
-pub use server::{Server, Service};
+pub use server::{Background, Server, Service};
 pub use snapshotter::{Snapshotter, Usage};

@@ -240,6 +240,30 @@ impl Server {
         &self.socket
     }
 
+    /// Serves on a thread of its own until the returned [`Background`] is
+    /// stopped or dropped: for a synchronous program (a test, a benchmark)
+    /// that talks to the server itself.
+    ///
+    /// # Errors
+    /// [`Error::Io`] when the thread cannot be started.
+    pub fn spawn(self) -> Result<Background> {
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let socket = self.socket.clone();
+        let thread = std::thread::Builder::new()
+            .name("plies-snapshotter".into())
+            .spawn(move || {
+                self.run_until(async {
+                    let _ = stopped.await;
+                })
+            })
+            .map_err(|e| io_err("start a thread serving", &socket, e))?;
+        Ok(Background {
+            socket,
+            stop: Some(stop),
+            thread: Some(thread),
+        })
+    }
+
     /// Serves until `shutdown` completes, then gives the calls in flight a few
     /// seconds, closes every connection and removes the socket.
     ///
@@ -299,5 +323,47 @@ impl Server {
                 _ = int.recv() => {}
             }
         })
+    }
+}
+
+/// A [`Server`] running on its own thread ([`Server::spawn`]); stopping it, or
+/// dropping it, shuts the server down and waits for the thread.
+#[derive(Debug)]
+pub struct Background {
+    socket: PathBuf,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<Result<()>>>,
+}
+
+impl Background {
+    /// Shuts the server down and gives back how its run ended.
+    ///
+    /// # Errors
+    /// As [`Server::run_until`]; [`Error::Io`] when the thread panicked.
+    pub fn stop(mut self) -> Result<()> {
+        self.shut_down()
+    }
+
+    fn shut_down(&mut self) -> Result<()> {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        match self.thread.take().map(std::thread::JoinHandle::join) {
+            None => Ok(()),
+            Some(Ok(outcome)) => outcome,
+            Some(Err(_)) => Err(io_err(
+                "serve",
+                &self.socket,
+                std::io::Error::other("the serving thread panicked"),
+            )),
+        }
+    }
+}
+
+impl Drop for Background {
+    fn drop(&mut self) {
+        if let Err(e) = self.shut_down() {
+            tracing::warn!(error = %e, "the background snapshotter server failed");
+        }
     }
 }

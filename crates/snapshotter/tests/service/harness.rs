@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use plies_layerdb::{Access, LayerDb};
 use plies_snapshotter::proto::grpc::snapshots_client::SnapshotsClient;
 use plies_snapshotter::proto::{Info, ListSnapshotsRequest, Mount};
-use plies_snapshotter::{DriverChoice, Options, Server, Snapshotter};
+use plies_snapshotter::{Background, DriverChoice, Options, Server, Snapshotter};
 use tonic::transport::Channel;
 
 /// A served snapshotter; stops the server and removes the root when dropped.
@@ -15,8 +15,7 @@ pub struct Harness {
     pub dir: tempfile::TempDir,
     pub socket: PathBuf,
     runtime: Option<tokio::runtime::Runtime>,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    thread: Option<std::thread::JoinHandle<()>>,
+    server: Option<Background>,
 }
 
 impl Harness {
@@ -25,15 +24,7 @@ impl Harness {
         let root = dir.path().join("root");
         let socket = dir.path().join("run/plies.sock");
         let snapshotter = Snapshotter::open(&root, driver, &Options::default()).unwrap();
-        let server = Server::bind(&socket, snapshotter).unwrap();
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let thread = std::thread::spawn(move || {
-            server
-                .run_until(async {
-                    let _ = stopped.await;
-                })
-                .unwrap();
-        });
+        let server = Server::bind(&socket, snapshotter).unwrap().spawn().unwrap();
         Harness {
             driver,
             dir,
@@ -44,8 +35,7 @@ impl Harness {
                     .build()
                     .unwrap(),
             ),
-            stop: Some(stop),
-            thread: Some(thread),
+            server: Some(server),
         }
     }
 
@@ -88,11 +78,8 @@ impl Drop for Harness {
     fn drop(&mut self) {
         // The client's connections end with its runtime.
         drop(self.runtime.take());
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
+        if let Some(server) = self.server.take() {
+            let _ = server.stop();
         }
     }
 }
