@@ -191,6 +191,15 @@ impl Aufs {
         Ok(out)
     }
 
+    /// Where `get` hands `id` out: `mnt/<id>` when mounted, else `diff/<id>`.
+    fn handed_out(&self, id: &str, mounted: bool) -> PathBuf {
+        if mounted {
+            self.store.mnt_dir(id)
+        } else {
+            self.store.diff_dir(id)
+        }
+    }
+
     fn report_pseudo_links(&self, id: &str) {
         match self.pseudo_links(id) {
             Ok(links) if links.is_empty() => {}
@@ -325,16 +334,12 @@ impl Driver for Aufs {
     fn get(&self, id: &str, mount_label: Option<&str>) -> Result<PathBuf> {
         let _guard = crate::locks::lock(self.store.locks(), &[id])?;
         if let Some(mounted) = self.refs.hold_again(id) {
-            return Ok(if mounted {
-                self.store.mnt_dir(id)
-            } else {
-                self.store.diff_dir(id)
-            });
+            return Ok(self.handed_out(id, mounted));
         }
         let lowers = self.store.lowers(id).map_err(|e| Error::store(id, e))?;
         if lowers.is_empty() {
             self.refs.hold(id, 1, false);
-            return Ok(self.store.diff_dir(id));
+            return Ok(self.handed_out(id, false));
         }
         let root = self.store.root();
         let stack = AufsStack {
@@ -444,11 +449,7 @@ impl Driver for Aufs {
             return Err(Error::NoSuchLayer { id: id.to_owned() });
         }
         let parent = self.store.parent(id).map_err(|e| Error::store(id, e))?;
-        Ok(if parent.is_some() {
-            self.store.mnt_dir(id)
-        } else {
-            self.store.diff_dir(id)
-        })
+        Ok(self.handed_out(id, parent.is_some()))
     }
 
     fn parent(&self, id: &str) -> Result<Option<String>> {

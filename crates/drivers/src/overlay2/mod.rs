@@ -197,6 +197,20 @@ impl Overlay2 {
 
     /// Removes a layer whose creation failed halfway; a failure to is logged
     /// (the caller returns the first error).
+    /// `<home>/<id>/merged`, where a layer over lowers is mounted.
+    fn merged_dir(&self, id: &str) -> PathBuf {
+        self.home.join(id).join("merged")
+    }
+
+    /// Where `get` hands `id` out: its mount point when mounted, else its `diff`.
+    fn handed_out(&self, id: &str, mounted: bool) -> PathBuf {
+        if mounted {
+            self.merged_dir(id)
+        } else {
+            self.store.diff_dir(id)
+        }
+    }
+
     fn undo_create(&self, id: &str) {
         if let Err(undo) = self.store.remove(id) {
             tracing::warn!(layer = id, error = %undo, "could not undo a layer creation");
@@ -228,7 +242,7 @@ impl Overlay2 {
         } else {
             (None, Some(("diff", "work")))
         };
-        let merged = self.home.join(id).join("merged");
+        let merged = self.merged_dir(id);
         self.mount_at(id, label, own, lowers, upper, &merged)?;
         Ok(merged)
     }
@@ -338,7 +352,7 @@ impl Driver for Overlay2 {
             self.store.remove(id).map_err(|e| Error::store(id, e))?;
             return Err(Error::NoSuchLayer { id: id.to_owned() });
         }
-        let merged = self.home.join(id).join("merged");
+        let merged = self.merged_dir(id);
         mounts::unmount_retrying(id, &merged)?;
         self.refs.forget(id);
         let project = self.quota.project_of(id, &self.home.join(id));
@@ -352,17 +366,13 @@ impl Driver for Overlay2 {
     fn get(&self, id: &str, mount_label: Option<&str>) -> Result<PathBuf> {
         let _guard = crate::locks::lock(self.store.locks(), &[id])?;
         if let Some(mounted) = self.refs.hold_again(id) {
-            return Ok(if mounted {
-                self.home.join(id).join("merged")
-            } else {
-                self.store.diff_dir(id)
-            });
+            return Ok(self.handed_out(id, mounted));
         }
         let (lowers, committed) = self
             .store
             .mount_facts(id)
             .map_err(|e| Error::store(id, e))?;
-        let merged = self.home.join(id).join("merged");
+        let merged = self.merged_dir(id);
         if !lowers.is_empty() && mounts::is_mount_point(&merged) {
             // Mounted by another process that left it to its caller (`plies
             // mount`): used as it is, and counted as held by that caller too, so
@@ -386,7 +396,7 @@ impl Driver for Overlay2 {
             Released::StillHeld | Released::Last { mounted: false } => return Ok(()),
             Released::Last { mounted: true } => {}
         }
-        let merged = self.home.join(id).join("merged");
+        let merged = self.merged_dir(id);
         if let Err(e) = mounts::detach(id, &merged) {
             self.refs.hold(id, 1, true);
             return Err(e);
@@ -407,7 +417,7 @@ impl Driver for Overlay2 {
         if !self.store.exists(id) {
             return Err(Error::NoSuchLayer { id: id.to_owned() });
         }
-        let merged = self.home.join(id).join("merged");
+        let merged = self.merged_dir(id);
         let mut undone = false;
         while mounts::is_mount_point(&merged) {
             undone |= mounts::detach(id, &merged)?;
@@ -484,11 +494,7 @@ impl Driver for Overlay2 {
             .store
             .lower_entries(id)
             .map_err(|e| Error::store(id, e))?;
-        Ok(if lowers.is_empty() {
-            self.store.diff_dir(id)
-        } else {
-            self.home.join(id).join("merged")
-        })
+        Ok(self.handed_out(id, !lowers.is_empty()))
     }
 
     fn parent(&self, id: &str) -> Result<Option<String>> {
@@ -558,8 +564,7 @@ impl Driver for Overlay2 {
                 .remap
                 .maps()
                 .apply_options(WhiteoutFormat::Overlay(self.ns()));
-            let in_use =
-                self.refcount(id) > 0 || mounts::is_mount_point(&self.home.join(id).join("merged"));
+            let in_use = self.refcount(id) > 0 || mounts::is_mount_point(&self.merged_dir(id));
             native::apply_into(id, &own, diff, &opts, !in_use)?;
         }
         self.diff_size(id, parent)
