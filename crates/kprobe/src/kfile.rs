@@ -16,7 +16,8 @@ pub(crate) fn read_attribute(path: impl AsRef<Path>) -> io::Result<String> {
         OFlags::RDONLY | OFlags::CLOEXEC,
         Mode::empty(),
     )?;
-    let mut buf = vec![0u8; 4096 + 1];
+    // On the stack: the values are a few bytes, read on every open of a store.
+    let mut buf = [0u8; 4096 + 1];
     let n = rustix::io::retry_on_intr(|| rustix::io::read(&fd, &mut buf))?;
     if n == buf.len() {
         return Err(io::Error::new(
@@ -24,8 +25,9 @@ pub(crate) fn read_attribute(path: impl AsRef<Path>) -> io::Result<String> {
             format!("{} is longer than a page", path.as_ref().display()),
         ));
     }
-    buf.truncate(n);
-    String::from_utf8(buf).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
+    std::str::from_utf8(&buf[..n])
+        .map(str::to_owned)
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
 }
 
 /// A procfs file's text, read until `read` returns 0 (a seq_file may stop short
